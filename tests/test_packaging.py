@@ -1,0 +1,27 @@
+"""The wheel installs heads/ and datasets/ as transfer.heads / transfer.datasets, never top level."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import transfer.datasets
+import transfer.heads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_maps_heads_and_datasets_under_transfer(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("transfer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "transfer/heads/__init__.py" in names and "transfer/datasets/__init__.py" in names
+    assert "transfer/examples/digits.pb" in names
+    assert not [n for n in names if n.startswith(("heads/", "datasets/"))]
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "transfer = transfer.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_editable_install_imports_the_mapped_packages():
+    assert Path(transfer.heads.__file__).parent == ROOT / "heads"
+    assert Path(transfer.datasets.__file__).parent == ROOT / "datasets"

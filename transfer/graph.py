@@ -1,0 +1,236 @@
+"""What a frozen graph holds: inputs, outputs, weight layers, candidate cuts, the ops a cut needs.
+
+`GraphInfo` reads an imported `tf.Graph` (import gives shape inference for free) and answers
+structural questions. It knows nothing of Keras, cuts given as text, or files.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+
+import tensorflow as tf
+
+from transfer.errors import TransferError
+
+# Ops that consume learned weights: a "weight layer" is one of these fed by a float constant.
+MATRIX_OPS = frozenset({
+    "Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+    "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
+})
+NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+# Elementwise ops that hold weights when one operand is constant (bias, decomposed batch norm).
+AFFINE_OPS = frozenset({"BiasAdd", "Add", "AddV2", "Mul", "Sub"})
+# Sub-scopes that belong to their parent layer (Keras decomposes BatchNormalization there).
+_MERGED_SUBSCOPES = frozenset({"batchnorm", "BatchNorm"})
+# Ops that never make a useful cut: bookkeeping, constants and shape arithmetic.
+_NOT_CUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert",
+                       "VarHandleOp", "VariableV2", "ReadVariableOp", "Shape", "Size", "Rank"})
+
+
+def parent_scope(name: str) -> str:
+    """`a/b/op` -> `a/b`; a top-level op has scope ''."""
+    return name.rpartition("/")[0]
+
+
+def layer_scope(name: str) -> str:
+    """The name scope of the layer that owns an op (`x/bn/batchnorm/mul` -> `x/bn`)."""
+    scope = parent_scope(name)
+    while scope.rpartition("/")[2] in _MERGED_SUBSCOPES:
+        scope = parent_scope(scope)
+    return scope
+
+
+def format_shape(shape: tf.TensorShape) -> str:
+    if shape.rank is None:
+        return "<unknown rank>"
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape.as_list()) + (",)" if shape.rank == 1 else ")")
+
+
+class GraphInfo:
+    """Structural queries over an imported graph; everything is computed once, on demand."""
+
+    def __init__(self, graph: tf.Graph):
+        self.graph = graph
+        self.operations = graph.get_operations()  # import order is topological
+        self.by_name = {op.name: op for op in self.operations}
+        self.position = {op.name: i for i, op in enumerate(self.operations)}
+
+    # -- basic structure -------------------------------------------------------------------
+
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[tf.Operation]]:
+        found = collections.defaultdict(list)
+        for op in self.operations:
+            for tensor in op.inputs:
+                found[tensor.op.name].append(op)
+            for control in op.control_inputs:
+                found[control.name].append(op)
+        return found
+
+    @functools.cached_property
+    def placeholders(self) -> list[tf.Operation]:
+        return [op for op in self.operations if op.type == "Placeholder"]
+
+    def require_placeholder(self, source: str) -> None:
+        if not self.placeholders:
+            raise TransferError(f"{source} has no Placeholder: the graph has no input to feed")
+
+    @functools.cached_property
+    def outputs(self) -> list[tf.Operation]:
+        """Ops whose result nobody consumes: what the graph was built to compute."""
+        return [op for op in self.operations
+                if op.outputs and op.name not in self.consumers and op.type not in _NOT_CUTS
+                and self.depends_on_input(op)]
+
+    def outputs_named(self, tensor_names) -> list[tf.Operation]:
+        """The ops behind a file's declared outputs (a signature's), else the unconsumed ops."""
+        if tensor_names:
+            return [self.by_name[name.split(":")[0]] for name in tensor_names]
+        return self.outputs
+
+    @functools.cached_property
+    def _input_dependent(self) -> frozenset[str]:
+        """Names of ops whose value changes with some placeholder (the rest is constant)."""
+        dependent = set()
+        for op in self.operations:
+            if op.type == "Placeholder" or any(t.op.name in dependent for t in op.inputs):
+                dependent.add(op.name)
+        return frozenset(dependent)
+
+    def depends_on_input(self, op: tf.Operation) -> bool:
+        return op.name in self._input_dependent
+
+    def is_constant(self, tensor: tf.Tensor) -> bool:
+        return tensor.op.name not in self._input_dependent
+
+    def op_counts(self) -> collections.Counter:
+        return collections.Counter(op.type for op in self.operations)
+
+    # -- what a cut needs ------------------------------------------------------------------
+
+    def ancestors(self, ops: list[tf.Operation], stop_at: frozenset[str] = frozenset()) -> list[tf.Operation]:
+        """Every op needed to compute `ops` (data and control inputs), not walking past `stop_at`."""
+        seen, stack = set(), list(ops)
+        while stack:
+            op = stack.pop()
+            if op.name in seen:
+                continue
+            seen.add(op.name)
+            if op.name in stop_at:
+                continue
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+        return sorted((self.by_name[n] for n in seen), key=lambda op: self.position[op.name])
+
+    def placeholders_needed(self, ops: list[tf.Operation]) -> list[tf.Operation]:
+        return [op for op in self.ancestors(ops) if op.type == "Placeholder"]
+
+    # -- layers and cuts -------------------------------------------------------------------
+
+    def weight_inputs(self, op: tf.Operation) -> list[tf.Tensor]:
+        """The float constant operands of a weight-consuming op; [] if it holds no weights."""
+        if op.type not in MATRIX_OPS | NORM_OPS | AFFINE_OPS or not self.depends_on_input(op):
+            return []
+        weights = [t for t in op.inputs if t.dtype.is_floating and self.is_constant(t)]
+        if op.type in AFFINE_OPS:
+            # A scalar (epsilon, 1/255 scaling) is no weight: require a vector or more.
+            weights = [t for t in weights if t.shape.rank is None or t.shape.num_elements() != 1]
+        return weights
+
+    @functools.cached_property
+    def weight_layers(self) -> list[tuple[str, list[tf.Operation]]]:
+        """(layer scope, its weight-consuming ops) in topological order of each layer's last op."""
+        layers: dict[str, list[tf.Operation]] = {}
+        for op in self.operations:
+            if self.weight_inputs(op):
+                layers.setdefault(layer_scope(op.name), []).append(op)
+        return sorted(layers.items(), key=lambda item: self.position[item[1][-1].name])
+
+    def scope_outputs(self, scope: str) -> list[tf.Operation]:
+        """Input-dependent float ops inside `scope` whose result leaves it (or ends the graph)."""
+        prefix = scope + "/"
+        found = []
+        for op in self.operations:
+            if not op.name.startswith(prefix) or not self._cuttable(op):
+                continue
+            users = self.consumers.get(op.name, [])
+            if not users or any(not user.name.startswith(prefix) for user in users):
+                found.append(op)
+        return found
+
+    def _cuttable(self, op: tf.Operation) -> bool:
+        return (op.type not in _NOT_CUTS and bool(op.outputs) and op.outputs[0].dtype.is_floating
+                and self.depends_on_input(op))
+
+    @functools.cached_property
+    def candidate_cuts(self) -> list[tf.Operation]:
+        """Layer outputs: float, input-dependent ops whose result leaves their name scope."""
+        found = []
+        for op in self.operations:
+            if not self._cuttable(op):
+                continue
+            scope = parent_scope(op.name)
+            if not scope:  # top-level ops are named on purpose (`resnet_features`, outputs)
+                found.append(op)
+                continue
+            users = self.consumers.get(op.name, [])
+            leaves = not users or any(not u.name.startswith(scope + "/") for u in users)
+            if leaves and op.type != "Identity":  # inner Identity ops are call plumbing
+                found.append(op)
+        return found
+
+    def data_input(self, op: tf.Operation) -> tf.Tensor | None:
+        """The single input-dependent operand of `op`, or None if there is not exactly one."""
+        dependent = [t for t in op.inputs if not self.is_constant(t)]
+        return dependent[0] if len(dependent) == 1 else None
+
+
+# Ops `auto` walks back through: they do not learn (activations, pooling, reshapes, bias).
+_PASS_THROUGH = frozenset({
+    "Softmax", "LogSoftmax", "Sigmoid", "Identity", "Reshape", "Squeeze", "ExpandDims", "Mean",
+    "Max", "AvgPool", "MaxPool", "Relu", "Relu6", "Cast", "StopGradient", "BiasAdd", "Add",
+    "AddV2", "Sub", "Mul", "RealDiv", "Transpose",
+})
+_CLASSIFIER_OPS = frozenset({"MatMul", "Conv2D", "BatchMatMulV2", "BatchMatMulV3", "Einsum"})
+
+
+def find_penultimate(info: GraphInfo, output: tf.Operation) -> tuple[tf.Tensor | None, str]:
+    """DESIGN's `auto`: walk back from `output` through what does not learn; the last weight
+    layer met is the classifier and the tensor that feeds it is the feature.
+
+    Returns (feature tensor, why) or (None, why not).
+    """
+    op = output
+    while True:
+        if op.type in _CLASSIFIER_OPS and info.weight_inputs(op):
+            feature = info.data_input(op)
+            if feature is None:
+                return None, f"the classifier {op.name!r} has no single data input"
+            weight = info.weight_inputs(op)[0]
+            return feature, (f"feeds the classifier {layer_scope(op.name) or op.name!r} "
+                             f"({op.type}, weights {format_shape(weight.shape)})")
+        if op.type not in _PASS_THROUGH:
+            return None, f"no classifier found walking back from {output.name!r} (stopped at {op.type} {op.name!r})"
+        feature = info.data_input(op)
+        if feature is None:
+            return None, f"no classifier found walking back from {output.name!r} (branches at {op.name!r})"
+        op = feature.op
+
+
+def component_matches(pattern: str, component: str) -> bool:
+    """`conv1` matches `conv1` and TF's uniquified `conv1_1` (Keras 3 reuses scopes that way)."""
+    if pattern == component:
+        return True
+    return component.startswith(pattern + "_") and component[len(pattern) + 1:].isdigit()
+
+
+def import_graph_def(graph_def, source: str = "graph"):
+    """Import into a TF1-style wrapped function: the pruned callables of the cut come from it."""
+    def body():
+        tf.graph_util.import_graph_def(graph_def, name="")
+
+    try:
+        return tf.compat.v1.wrap_function(body, [])
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        first = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise TransferError(f"{source} does not import as a TensorFlow graph: {first}") from None

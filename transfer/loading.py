@@ -1,0 +1,221 @@
+"""Read a backbone from disk into a GraphDef: `.pb`/`.pbtxt`, a SavedModel, `.keras`/`.h5`.
+
+Every way a file can be wrong ends here as one `TransferError` line: missing, corrupt, not a
+graph, empty, over protobuf's 2 GB limit, a directory that is no SavedModel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import tensorflow as tf
+from google.protobuf import message, text_format
+
+from transfer.errors import TransferError
+from transfer.freezing import FrozenGraph, freeze_function, freeze_keras_model
+
+PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a message larger than 2 GiB
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+EXAMPLE_PREFIX = "example:"
+SERVING_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclasses.dataclass
+class LoadedGraph:
+    """A backbone as a GraphDef, with what the file said about its inputs and outputs."""
+
+    path: Path
+    kind: str  # "GraphDef", "SavedModel", "Keras"
+    graph_def: tf.compat.v1.GraphDef
+    fingerprint: str
+    size_bytes: int
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> placeholder op
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> tensor
+    signature: str | None = None
+
+
+def resolve_path(path) -> Path:
+    """`example:NAME` names a graph the package ships; anything else is a filesystem path."""
+    text = os.fspath(path)
+    if text.startswith(EXAMPLE_PREFIX):
+        name = text[len(EXAMPLE_PREFIX):]
+        shipped = sorted(p.stem for p in EXAMPLES_DIR.glob("*.pb"))
+        if name not in shipped:
+            raise TransferError(f"unknown example {name!r}; shipped examples: {', '.join(shipped) or 'none'}")
+        return EXAMPLES_DIR / f"{name}.pb"
+    resolved = Path(text).expanduser()
+    if not resolved.exists():
+        raise TransferError(f"backbone {text!r} does not exist")
+    if resolved.is_file() and resolved.name in ("saved_model.pb", "saved_model.pbtxt"):
+        return resolved.parent.resolve()
+    return resolved.resolve()
+
+
+def load_graph(path, signature: str | None = None) -> LoadedGraph:
+    path = resolve_path(path)
+    if path.is_dir():
+        return _load_saved_model(path, signature)
+    if signature is not None:
+        raise TransferError(f"--signature {signature!r} applies to SavedModels only; {path} is a file")
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        return _load_keras_file(path)
+    size = path.stat().st_size
+    _check_size(path, size)
+    data = path.read_bytes()
+    graph_def = _parse_graph_def(path, data)
+    return LoadedGraph(path, "GraphDef", graph_def, fingerprint_bytes(data), size)
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint_path(path: Path) -> str:
+    """SHA-256 of a file's content (as `fingerprint_bytes`), or of a directory's files: their
+    relative names and contents."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_size(path: Path, size: int) -> None:
+    if size > PROTOBUF_LIMIT:
+        raise TransferError(
+            f"{path} is {size / 2**30:.2f} GiB, over protobuf's 2 GiB limit for one GraphDef; "
+            "save the model as a SavedModel (weights in variables/) instead")
+
+
+def _parse_graph_def(path: Path, data: bytes) -> tf.compat.v1.GraphDef:
+    if not data.strip():
+        raise TransferError(f"{path} is empty: no graph in it")
+    graph_def = tf.compat.v1.GraphDef()
+    text_first = path.suffix.lower() == ".pbtxt"
+    parsers = (_parse_text, _parse_binary) if text_first else (_parse_binary, _parse_text)
+    problems = []
+    for parse in parsers:
+        problem = parse(graph_def, data)
+        if problem is None and _looks_like_graph(graph_def):
+            break
+        problems.append(problem or "parsed, but holds no named nodes")
+        graph_def.Clear()
+    else:
+        raise TransferError(f"{path} is not a TensorFlow GraphDef (truncated or corrupt?): {problems[0]}")
+    if not graph_def.node:
+        raise TransferError(f"{path} holds an empty graph (no nodes)")
+    return graph_def
+
+
+def _parse_binary(graph_def, data: bytes) -> str | None:
+    try:
+        graph_def.ParseFromString(data)
+    except (message.DecodeError, RuntimeError, ValueError) as error:
+        return f"binary protobuf: {_first_line(error)}"
+    return None
+
+
+def _parse_text(graph_def, data: bytes) -> str | None:
+    try:
+        text_format.Parse(data.decode("utf-8"), graph_def)
+    except (text_format.ParseError, UnicodeDecodeError, message.DecodeError) as error:
+        return f"text protobuf: {_first_line(error)}"
+    return None
+
+
+def _looks_like_graph(graph_def) -> bool:
+    """Random bytes sometimes parse as protobuf; real nodes have a name and an op."""
+    return all(node.name and node.op for node in graph_def.node)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+# -- SavedModel ------------------------------------------------------------------------------
+
+
+def _load_saved_model(path: Path, signature: str | None) -> LoadedGraph:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto_file = next((path / n for n in ("saved_model.pb", "saved_model.pbtxt") if (path / n).exists()), None)
+    if proto_file is None:
+        raise TransferError(f"{path} is a directory but not a SavedModel (no saved_model.pb in it)")
+    data = proto_file.read_bytes()
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        if proto_file.suffix == ".pbtxt":
+            text_format.Parse(data.decode("utf-8"), saved_model)
+        else:
+            saved_model.ParseFromString(data)
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
+        raise TransferError(f"{proto_file} is corrupt: {_first_line(error)}") from None
+    if not saved_model.meta_graphs:
+        raise TransferError(f"{proto_file} holds no MetaGraph")
+    meta = next((m for m in saved_model.meta_graphs if SERVING_TAG in m.meta_info_def.tags), saved_model.meta_graphs[0])
+    tags = list(meta.meta_info_def.tags)
+    name = _choose_signature(path, list(meta.signature_def), signature)
+    loaded = _load_signatures(path, tags)  # keep it alive: freezing reads its variables
+    frozen = freeze_function(loaded.signatures[name])
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return LoadedGraph(path, "SavedModel", frozen.graph_def, fingerprint_path(path), size,
+                       frozen.inputs, frozen.outputs, name)
+
+
+def _choose_signature(path: Path, available: list[str], wanted: str | None) -> str:
+    usable = sorted(s for s in available if not s.startswith("__"))  # __saved_model_init_op
+    if not usable:
+        raise TransferError(f"SavedModel {path} has no signature to serve; re-export it with a serving signature")
+    if wanted is None:
+        if DEFAULT_SIGNATURE in usable:
+            return DEFAULT_SIGNATURE
+        if len(usable) == 1:
+            return usable[0]
+        raise TransferError(f"SavedModel {path} has no {DEFAULT_SIGNATURE!r}; choose --signature from: {', '.join(usable)}")
+    if wanted not in usable:
+        raise TransferError(f"unknown signature {wanted!r} in {path}; available: {', '.join(usable)}")
+    return wanted
+
+
+def _load_signatures(path: Path, tags: list[str]):
+    """The TF2 loader first; the TF1 loader when the TF2 one rejects the object graph.
+
+    Older writers (Keras with optimizer slot variables, for one) leave object graphs that
+    `tf.saved_model.load` cannot revive, while the MetaGraph's signatures and variables are fine.
+    """
+    try:
+        loaded = tf.saved_model.load(str(path), tags=tags)
+    except Exception as first_error:  # noqa: BLE001 - any reviving failure sends us to the v1 loader
+        from tensorflow.python.saved_model import load_v1_in_v2
+
+        try:
+            loaded = load_v1_in_v2.load(str(path), tags=tags)
+        except Exception as error:  # noqa: BLE001
+            raise TransferError(
+                f"SavedModel {path} does not load: {_first_line(first_error)}; "
+                f"TF1 loader: {_first_line(error)}") from None
+    return loaded
+
+
+# -- Keras model files -----------------------------------------------------------------------
+
+
+def _load_keras_file(path: Path) -> LoadedGraph:
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise TransferError(f"{path} does not load as a Keras model: {_first_line(error)}") from None
+    frozen: FrozenGraph = freeze_keras_model(model)
+    return LoadedGraph(path, "Keras", frozen.graph_def, fingerprint_path(path), path.stat().st_size,
+                       frozen.inputs, frozen.outputs)
