@@ -1,0 +1,34 @@
+"""Heads: small trainable classifiers on top of a cut's features, found by name.
+
+`get("mlp", num_classes=10, hidden=(512,))` builds one; `available()` lists the names;
+`@register("name")` adds one; third-party packages add theirs through the entry-point group
+`transfer.heads`, and `get("package.module:Class", ...)` takes any importable head.
+Keras heads return class probabilities (`logits=True` for logits); the `logreg` probe is a
+scikit-learn estimator (`is_keras = False`).
+"""
+import transfer.errors  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+
+from .attention import AttentionHead
+from .base import Head
+from .conv import ConvHead
+from .linear import LinearHead
+from .mlp import MLPHead
+from .pooling import POOLINGS, FeaturePooling, pool_array
+from .registry import available, get, register, resolve
+from .sklearn_probe import LogRegProbe
+
+__all__ = [
+    "POOLINGS",
+    "AttentionHead",
+    "ConvHead",
+    "FeaturePooling",
+    "Head",
+    "LinearHead",
+    "LogRegProbe",
+    "MLPHead",
+    "available",
+    "get",
+    "pool_array",
+    "register",
+    "resolve",
+]

@@ -1,0 +1,23 @@
+"""`linear`: pooling, then one Dense to the classes: the standard linear probe."""
+import keras
+
+from .base import Head, check_rate
+from .pooling import FeaturePooling, check_pooling
+from .registry import register
+
+
+@register("linear")
+@keras.saving.register_keras_serializable(package="transfer")
+class LinearHead(Head):
+    """Pool features to vectors (`pooling`: avg, max or flatten), optional dropout, Dense."""
+
+    def __init__(self, num_classes, pooling="avg", dropout=0.0, logits=False, **kwargs):
+        super().__init__(num_classes, logits, **kwargs)
+        self.pooling = check_pooling(self.owner, pooling)
+        self.dropout = check_rate(self.owner, "dropout", dropout)
+        self.body = [FeaturePooling(self.pooling)]
+        if self.dropout:
+            self.body.append(keras.layers.Dropout(self.dropout))
+
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling, "dropout": self.dropout}

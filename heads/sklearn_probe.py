@@ -1,0 +1,69 @@
+"""`logreg`: a scikit-learn logistic-regression probe on (cached) features.
+
+Not a Keras layer: it trains in one `fit` call, with no epochs or optimizer, which makes it the
+quickest honest measure of how linearly separable a cut's features are. `is_keras = False`
+tells a training loop to call `fit(X, y)` / `predict_proba(X)` instead of building a model.
+"""
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from transfer.errors import TransferError
+
+from .base import check_int
+from .pooling import check_pooling, pool_array
+from .registry import register
+
+
+@register("logreg")
+class LogRegProbe(ClassifierMixin, BaseEstimator):
+    """LogisticRegression on pooled features; sklearn conventions (get_params, clone, ...).
+
+    With `num_classes`, labels must be 0..num_classes-1 and `predict_proba` always has
+    num_classes columns (zero for a class absent from training), like the Keras heads.
+    """
+
+    is_keras = False
+
+    def __init__(self, num_classes=None, C=1.0, max_iter=1000, pooling="avg"):
+        self.num_classes = num_classes
+        self.C = C
+        self.max_iter = max_iter
+        self.pooling = pooling
+
+    def fit(self, X, y):
+        X, y = validate_data(self, self._pool(X), y)
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(X, y)
+        if self.num_classes is None:
+            self.classes_ = model.classes_
+        else:
+            self.classes_ = np.arange(check_int(self._owner, "num_classes", self.num_classes, 2))
+            unknown = np.setdiff1d(model.classes_, self.classes_)
+            if unknown.size:
+                raise TransferError(
+                    f"{self._owner}: labels {unknown.tolist()} are outside "
+                    f"0..{self.num_classes - 1} (num_classes={self.num_classes})"
+                )
+        self.model_, self.n_iter_ = model, model.n_iter_
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, self._pool(X), reset=False)
+        proba = np.zeros((X.shape[0], len(self.classes_)))
+        columns = np.searchsorted(self.classes_, self.model_.classes_)
+        proba[:, columns] = self.model_.predict_proba(X)
+        return proba
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    @property
+    def _owner(self):
+        return f"head {self.head_name!r}"
+
+    def _pool(self, X):
+        check_pooling(self._owner, self.pooling)
+        return pool_array(X, self.pooling) if getattr(X, "ndim", 2) > 2 else X
