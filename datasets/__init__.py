@@ -1,0 +1,151 @@
+"""Data sources by spec string, streamed as tf.data pipelines of (image, label) pairs.
+
+Spec grammar (``load(spec)``; the CLI's ``--data SPEC``)::
+
+    folder:PATH | PATH                  image folder: PATH/LABEL/*.png or PATH/SPLIT/LABEL/*.png
+    npz:FILE | FILE.npz                 arrays x, y (optionally class_names, x_test/y_test, ...)
+    tfds:NAME[:SPLIT]                   TensorFlow Datasets, prepared in data_dir (no download)
+    digits[:CLASSES]                    scikit-learn's 8x8 digits; CLASSES like 5-9 or 0,2,4
+    ...?per_class=N                     any of them: train keeps N examples per class
+
+``load("digits:5-9?per_class=10")`` gives five classes "5".."9" relabelled 0..4, ten training
+examples per class, a stratified validation split and the rest as the test split.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import tensorflow as tf
+
+from transfer.errors import TransferError
+
+from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess, sidecar_path
+from transfer.datasets.split import plan
+from transfer.datasets.source import Source
+
+__all__ = ["DataSplits", "load", "SCHEMES", "Preprocessing", "Augmentation", "preprocess",
+           "sidecar_path"]
+
+SCHEMES = ("folder:PATH", "npz:FILE", "tfds:NAME[:SPLIT]", "digits[:CLASSES]")
+_OPTIONS = ("per_class",)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Unbatched, unshuffled (image, int32 label) streams plus what models and caches need.
+
+    `validation` and `test` are None when the source has none and none was carved out.
+    `sizes` counts examples per split (None where unknown, e.g. a mocked TFDS split).
+    `identity` is a JSON-able description that changes whenever the examples would (files and
+    their sizes and mtimes, content hash, TFDS version, split settings): a cache key.
+    """
+
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    test: Optional[tf.data.Dataset]
+    class_names: list
+    image_shape: tuple
+    image_dtype: tf.DType
+    sizes: dict
+    identity: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def element_spec(self) -> tuple:
+        return (tf.TensorSpec(self.image_shape, self.image_dtype), tf.TensorSpec((), tf.int32))
+
+
+def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=None,
+         seed: int = 0) -> DataSplits:
+    """Open the data named by `spec` (see the module docstring) and split it.
+
+    data_dir: TFDS's data directory (default: TFDS's own, ~/tensorflow_datasets).
+    validation_split: share of each class held out for validation when the source has no
+        validation split (0: none); stratified and seeded by `seed`.
+    per_class: keep N training examples per class (also ``?per_class=N`` in the spec); the
+        rest become the test split when the source has none.
+    """
+    body, options = _options(spec)
+    if "per_class" in options:
+        if per_class is not None and per_class != options["per_class"]:
+            raise TransferError(f"per_class={per_class} contradicts {spec!r}; give it once")
+        per_class = options["per_class"]
+    source = _open(body, data_dir)
+    roles = plan(source, validation_split, per_class, seed)
+    streams, sizes = {}, {}
+    for role, (part_name, indices) in roles.items():
+        part = source.parts[part_name]
+        streams[role] = part.stream(indices)
+        sizes[role] = part.size if indices is None else len(indices)
+    if sizes["train"] == 0:
+        raise TransferError(f"data {spec!r} has no training examples")
+    identity = {**source.identity, "image_shape": list(source.image_shape),
+                "image_dtype": source.image_dtype.name,
+                "split": {"validation_split": validation_split, "per_class": per_class,
+                          "seed": seed, "sizes": sizes}}
+    return DataSplits(streams["train"], streams.get("validation"), streams.get("test"),
+                      list(source.class_names), tuple(source.image_shape), source.image_dtype,
+                      sizes, identity)
+
+
+def _options(spec: str):
+    """Split 'BODY?key=value&...' into BODY and its options (only `per_class` is known)."""
+    body, mark, query = spec.rpartition("?")
+    if not mark or "=" not in query:
+        return spec, {}
+    options = {}
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key not in _OPTIONS:
+            raise TransferError(f"unknown option {key!r} in {spec!r}; valid: {', '.join(_OPTIONS)}")
+        if not value.isdigit() or int(value) < 1:
+            raise TransferError(f"{key}={value!r} in {spec!r} must be a positive integer")
+        options[key] = int(value)
+    return body, options
+
+
+def _open(spec: str, data_dir) -> Source:
+    """Dispatch a spec (without options) to its source module."""
+    scheme, colon, rest = spec.partition(":")
+    if os.path.exists(spec) or not colon and spec != "digits":
+        if not os.path.exists(spec):
+            raise TransferError(f"data directory {spec!r} does not exist (valid specs: "
+                                f"{', '.join(SCHEMES)}, or a folder or .npz path)")
+        scheme, rest = "npz" if spec.endswith(".npz") else "folder", spec
+    elif scheme not in _LOADERS:
+        raise TransferError(f"unknown data scheme {scheme!r} in {spec!r}; valid: "
+                            f"{', '.join(SCHEMES)}, or a folder or .npz path")
+    elif not rest and scheme != "digits":
+        raise TransferError(f"{spec!r} names nothing after the colon; valid: {', '.join(SCHEMES)}")
+    return _LOADERS[scheme](rest, data_dir)
+
+
+def _folder(path, data_dir):
+    from transfer.datasets.folder import load_folder
+
+    return load_folder(path)
+
+
+def _npz(path, data_dir):
+    from transfer.datasets.arrays import load_npz
+
+    return load_npz(path)
+
+
+def _tfds(name_split, data_dir):
+    from transfer.datasets.tfds_source import load_tfds
+
+    name, _, split = name_split.partition(":")
+    return load_tfds(name, split or None, data_dir)
+
+
+def _digits(classes, data_dir):
+    from transfer.datasets.arrays import load_digits
+
+    return load_digits(classes)
+
+
+_LOADERS = {"folder": _folder, "npz": _npz, "tfds": _tfds, "digits": _digits}
