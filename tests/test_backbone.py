@@ -169,3 +169,10 @@ def test_example_backbone_ships_with_the_package():
     assert backbone.cuts[0].name == Backbone.load("example:digits").cuts[0].name
     with pytest.raises(TransferError, match=r"unknown example 'nope'; shipped examples: digits"):
         Backbone.load("example:nope")
+
+
+def test_legacy_h5_file_is_a_backbone(tiny, images16, tmp_path):
+    path = tmp_path / "tiny.h5"
+    tiny.model.save(path)
+    backbone = Backbone.load(path, cut="conv2")
+    np.testing.assert_allclose(backbone(images16), keras_features(tiny.model, "conv2", images16), rtol=1e-5, atol=1e-5)

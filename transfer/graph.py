@@ -224,12 +224,18 @@ def component_matches(pattern: str, component: str) -> bool:
     return component.startswith(pattern + "_") and component[len(pattern) + 1:].isdigit()
 
 
-def import_graph_def(graph_def, source: str = "graph"):
-    """Import into a TF1-style wrapped function: the pruned callables of the cut come from it."""
+def import_graph_def(graph_def, source: str = "graph", wrapped: bool = True):
+    """Import into a TF1-style wrapped function, whose `prune` gives the cut's callable; or, with
+    `wrapped=False`, into a plain `tf.Graph` (half the time, enough for analysis alone)."""
     def body():
         tf.graph_util.import_graph_def(graph_def, name="")
 
     try:
+        if not wrapped:
+            graph = tf.Graph()
+            with graph.as_default():
+                body()
+            return graph
         return tf.compat.v1.wrap_function(body, [])
     except (ValueError, TypeError, tf.errors.OpError) as error:
         first = (str(error).strip() or type(error).__name__).splitlines()[0]

@@ -16,7 +16,7 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None) -> 
     """The report; with `cut`, also where each cut resolves (checked as a Backbone would)."""
     loaded = load_graph(path, signature)
     backbone = Backbone(loaded, cut=cut) if cut else None
-    info = backbone.info if backbone else GraphInfo(import_graph_def(loaded.graph_def, str(loaded.path)).graph)
+    info = backbone.info if backbone else GraphInfo(import_graph_def(loaded.graph_def, str(loaded.path), wrapped=False))
     info.require_placeholder(str(loaded.path))
     outputs = info.outputs_named(list(loaded.outputs.values()))
     auto = None
