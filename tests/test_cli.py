@@ -1,6 +1,7 @@
 """`transfer inspect` and every bad input of the backbone issue: one line on stderr, exit 2."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,8 +25,6 @@ def assert_user_error(capsys, argv, pattern):
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
-    import re
-
     assert re.search(pattern, lines[0]), lines[0]
 
 
