@@ -70,8 +70,7 @@ class Backbone:
         """This backbone as a non-trainable Keras layer (`transfer.FeatureLayer`)."""
         from transfer.layer import FeatureLayer
 
-        return FeatureLayer(self, cut=[c.spec for c in self.cuts] if self.multi_cut else self.cuts[0].spec,
-                            allow_ops=self.allow_ops, **kwargs)
+        return FeatureLayer(self, **kwargs)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -124,7 +123,7 @@ class Backbone:
             chosen = {p.name: p for ops in needed.values() for p in ops}
             tensors = [op.outputs[0] for op in sorted(chosen.values(), key=lambda op: self.info.position[op.name])]
         else:
-            names = [inputs] if isinstance(inputs, str) else list(inputs)
+            names = inputs.split(",") if isinstance(inputs, str) else list(inputs)
             tensors = [self._input_tensor(name) for name in names]
         fed = {t.op.name for t in tensors}
         all_inputs = ", ".join(p.name for p in self.info.placeholders)

@@ -10,7 +10,6 @@ import keras
 
 from transfer.backbone import Backbone
 from transfer.errors import TransferError
-from transfer.loading import EXAMPLE_PREFIX
 
 
 @keras.saving.register_keras_serializable(package="transfer")
@@ -25,26 +24,24 @@ class FeatureLayer(keras.layers.Layer):
                  allow_ops=(), **kwargs):
         kwargs.pop("trainable", None)  # a frozen graph has nothing to train; thaw is separate
         super().__init__(trainable=False, **kwargs)
-        if isinstance(backbone, Backbone):
-            self._backbone = backbone
-            source = str(backbone.path)
-        else:
-            self._backbone = Backbone.load(backbone, cut=cut, inputs=inputs, signature=signature,
-                                           allow_ops=allow_ops)
-            source = str(backbone)
+        if not isinstance(backbone, Backbone):
+            backbone = Backbone.load(backbone, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops)
+        self._backbone = backbone
+        source = backbone.loaded.source
         if fingerprint is not None and fingerprint != self._backbone.fingerprint:
             raise TransferError(
                 f"backbone {source} changed since this layer was saved: fingerprint "
                 f"{self._backbone.fingerprint[:12]} != saved {fingerprint[:12]}; restore the original "
                 "file or rebuild the layer on the new one")
-        self._config = {
+        specs = [c.spec for c in backbone.cuts]
+        self._config = {  # derived from the backbone, so a passed-in Backbone is described right
             # A shipped example is named as such so the config survives reinstalling the package.
-            "backbone": source if source.startswith(EXAMPLE_PREFIX) else str(self._backbone.path),
-            "cut": cut if isinstance(cut, str) or cut is None else list(cut),
-            "inputs": inputs if isinstance(inputs, str) or inputs is None else list(inputs),
-            "signature": signature,
-            "fingerprint": self._backbone.fingerprint,
-            "allow_ops": list(allow_ops),
+            "backbone": source,
+            "cut": ",".join(specs),
+            "inputs": ",".join(t.op.name for t in backbone.inputs),
+            "signature": backbone.loaded.signature,
+            "fingerprint": backbone.fingerprint,
+            "allow_ops": list(backbone.allow_ops),
         }
 
     @property

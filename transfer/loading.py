@@ -36,6 +36,7 @@ class LoadedGraph:
     inputs: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> placeholder op
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> tensor
     signature: str | None = None
+    source: str = ""  # the path as the user gave it (`example:digits` stays that)
 
 
 def resolve_path(path) -> Path:
@@ -56,7 +57,13 @@ def resolve_path(path) -> Path:
 
 
 def load_graph(path, signature: str | None = None) -> LoadedGraph:
-    path = resolve_path(path)
+    source = os.fspath(path)
+    loaded = _load(resolve_path(path), signature)
+    loaded.source = source if source.startswith(EXAMPLE_PREFIX) else str(loaded.path)
+    return loaded
+
+
+def _load(path: Path, signature: str | None) -> LoadedGraph:
     if path.is_dir():
         return _load_saved_model(path, signature)
     if signature is not None:
