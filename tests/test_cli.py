@@ -222,3 +222,26 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["frobnicate"])
     assert exit_info.value.code == 2
+
+
+def test_readme_quick_start_is_the_cli_main_job_and_ci_runs_the_test_command():
+    from pathlib import Path
+
+    from transfer.cli import MAIN_JOB
+
+    root = Path(__file__).resolve().parents[1]
+    quick_start = (root / "README.md").read_text().split("```bash")[1].split("```")[0].strip().splitlines()
+    assert quick_start == [f"pip install -e . && {MAIN_JOB}", "pip install -e '.[test]' && python -m pytest -q"]
+    assert quick_start[1] in (root / ".ci/run").read_text()
+
+
+def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
+    import shlex
+
+    from transfer.cli import MAIN_JOB
+
+    argv = shlex.split(MAIN_JOB)[1:] + ["--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    test_accuracy = float(re.search(r"test accuracy (\d\.\d{3})", out).group(1))
+    assert test_accuracy > 0.85 and f"run directory: {tmp_path / 'run'}" in out

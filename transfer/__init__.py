@@ -1,29 +1,23 @@
 """transfer: reuse frozen TensorFlow graphs and SavedModels as Keras feature layers.
 
-The public names are imported lazily so that `transfer --help` and `import transfer` stay
-fast; TensorFlow loads on first use of the API.
+Importing the package registers its Keras classes (FeatureLayer, the preprocessing layer, the
+heads), so that `keras.models.load_model` finds them in a fresh process after `import transfer`.
 """
-from transfer._backend import ensure_tensorflow_backend
+from transfer._backend import ensure_tensorflow_backend, import_tensorflow_quietly
 from transfer.errors import TransferError
 
 ensure_tensorflow_backend()
+import_tensorflow_quietly()
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Backbone": "transfer.backbone",
-    "FeatureLayer": "transfer.layer",
-    "inspect_graph": "transfer.inspection",
-}
+from transfer import heads  # noqa: E402  (after the backend is pinned)
+from transfer.backbone import Backbone  # noqa: E402
+from transfer.inspection import inspect_graph  # noqa: E402
+from transfer.layer import FeatureLayer  # noqa: E402
+from transfer.model import PreprocessingLayer  # noqa: E402
+from transfer.prediction import evaluate, predict  # noqa: E402
+from transfer.training import fit  # noqa: E402
 
-__all__ = ["TransferError", "__version__", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'transfer' has no attribute {name!r}")
+__all__ = ["Backbone", "FeatureLayer", "PreprocessingLayer", "TransferError", "evaluate", "fit", "heads",
+           "inspect_graph", "predict", "__version__"]

@@ -24,3 +24,34 @@ def ensure_tensorflow_backend() -> None:
             f"keras was already imported with the {keras.backend.backend()!r} backend; "
             f"transfer needs 'tensorflow': import transfer first or set {_BACKEND_VARIABLE}=tensorflow"
         )
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TF with its C++ start-up chatter (CUDA probing on CPU machines) parked.
+
+    That chatter goes to fd 2 before any log level applies, so fd 2 points at a temporary file
+    while TF starts and probes devices, and the file is replayed only if that fails. Setting
+    TF_CPP_MIN_LOG_LEVEL=0 keeps everything (to diagnose a GPU that is not found).
+    """
+    import sys
+    import tempfile
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as parked:
+        os.dup2(parked.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing happens here, not mid-command
+        except BaseException:
+            os.dup2(saved, 2)
+            parked.seek(0)
+            sys.stderr.write(parked.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -1,0 +1,286 @@
+"""`transfer fit` / `evaluate` / `predict` end to end, exports, and the fit issue's bad inputs."""
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import transfer
+from transfer import Backbone, FeatureLayer, heads
+from transfer.cli import main
+from transfer.model import probe_as_head
+from transfer.reporting import run_directory
+from transfer.training import resolve_preprocessing
+
+DIGITS = "digits:5-9?per_class=10"
+FLATTEN = {"pooling": "flatten"}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """The README's main job, shortened: the shipped backbone transferred to digits 5-9."""
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(dict(logs))
+
+    result = transfer.fit("example:digits", DIGITS, cut="block2_out", head="linear", head_options=FLATTEN,
+                          epochs=25, lr=0.01, out=out, callbacks=[Recorder()], verbose=0)
+    return result, seen
+
+
+def test_fit_returns_model_history_metrics_and_learns(digits_run):
+    result, _ = digits_run
+    assert isinstance(result.model, keras.Model)
+    assert len(result.history["loss"]) == len(result.history["val_accuracy"]) >= 5
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert result.metrics["test"]["accuracy"] > 0.8  # chance is 0.2
+    assert result.class_names == ["5", "6", "7", "8", "9"]
+    assert result.metrics["test"]["report"]["5"]["support"] > 100
+
+
+def test_user_callbacks_see_the_usual_logs(digits_run):
+    result, seen = digits_run
+    assert len(seen) == len(result.history["loss"])
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(seen[0])
+
+
+def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
+    result, _ = digits_run
+    run = result.run_dir
+    for name in ("config.json", "metrics.json", "history.csv", "learning_curves.png", "confusion_matrix.png",
+                 "model.keras", "export/model.pb", "export/saved_model/saved_model.pb"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "example:digits" and config["cut"] == "block2_out"
+    assert config["head"] == "linear" and config["head_options"] == FLATTEN and config["data"] == DIGITS
+    assert config["class_names"] == ["5", "6", "7", "8", "9"] and config["exports"]["pb"] == "export/model.pb"
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == len(result.history["loss"]) and float(rows[0]["loss"]) == pytest.approx(result.history["loss"][0], rel=1e-4)
+    assert (run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not run.with_name(run.name + ".partial").exists()
+
+
+def test_exports_reproduce_in_process_predictions(digits_run):
+    result, _ = digits_run
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(16)])
+    expected = result.model.predict(images, verbose=0)
+    served = tf.saved_model.load(str(result.run_dir / "export/saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(images=tf.constant(images))["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    frozen = Backbone.load(result.run_dir / "export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), expected, rtol=1e-5, atol=1e-6)
+    assert Backbone.load(result.run_dir / "export/model.pb", cut="features").feature_specs["features"].shape[-1] == 32
+    restored = keras.models.load_model(result.run_dir / "model.keras")
+    np.testing.assert_allclose(restored.predict(images, verbose=0), expected, rtol=1e-6)
+
+
+def test_evaluate_and_predict_a_run(digits_run, tmp_path, capsys):
+    result, _ = digits_run
+    metrics = transfer.evaluate(result.run_dir, "digits:5-9")
+    assert metrics["examples"] > 800 and metrics["accuracy"] > 0.8
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    sevens = digits.images[digits.target == 7][:4].astype("float32")
+    np.save(tmp_path / "sevens.npy", sevens)
+    predictions = transfer.predict(result.run_dir, [tmp_path / "sevens.npy"], top_k=2)
+    assert len(predictions) == 4 and all(len(p["top"]) == 2 for p in predictions)
+    assert sum(p["top"][0]["class"] == "7" for p in predictions) >= 3
+    assert main(["predict", str(result.run_dir), str(tmp_path / "sevens.npy"), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"sevens\.npy\[0\]: \d [01]\.\d{3}", out)
+    assert main(["evaluate", str(result.run_dir), "--data", "digits:5-9"]) == 0
+    assert re.search(r"accuracy 0\.\d{3} on \d+ examples", capsys.readouterr().out)
+
+
+def test_logreg_probe_exports_as_the_equivalent_dense_head(tmp_path):
+    result = transfer.fit("example:digits", DIGITS, cut="resnet_features", head="logreg", out=tmp_path / "run",
+                          export=("pb",))
+    assert result.history == {} and result.metrics["test"]["accuracy"] > 0.5
+    assert (tmp_path / "run/export/model.pb").is_file() and not (tmp_path / "run/export/saved_model").exists()
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_probe_as_head_matches_predict_proba(classes):
+    rng = np.random.default_rng(classes)
+    features = rng.normal(size=(60, 6)).astype("float32")
+    labels = rng.integers(0, classes, 60)
+    labels[:classes] = np.arange(classes)
+    probe = heads.get("logreg", num_classes=classes + 1).fit(features, labels)  # the last class never seen
+    head = probe_as_head(probe, features.shape)
+    np.testing.assert_allclose(head(features), probe.predict_proba(features), rtol=1e-4, atol=1e-6)
+
+
+def test_hand_built_model_with_a_registered_head(tiny, images16):
+    model = keras.Sequential([keras.Input((16, 16, 3)), FeatureLayer(tiny.path, cut="conv2"),
+                              heads.get("mlp", num_classes=3, hidden=(8,))])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(images16, np.arange(6) % 3, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and model.predict(images16, verbose=0).shape == (6, 3)
+
+
+# -- an image folder through the CLI, on the tiny 16x16 RGB backbone -----------------------------
+
+
+@pytest.fixture(scope="module")
+def color_folder(tmp_path_factory):
+    """Red-ish and blue-ish images of assorted sizes: they must be resized to 16x16 to batch."""
+    root = tmp_path_factory.mktemp("colors")
+    rng = np.random.default_rng(0)
+    for label, channel in (("red", 0), ("blue", 2)):
+        (root / label).mkdir()
+        for i in range(12):
+            size = (18 + i % 3, 20 + i % 4, 3)
+            image = rng.integers(0, 80, size, dtype=np.uint8)
+            image[..., channel] = rng.integers(170, 255, size[:2], dtype=np.uint8)
+            (root / label / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return root
+
+
+def test_cli_fit_folder_then_predict_and_evaluate(tiny, color_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["fit", "--backbone", str(tiny.path), "--cut", "conv2", "--head", "conv", "--head-opt", "filters=8",
+                 "--data", str(color_folder), "--epochs", "15", "--lr", "0.01", "--scale", "0..1",
+                 "--out", str(out), "--class-weight", "balanced", "--augment", "--export", "savedmodel,pb,tflite"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"validation accuracy \d\.\d{3} \(\d+ examples\)", printed) and f"run directory: {out}" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["input_shape"] == [None, None, 3] and config["preprocessing"]["scale"] == "0..1"
+    interpreter = tf.lite.Interpreter(model_path=str(out / "export/model.tflite"))
+    assert interpreter.get_signature_list()["serving_default"]["outputs"] == ["probabilities"]
+    image_path = color_folder / "red" / "0.png"
+    assert main(["predict", str(out), str(image_path), "--json"]) == 0
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert prediction["image"] == str(image_path) and {t["class"] for t in prediction["top"]} == {"red", "blue"}
+    image = tf.io.decode_png(image_path.read_bytes())[None].numpy().astype("float32")
+    run = interpreter.get_signature_runner("serving_default")
+    expected = keras.models.load_model(out / "model.keras").predict(image, verbose=0)
+    served = tf.saved_model.load(str(out / "export/saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(images=tf.constant(image))["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(images=image)["probabilities"], expected, rtol=1e-4, atol=1e-5)
+    assert main(["evaluate", str(out), "--data", str(color_folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 24
+
+
+def test_preprocessing_json_beside_the_backbone_is_used(tiny, tmp_path):
+    backbone_path = tmp_path / "net.pb"
+    backbone_path.write_bytes(tiny.path.read_bytes())
+    (tmp_path / "net.preprocessing.json").write_text(json.dumps({"size": [16, 16], "channels": 3, "scale": "-1..1"}))
+    prep = resolve_preprocessing(Backbone.load(backbone_path))
+    assert prep.scale == "-1..1" and prep.size == (16, 16)
+    assert resolve_preprocessing(Backbone.load(backbone_path), scale="0..1").scale == "0..1"
+    assert resolve_preprocessing(Backbone.load(tiny.path)).scale == "none"
+
+
+# -- bad input: one line, exit 2, no run directory -------------------------------------------------
+
+
+def fit_error(capsys, tmp_path, *extra, backbone="example:digits", data=DIGITS):
+    out = tmp_path / "bad_run"
+    code = main(["fit", "--backbone", str(backbone), "--data", str(data), "--epochs", "1", "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not out.exists() and not out.with_name("bad_run.partial").exists()
+    return err
+
+
+def test_unknown_head_lists_the_registered_ones(capsys, tmp_path):
+    err = fit_error(capsys, tmp_path, "--head", "lineer")
+    assert "unknown head 'lineer'; did you mean 'linear'; registered heads: attention, conv, linear, logreg, mlp" in err
+
+
+def test_head_that_cannot_take_the_feature_rank(capsys, tmp_path):
+    err = fit_error(capsys, tmp_path, "--cut", "resnet_features", "--head", "conv")
+    assert "head 'conv' needs 4-D spatial features (batch, height, width, channels), got shape (None, 32)" in err
+
+
+def test_bad_head_option(capsys, tmp_path):
+    assert "head 'mlp' has no option 'hiden'" in fit_error(capsys, tmp_path, "--head", "mlp", "--head-opt", "hiden=3")
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    assert "does not exist" in fit_error(capsys, tmp_path, data=tmp_path / "no_such_folder")
+
+
+def test_class_with_no_images_and_empty_dataset(capsys, tmp_path, color_folder):
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    (data / "dogs" / "a.png").write_bytes((color_folder / "red" / "0.png").read_bytes())
+    assert "cats" in fit_error(capsys, tmp_path, backbone="example:digits", data=data)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "empty" in fit_error(capsys, tmp_path, data=empty)
+
+
+def test_unreadable_images_are_named(capsys, tmp_path):
+    data = tmp_path / "broken"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        (data / label / "x.png").write_bytes(b"not a png")
+    err = fit_error(capsys, tmp_path, data=data)
+    assert "none of the 2 image files" in err and "a/x.png, b/x.png" in err
+
+
+def test_labels_out_of_range(capsys, tmp_path):
+    path = tmp_path / "arrays.npz"
+    np.savez(path, x=np.zeros((4, 8, 8, 1), "float32"), y=np.array([0, 1, 2, 7]), class_names=np.array(["a", "b", "c"]))
+    err = fit_error(capsys, tmp_path, data=f"npz:{path}")
+    assert "7" in err and "label" in err
+
+
+def test_unprepared_tfds_dataset(capsys, tmp_path):
+    err = fit_error(capsys, tmp_path, "--data-dir", str(tmp_path / "tfds"), data="tfds:mnist")
+    assert "mnist" in err and "not prepared" in err
+
+
+def test_existing_run_directory_and_bad_choices(capsys, tmp_path):
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "keep.txt").write_text("an earlier run")
+    code = main(["fit", "--backbone", "example:digits", "--data", DIGITS, "--out", str(tmp_path / "done")])
+    assert code == 2 and "already exists; choose another --out" in capsys.readouterr().err
+    assert (tmp_path / "done" / "keep.txt").read_text() == "an earlier run"
+    assert "unknown optimizer 'adamm'" in fit_error(capsys, tmp_path, "--optimizer", "adamm")
+    assert "unknown export format 'onnx'" in fit_error(capsys, tmp_path, "--export", "onnx")
+    assert "fit trains one head on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
+
+
+def test_run_directory_is_removed_when_writing_fails(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with run_directory(out) as partial:
+            (partial / "config.json").write_text("{}")
+            raise RuntimeError("disk full")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_predict_errors(capsys, digits_run, tmp_path):
+    result, _ = digits_run
+    assert main(["predict", str(tmp_path), "x.png"]) == 2
+    assert "is not a transfer run directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    assert main(["predict", str(result.run_dir), str(bad)]) == 2
+    assert "bad.png is not a readable image" in capsys.readouterr().err
+    assert main(["evaluate", str(result.run_dir), "--data", "digits:0-4"]) == 2
+    assert "the run was trained on ['5', '6', '7', '8', '9']" in capsys.readouterr().err
+
+
+def test_saved_model_file_loads_in_a_fresh_process_after_import_transfer(digits_run):
+    """Keras finds FeatureLayer, the preprocessing layer and the heads once `transfer` is imported."""
+    import subprocess
+    import sys
+
+    result, _ = digits_run
+    script = ("import transfer, keras, numpy as np; "
+              f"m = keras.models.load_model({str(result.run_dir / 'model.keras')!r}); "
+              "print(m.predict(np.zeros((2, 8, 8, 1), 'float32'), verbose=0).shape)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(2, 5)")

@@ -1,0 +1,78 @@
+"""Deployable forms of a trained classifier: SavedModel, frozen `.pb`, TFLite.
+
+All take raw images (what the run's data gives, before preprocessing) and return class
+probabilities. The frozen graph names its feature tensor `features` and its output
+`probabilities`, so `transfer inspect` and `--backbone … --cut features` accept it again.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from transfer.freezing import freeze_function
+from transfer.model import model_parts
+
+SAVED_MODEL = "saved_model"
+FROZEN_GRAPH = "model.pb"
+TFLITE = "model.tflite"
+FORMATS = ("savedmodel", "pb", "tflite")
+
+
+def serving_function(model):
+    preprocessing, features, head = model_parts(model)
+    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="images")
+
+    @tf.function(input_signature=[spec])
+    def serve(images):
+        named = tf.identity(features(preprocessing(images)), name="features")
+        return {"probabilities": tf.identity(head(named, training=False), name="probabilities")}
+
+    return serve
+
+
+def export_saved_model(model, path: Path) -> Path:
+    module = tf.Module()
+    module.model = model  # tracks the head's variables
+    module.serve = serving_function(model)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def export_frozen_graph(model, path: Path) -> Path:
+    frozen = freeze_function(serving_function(model).get_concrete_function())
+    path.write_bytes(frozen.graph_def.SerializeToString())
+    return path
+
+
+def export_tflite(model, path: Path) -> Path:
+    """Converted from a SavedModel of the *frozen* serving function: converting one with variables
+    keeps them as TFLite resource variables that the interpreter never initialises."""
+    function = serving_function(model).get_concrete_function()
+    frozen = convert_variables_to_constants_v2(function)
+
+    @tf.function(input_signature=function.structured_input_signature[0])
+    def serve(images):
+        return {"probabilities": frozen(images)[0]}
+
+    module = tf.Module()
+    module.serve = serve
+    with tempfile.TemporaryDirectory() as constants_only:
+        tf.saved_model.save(module, constants_only, signatures={"serving_default": serve})
+        path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(constants_only).convert())
+    return path
+
+
+def export_all(model, directory: Path, formats) -> dict[str, str]:
+    """Write the requested formats into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if "savedmodel" in formats:
+        written["savedmodel"] = export_saved_model(model, directory / SAVED_MODEL)
+    if "pb" in formats:
+        written["pb"] = export_frozen_graph(model, directory / FROZEN_GRAPH)
+    if "tflite" in formats:
+        written["tflite"] = export_tflite(model, directory / TFLITE)
+    return {name: str(path) for name, path in written.items()}

@@ -1,0 +1,75 @@
+"""Assemble raw images -> preprocessing -> FeatureLayer -> head into one Keras model.
+
+Preprocessing lives inside the model so that what is saved and exported takes raw images:
+the exported SavedModel and frozen `.pb` need no separate preprocessing step.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from transfer.datasets.preprocessing import Preprocessing
+from transfer.layer import FeatureLayer
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class PreprocessingLayer(keras.layers.Layer):
+    """`transfer.datasets.Preprocessing` as a layer (resize, channels, range, dtype)."""
+
+    def __init__(self, size=None, channels=None, dtype_out="float32", scale="none", **kwargs):
+        super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
+        self.preprocessing = Preprocessing(size=None if size is None else tuple(size), channels=channels,
+                                           dtype=dtype_out, scale=scale)
+
+    def call(self, images):
+        return self.preprocessing(images)
+
+    def compute_output_spec(self, images):
+        height, width = self.preprocessing.size or images.shape[1:3]
+        channels = self.preprocessing.channels or images.shape[-1]
+        return keras.KerasTensor((images.shape[0], height, width, channels), dtype=self.preprocessing.dtype)
+
+    def get_config(self):
+        settings = self.preprocessing.to_dict()
+        return {**super().get_config(), "size": settings["size"], "channels": settings["channels"],
+                "dtype_out": settings["dtype"], "scale": settings["scale"]}
+
+
+def build_classifier(features: FeatureLayer, head, input_shape, preprocessing: Preprocessing,
+                     name: str = "transfer_classifier") -> keras.Model:
+    """Raw images of `input_shape` (height, width, channels; None where sizes vary) -> head output."""
+    settings = preprocessing.to_dict()
+    images = keras.Input(tuple(input_shape), name="images")
+    prepared = PreprocessingLayer(settings["size"], settings["channels"], settings["dtype"], settings["scale"],
+                                  name="preprocessing")(images)
+    return keras.Model(images, head(features(prepared)), name=name)
+
+
+def model_parts(model: keras.Model):
+    """(preprocessing, feature layer, head) of a model made by `build_classifier`."""
+    _, preprocessing, features, head = model.layers
+    return preprocessing, features, head
+
+
+def probe_as_head(probe, feature_shape):
+    """A fitted scikit-learn logistic regression as the equivalent Keras `linear` head.
+
+    Multinomial logistic regression is softmax(x W + b): exactly a Dense layer, so the probe
+    exports like any other head. A binary probe's single logit z becomes the pair (0, z).
+    Classes absent from training get a bias of -1e9 (probability 0), as `predict_proba` has.
+    """
+    from transfer.heads import get
+
+    head = get("linear", num_classes=len(probe.classes_), pooling=probe.pooling)
+    head.build((None, *feature_shape[1:]))
+    coef, intercept = probe.model_.coef_, probe.model_.intercept_
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    kernel = np.zeros((coef.shape[1], len(probe.classes_)), "float32")
+    bias = np.full(len(probe.classes_), -1e9, "float32")
+    columns = np.searchsorted(probe.classes_, probe.model_.classes_)
+    kernel[:, columns] = coef.T
+    bias[columns] = intercept
+    head.classifier.set_weights([kernel, bias])
+    return head

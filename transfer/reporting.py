@@ -1,0 +1,121 @@
+"""What a run leaves for people and scripts: metrics, history, plots, an atomic run directory."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+
+def check_new_run_dir(out) -> Path:
+    """A run never overwrites another: refuse an existing directory (before any slow work)."""
+    out = Path(out)
+    if out.exists():
+        raise TransferError(f"run directory {str(out)!r} already exists; choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def run_directory(out):
+    """Write into `OUT.partial`, rename to `OUT` only when all went well: never half a run."""
+    out = check_new_run_dir(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # the leftovers of a killed run
+    try:
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise TransferError(f"cannot create run directory {str(out)!r}: {error.strerror}") from None
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.replace(partial, out)
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, default=_plain) + "\n")
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def classification_metrics(y_true, probabilities, class_names) -> dict:
+    """Accuracy, scikit-learn's per-class report and the confusion matrix of one split."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    labels = np.arange(len(class_names))
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "examples": int(len(y_true)),
+        "accuracy": float(np.mean(predicted == y_true)) if len(y_true) else None,
+        "report": classification_report(y_true, predicted, labels=labels, target_names=list(class_names),
+                                        output_dict=True, zero_division=0),
+        "confusion_matrix": confusion_matrix(y_true, predicted, labels=labels).tolist(),
+    }
+
+
+def write_history(path: Path, history: dict) -> None:
+    keys = list(history)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *keys])
+        for epoch, values in enumerate(zip(*(history[k] for k in keys)), start=1):
+            writer.writerow([epoch, *(f"{v:.6g}" for v in values)])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(path: Path, history: dict) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if key in history:
+                axis.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(path: Path, matrix, class_names, title: str) -> None:
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.5 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > threshold else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

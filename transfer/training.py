@@ -1,0 +1,232 @@
+"""`transfer.fit`: a frozen backbone, a head, a dataset -> a trained Keras model and a run directory.
+
+Training is plain Keras `model.fit` on tf.data pipelines, so the user's own callbacks see the
+usual logs. The scikit-learn probe (`logreg`) is fitted on extracted features instead and then
+turned into the equivalent Dense head, so that every head exports the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import transfer
+from transfer import datasets, heads
+from transfer.backbone import Backbone
+from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
+from transfer.errors import TransferError
+from transfer.export import FORMATS, export_all
+from transfer.layer import FeatureLayer
+from transfer.model import build_classifier, probe_as_head
+from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
+                                plot_learning_curves, run_directory, write_history, write_json)
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
+CLASS_WEIGHTS = (None, "balanced")
+MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: keras.Model
+    history: dict  # metric name -> one value per epoch (empty for the logreg probe)
+    metrics: dict
+    run_dir: Path | None
+    class_names: list
+
+
+def default_run_dir(command: str = "fit") -> Path:
+    return Path("runs") / f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
+    """Explicit settings, else the JSON beside the backbone, else what the graph's input says."""
+    if isinstance(preprocessing, (str, Path)):
+        preprocessing = Preprocessing.from_json(preprocessing)
+    elif isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if preprocessing is None and backbone.path.exists():
+        preprocessing = Preprocessing.beside(backbone.path)
+    if preprocessing is None:
+        (spec,) = backbone.input_specs
+        if spec.shape.rank != 4:
+            raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
+                                f"its input {spec.name!r} has shape {spec.shape}")
+        preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
+    if scale is not None:
+        preprocessing = dataclasses.replace(preprocessing, scale=scale)
+    return preprocessing
+
+
+def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs: int = 20,
+        batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", patience: int | None = 5,
+        class_weight=None, seed: int = 0, augment: bool = False, preprocessing=None, scale=None,
+        signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
+        out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
+    """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
+
+    `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
+    or `DataSplits`. With `out`, a run directory is written (config, metrics, history, plots,
+    model.keras and the exports); without, nothing touches the disk.
+    """
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
+    export = tuple(export or ())
+    for name in export:
+        _check_choice("export format", name, FORMATS)
+    if out is not None:
+        check_new_run_dir(out)
+    head_options = dict(head_options or {})
+    head_factory = heads.resolve(head)  # an unknown head fails before any slow work
+    keras.utils.set_random_seed(seed)
+    if not isinstance(backbone, Backbone):
+        backbone = Backbone.load(backbone, cut=cut, signature=signature)
+    if backbone.multi_cut:
+        raise TransferError(f"fit trains one head on one cut; got {len(backbone.cuts)} cuts "
+                            f"({', '.join(c.spec for c in backbone.cuts)})")
+    splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
+        data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
+    if splits.num_classes < 2:
+        raise TransferError(f"data has {splits.num_classes} class(es) ({', '.join(splits.class_names)}); "
+                            "a classifier needs at least 2")
+    prep = resolve_preprocessing(backbone, preprocessing, scale)
+    input_shape = _model_input_shape(splits, prep)
+    batches = Batches(splits, prep, batch_size, seed, Augmentation(seed=seed) if augment else None)
+    features = FeatureLayer(backbone, name="features")
+    started = time.perf_counter()
+    if getattr(head_factory, "is_keras", True):
+        head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
+        model = build_classifier(features, head_layer, input_shape, prep)
+        history = _train(model, batches, head_layer, epochs, lr, optimizer, patience, class_weight,
+                         list(callbacks), verbose)
+    else:
+        probe = heads.get(head, num_classes=splits.num_classes, **head_options)
+        feature_model = build_classifier(features, keras.layers.Identity(), input_shape, prep)
+        x_train, y_train = predict_batches(feature_model, batches.evaluation("train"))
+        probe.fit(x_train, y_train)
+        model = build_classifier(features, probe_as_head(probe, x_train.shape), input_shape, prep)
+        history = {}
+    seconds = time.perf_counter() - started
+    metrics = evaluate_splits(model, batches, splits)
+    metrics["train_seconds"] = round(seconds, 2)
+    config = {
+        "transfer_version": transfer.__version__,
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
+        "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
+        "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
+        "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
+        "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
+        "per_class": per_class, "class_names": splits.class_names, "input_shape": list(input_shape),
+        "preprocessing": prep.to_dict(), "head": head, "head_options": head_options, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
+        "class_weight": class_weight, "seed": seed, "augment": augment, "export": list(export),
+    }
+    run_dir = None
+    if out is not None:
+        with run_directory(out) as directory:
+            _write_run(directory, model, config, metrics, history, splits.class_names, export)
+        run_dir = Path(out)
+    return FitResult(model, history, metrics, run_dir, splits.class_names)
+
+
+def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
+    if value in valid or (allow_dict and isinstance(value, dict)):
+        return
+    shown = ", ".join("none" if v is None else str(v) for v in valid)
+    raise TransferError(f"unknown {what} {value!r}; valid: {shown}")
+
+
+def _model_input_shape(splits, prep: Preprocessing) -> tuple:
+    """The data's image shape when it already has the backbone's size; else any size is accepted."""
+    height, width, channels = splits.image_shape
+    if prep.size is None or (height, width) == tuple(prep.size):
+        return (height, width, channels)
+    return (None, None, channels)
+
+
+class Batches:
+    """The tf.data pipelines: images resized to the backbone's size (so they batch), float32."""
+
+    def __init__(self, splits, prep: Preprocessing, batch_size: int, seed: int, augmentation):
+        self.splits, self.batch_size, self.seed, self.augmentation = splits, batch_size, seed, augmentation
+        self.resize = Preprocessing(size=prep.size)
+
+    def training(self) -> tf.data.Dataset:
+        size = self.splits.sizes.get("train") or 10_000
+        stream = self.splits.train.shuffle(min(size, 10_000), seed=self.seed, reshuffle_each_iteration=True)
+        return self._batched(stream, self.augmentation)
+
+    def evaluation(self, role: str) -> tf.data.Dataset | None:
+        stream = getattr(self.splits, role)
+        return None if stream is None else self._batched(stream, None)
+
+    def _batched(self, stream, augmentation) -> tf.data.Dataset:
+        return preprocess(stream, self.resize, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _train(model, batches: Batches, head_layer, epochs, lr, optimizer, patience, class_weight,
+           callbacks, verbose) -> dict:
+    validation = batches.evaluation("validation")
+    model.compile(optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}}),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=head_layer.logits),
+                  metrics=["accuracy"])
+    if patience is not None and validation is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
+    weights = _class_weights(batches) if class_weight == "balanced" else class_weight
+    history = model.fit(batches.training(), validation_data=validation, epochs=epochs, callbacks=callbacks,
+                        class_weight=weights, shuffle=False, verbose=verbose)  # tf.data shuffles
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def _class_weights(batches: Batches) -> dict:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.concatenate([y for _, y in batches.evaluation("train").as_numpy_iterator()])
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs and labels of a batched (image, label) dataset, in one pass."""
+    outputs, labels = [], []
+    for images, y in dataset:
+        outputs.append(np.asarray(model.predict_on_batch(images)))
+        labels.append(y.numpy())
+    if not outputs:
+        return np.zeros((0,)), np.zeros((0,), "int32")
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def evaluate_splits(model, batches: Batches, splits) -> dict:
+    """Accuracy per split; the per-class report and confusion matrix of the last one (test if any)."""
+    metrics = {"class_names": splits.class_names}
+    for role in ("validation", "test"):
+        dataset = batches.evaluation(role)
+        if dataset is not None:
+            probabilities, labels = predict_batches(model, dataset)
+            metrics[role] = classification_metrics(labels, probabilities, splits.class_names)
+    return metrics
+
+
+def _write_run(directory: Path, model, config, metrics, history, class_names, export) -> None:
+    model.save(directory / MODEL_FILE)
+    if export:
+        written = export_all(model, directory / "export", export)
+        config["exports"] = {name: str(Path(path).relative_to(directory)) for name, path in written.items()}
+    write_json(directory / "config.json", config)
+    write_json(directory / "metrics.json", metrics)
+    if history:
+        write_history(directory / "history.csv", history)
+        plot_learning_curves(directory / "learning_curves.png", history)
+    reported = next((role for role in ("test", "validation") if role in metrics), None)
+    if reported:
+        plot_confusion_matrix(directory / "confusion_matrix.png", metrics[reported]["confusion_matrix"],
+                              class_names, f"{reported} accuracy {metrics[reported]['accuracy']:.3f}")
