@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 
 from transfer.datasets.source import Source, indexed_part
 
@@ -135,7 +135,8 @@ def _check_readable(root: Path, trees: dict, class_names: list, listed: dict, sh
                 raise TransferError(f"class folder {str(folder)!r} has no readable images: "
                                     f"{_names(group, root)}")
     warnings.warn(f"skipped {len(bad)} of {len(paths)} image files under {str(root)!r} that "
-                  f"could not be decoded (corrupt or not an image): {_names(bad, root)}")
+                  f"could not be decoded (corrupt or not an image): {_names(bad, root)}",
+                  TransferWarning, stacklevel=2)
 
 
 def _names(paths: list, root: Path) -> str:

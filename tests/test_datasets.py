@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -101,7 +101,7 @@ def test_corrupt_images_are_skipped_with_a_warning_naming_them(tmp_path):
     (root / "a" / "broken.png").write_bytes(b"not an image at all")
     (root / "b" / "empty.jpg").write_bytes(b"")
     (root / "b" / "notes.txt").write_text("ignored: not an image suffix")
-    with pytest.warns(UserWarning, match=r"skipped 2 of 7 image files .*a/broken.png, b/empty.jpg"):
+    with pytest.warns(TransferWarning, match=r"skipped 2 of 7 image files .*a/broken.png, b/empty.jpg"):
         data = load(str(root), validation_split=0)
     assert data.sizes == {"train": 5}
     assert len(pairs(data.train)) == 5

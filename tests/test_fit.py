@@ -284,3 +284,20 @@ def test_saved_model_file_loads_in_a_fresh_process_after_import_transfer(digits_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("(2, 5)")
+
+
+def test_some_unreadable_images_are_skipped_with_a_one_line_warning(capsys, tiny, color_folder, tmp_path):
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(color_folder, data)
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    code = main(["fit", "--backbone", str(tiny.path), "--cut", "gap", "--data", str(data), "--epochs", "1",
+                 "--crop-padding", "2", "--augment", "--export", "none", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0
+    warning_lines = [line for line in err.splitlines() if line.startswith("transfer fit: warning:")]
+    assert len(warning_lines) == 1 and "skipped 1 of 25 image files" in warning_lines[0]
+    assert "red/broken.png" in warning_lines[0]
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["crop_padding"] == 2 and config["augment"] is True and not (tmp_path / "run/export").exists()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
             "--data 'digits:5-9?per_class=10' --epochs 60 --lr 0.01")
@@ -57,6 +58,7 @@ def cmd_fit(args) -> int:
     result = fit(args.backbone, args.data, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                  patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
+                 crop_padding=args.crop_padding,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=() if args.export == "none" else tuple(args.export.split(",")),
@@ -159,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "epoch's weights are restored (default 5)")
     fit.add_argument("--class-weight", choices=["balanced"], help="weight classes against imbalance")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--augment", action="store_true", help="random flips during training")
+    fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
+    fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
+                     help="random shifts during training: pad by N pixels, crop back (default 0: off)")
     fit.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
                      "preprocessing JSON beside the backbone, else none)")
     fit.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")
@@ -197,10 +201,23 @@ def main(argv=None) -> int:
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")
     _quiet_tensorflow()
     try:
-        return args.handler(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TransferWarning)
+            try:
+                return args.handler(args)
+            finally:
+                _print_user_warnings(args.command, caught)
     except TransferError as error:
         print(f"transfer {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _print_user_warnings(command: str, caught) -> None:
+    """Our own warnings (skipped image files) as one line each, like the errors; library
+    warnings (Keras, TF) stay out of the user's way."""
+    for warning in caught:
+        if issubclass(warning.category, TransferWarning):
+            print(f"transfer {command}: warning: {warning.message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,8 @@ the CLI prints it and exits 2 without a traceback. Anything else escaping is a b
 
 class TransferError(ValueError):
     """A user error: bad path, unknown cut, wrong shape, corrupt file, unprepared dataset."""
+
+
+class TransferWarning(UserWarning):
+    """Something the user should know that did not stop the work (skipped image files).
+    The CLI prints these as one line each."""

@@ -66,7 +66,7 @@ def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | N
 
 def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs: int = 20,
         batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", patience: int | None = 5,
-        class_weight=None, seed: int = 0, augment: bool = False, preprocessing=None, scale=None,
+        class_weight=None, seed: int = 0, augment: bool = False, crop_padding: int = 0, preprocessing=None, scale=None,
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
         out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
@@ -97,7 +97,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                             "a classifier needs at least 2")
     prep = resolve_preprocessing(backbone, preprocessing, scale)
     input_shape = _model_input_shape(splits, prep)
-    batches = Batches(splits, prep, batch_size, seed, Augmentation(seed=seed) if augment else None)
+    augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
+    batches = Batches(splits, prep, batch_size, seed, augmentation)
     features = FeatureLayer(backbone, name="features")
     started = time.perf_counter()
     if getattr(head_factory, "is_keras", True):
@@ -125,7 +126,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "per_class": per_class, "class_names": splits.class_names, "input_shape": list(input_shape),
         "preprocessing": prep.to_dict(), "head": head, "head_options": head_options, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
-        "class_weight": class_weight, "seed": seed, "augment": augment, "export": list(export),
+        "class_weight": class_weight, "seed": seed, "augment": augment,
+        "crop_padding": crop_padding, "export": list(export),
     }
     run_dir = None
     if out is not None:
