@@ -13,7 +13,7 @@ from transfer import Backbone, FeatureLayer, heads
 from transfer.cli import main
 from transfer.model import probe_as_head
 from transfer.reporting import run_directory
-from transfer.training import resolve_preprocessing
+from transfer.pipeline import resolve_preprocessing
 
 DIGITS = "digits:5-9?per_class=10"
 FLATTEN = {"pooling": "flatten"}
@@ -248,7 +248,7 @@ def test_existing_run_directory_and_bad_choices(capsys, tmp_path):
     assert (tmp_path / "done" / "keep.txt").read_text() == "an earlier run"
     assert "unknown optimizer 'adamm'" in fit_error(capsys, tmp_path, "--optimizer", "adamm")
     assert "unknown export format 'onnx'" in fit_error(capsys, tmp_path, "--export", "onnx")
-    assert "fit trains one head on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
+    assert "a head trains on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
 
 
 def test_run_directory_is_removed_when_writing_fails(tmp_path):

@@ -12,7 +12,8 @@ from transfer import datasets
 from transfer.datasets.preprocessing import Preprocessing
 from transfer.errors import TransferError
 from transfer.reporting import classification_metrics
-from transfer.training import MODEL_FILE, Batches, predict_batches
+from transfer.pipeline import Batches, predict_batches
+from transfer.training import MODEL_FILE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import transfer
-from transfer import datasets, heads
-from transfer.backbone import Backbone
-from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
+from transfer import heads
 from transfer.errors import TransferError
 from transfer.export import FORMATS, export_all
-from transfer.layer import FeatureLayer
 from transfer.model import build_classifier, probe_as_head
+from transfer.pipeline import Batches, open_inputs, predict_batches
 from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 
@@ -43,25 +40,6 @@ class FitResult:
 
 def default_run_dir(command: str = "fit") -> Path:
     return Path("runs") / f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-
-
-def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
-    """Explicit settings, else the JSON beside the backbone, else what the graph's input says."""
-    if isinstance(preprocessing, (str, Path)):
-        preprocessing = Preprocessing.from_json(preprocessing)
-    elif isinstance(preprocessing, dict):
-        preprocessing = Preprocessing.from_dict(preprocessing)
-    if preprocessing is None and backbone.path.exists():
-        preprocessing = Preprocessing.beside(backbone.path)
-    if preprocessing is None:
-        (spec,) = backbone.input_specs
-        if spec.shape.rank != 4:
-            raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
-                                f"its input {spec.name!r} has shape {spec.shape}")
-        preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
-    if scale is not None:
-        preprocessing = dataclasses.replace(preprocessing, scale=scale)
-    return preprocessing
 
 
 def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs: int = 20,
@@ -85,21 +63,13 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     head_options = dict(head_options or {})
     head_factory = heads.resolve(head)  # an unknown head fails before any slow work
     keras.utils.set_random_seed(seed)
-    if not isinstance(backbone, Backbone):
-        backbone = Backbone.load(backbone, cut=cut, signature=signature)
-    if backbone.multi_cut:
-        raise TransferError(f"fit trains one head on one cut; got {len(backbone.cuts)} cuts "
-                            f"({', '.join(c.spec for c in backbone.cuts)})")
-    splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
-        data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
-    if splits.num_classes < 2:
-        raise TransferError(f"data has {splits.num_classes} class(es) ({', '.join(splits.class_names)}); "
-                            "a classifier needs at least 2")
-    prep = resolve_preprocessing(backbone, preprocessing, scale)
-    input_shape = _model_input_shape(splits, prep)
-    augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
-    batches = Batches(splits, prep, batch_size, seed, augmentation)
-    features = FeatureLayer(backbone, name="features")
+    inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
+                         validation_split=validation_split, per_class=per_class, seed=seed,
+                         preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
+                         crop_padding=crop_padding)
+    backbone, splits, prep, input_shape, batches = (inputs.backbone, inputs.splits, inputs.preprocessing,
+                                                    inputs.input_shape, inputs.batches)
+    features = inputs.feature_layer()
     started = time.perf_counter()
     if getattr(head_factory, "is_keras", True):
         head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
@@ -108,8 +78,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                          list(callbacks), verbose)
     else:
         probe = heads.get(head, num_classes=splits.num_classes, **head_options)
-        feature_model = build_classifier(features, keras.layers.Identity(), input_shape, prep)
-        x_train, y_train = predict_batches(feature_model, batches.evaluation("train"))
+        x_train, y_train = predict_batches(inputs.feature_model(features), batches.evaluation("train"))
         probe.fit(x_train, y_train)
         model = build_classifier(features, probe_as_head(probe, x_train.shape), input_shape, prep)
         history = {}
@@ -144,34 +113,6 @@ def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
     raise TransferError(f"unknown {what} {value!r}; valid: {shown}")
 
 
-def _model_input_shape(splits, prep: Preprocessing) -> tuple:
-    """The data's image shape when it already has the backbone's size; else any size is accepted."""
-    height, width, channels = splits.image_shape
-    if prep.size is None or (height, width) == tuple(prep.size):
-        return (height, width, channels)
-    return (None, None, channels)
-
-
-class Batches:
-    """The tf.data pipelines: images resized to the backbone's size (so they batch), float32."""
-
-    def __init__(self, splits, prep: Preprocessing, batch_size: int, seed: int, augmentation):
-        self.splits, self.batch_size, self.seed, self.augmentation = splits, batch_size, seed, augmentation
-        self.resize = Preprocessing(size=prep.size)
-
-    def training(self) -> tf.data.Dataset:
-        size = self.splits.sizes.get("train") or 10_000
-        stream = self.splits.train.shuffle(min(size, 10_000), seed=self.seed, reshuffle_each_iteration=True)
-        return self._batched(stream, self.augmentation)
-
-    def evaluation(self, role: str) -> tf.data.Dataset | None:
-        stream = getattr(self.splits, role)
-        return None if stream is None else self._batched(stream, None)
-
-    def _batched(self, stream, augmentation) -> tf.data.Dataset:
-        return preprocess(stream, self.resize, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def _train(model, batches: Batches, head_layer, epochs, lr, optimizer, patience, class_weight,
            callbacks, verbose) -> dict:
     validation = batches.evaluation("validation")
@@ -194,17 +135,6 @@ def _class_weights(batches: Batches) -> dict:
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
     return {int(c): float(w) for c, w in zip(present, weights)}
-
-
-def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs and labels of a batched (image, label) dataset, in one pass."""
-    outputs, labels = [], []
-    for images, y in dataset:
-        outputs.append(np.asarray(model.predict_on_batch(images)))
-        labels.append(y.numpy())
-    if not outputs:
-        return np.zeros((0,)), np.zeros((0,), "int32")
-    return np.concatenate(outputs), np.concatenate(labels)
 
 
 def evaluate_splits(model, batches: Batches, splits) -> dict:

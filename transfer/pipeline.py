@@ -1,0 +1,120 @@
+"""From a backbone and a data spec to what training and extraction both need.
+
+`open_inputs` loads the backbone and the data, settles the preprocessing and the model's input
+shape, and builds the tf.data pipelines (`Batches`): one place, so that `fit`, `extract` and
+`sweep` see exactly the same examples in the same order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transfer import datasets
+from transfer.backbone import Backbone
+from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
+from transfer.errors import TransferError
+from transfer.layer import FeatureLayer
+from transfer.model import build_classifier
+
+
+@dataclasses.dataclass
+class Inputs:
+    backbone: Backbone
+    splits: datasets.DataSplits
+    preprocessing: Preprocessing
+    input_shape: tuple  # the trained model's raw-image input (height, width, channels)
+    batches: "Batches"
+
+    def feature_layer(self) -> FeatureLayer:
+        return FeatureLayer(self.backbone, name="features")
+
+    def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
+        """Raw images -> features: what extraction runs."""
+        return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.input_shape,
+                                self.preprocessing, name="feature_extractor")
+
+
+def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
+                per_class=None, seed: int = 0, preprocessing=None, scale=None, batch_size: int = 32,
+                augment: bool = False, crop_padding: int = 0) -> Inputs:
+    """Load what a command needs; every user mistake here is one TransferError line."""
+    if not isinstance(backbone, Backbone):
+        backbone = Backbone.load(backbone, cut=cut, signature=signature)
+    if backbone.multi_cut:
+        raise TransferError(f"a head trains on one cut; got {len(backbone.cuts)} cuts "
+                            f"({', '.join(c.spec for c in backbone.cuts)})")
+    splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
+        data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
+    if splits.num_classes < 2:
+        raise TransferError(f"data has {splits.num_classes} class(es) ({', '.join(splits.class_names)}); "
+                            "a classifier needs at least 2")
+    prep = resolve_preprocessing(backbone, preprocessing, scale)
+    augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
+    return Inputs(backbone, splits, prep, model_input_shape(splits, prep),
+                  Batches(splits, prep, batch_size, seed, augmentation))
+
+
+def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
+    """Explicit settings, else the JSON beside the backbone, else what the graph's input says."""
+    if isinstance(preprocessing, (str, Path)):
+        preprocessing = Preprocessing.from_json(preprocessing)
+    elif isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if preprocessing is None and backbone.path.exists():
+        preprocessing = Preprocessing.beside(backbone.path)
+    if preprocessing is None:
+        (spec,) = backbone.input_specs
+        if spec.shape.rank != 4:
+            raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
+                                f"its input {spec.name!r} has shape {spec.shape}")
+        preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
+    if scale is not None:
+        preprocessing = dataclasses.replace(preprocessing, scale=scale)
+    return preprocessing
+
+
+def model_input_shape(splits, prep: Preprocessing) -> tuple:
+    """The data's image shape when it already has the backbone's size; else any size is accepted."""
+    height, width, channels = splits.image_shape
+    if prep.size is None or (height, width) == tuple(prep.size):
+        return (height, width, channels)
+    return (None, None, channels)
+
+
+
+class Batches:
+    """The tf.data pipelines: images resized to the backbone's size (so they batch), float32."""
+
+    def __init__(self, splits, prep: Preprocessing, batch_size: int, seed: int, augmentation):
+        self.splits, self.batch_size, self.seed, self.augmentation = splits, batch_size, seed, augmentation
+        self.resize = Preprocessing(size=prep.size)
+
+    def training(self) -> tf.data.Dataset:
+        size = self.splits.sizes.get("train") or 10_000
+        stream = self.splits.train.shuffle(min(size, 10_000), seed=self.seed, reshuffle_each_iteration=True)
+        return self._batched(stream, self.augmentation)
+
+    def evaluation(self, role: str, skip: int = 0, take: int = -1) -> tf.data.Dataset | None:
+        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only."""
+        stream = getattr(self.splits, role)
+        return None if stream is None else self._batched(stream.skip(skip).take(take), None)
+
+    def _batched(self, stream, augmentation) -> tf.data.Dataset:
+        return preprocess(stream, self.resize, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs and labels of a batched (image, label) dataset, in one pass."""
+    outputs, labels = [], []
+    for images, y in dataset:
+        outputs.append(np.asarray(model.predict_on_batch(images)))
+        labels.append(y.numpy())
+    if not outputs:
+        return np.zeros((0,)), np.zeros((0,), "int32")
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
