@@ -18,6 +18,13 @@ EXAMPLES = {
   {MAIN_JOB}
   transfer fit --backbone model.pb --cut resnet_features --head mlp --head-opt hidden=256 --data photos/
   transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite""",
+    "extract": """examples:
+  transfer extract --backbone example:digits --cut block2_out --data digits:5-9 --cache-dir features/
+  transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16""",
+    "cache": """examples:
+  transfer cache ls --cache-dir features/
+  transfer cache verify
+  transfer cache rm 9c466a7488d741d40711d4deadac0808""",
     "evaluate": """examples:
   transfer evaluate runs/fit-20261125-101500 --data 'digits:5-9'
   transfer evaluate runs/my-run --data photos/test --json""",
@@ -71,6 +78,69 @@ def cmd_fit(args) -> int:
         print(", ".join(scores) or "no validation or test data to score")
         print(f"run directory: {result.run_dir}")
     return 0
+
+
+def cmd_extract(args) -> int:
+    from transfer.cache import FeatureCache
+    from transfer.pipeline import open_inputs
+
+    inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
+                         validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
+                         preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size)
+    cache = FeatureCache(args.cache_dir, shard_size=args.shard_size)
+    entries = cache.extract(inputs, dtype=args.cache_dtype, progress=not args.json)
+    rows = [_entry_row(entry) for entry in entries.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"cache {cache.root}:")
+        print(_entry_table(rows))
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from transfer.cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    entries = [cache.open(key) for key in args.keys] if args.keys else cache.entries()
+    if args.action == "rm":
+        for entry in entries:
+            cache.remove(entry.key)
+            print(f"removed {entry.key}")
+        return 0
+    rows = [_entry_row(entry, verify=args.action == "verify") for entry in entries]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(_entry_table(rows))
+    else:
+        print(f"no cache entries in {cache.root}")
+    bad = [row for row in rows if row.get("bad_shards")]
+    for row in bad:
+        print(f"entry {row['key']}: corrupt or missing shard(s) {row['bad_shards']}; the next extract or fit "
+              f"with this cache re-extracts them", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _entry_row(entry, verify: bool = False) -> dict:
+    recipe = entry.manifest.get("ingredients", {})
+    row = {"key": entry.key, "role": entry.manifest.get("role"), "examples": entry.count,
+           "shape": entry.manifest["feature_shape"], "dtype": entry.manifest.get("dtype"),
+           "shards": len(entry.manifest["shards"]), "complete": entry.complete,
+           "megabytes": round(entry.size_bytes() / 1e6, 2),
+           "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source")}
+    if verify:
+        row["bad_shards"] = entry.bad_shards()
+    return row
+
+
+def _entry_table(rows) -> str:
+    header = ("key", "role", "examples", "shape", "dtype", "MB", "cut", "status")
+    lines = [header] + [(r["key"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())), str(r["dtype"]),
+                         f"{r['megabytes']:.1f}", str(r["cut"]),
+                         ("CORRUPT " + str(r["bad_shards"])) if r.get("bad_shards") else
+                         ("ok" if r["complete"] else "partial")) for r in rows]
+    return _table(lines)
 
 
 def cmd_evaluate(args) -> int:
@@ -140,15 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
     fit = _command(commands, "fit", cmd_fit, "train a head on a frozen backbone's features; write a run directory")
-    fit.add_argument("--backbone", required=True, metavar="PATH", help="graph file, SavedModel dir or example:NAME")
-    fit.add_argument("--cut", default="auto", metavar="NAME", help="where to cut the graph (default: auto)")
-    fit.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
-    fit.add_argument("--data", required=True, metavar="SPEC",
-                     help="folder:PATH | PATH | npz:FILE | tfds:NAME[:SPLIT] | digits[:5-9] (+ ?per_class=N)")
-    fit.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data directory")
-    fit.add_argument("--validation-split", type=float, default=0.2, metavar="F",
-                     help="share of each class held out when the data has no validation split (default 0.2)")
-    fit.add_argument("--per-class", type=int, metavar="N", help="train on N labelled examples per class")
+    _add_input_arguments(fit)
     fit.add_argument("--head", default="linear", metavar="NAME",
                      help="linear, mlp, conv, attention, logreg, or module:Class (default: linear)")
     fit.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -160,17 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; the best "
                      "epoch's weights are restored (default 5)")
     fit.add_argument("--class-weight", choices=["balanced"], help="weight classes against imbalance")
-    fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
     fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
                      help="random shifts during training: pad by N pixels, crop back (default 0: off)")
-    fit.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
-                     "preprocessing JSON beside the backbone, else none)")
-    fit.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")
     fit.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
                      help="savedmodel, pb, tflite, comma-separated, or none (default: savedmodel,pb)")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    extract = _command(commands, "extract", cmd_extract, "extract features once into the feature cache")
+    _add_input_arguments(extract)
+    extract.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
+                         "~/.cache/transfer)")
+    extract.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
+                         help="stored dtype (float16 halves the disk)")
+    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
+    extract.add_argument("--json", action="store_true", help="print the entries as JSON")
+
+    cache = _command(commands, "cache", cmd_cache, "list, verify or remove feature-cache entries")
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, summary in (("ls", "list entries"), ("verify", "check every shard's checksum (exit 1 if any "
+                            "is corrupt)"), ("rm", "remove entries")):
+        sub = actions.add_parser(action, help=summary, description=summary)
+        sub.add_argument("keys", nargs="*" if action != "rm" else "+", metavar="KEY",
+                         help="entries" + (" (default: all)" if action != "rm" else ""))
+        sub.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
+                         "~/.cache/transfer)")
+        sub.add_argument("--json", action="store_true", help="print the entries as JSON")
 
     evaluate = _command(commands, "evaluate", cmd_evaluate, "score a fit run on labelled data")
     evaluate.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
@@ -185,6 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     return parser
+
+
+def _add_input_arguments(parser) -> None:
+    """Backbone, cut, data and preprocessing: the same flags wherever features are made."""
+    parser.add_argument("--backbone", required=True, metavar="PATH", help="graph file, SavedModel dir or example:NAME")
+    parser.add_argument("--cut", default="auto", metavar="NAME", help="where to cut the graph (default: auto)")
+    parser.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="folder:PATH | PATH | npz:FILE | tfds:NAME[:SPLIT] | digits[:5-9] (+ ?per_class=N)")
+    parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data directory")
+    parser.add_argument("--validation-split", type=float, default=0.2, metavar="F",
+                        help="share of each class held out when the data has no validation split (default 0.2)")
+    parser.add_argument("--per-class", type=int, metavar="N", help="train on N labelled examples per class")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split (and training)")
+    parser.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
+                        "preprocessing JSON beside the backbone, else none)")
+    parser.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")
 
 
 def _command(commands, name: str, handler, summary: str) -> argparse.ArgumentParser:

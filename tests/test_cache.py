@@ -1,0 +1,226 @@
+"""The feature cache: keys, format, resume after kill -9, checksums, locking, bad input."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from transfer import cache as cache_module
+from transfer.cache import FeatureCache
+from transfer.cli import main
+from transfer.pipeline import open_inputs
+
+DATA = "digits:5-9?per_class=10"
+
+
+def extract(cache_dir, cut="block2_out", data=DATA, dtype="float32", shard_size=None, **options):
+    inputs = open_inputs("example:digits", data, cut=cut, **options)
+    return inputs, FeatureCache(cache_dir, shard_size=shard_size).extract(inputs, dtype=dtype, progress=False)
+
+
+def test_extract_writes_features_equal_to_the_backbone_and_labels(tmp_path):
+    inputs, entries = extract(tmp_path, shard_size=64)
+    assert set(entries) == {"train", "validation", "test"}
+    test = entries["test"]
+    assert test.complete and test.count == inputs.splits.sizes["test"] and test.feature_shape == (4, 4, 32)
+    assert len(test.manifest["shards"]) == -(-test.count // 64)  # ceil: shards of 64 examples
+    features, labels = test.arrays()
+    images = np.stack([x for x, _ in inputs.splits.test.take(70)])
+    expected = inputs.feature_model().predict(images, verbose=0)
+    np.testing.assert_allclose(features[:70], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(labels[:70], [y for _, y in inputs.splits.test.take(70).as_numpy_iterator()])
+    streamed = np.concatenate([f for f, _ in test.dataset(chunk=50).batch(100).as_numpy_iterator()])
+    np.testing.assert_array_equal(streamed, features)
+
+
+def test_second_extraction_reuses_the_entries(tmp_path):
+    _, first = extract(tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy")}
+    _, again = extract(tmp_path)
+    assert {r: e.key for r, e in again.items()} == {r: e.key for r, e in first.items()}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy")} == stamps
+
+
+def test_every_ingredient_changes_the_key(tmp_path, tiny):
+    def key(**options):
+        return extract(tmp_path / "keys", **options)[1]["train"].key
+
+    base = key()
+    assert key() == base
+    changed = {
+        "cut": key(cut="block1_out"),
+        "preprocessing": key(scale="0..1"),
+        "data": key(data="digits:5-9?per_class=12"),
+        "split seed": key(seed=1),
+        "dtype": key(dtype="float16"),
+    }
+    assert len(set(changed.values()) | {base}) == len(changed) + 1, changed
+
+
+def test_changed_backbone_file_is_a_new_entry(tmp_path):
+    from transfer.loading import EXAMPLES_DIR
+
+    copy = tmp_path / "digits.pb"
+    shutil.copy(EXAMPLES_DIR / "digits.pb", copy)
+    one = FeatureCache(tmp_path / "c").extract(open_inputs(copy, DATA, cut="block2_out"), progress=False)
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef.FromString(copy.read_bytes())
+    graph_def.node.add(name="unused", op="NoOp")  # same features, other bytes: another fingerprint
+    copy.write_bytes(graph_def.SerializeToString())
+    two = FeatureCache(tmp_path / "c").extract(open_inputs(copy, DATA, cut="block2_out"), progress=False)
+    assert one["train"].key != two["train"].key
+
+
+def test_float16_storage_halves_the_disk_and_stays_close(tmp_path):
+    _, full = extract(tmp_path / "f32", cut="resnet_features")
+    _, half = extract(tmp_path / "f16", cut="resnet_features", dtype="float16")
+    assert full["test"].feature_shape == (32,)  # 2-D features too
+    assert np.load(half["test"].path / half["test"].manifest["shards"][0]["features"]).dtype == np.float16
+    assert half["test"].size_bytes() < 0.6 * full["test"].size_bytes()
+    np.testing.assert_allclose(half["test"].arrays()[0], full["test"].arrays()[0], rtol=2e-3, atol=2e-3)
+
+
+def test_corrupt_shard_is_found_by_verify_and_extracted_again(tmp_path, capsys):
+    _, entries = extract(tmp_path, shard_size=100)  # 96: shards hold whole batches of 32
+    test = entries["test"]
+    assert [s["count"] for s in test.manifest["shards"]][:2] == [96, 96]
+    shard = test.path / test.manifest["shards"][2]["features"]
+    original = shard.read_bytes()
+    shard.write_bytes(original[:-8] + b"\x00" * 8)
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"entry {test.key}: corrupt or missing shard(s) [2]" in captured.err and "CORRUPT [2]" in captured.out
+    _, repaired = extract(tmp_path, shard_size=100)  # recomputed from the same batches: the same bytes
+    assert shard.read_bytes() == original and repaired["test"].bad_shards() == []
+    (test.path / test.manifest["shards"][0]["labels"]).unlink()
+    assert FeatureCache(tmp_path).open(test.key).bad_shards() == [0]
+
+
+EXTRACT_ALL_DIGITS = ["-m", "transfer.cli", "extract", "--backbone", "example:digits", "--cut", "block1_out",
+                      "--data", "digits", "--validation-split", "0", "--batch-size", "1", "--shard-size", "100",
+                      "--json"]
+
+
+def test_killed_extraction_resumes_to_the_same_result(tmp_path):
+    """A real `kill -9` in the middle of a real extraction, then a second run."""
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen([sys.executable, *EXTRACT_ALL_DIGITS, "--cache-dir", str(killed_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        manifests = list(killed_dir.glob("*/manifest.json"))
+        if manifests and len(_read_json(manifests[0]).get("shards", [])) >= 2:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (manifest,) = killed_dir.glob("*/manifest.json")
+    partial = _read_json(manifest)
+    assert not partial["complete"] and 2 <= len(partial["shards"]) < 18, "the kill must land mid-extraction"
+    finished_before = [s["features_sha256"] for s in partial["shards"]]
+    for cache_dir in (killed_dir, clean_dir):
+        done = subprocess.run([sys.executable, *EXTRACT_ALL_DIGITS, "--cache-dir", str(cache_dir)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1000:]
+    resumed, clean = _read_json(manifest), _read_json(clean_dir / manifest.parent.name / "manifest.json")
+    assert resumed["complete"] and [s["features_sha256"] for s in resumed["shards"]][:len(finished_before)] == finished_before
+    assert [(s["features_sha256"], s["labels_sha256"]) for s in resumed["shards"]] == \
+        [(s["features_sha256"], s["labels_sha256"]) for s in clean["shards"]]
+    assert sum(s["count"] for s in resumed["shards"]) == 1797
+
+
+def test_two_processes_extracting_into_one_cache(tmp_path):
+    runs = [subprocess.Popen([sys.executable, *EXTRACT_ALL_DIGITS[:-5], "--shard-size", "300", "--json",
+                              "--cache-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-800:] for _, err in outputs]
+    listed = [json.loads(out) for out, _ in outputs]
+    assert listed[0] == listed[1] and listed[0][0]["examples"] == 1797 and listed[0][0]["complete"]
+    (entry,) = FeatureCache(tmp_path).entries()
+    assert entry.bad_shards() == [] and not list(entry.path.glob(".*.tmp"))
+
+
+def _read_json(path):
+    return json.loads(path.read_text())
+
+
+# -- bad input: one line, exit 2, nothing already cached lost ---------------------------------------
+
+
+def cli_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unwritable_cache_directory(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--data", DATA,
+                             "--cache-dir", str(blocker / "cache")])
+    assert f"cache directory '{blocker / 'cache'}' is not writable" in err
+
+
+def test_full_disk_keeps_the_finished_shards(capsys, tmp_path, monkeypatch):
+    real_fsync, calls = os.fsync, []
+
+    def fsync_until_full(fd):
+        calls.append(fd)
+        if len(calls) > 6:  # three shards (features, labels, manifest each) fit; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(cache_module.os, "fsync", fsync_until_full)
+    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+                             "--shard-size", "20", "--batch-size", "10", "--cache-dir", str(tmp_path)])
+    assert "no space left on the device" in err and "shards already finished are kept" in err
+    (entry,) = FeatureCache(tmp_path).entries()
+    assert len(entry.manifest["shards"]) == 2 and entry.bad_shards() == [] and not entry.complete
+    assert not list(entry.path.glob(".*.tmp"))
+    monkeypatch.setattr(cache_module.os, "fsync", real_fsync)
+    _, entries = extract(tmp_path, shard_size=20, batch_size=10)
+    assert entries["train"].complete and entries["train"].count == 50
+
+
+def test_corrupt_manifest(capsys, tmp_path):
+    _, entries = extract(tmp_path)
+    entry = entries["train"]
+    (entry.path / "manifest.json").write_text("{ not json")
+    err = cli_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path)])
+    assert f"cache manifest {entry.path / 'manifest.json'} is corrupt" in err and f"transfer cache rm {entry.key}" in err
+    assert list(entry.path.glob("features-*.npy")), "shards are kept"
+
+
+def test_entry_that_belongs_to_another_backbone(capsys, tmp_path):
+    _, entries = extract(tmp_path)
+    entry = entries["train"]
+    manifest = _read_json(entry.path / "manifest.json")
+    manifest["backbone_fingerprint"] = "0" * 64
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+                             "--cache-dir", str(tmp_path)])
+    assert f"cache entry {entry.key} belongs to backbone fingerprint 000000000000" in err
+    moved = tmp_path / ("f" * 32)
+    shutil.copytree(entries["test"].path, moved)
+    err = cli_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path), "f" * 32])
+    assert f"holds the manifest of entry '{entries['test'].key}'" in err
+
+
+def test_cache_ls_and_rm(capsys, tmp_path):
+    _, entries = extract(tmp_path)
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {row["key"] for row in listed} == {e.key for e in entries.values()}
+    assert {row["role"]: row["examples"] for row in listed} == {"train": 50, "validation": 179, "test": 667}
+    assert main(["cache", "rm", "--cache-dir", str(tmp_path), entries["train"].key]) == 0
+    assert not entries["train"].path.exists() and entries["test"].path.exists()
+    assert "no cache entry 'nope'" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path), "nope"])

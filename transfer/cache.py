@@ -1,0 +1,305 @@
+"""Features on disk, extracted once: sharded `.npy` files plus a JSON manifest per entry.
+
+An entry holds one split's features and labels. Its key is a fingerprint of everything that
+decides the features (graph bytes, cut, inputs, preprocessing, the data's identity and split,
+the stored dtype), so a changed ingredient is a new entry, never stale features.
+
+Crash safety: every file is written under a temporary name and renamed; the manifest lists
+only finished shards, each with a SHA-256, so a killed extraction resumes after its last
+finished shard, and a corrupt shard is found by its checksum and extracted again. An
+exclusive lock per entry lets two processes share one cache directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from transfer.errors import TransferError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = ("float32", "float16")
+SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
+ROLES = ("train", "validation", "test")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRANSFER_CACHE") or Path.home() / ".cache" / "transfer")
+
+
+def entry_key(ingredients: dict) -> str:
+    """A stable fingerprint of the ingredients (JSON with sorted keys)."""
+    text = json.dumps({"format": FORMAT_VERSION, **ingredients}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def ingredients(backbone, preprocessing, identity: dict, role: str, dtype: str) -> dict:
+    """What decides the features of one split: the key is made from exactly this."""
+    return {
+        "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
+                     "inputs": [t.name for t in backbone.inputs], "cut": backbone.cuts[0].name},
+        "preprocessing": preprocessing.to_dict(),
+        "data": identity,
+        "role": role,
+        "dtype": dtype,
+    }
+
+
+@dataclasses.dataclass
+class Entry:
+    """One cached split: `manifest` is what `manifest.json` says."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("complete", False)
+
+    @property
+    def count(self) -> int:
+        return sum(shard["count"] for shard in self.manifest["shards"])
+
+    @property
+    def feature_shape(self) -> tuple:
+        return tuple(self.manifest["feature_shape"])
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.glob("*.npy"))
+
+    def bad_shards(self) -> list[int]:
+        """Indices of shards whose files are missing or whose checksums do not match."""
+        return [i for i, shard in enumerate(self.manifest["shards"])
+                if any(_sha256_file(self.path / shard[name]) != shard[f"{name}_sha256"]
+                       for name in ("features", "labels"))]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All features and labels in memory (for the scikit-learn probe and small data)."""
+        parts = [(np.load(self.path / s["features"]), np.load(self.path / s["labels"]))
+                 for s in self.manifest["shards"]]
+        if not parts:
+            return np.zeros((0, *self.feature_shape), "float32"), np.zeros((0,), "int32")
+        return (np.concatenate([f for f, _ in parts]).astype("float32"), np.concatenate([y for _, y in parts]))
+
+    def dataset(self, chunk: int = 1024) -> tf.data.Dataset:
+        """Unbatched (features float32, label int32), streamed shard by shard from memory maps:
+        a cache larger than memory trains without being loaded."""
+        shards = [(str(self.path / s["features"]), str(self.path / s["labels"])) for s in self.manifest["shards"]]
+
+        def chunks():
+            for features_file, labels_file in shards:
+                features = np.load(features_file, mmap_mode="r")
+                labels = np.load(labels_file, mmap_mode="r")
+                for start in range(0, len(labels), chunk):
+                    yield (np.asarray(features[start:start + chunk], "float32"),
+                           np.asarray(labels[start:start + chunk], "int32"))
+
+        spec = (tf.TensorSpec((None, *self.feature_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
+        return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+
+
+class FeatureCache:
+    """A directory of entries (`--cache-dir`, default `$TRANSFER_CACHE` or ~/.cache/transfer)."""
+
+    def __init__(self, root=None, shard_size: int | None = None):
+        """`shard_size`: examples per shard (default: as many as make ~64 MiB)."""
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.shard_size = shard_size
+
+    def entries(self) -> list[Entry]:
+        if not self.root.is_dir():
+            return []
+        return [self.open(p.name) for p in sorted(self.root.iterdir()) if (p / MANIFEST).exists()]
+
+    def open(self, key: str) -> Entry:
+        path = self.root / key
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            raise TransferError(f"no cache entry {key!r} in {self.root}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            manifest["shards"], manifest["feature_shape"]  # noqa: B018 - the fields every entry has
+        except (ValueError, KeyError, TypeError) as error:
+            raise TransferError(f"cache manifest {manifest_path} is corrupt ({type(error).__name__}); its shards "
+                                f"are kept: `transfer cache rm {key}` to drop the entry") from None
+        if manifest.get("key") != key:
+            raise TransferError(f"cache entry {key!r} holds the manifest of entry {manifest.get('key')!r}; "
+                                f"`transfer cache rm {key}` to drop it")
+        return Entry(path, manifest)
+
+    def remove(self, key: str) -> None:
+        entry = self.root / key
+        if not entry.is_dir():
+            raise TransferError(f"no cache entry {key!r} in {self.root}")
+        with _locked(entry):
+            shutil.rmtree(entry)
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise TransferError(f"cache directory {str(self.root)!r} is not writable: {error.strerror}") from None
+
+    # -- extraction ----------------------------------------------------------------------------
+
+    def extract(self, inputs, dtype: str = "float32", progress: bool = True) -> dict[str, Entry]:
+        """The entries of every split of `inputs` (`transfer.pipeline.Inputs`), extracting only
+        what is missing or corrupt."""
+        if dtype not in DTYPES:
+            raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        self.check_writable()
+        feature_model = inputs.feature_model()
+        entries = {}
+        for role in ROLES:
+            if getattr(inputs.splits, role) is None:
+                continue
+            recipe = ingredients(inputs.backbone, inputs.preprocessing, inputs.splits.identity, role, dtype)
+            entries[role] = self._fill(entry_key(recipe), recipe, feature_model, inputs.batches, role, dtype,
+                                       progress)
+        return entries
+
+    def _fill(self, key, recipe, feature_model, batches, role, dtype, progress) -> Entry:
+        path = self.root / key
+        path.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            entry = self.open(key) if (path / MANIFEST).exists() else self._new_entry(path, recipe)
+            if entry.manifest["backbone_fingerprint"] != recipe["backbone"]["fingerprint"]:
+                raise TransferError(f"cache entry {key} belongs to backbone fingerprint "
+                                    f"{entry.manifest['backbone_fingerprint'][:12]}, not "
+                                    f"{recipe['backbone']['fingerprint'][:12]}; `transfer cache rm {key}`")
+            for index in entry.bad_shards():
+                self._write_shard(entry, index, *self._compute(feature_model, batches, role, dtype,
+                                                               entry.manifest["shards"][index]["start"],
+                                                               entry.manifest["shards"][index]["count"]))
+            if not entry.complete:
+                self._extract_rest(entry, feature_model, batches, role, dtype, progress)
+        return entry
+
+    def _new_entry(self, path: Path, recipe: dict) -> Entry:
+        manifest = {"key": path.name, "format": FORMAT_VERSION, "complete": False, "role": recipe["role"],
+                    "dtype": recipe["dtype"], "backbone_fingerprint": recipe["backbone"]["fingerprint"],
+                    "ingredients": recipe, "feature_shape": None, "shards": []}
+        return Entry(path, manifest)
+
+    def _compute(self, feature_model, batches, role, dtype, start: int, count: int):
+        dataset = batches.evaluation(role, skip=start, take=count)
+        features, labels = [], []
+        for images, y in dataset:
+            features.append(np.asarray(feature_model.predict_on_batch(images)).astype(dtype))
+            labels.append(y.numpy().astype("int32"))
+        return np.concatenate(features), np.concatenate(labels)
+
+    def _extract_rest(self, entry: Entry, feature_model, batches, role, dtype, progress: bool) -> None:
+        """Stream the examples after the finished shards; a shard is written whenever it fills."""
+        import keras
+
+        done = entry.count
+        total = batches.splits.sizes.get(role)
+        bar = keras.utils.Progbar(total, unit_name="example", verbose=1 if progress else 0)
+        bar.update(done)
+        buffered, labels, buffered_count, shard_size = [], [], 0, None
+        for images, y in batches.evaluation(role, skip=done):
+            features = np.asarray(feature_model.predict_on_batch(images)).astype(dtype)
+            if shard_size is None:
+                entry.manifest["feature_shape"] = list(features.shape[1:])
+                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, features[0].nbytes),
+                                      batches.batch_size)
+            buffered.append(features)
+            labels.append(y.numpy().astype("int32"))
+            buffered_count += len(features)
+            while buffered_count >= shard_size:
+                features_all, labels_all = np.concatenate(buffered), np.concatenate(labels)
+                self._write_shard(entry, len(entry.manifest["shards"]), features_all[:shard_size],
+                                  labels_all[:shard_size])
+                buffered, labels = [features_all[shard_size:]], [labels_all[shard_size:]]
+                buffered_count -= shard_size
+            bar.update(entry.count + buffered_count)
+        if buffered_count:
+            self._write_shard(entry, len(entry.manifest["shards"]), np.concatenate(buffered), np.concatenate(labels))
+        if entry.manifest["feature_shape"] is None:
+            raise TransferError(f"no examples to extract for the {role} split")
+        entry.manifest["complete"] = True
+        _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+
+    def _write_shard(self, entry: Entry, index: int, features: np.ndarray, labels: np.ndarray) -> None:
+        shards = entry.manifest["shards"]
+        start = shards[index]["start"] if index < len(shards) else entry.count
+        record = {"start": start, "count": int(len(labels)),
+                  "features": f"features-{index:05d}.npy", "labels": f"labels-{index:05d}.npy"}
+        for name, array in (("features", features), ("labels", labels)):
+            record[f"{name}_sha256"] = _write_atomic(entry.path / record[name], _npy_bytes(array))
+        if index < len(shards):
+            shards[index] = record
+        else:
+            shards.append(record)
+        _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+
+
+def _aligned(shard_size: int, batch_size: int) -> int:
+    """Shards hold whole batches, so a resumed or repaired shard is computed from exactly the
+    same batches as in an uninterrupted run (batch composition can change the last float bit)."""
+    return max(batch_size, shard_size // batch_size * batch_size)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> str:
+    """Write under a temporary name, fsync, rename; return the content's SHA-256."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if error.errno == errno.ENOSPC:
+            raise TransferError(f"no space left on the device of {path.parent} while writing {path.name}; "
+                                "the shards already finished are kept and the next run resumes") from None
+        raise TransferError(f"cannot write {path}: {error.strerror}") from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(entry_path: Path):
+    """An exclusive lock per entry: a second extractor waits, then finds the work done."""
+    with open(entry_path / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
