@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from transfer import cache as cache_module
 from transfer.cache import FeatureCache
