@@ -301,3 +301,27 @@ def test_some_unreadable_images_are_skipped_with_a_one_line_warning(capsys, tiny
     assert "red/broken.png" in warning_lines[0]
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["crop_padding"] == 2 and config["augment"] is True and not (tmp_path / "run/export").exists()
+
+
+def test_fit_from_the_feature_cache_trains_the_same_head_without_the_backbone(tmp_path):
+    from transfer.cache import FeatureCache
+
+    cached = transfer.fit("example:digits", DIGITS, cut="block2_out", head="linear", head_options=FLATTEN,
+                          epochs=25, lr=0.01, cache_dir=tmp_path / "cache", out=tmp_path / "run", verbose=0)
+    entries = FeatureCache(tmp_path / "cache").entries()
+    assert sorted(e.manifest["role"] for e in entries) == ["test", "train", "validation"]
+    assert cached.metrics["test"]["accuracy"] > 0.8
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.npy")}
+    again = transfer.fit("example:digits", DIGITS, cut="block2_out", head="logreg", head_options=FLATTEN,
+                         cache_dir=tmp_path / "cache", verbose=0)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.npy")} == stamps  # reused
+    assert again.metrics["test"]["accuracy"] > 0.8
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), cached.model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "run/config.json").read_text())["cache_dir"] == str(tmp_path / "cache")
+
+
+def test_cache_and_augmentation_do_not_mix(capsys, tmp_path):
+    err = fit_error(capsys, tmp_path, "--augment", "--cache-dir", str(tmp_path / "cache"))
+    assert "augmentation changes the images every epoch, cached features cannot" in err

@@ -65,7 +65,7 @@ def cmd_fit(args) -> int:
     result = fit(args.backbone, args.data, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                  patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
-                 crop_padding=args.crop_padding,
+                 crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=() if args.export == "none" else tuple(args.export.split(",")),
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
     fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
                      help="random shifts during training: pad by N pixels, crop back (default 0: off)")
+    fit.add_argument("--cache-dir", "--cache", metavar="DIR", help="train the head on features from this feature "
+                     "cache, extracting them once (see transfer extract)")
+    fit.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")
     fit.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
                      help="savedmodel, pb, tflite, comma-separated, or none (default: savedmodel,pb)")

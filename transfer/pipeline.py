@@ -20,6 +20,8 @@ from transfer.errors import TransferError
 from transfer.layer import FeatureLayer
 from transfer.model import build_classifier
 
+SHUFFLE_BYTES = 2**30
+
 
 @dataclasses.dataclass
 class Inputs:
@@ -32,10 +34,43 @@ class Inputs:
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
 
+    def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None,
+                        progress: bool = True) -> FeatureSplits:
+        """Every split's features from the feature cache, extracting what is not there yet."""
+        from transfer.cache import FeatureCache
+
+        entries = FeatureCache(cache_dir, shard_size=shard_size).extract(self, dtype=dtype, progress=progress)
+        streams = {role: entry.dataset() for role, entry in entries.items()}
+        return FeatureSplits(streams["train"], streams.get("validation"), streams.get("test"),
+                             entries["train"].feature_shape, self.splits.class_names)
+
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw images -> features: what extraction runs."""
         return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.input_shape,
                                 self.preprocessing, name="feature_extractor")
+
+
+@dataclasses.dataclass
+class FeatureSplits:
+    """Features already extracted by a backbone (the cache's, or in memory): what cached training
+    and sweeps train heads on."""
+
+    train: tf.data.Dataset  # unbatched (features, int32 label) pairs
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset | None
+    feature_shape: tuple  # one example's feature shape, e.g. (32,) or (4, 4, 32)
+    class_names: list
+
+    def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
+        """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
+        example_bytes = 4 * int(np.prod([size or 1 for size in self.feature_shape]))
+        buffer = max(1, min(10_000, SHUFFLE_BYTES // example_bytes))
+        return self.train.shuffle(buffer, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def evaluation(self, role: str, batch_size: int = 256) -> tf.data.Dataset | None:
+        stream = getattr(self, role)
+        return None if stream is None else stream.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
 
 
 def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,

@@ -75,7 +75,7 @@ def write_history(path: Path, history: dict) -> None:
             writer.writerow([epoch, *(f"{v:.6g}" for v in values)])
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -85,7 +85,7 @@ def _pyplot():
 
 
 def plot_learning_curves(path: Path, history: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -101,7 +101,7 @@ def plot_learning_curves(path: Path, history: dict) -> None:
 
 
 def plot_confusion_matrix(path: Path, matrix, class_names, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size, size))

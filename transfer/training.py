@@ -20,7 +20,7 @@ from transfer import heads
 from transfer.errors import TransferError
 from transfer.export import FORMATS, export_all
 from transfer.model import build_classifier, probe_as_head
-from transfer.pipeline import Batches, open_inputs, predict_batches
+from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 
@@ -46,12 +46,14 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", patience: int | None = 5,
         class_weight=None, seed: int = 0, augment: bool = False, crop_padding: int = 0, preprocessing=None, scale=None,
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
-        out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
+        cache_dir=None, cache_dtype: str = "float32", out=None, export=("savedmodel", "pb"),
+        verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
     or `DataSplits`. With `out`, a run directory is written (config, metrics, history, plots,
-    model.keras and the exports); without, nothing touches the disk.
+    model.keras and the exports); without, nothing touches the disk. With `cache_dir`, the
+    head trains on features from the feature cache (extracted once, reused by later runs).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
@@ -67,23 +69,29 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                          validation_split=validation_split, per_class=per_class, seed=seed,
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
                          crop_padding=crop_padding)
-    backbone, splits, prep, input_shape, batches = (inputs.backbone, inputs.splits, inputs.preprocessing,
-                                                    inputs.input_shape, inputs.batches)
+    backbone, splits, prep, input_shape = inputs.backbone, inputs.splits, inputs.preprocessing, inputs.input_shape
     features = inputs.feature_layer()
+    if cache_dir is not None and inputs.batches.augmentation is not None:
+        raise TransferError("augmentation changes the images every epoch, cached features cannot; "
+                            "drop --augment/--crop-padding or --cache-dir")
+    source = (_CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
+              if cache_dir is not None else _ImageTraining(inputs, features))
     started = time.perf_counter()
     if getattr(head_factory, "is_keras", True):
         head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
-        model = build_classifier(features, head_layer, input_shape, prep)
-        history = _train(model, batches, head_layer, epochs, lr, optimizer, patience, class_weight,
-                         list(callbacks), verbose)
+        trained = source.model(head_layer)
+        weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
+        history = train_keras(trained, head_layer, source.training(), source.split("validation"), epochs=epochs,
+                              lr=lr, optimizer=optimizer, patience=patience, callbacks=callbacks,
+                              class_weight=weights, verbose=verbose)
     else:
         probe = heads.get(head, num_classes=splits.num_classes, **head_options)
-        x_train, y_train = predict_batches(inputs.feature_model(features), batches.evaluation("train"))
-        probe.fit(x_train, y_train)
-        model = build_classifier(features, probe_as_head(probe, x_train.shape), input_shape, prep)
-        history = {}
+        x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
+        head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
+        trained, history = source.model(head_layer), {}
+    model = build_classifier(features, head_layer, input_shape, prep)
     seconds = time.perf_counter() - started
-    metrics = evaluate_splits(model, batches, splits)
+    metrics = evaluate_splits(trained, source, splits.class_names)
     metrics["train_seconds"] = round(seconds, 2)
     config = {
         "transfer_version": transfer.__version__,
@@ -96,7 +104,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "preprocessing": prep.to_dict(), "head": head, "head_options": head_options, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
-        "crop_padding": crop_padding, "export": list(export),
+        "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
+        "cache_dtype": cache_dtype, "export": list(export),
     }
     run_dir = None
     if out is not None:
@@ -113,38 +122,70 @@ def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
     raise TransferError(f"unknown {what} {value!r}; valid: {shown}")
 
 
-def _train(model, batches: Batches, head_layer, epochs, lr, optimizer, patience, class_weight,
-           callbacks, verbose) -> dict:
-    validation = batches.evaluation("validation")
+class _ImageTraining:
+    """The head trains inside the whole model, on images: the backbone runs every epoch."""
+
+    def __init__(self, inputs, features):
+        self.inputs, self.features = inputs, features
+
+    def model(self, head):
+        return build_classifier(self.features, head, self.inputs.input_shape, self.inputs.preprocessing)
+
+    def training(self):
+        return self.inputs.batches.training()
+
+    def split(self, role):
+        return self.inputs.batches.evaluation(role)
+
+
+class _CachedTraining:
+    """The head trains alone on cached features: the backbone never runs."""
+
+    def __init__(self, features, batch_size: int, seed: int):
+        self.features, self.batch_size, self.seed = features, batch_size, seed
+
+    def model(self, head):
+        return keras.Sequential([keras.Input(self.features.feature_shape), head])
+
+    def training(self):
+        return self.features.training(self.batch_size, self.seed)
+
+    def split(self, role):
+        return self.features.evaluation(role, self.batch_size)
+
+
+def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer: str, patience,
+                callbacks=(), class_weight=None, verbose=0) -> dict:
+    """Compile and `model.fit` with early stopping on val_loss (best epoch restored); the history."""
     model.compile(optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}}),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=head_layer.logits),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=getattr(head, "logits", False)),
                   metrics=["accuracy"])
+    callbacks = list(callbacks)
     if patience is not None and validation is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                        restore_best_weights=True))
-    weights = _class_weights(batches) if class_weight == "balanced" else class_weight
-    history = model.fit(batches.training(), validation_data=validation, epochs=epochs, callbacks=callbacks,
-                        class_weight=weights, shuffle=False, verbose=verbose)  # tf.data shuffles
+    history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+                        class_weight=class_weight, shuffle=False, verbose=verbose)  # tf.data shuffles
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
-def _class_weights(batches: Batches) -> dict:
+def _class_weights(train) -> dict:
     from sklearn.utils.class_weight import compute_class_weight
 
-    labels = np.concatenate([y for _, y in batches.evaluation("train").as_numpy_iterator()])
+    labels = np.concatenate([y for _, y in train.as_numpy_iterator()])
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
-def evaluate_splits(model, batches: Batches, splits) -> dict:
-    """Accuracy per split; the per-class report and confusion matrix of the last one (test if any)."""
-    metrics = {"class_names": splits.class_names}
+def evaluate_splits(model, source, class_names) -> dict:
+    """Accuracy per split; the per-class report and confusion matrix of each."""
+    metrics = {"class_names": class_names}
     for role in ("validation", "test"):
-        dataset = batches.evaluation(role)
+        dataset = source.split(role)
         if dataset is not None:
             probabilities, labels = predict_batches(model, dataset)
-            metrics[role] = classification_metrics(labels, probabilities, splits.class_names)
+            metrics[role] = classification_metrics(labels, probabilities, class_names)
     return metrics
 
 

@@ -1,0 +1,249 @@
+"""Sweeps on synthetic features: the grid, one setting's training, ranking, repeats, the files."""
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
+
+import tensorflow as tf  # noqa: E402
+
+from transfer.sweep import (CSV_COLUMNS, FeatureSplits, expand_grid, format_table, load_grid,  # noqa: E402
+                            run_sweep, train_setting, write_sweep)
+
+CLASSES = ["a", "b", "c"]
+SIZES = {"train": 120, "validation": 60, "test": 60}
+GOOD = {"lr": 0.03, "epochs": 20, "batch_size": 32, "optimizer": "adam"}
+BAD = {"head": "linear", "lr": 1e-6, "epochs": 1, "batch_size": 32, "optimizer": "adam", "head_options": {}}
+
+
+def make_splits(shape, sample, test=True, seed=0) -> FeatureSplits:
+    """Separable classes: `sample(labels, rng)` gives their features; balanced labels per split."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for split, size in SIZES.items():
+        labels = np.arange(size, dtype="int32") % len(CLASSES)
+        data[split] = tf.data.Dataset.from_tensor_slices((sample(labels, rng).astype("float32"), labels))
+    return FeatureSplits(data["train"], data["validation"], data["test"] if test else None, shape, CLASSES)
+
+
+def blobs(test=True) -> FeatureSplits:
+    """Gaussian blobs in 16-D: one random centre per class, unit noise."""
+    centres = np.random.default_rng(42).normal(0, 2, (len(CLASSES), 16))
+    return make_splits((16,), lambda y, rng: centres[y] + rng.normal(size=(len(y), 16)), test)
+
+
+def channel_means() -> FeatureSplits:
+    """4-D features (4, 4, 8): class c raises the mean of channel c; no single position tells."""
+    def sample(y, rng):
+        x = rng.normal(size=(len(y), 4, 4, 8))
+        x[np.arange(len(y)), :, :, y] += 1.5
+        return x
+    return make_splits((4, 4, 8), sample)
+
+
+@pytest.fixture(scope="module")
+def blob_splits():
+    return blobs()
+
+
+@pytest.fixture(scope="module")
+def sweep(blob_splits):
+    """One small sweep shared by the ranking and report tests: 4 settings, 2 repeats each."""
+    settings = [*expand_grid(["linear", "mlp", "logreg"], **GOOD, head_options={"hidden": [[16]]}), BAD]
+    return settings, run_sweep(blob_splits, settings, repeats=2, progress=False)
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+
+def test_expand_grid_multiplies_only_the_axes_a_head_takes():
+    settings = expand_grid(["linear", "mlp"], lr=[1e-3, 1e-2], epochs=[5],
+                           head_options={"hidden": [[8], [16, 8]], "pooling": ["avg", "max"]})
+    linear = [s for s in settings if s["head"] == "linear"]
+    mlp = [s for s in settings if s["head"] == "mlp"]
+    assert len(linear) == 2 * 2 and len(mlp) == 2 * 2 * 2
+    assert all(set(s["head_options"]) == {"pooling"} for s in linear)
+    assert {json.dumps(s["head_options"]["hidden"]) for s in mlp} == {"[8]", "[16, 8]"}
+    assert all(s["epochs"] == 5 and s["batch_size"] == 32 and s["optimizer"] == "adam" for s in settings)
+    assert {s["lr"] for s in settings} == {1e-3, 1e-2}
+    assert len({json.dumps(s, sort_keys=True) for s in settings}) == len(settings)
+
+
+def test_expand_grid_gives_the_probe_no_training_axes():
+    settings = expand_grid(["logreg", "linear"], lr=[1e-3, 1e-2], epochs=[5, 10],
+                           head_options={"C": [0.1, 1.0]})
+    probe = [s for s in settings if s["head"] == "logreg"]
+    assert probe == [{"head": "logreg", "lr": None, "epochs": None, "batch_size": None, "optimizer": None,
+                      "head_options": {"C": c}} for c in (0.1, 1.0)]
+    assert [s["head_options"] for s in settings if s["head"] == "linear"] == [{}] * 4
+
+
+def test_expand_grid_drops_duplicates_and_keeps_grid_order():
+    settings = expand_grid(["mlp", "linear", "mlp"], lr=[0.01, 0.01, 0.1])
+    assert [(s["head"], s["lr"]) for s in settings] == [("mlp", 0.01), ("mlp", 0.1), ("linear", 0.01),
+                                                        ("linear", 0.1)]
+
+
+@pytest.mark.parametrize("heads,axes,message", [
+    (["linaer"], {}, "unknown head 'linaer'; did you mean 'linear'"),
+    (["linear"], {"head_options": {"hiden": [[8]]}}, "option 'hiden' applies to none of the swept heads (linear: "),
+    (["linear"], {"epochs": [0]}, "sweep: epochs=0 must be an integer >= 1"),
+    (["linear"], {"lr": [-1.0]}, "sweep: lr=-1.0 must be a positive number"),
+    (["linear"], {"optimizer": ["adamm"]}, "unknown optimizer 'adamm'; valid: adam,"),
+    (["linear"], {"lr": []}, "sweep: lr has no choices"),
+    (["linear"], {"momentum": [0.9]}, "unknown sweep axis 'momentum'; valid: lr, epochs,"),
+])
+def test_expand_grid_refuses_bad_grids_in_one_line(heads, axes, message):
+    with pytest.raises(TransferError) as error:
+        expand_grid(heads, **axes)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_grid_reads_toml(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('heads = ["linear", "mlp", "logreg"]\nlr = [0.001, 0.003]\nepochs = [30]\n'
+                    '[head_options]\nhidden = [[64], [128]]\npooling = ["avg"]\n')
+    grid = load_grid(path)
+    assert grid == {"heads": ["linear", "mlp", "logreg"], "lr": [0.001, 0.003], "epochs": [30],
+                    "head_options": {"hidden": [[64], [128]], "pooling": ["avg"]}}
+    assert len(expand_grid(**grid)) == 2 + 2 * 2 + 1
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("grid.toml", 'heads = ["mlp"]\nlearning_rate = [0.1]\n',
+     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, head_options"),
+    ("grid.toml", "heads = [mlp\n", "is not valid TOML"),
+    ("grid.toml", 'head_options = ["avg"]\n', "head_options must be a table"),
+    ("grid.json", "{}", "must end in .toml, .yaml or .yml"),
+    ("missing.toml", None, "cannot read grid file"),
+])
+def test_load_grid_refuses_bad_files_in_one_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(TransferError) as error:
+        load_grid(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_grid_reads_yaml_or_says_to_install_pyyaml(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("heads: [linear]\nlr: [0.01]\nhead_options:\n  pooling: [avg, max]\n")
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        with pytest.raises(TransferError, match="needs pyyaml: pip install pyyaml, or write the grid in TOML"):
+            load_grid(path)
+    else:
+        assert load_grid(path) == {"heads": ["linear"], "lr": [0.01], "head_options": {"pooling": ["avg", "max"]}}
+
+
+# --- one setting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("features,head,options", [
+    (blobs, "linear", {}),
+    (blobs, "mlp", {"hidden": [16]}),
+    (blobs, "logreg", {}),
+    (channel_means, "linear", {"pooling": "avg"}),
+    (channel_means, "logreg", {"pooling": "avg"}),
+])
+def test_train_setting_learns_separable_features(features, head, options):
+    splits = features()
+    setting = expand_grid([head], **GOOD, head_options={k: [v] for k, v in options.items()})[0]
+    trained, metrics = train_setting(splits, setting, seed=0)
+    assert metrics["val_accuracy"] > 0.9 and metrics["test_accuracy"] > 0.9
+    assert metrics["seconds"] > 0
+    if head == "logreg":
+        assert metrics["epochs_run"] is None
+        assert trained.predict_proba(np.zeros((2, *splits.feature_shape))).shape == (2, 3)
+    else:
+        assert 1 <= metrics["epochs_run"] <= GOOD["epochs"]
+        assert trained(np.zeros((2, *splits.feature_shape), "float32")).shape == (2, 3)
+
+
+def test_train_setting_without_a_test_split_reports_none():
+    _, metrics = train_setting(blobs(test=False), BAD, seed=0)
+    assert metrics["test_accuracy"] is None and metrics["epochs_run"] == 1
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def test_run_sweep_ranks_by_validation_accuracy(sweep):
+    settings, rows = sweep
+    assert [row["rank"] for row in rows] == [1, 2, 3, 4]
+    assert sorted(json.dumps(row["setting"], sort_keys=True) for row in rows) == sorted(
+        json.dumps(s, sort_keys=True) for s in settings)
+    means = [row["val_accuracy_mean"] for row in rows]
+    assert means == sorted(means, reverse=True)
+    assert rows[-1]["setting"] == BAD and rows[-1]["val_accuracy_mean"] < 0.7 < rows[0]["val_accuracy_mean"]
+    probe = next(row for row in rows if row["head"] == "logreg")
+    assert probe["lr"] is probe["epochs"] is probe["optimizer"] is None and probe["epochs_run"] == [None, None]
+
+
+def test_run_sweep_repeats_give_mean_std_and_every_accuracy(sweep):
+    _, rows = sweep
+    for row in rows:
+        assert row["repeats"] == 2 and len(row["val_accuracies"]) == 2
+        assert row["val_accuracy_mean"] == pytest.approx(np.mean(row["val_accuracies"]))
+        assert row["val_accuracy_std"] == pytest.approx(np.std(row["val_accuracies"]))
+        assert row["test_accuracy_mean"] is not None and row["seconds_mean"] > 0
+    assert rows[-1]["val_accuracy_std"] > 0  # an untrained head differs from seed to seed
+
+
+def test_run_sweep_is_deterministic_and_shows_progress(blob_splits, sweep, capsys):
+    rows = run_sweep(blob_splits, [BAD], repeats=2)
+    assert rows[0]["val_accuracies"] == sweep[1][-1]["val_accuracies"]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"\[1/2\] linear seed=0: val \d\.\d{3} \(\d+\.\d s\)", lines[0]), lines[0]
+    assert lines[1].startswith("[2/2] linear seed=1: val ")
+
+
+def test_one_repeat_has_zero_std(blob_splits):
+    (row,) = run_sweep(blob_splits, [BAD], progress=False)
+    assert row["val_accuracy_std"] == 0.0 and row["test_accuracy_std"] == 0.0 and row["repeats"] == 1
+
+
+def test_run_sweep_refuses_a_head_that_cannot_read_the_features_before_training(blob_splits, capsys):
+    with pytest.raises(TransferError, match="head 'conv' needs 4-D"):
+        run_sweep(blob_splits, [BAD, {**BAD, "head": "conv"}])
+    assert capsys.readouterr().err == ""  # nothing was trained
+
+
+def test_run_sweep_needs_a_validation_split():
+    splits = blobs()
+    splits.validation = None
+    with pytest.raises(TransferError, match="no validation split"):
+        run_sweep(splits, [BAD])
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+
+def test_write_sweep_writes_csv_json_and_png(sweep, tmp_path):
+    _, rows = sweep
+    out = tmp_path / "run"
+    write_sweep(out, rows)
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+    with open(out / "sweep.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert tuple(table[0]) == CSV_COLUMNS and len(table) == 1 + len(rows)
+    mlp = next(line for line in table[1:] if line[1] == "mlp")
+    assert mlp[CSV_COLUMNS.index("head_options")] == '{"hidden":[16]}' and mlp[2] == "0.03"
+    assert json.loads((out / "sweep.json").read_text()) == rows
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_format_table_lists_the_ranked_settings(sweep):
+    _, rows = sweep
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["rank", "head", "lr", "options", "val", "test", "seconds"]
+    assert [line.split()[:2] for line in lines[1:]] == [[str(row["rank"]), row["head"]] for row in rows]
+    mlp = next(line for line in lines if " mlp " in line)
+    assert "epochs=20 hidden=[16]" in mlp and "±" in mlp
+    assert lines[-1].split()[2:4] == ["1e-06", "epochs=1"]  # the bad setting: last, told apart by its axes

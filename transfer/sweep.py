@@ -1,0 +1,384 @@
+"""Sweeps: train many head settings on features extracted once, and rank them.
+
+The backbone is the slow part of transfer learning and does not change between head settings,
+so a sweep trains every setting on the same feature datasets (from the feature cache or any
+tf.data source) and leaves a ranked table, `sweep.csv`, `sweep.json` and a bar chart. Settings
+are ranked by validation accuracy; test accuracy only breaks exact ties, since choosing by it
+would fit the test split. This module knows nothing of backbones, caches or the CLI.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import itertools
+import json
+import math
+import numbers
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transfer import heads as registry
+from transfer.errors import TransferError
+from transfer.heads.base import check_int
+from transfer.reporting import pyplot, write_json
+from transfer.pipeline import FeatureSplits
+from transfer.training import OPTIMIZERS, train_keras
+
+# The training axes and their defaults (those of `transfer.fit`); None where a head has no
+# training loop of its own (the scikit-learn probe).
+TRAINING_AXES = {"lr": (1e-3,), "epochs": (20,), "batch_size": (32,), "optimizer": ("adam",)}
+GRID_KEYS = ("heads", *TRAINING_AXES, "head_options")
+CSV_COLUMNS = ("rank", "head", *TRAINING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
+               "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
+EVAL_BATCH = 256
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+
+def expand_grid(heads, *, head_options=None, **axes) -> list[dict]:
+    """Every distinct setting of the grid, in grid order.
+
+    Each axis is a list of choices (a scalar is one choice; a list-valued option is a list of
+    lists: `hidden=[[64], [128, 64]]`). An axis only multiplies the heads it applies to: a head
+    option those that take it, the training axes (lr, epochs, batch_size, optimizer) the Keras
+    heads, so that no setting is trained twice under two names.
+    """
+    unknown = sorted(set(axes) - set(TRAINING_AXES))
+    if unknown:
+        raise TransferError(f"unknown sweep axis {unknown[0]!r}; valid: {', '.join(GRID_KEYS[1:])}")
+    training = {key: _axis(key, axes.get(key, default)) for key, default in TRAINING_AXES.items()}
+    _check_training_axes(training)
+    options = {key: _axis(f"head option {key!r}", values) for key, values in (head_options or {}).items()}
+    factories = {name: registry.resolve(name) for name in _axis("heads", heads)}
+    accepted = {name: _accepted_options(factory) for name, factory in factories.items()}
+    for option in options:
+        if not any(names is None or option in names for names in accepted.values()):
+            taken = "; ".join(f"{name}: {', '.join(sorted(names)) if names is not None else 'any'}"
+                              for name, names in accepted.items())
+            raise TransferError(f"head option {option!r} applies to none of the swept heads ({taken})")
+    settings = []
+    for name, names in accepted.items():
+        own = {key: values for key, values in options.items() if names is None or key in names}
+        keras_head = getattr(factories[name], "is_keras", True)
+        own_training = training if keras_head else {key: (None,) for key in TRAINING_AXES}
+        for trained, chosen in itertools.product(itertools.product(*own_training.values()),
+                                                 itertools.product(*own.values())):
+            settings.append({"head": name, **dict(zip(own_training, trained)),
+                             "head_options": dict(zip(own, chosen))})
+    return list({_key(setting): setting for setting in settings}.values())  # first of each duplicate
+
+
+def load_grid(path) -> dict:
+    """The `expand_grid` keyword arguments in a TOML or YAML grid file (`heads` may come from elsewhere)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not a text file"
+        raise TransferError(f"cannot read grid file {str(path)!r}: {reason}") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        parse, errors, kind = tomllib.loads, tomllib.TOMLDecodeError, "TOML"
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise TransferError(f"grid file {str(path)!r} is YAML, which needs pyyaml: "
+                                "pip install pyyaml, or write the grid in TOML") from None
+        parse, errors, kind = yaml.safe_load, yaml.YAMLError, "YAML"
+    else:
+        raise TransferError(f"grid file {str(path)!r} must end in .toml, .yaml or .yml")
+    try:
+        grid = parse(text)
+    except errors as error:
+        raise TransferError(f"grid file {str(path)!r} is not valid {kind}: {' '.join(str(error).split())}") from None
+    if not isinstance(grid, dict):
+        raise TransferError(f"grid file {str(path)!r} must map keys to choices; valid keys: {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise TransferError(f"grid file {str(path)!r} has unknown key {unknown[0]!r}; "
+                            f"valid keys: {', '.join(GRID_KEYS)}")
+    if not isinstance(grid.get("head_options", {}), dict):
+        raise TransferError(f"grid file {str(path)!r}: head_options must be a table of option = [choices]")
+    return grid
+
+
+def _axis(what: str, values) -> list:
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not values:
+        raise TransferError(f"sweep: {what} has no choices; give at least one")
+    return values
+
+
+def _check_training_axes(training: dict) -> None:
+    """Refuse bad values before the first of many runs, not in the middle of the sweep."""
+    for lr in training["lr"]:
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+            raise TransferError(f"sweep: lr={lr!r} must be a positive number")
+    for key in ("epochs", "batch_size"):
+        for value in training[key]:
+            check_int("sweep", key, value)
+    for name in training["optimizer"]:
+        if name not in OPTIMIZERS:
+            raise TransferError(f"sweep: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def _accepted_options(factory) -> set | None:
+    """The options a head takes by name; None if it takes any (a plain factory with **kwargs)."""
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters) and not (
+            inspect.isclass(factory) and issubclass(factory, keras.layers.Layer)):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"num_classes"}
+
+
+def _key(setting: dict) -> str:
+    return json.dumps(setting, sort_keys=True, default=str)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5):
+    """Train one setting; return the trained head (Keras layer or fitted probe) and its metrics.
+
+    Metrics: val_accuracy, test_accuracy (None without that split), epochs_run (None for the
+    probe) and seconds (training only). Early stopping on val_loss restores the best epoch.
+    """
+    keras.utils.set_random_seed(seed)  # before the head exists: Keras draws initializer seeds at construction
+    head, model = _build(features, setting)
+    started = time.perf_counter()
+    if model is None:
+        head.fit(*_arrays(features.train))
+        epochs_run, predict = None, head.predict_proba
+    else:
+        with _quiet_retracing():
+            epochs_run = _fit(model, head, features, setting, seed, patience)
+        predict = lambda x: model(x, training=False)  # noqa: E731  (eager: no tf.function traced per run)
+    seconds = time.perf_counter() - started
+    return head, {"val_accuracy": _accuracy(predict, features.validation),
+                  "test_accuracy": _accuracy(predict, features.test),
+                  "epochs_run": epochs_run, "seconds": seconds}
+
+
+def _build(features: FeatureSplits, setting: dict):
+    """The setting's head and, for a Keras head, its model (building it checks the feature rank)."""
+    head = registry.get(setting["head"], num_classes=len(features.class_names), **setting["head_options"])
+    if not getattr(head, "is_keras", True):
+        return head, None
+    return head, keras.Sequential([keras.Input(features.feature_shape), head])
+
+
+def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience) -> int:
+    history = train_keras(model, head, features.training(setting["batch_size"], seed),
+                          features.evaluation("validation", EVAL_BATCH), epochs=setting["epochs"],
+                          lr=setting["lr"], optimizer=setting["optimizer"], patience=patience)
+    return len(history["loss"])
+
+
+@contextlib.contextmanager
+def _quiet_retracing():
+    """Every run builds a new model by design: TF's warning about tracing in a loop is noise here."""
+    logger = tf.get_logger()
+    logger.addFilter(_not_retracing)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_retracing)
+
+
+def _not_retracing(record) -> bool:
+    return "tf.function retracing" not in record.getMessage()
+
+
+def _arrays(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """All (features, labels) of a dataset as two arrays, read in batches (fast)."""
+    batches = list(dataset.batch(EVAL_BATCH).as_numpy_iterator())
+    if not batches:
+        raise TransferError("the training split has no examples")
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
+    """Accuracy of `predict` (features -> class scores) over a dataset, one batch at a time."""
+    if dataset is None:
+        return None
+    correct = total = 0
+    for x, y in dataset.batch(EVAL_BATCH).as_numpy_iterator():
+        correct += int(np.sum(np.argmax(np.asarray(predict(x)), axis=1) == y))
+        total += len(y)
+    return correct / total if total else None
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, seed: int = 0,
+              patience: int | None = 5, progress: bool = True) -> list[dict]:
+    """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
+
+    Every head is built on the features before the first run, so a bad option or a head that
+    cannot read these features fails at once rather than an hour into the sweep.
+    """
+    if features.validation is None:
+        raise TransferError("a sweep ranks settings by validation accuracy; these features have no validation split")
+    if not settings:
+        raise TransferError("a sweep needs at least one setting")
+    repeats = check_int("sweep", "repeats", repeats)
+    for setting in {_key((s["head"], s["head_options"])): s for s in settings}.values():
+        _build(features, setting)
+    shown = _varying(settings)
+    rows, done = [], 0
+    for setting in settings:
+        runs = []
+        for run_seed in range(seed, seed + repeats):
+            runs.append(train_setting(features, setting, run_seed, patience)[1])
+            done += 1
+            if progress:
+                again = f" seed={run_seed}" if repeats > 1 else ""
+                print(f"[{done}/{len(settings) * repeats}] {_label(setting, shown)}{again}: "
+                      f"val {_accuracy_text(runs[-1]['val_accuracy'])} ({runs[-1]['seconds']:.1f} s)",
+                      file=sys.stderr, flush=True)
+        rows.append(_row(setting, runs))
+    rows.sort(key=lambda row: (-_score(row["val_accuracy_mean"]), -_score(row["test_accuracy_mean"])))
+    return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
+
+
+def _row(setting: dict, runs: list[dict]) -> dict:
+    val = [run["val_accuracy"] for run in runs]
+    test = [run["test_accuracy"] for run in runs]
+    return {"head": setting["head"], **{key: setting[key] for key in TRAINING_AXES},
+            "head_options": setting["head_options"],
+            "val_accuracy_mean": _mean(val), "val_accuracy_std": _std(val),
+            "test_accuracy_mean": _mean(test), "test_accuracy_std": _std(test),
+            "seconds_mean": _mean([run["seconds"] for run in runs]), "repeats": len(runs),
+            "val_accuracies": val, "epochs_run": [run["epochs_run"] for run in runs], "setting": setting}
+
+
+def _mean(values) -> float | None:
+    return None if None in values else float(np.mean(values))
+
+
+def _std(values) -> float | None:
+    """Population std: 0.0 for one run."""
+    return None if None in values else float(np.std(values))
+
+
+def _score(value) -> float:
+    return -1.0 if value is None else value
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def write_sweep(directory, rows: list[dict]) -> None:
+    """`sweep.csv`, `sweep.json` and `sweep.png` in `directory`, each written whole or not at all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _replacing(directory / "sweep.csv") as path, open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([_show(row[column]) for column in CSV_COLUMNS] for row in rows)
+    with _replacing(directory / "sweep.json") as path:
+        write_json(path, rows)
+    with _replacing(directory / "sweep.png") as path:
+        _plot(path, rows)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The ranked rows as an aligned text table for the terminal.
+
+    `options` holds a row's head options and the training axes that vary in the sweep.
+    """
+    training = [key for key in _varying([row["setting"] for row in rows]) if key in TRAINING_AXES and key != "lr"]
+    header = ("rank", "head", "lr", "options", "val", "test", "seconds")
+    lines = [(str(row["rank"]), row["head"], _show(row["lr"]) or "-",
+              _describe(row["setting"], [*training, *row["head_options"]]) or "-",
+              _mean_std(row, "val"), _mean_std(row, "test"), f"{row['seconds_mean']:.1f}") for row in rows]
+    widths = [max(map(len, column)) for column in zip(header, *lines)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in (header, *lines))
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells matplotlib the format
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    """Horizontal bars of mean validation accuracy with std error bars, best on top."""
+    plt = pyplot()
+    shown = _varying([row["setting"] for row in rows])
+    labels = [f"{row['rank']}. {_label(row['setting'], shown)}" for row in rows]
+    means = [_score(row["val_accuracy_mean"]) for row in rows]
+    errors = [row["val_accuracy_std"] or 0.0 for row in rows]
+    width = 5 + 0.07 * max(map(len, labels), default=0)
+    figure, axis = plt.subplots(figsize=(width, 1.2 + 0.35 * len(rows)))
+    positions = np.arange(len(rows))
+    axis.barh(positions, means, xerr=errors, capsize=3, color="tab:blue", alpha=0.8)
+    for position, mean, error in zip(positions, means, errors):
+        axis.text(mean + error + 0.01, position, f"{mean:.3f}", va="center", fontsize=8)
+    axis.set_yticks(positions, labels)
+    axis.invert_yaxis()  # rank 1 on top
+    axis.set_xlim(0, 1.12)
+    axis.set_xlabel("validation accuracy")
+    repeats = rows[0]["repeats"] if rows else 1
+    axis.set_title(f"{len(rows)} settings, best first" + (f" (mean ± std of {repeats} runs)" if repeats > 1 else ""))
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _varying(settings: list[dict]) -> list[str]:
+    """The axes whose value differs between settings: what a label shows to tell them apart."""
+    keys = [*TRAINING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
+    return [key for key in keys
+            if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > 1]
+
+
+def _value(setting: dict, key: str):
+    return setting[key] if key in TRAINING_AXES else setting["head_options"].get(key)
+
+
+def _describe(setting: dict, keys: list[str]) -> str:
+    return " ".join(f"{key}={_show(_value(setting, key))}" for key in keys if _value(setting, key) is not None)
+
+
+def _label(setting: dict, keys: list[str]) -> str:
+    return f"{setting['head']} {_describe(setting, keys)}".rstrip()
+
+
+def _show(value) -> str:
+    """One compact text form for tables, labels and CSV cells."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _accuracy_text(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _mean_std(row: dict, split: str) -> str:
+    mean, std = row[f"{split}_accuracy_mean"], row[f"{split}_accuracy_std"]
+    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
