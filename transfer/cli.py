@@ -18,6 +18,10 @@ EXAMPLES = {
   {MAIN_JOB}
   transfer fit --backbone model.pb --cut resnet_features --head mlp --head-opt hidden=256 --data photos/
   transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite""",
+    "sweep": """examples:
+  transfer sweep --backbone example:digits --cut block2_out --data 'digits:5-9?per_class=10' \\
+      --heads linear,mlp,logreg --head-opt pooling=avg,flatten --lr 1e-3,1e-2 --epochs 40 --repeats 3
+  transfer sweep --backbone model.pb --cut resnet_features --data photos/ --grid grid.toml""",
     "extract": """examples:
   transfer extract --backbone example:digits --cut block2_out --data digits:5-9 --cache-dir features/
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16""",
@@ -143,6 +147,38 @@ def _entry_table(rows) -> str:
     return _table(lines)
 
 
+def cmd_sweep(args) -> int:
+    from transfer.sweep import format_table, sweep
+    from transfer.training import default_run_dir
+
+    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer")
+            if getattr(args, key) is not None}
+    result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
+                   head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
+                   repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut,
+                   signature=args.signature, data_dir=args.data_dir, validation_split=args.validation_split,
+                   per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
+                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, out=args.out or default_run_dir("sweep"),
+                   export=() if args.export == "none" else tuple(args.export.split(",")), progress=not args.json,
+                   **axes)
+    if args.json:
+        print(json.dumps(result.rows, indent=2))
+    else:
+        print(format_table(result.rows))
+        print(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})")
+    return 0
+
+
+def _choices(cast):
+    """`1e-3,3e-3` -> [0.001, 0.003]: the values a sweep axis takes."""
+    def parse(text: str):
+        try:
+            return [cast(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__} values, got {text!r}") from None
+    return parse
+
+
 def cmd_evaluate(args) -> int:
     from transfer.prediction import evaluate
 
@@ -232,6 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
                      help="savedmodel, pb, tflite, comma-separated, or none (default: savedmodel,pb)")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    sweep = _command(commands, "sweep", cmd_sweep, "train many heads and settings on features extracted once; "
+                     "rank them; export the best")
+    _add_input_arguments(sweep)
+    sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
+                       help="heads to sweep, e.g. linear,mlp,logreg (default: linear)")
+    sweep.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=A,B",
+                       help="a head option's choices, e.g. pooling=avg,flatten or 'hidden=[[64],[128,64]]' "
+                       "(applies to the heads that take it; repeatable)")
+    sweep.add_argument("--lr", type=_choices(float), metavar="A,B", help="learning rates (default 1e-3)")
+    sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help="epochs (default 20)")
+    sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B", help="batch sizes (default 32)")
+    sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B", help="optimizers (default adam)")
+    sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
+    sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
+    sweep.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    sweep.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
+                       "~/.cache/transfer)")
+    sweep.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
+    sweep.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
+                       help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
+    sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
 
     extract = _command(commands, "extract", cmd_extract, "extract features once into the feature cache")
     _add_input_arguments(extract)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import inspect
 import itertools
 import json
@@ -382,3 +383,53 @@ def _accuracy_text(value) -> str:
 def _mean_std(row: dict, split: str) -> str:
     mean, std = row[f"{split}_accuracy_mean"], row[f"{split}_accuracy_std"]
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepResult:
+    rows: list  # ranked, best first (see run_sweep)
+    run_dir: Path | None  # sweep.csv, sweep.json, sweep.png, config.json and best/ (a fit run)
+    best: object  # the FitResult of the best setting, retrained into best/ (None without `out`)
+
+
+def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
+          patience: int | None = 5, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
+          per_class=None, preprocessing=None, scale=None, cache_dir=None, cache_dtype: str = "float32",
+          out=None, export=("savedmodel", "pb"), progress: bool = True, **axes) -> SweepResult:
+    """Extract once (or reuse the feature cache), train every setting on the cached features,
+    rank them; with `out`, write the sweep files and turn the best setting into a full run
+    directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
+
+    `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
+    `axes`: lr, epochs, batch_size, optimizer, each a list of choices.
+    """
+    from transfer.pipeline import open_inputs
+    from transfer.reporting import check_new_run_dir, run_directory
+    from transfer.training import fit
+
+    if out is not None:
+        check_new_run_dir(out)
+    spec = {"heads": heads, "head_options": head_options, **axes, **(load_grid(grid) if grid else {})}
+    settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
+    source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
+                  per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
+    inputs = open_inputs(backbone, data, **source)
+    features = inputs.cached_features(cache_dir, cache_dtype, progress=progress)
+    rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress)
+    if out is None:
+        return SweepResult(rows, None, None)
+    best = rows[0]["setting"]
+    with run_directory(out) as directory:
+        write_sweep(directory, rows)
+        write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
+                                               "settings": settings, "repeats": repeats, **source,
+                                               "cache_dir": str(cache_dir) if cache_dir else None})
+        result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
+                     **{key: best[key] for key in TRAINING_AXES if best[key] is not None}, patience=patience,
+                     seed=seed, preprocessing=inputs.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
+                     out=directory / "best", export=export, verbose=0)
+    result.run_dir = Path(out) / "best"
+    return SweepResult(rows, Path(out), result)

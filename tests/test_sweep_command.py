@@ -1,0 +1,56 @@
+"""`transfer sweep` end to end: extract once, train every setting, rank, export the best."""
+import json
+
+import numpy as np
+
+import transfer
+from transfer import Backbone
+from transfer.cache import FeatureCache
+from transfer.cli import main
+
+DATA = "digits:5-9?per_class=10"
+
+
+def test_sweep_ranks_settings_and_exports_the_best(tmp_path, capsys):
+    out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
+    code = main(["sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+                 "--heads", "linear,logreg", "--head-opt", "pooling=avg,flatten", "--lr", "0.01", "--epochs", "15",
+                 "--repeats", "2", "--cache-dir", str(cache_dir), "--out", str(out), "--export", "pb"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads((out / "sweep.json").read_text())
+    assert len(rows) == 4 and [row["rank"] for row in rows] == [1, 2, 3, 4]
+    means = [row["val_accuracy_mean"] for row in rows]
+    assert means == sorted(means, reverse=True) and all(len(row["val_accuracies"]) == 2 for row in rows)
+    assert rows[0]["head_options"] == {"pooling": "flatten"}  # the flattened spatial features win here
+    assert "[8/8]" in printed.err and f"sweep directory: {out}" in printed.out
+    assert (out / "sweep.csv").read_text().count("\n") == 5 and (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    best = json.loads((out / "best/config.json").read_text())
+    assert best["head"] == rows[0]["head"] and best["head_options"] == rows[0]["head_options"]
+    assert best["cache_dir"] == str(cache_dir)
+    assert len(FeatureCache(cache_dir).entries()) == 3  # extracted once, for every setting and the best run
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
+    predictions = Backbone.load(out / "best/export/model.pb", cut="probabilities")(images).numpy()
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_sweep_grid_file(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('heads = ["logreg"]\n[head_options]\npooling = ["avg", "max"]\nC = [0.1, 1.0]\n')
+    assert main(["sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA, "--grid", str(grid),
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted((r["head_options"]["pooling"], r["head_options"]["C"]) for r in rows) == [
+        ("avg", 0.1), ("avg", 1.0), ("max", 0.1), ("max", 1.0)]
+
+
+def test_sweep_bad_input(tmp_path, capsys):
+    code = main(["sweep", "--backbone", "example:digits", "--data", DATA, "--heads", "linear,nope",
+                 "--out", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "unknown head 'nope'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()  # fails before any work
+    (tmp_path / "bad.toml").write_text("heads = [\n")
+    assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--grid", str(tmp_path / "bad.toml"),
+                 "--out", str(tmp_path / "sweep")]) == 2
+    assert "bad.toml" in capsys.readouterr().err
