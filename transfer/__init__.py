@@ -13,11 +13,12 @@ __version__ = "0.1.0"
 
 from transfer import heads  # noqa: E402  (after the backend is pinned)
 from transfer.backbone import Backbone  # noqa: E402
+from transfer.estimators import FeatureExtractor  # noqa: E402
 from transfer.inspection import inspect_graph  # noqa: E402
 from transfer.layer import FeatureLayer  # noqa: E402
 from transfer.model import PreprocessingLayer  # noqa: E402
 from transfer.prediction import evaluate, predict  # noqa: E402
 from transfer.training import fit  # noqa: E402
 
-__all__ = ["Backbone", "FeatureLayer", "PreprocessingLayer", "TransferError", "evaluate", "fit", "heads",
+__all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "PreprocessingLayer", "TransferError", "evaluate", "fit", "heads",
            "inspect_graph", "predict", "__version__"]
