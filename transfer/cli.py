@@ -72,7 +72,7 @@ def cmd_fit(args) -> int:
                  crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
-                 out=out, export=() if args.export == "none" else tuple(args.export.split(",")),
+                 out=out, export=args.export,
                  verbose=2 if args.json else "auto")
     if args.json:
         print(json.dumps(result.metrics, indent=2))
@@ -159,7 +159,7 @@ def cmd_sweep(args) -> int:
                    signature=args.signature, data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, out=args.out or default_run_dir("sweep"),
-                   export=() if args.export == "none" else tuple(args.export.split(",")), progress=not args.json,
+                   export=args.export, progress=not args.json,
                    **axes)
     if args.json:
         print(json.dumps(result.rows, indent=2))
@@ -261,11 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
     fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
                      help="random shifts during training: pad by N pixels, crop back (default 0: off)")
-    fit.add_argument("--cache-dir", "--cache", metavar="DIR", help="train the head on features from this feature "
-                     "cache, extracting them once (see transfer extract)")
-    fit.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    _add_cache_arguments(fit, "train the head on features from this feature cache, extracting them once "
+                         "(default: no cache)", "--cache")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")
-    fit.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
+    fit.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
                      help="savedmodel, pb, tflite, comma-separated, or none (default: savedmodel,pb)")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -284,20 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
     sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
     sweep.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
-    sweep.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
-                       "~/.cache/transfer)")
-    sweep.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    _add_cache_arguments(sweep, CACHE_HELP)
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
-    sweep.add_argument("--export", default="savedmodel,pb", metavar="FORMATS",
+    sweep.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
                        help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
     sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
 
     extract = _command(commands, "extract", cmd_extract, "extract features once into the feature cache")
     _add_input_arguments(extract)
-    extract.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
-                         "~/.cache/transfer)")
-    extract.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
-                         help="stored dtype (float16 halves the disk)")
+    _add_cache_arguments(extract, CACHE_HELP)
     extract.add_argument("--batch-size", type=int, default=32)
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
     extract.add_argument("--json", action="store_true", help="print the entries as JSON")
@@ -309,8 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(action, help=summary, description=summary)
         sub.add_argument("keys", nargs="*" if action != "rm" else "+", metavar="KEY",
                          help="entries" + (" (default: all)" if action != "rm" else ""))
-        sub.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $TRANSFER_CACHE or "
-                         "~/.cache/transfer)")
+        sub.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
         sub.add_argument("--json", action="store_true", help="print the entries as JSON")
 
     evaluate = _command(commands, "evaluate", cmd_evaluate, "score a fit run on labelled data")
@@ -343,6 +336,20 @@ def _add_input_arguments(parser) -> None:
     parser.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
                         "preprocessing JSON beside the backbone, else none)")
     parser.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")
+
+
+CACHE_HELP = "feature cache directory (default: $TRANSFER_CACHE or ~/.cache/transfer)"
+
+
+def _add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
+    parser.add_argument("--cache-dir", *aliases, metavar="DIR", help=help_text)
+    parser.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
+                        help="stored feature dtype (float16 halves the disk)")
+
+
+def _export_formats(text: str) -> tuple:
+    """`savedmodel,pb` -> ("savedmodel", "pb"); `none` -> ()."""
+    return () if text == "none" else tuple(text.split(","))
 
 
 def _command(commands, name: str, handler, summary: str) -> argparse.ArgumentParser:
