@@ -57,7 +57,7 @@ def cmd_inspect(args) -> int:
     from transfer.inspection import format_report, inspect_graph
 
     report = inspect_graph(args.backbone_path or args.backbone, signature=args.signature, all_tensors=args.all,
-                           cut=args.cut)
+                           cut=args.cut or ("auto" if args.layers else None), layers=args.layers)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -70,10 +70,11 @@ def cmd_fit(args) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                  patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
                  crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+                 thaw=args.thaw, thaw_from=args.thaw_from,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export,
-                 verbose=2 if args.json else "auto")
+                 verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", metavar="PATH", help="same as PATH")
     inspect.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
     inspect.add_argument("--cut", metavar="NAME", help="also resolve this cut (several as a,b) and check it")
+    inspect.add_argument("--layers", action="store_true", help="list the weight layers before the cut (what "
+                         "--thaw N counts), with their weights and parameter counts")
     inspect.add_argument("--all", action="store_true", help="list every tensor, not only the candidate cuts")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -261,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
     fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
                      help="random shifts during training: pad by N pixels, crop back (default 0: off)")
+    thaw = fit.add_mutually_exclusive_group()
+    thaw.add_argument("--thaw", type=int, metavar="N", help="also train the last N weight layers before the cut "
+                      "(`transfer inspect --cut CUT --layers` lists them)")
+    thaw.add_argument("--thaw-from", metavar="SCOPE", help="also train every weight layer from SCOPE to the cut")
     _add_cache_arguments(fit, "train the head on features from this feature cache, extracting them once "
                          "(default: no cache)", "--cache")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")

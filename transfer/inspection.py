@@ -12,7 +12,7 @@ from transfer.loading import load_graph
 TOP_OPS = 12
 
 
-def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None) -> dict:
+def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False) -> dict:
     """The report; with `cut`, also where each cut resolves (checked as a Backbone would)."""
     loaded = load_graph(path, signature)
     backbone = Backbone(loaded, cut=cut) if cut else None
@@ -50,6 +50,10 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None) -> 
                                          stride=_stride(input_height, tensor)))
     if backbone:
         report["cuts"] = [dict(_tensor_row(c.tensor), spec=c.spec, reason=c.reason) for c in backbone.cuts]
+    if layers:
+        from transfer.thaw import describe_layers
+
+        report["layers"] = describe_layers(backbone)
     if all_tensors:
         report["tensors"] = [dict(_tensor_row(t), op=op.type) for op in info.operations for t in op.outputs]
     return report
@@ -98,6 +102,11 @@ def format_report(report: dict) -> str:
         lines.append(f"* auto = {report['auto']['tensor']}: {report['auto']['reason']}")
     for c in report.get("cuts", []):
         lines.append(f"cut {c['spec']!r} = {c['tensor']} {c['dtype']} {c['shape']} ({c['reason']})")
+    if "layers" in report:
+        lines.append(f"weight layers before the cut ({len(report['layers'])}; --thaw N trains the first N):")
+        lines += _table([("#", "scope", "ops", "weights", "frozen statistics", "parameters")] + [
+            (r["index"], r["scope"], "+".join(r["ops"]), " ".join(r["weights"]), " ".join(r["statistics"]) or "-",
+             r["parameters"]) for r in report["layers"]])
     return "\n".join(lines)
 
 

@@ -46,14 +46,15 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", patience: int | None = 5,
         class_weight=None, seed: int = 0, augment: bool = False, crop_padding: int = 0, preprocessing=None, scale=None,
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
-        cache_dir=None, cache_dtype: str = "float32", out=None, export=("savedmodel", "pb"),
-        verbose="auto") -> FitResult:
+        cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
+        out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
     or `DataSplits`. With `out`, a run directory is written (config, metrics, history, plots,
     model.keras and the exports); without, nothing touches the disk. With `cache_dir`, the
     head trains on features from the feature cache (extracted once, reused by later runs).
+    With `thaw=N` (or `thaw_from=SCOPE`), the last N weight layers before the cut train too.
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
@@ -70,7 +71,15 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
                          crop_padding=crop_padding)
     backbone, splits, prep, input_shape = inputs.backbone, inputs.splits, inputs.preprocessing, inputs.input_shape
-    features = inputs.feature_layer()
+    if thaw is not None or thaw_from is not None:
+        if cache_dir is not None:
+            raise TransferError("thawed layers change the features every step; cached training needs a frozen "
+                                "backbone: drop --cache-dir or --thaw")
+        from transfer.thaw import ThawedFeatureLayer
+
+        features = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
+    else:
+        features = inputs.feature_layer()
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
@@ -105,7 +114,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
         "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
-        "cache_dtype": cache_dtype, "export": list(export),
+        "cache_dtype": cache_dtype, "thaw": thaw, "thaw_from": thaw_from, "export": list(export),
     }
     run_dir = None
     if out is not None:

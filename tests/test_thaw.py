@@ -1,0 +1,145 @@
+"""Partial thaw on every graph style: equal outputs before training, gradients exactly where thawed."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import transfer
+from transfer import Backbone, TransferError
+from transfer.cli import main
+from transfer.export import export_frozen_graph
+from transfer.thaw import describe_layers, thaw
+
+
+def gradients(layer, images):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(layer(images)))
+    return tape.gradient(loss, layer.trainable_weights)
+
+
+def assert_thaw_is_exact(path, cut, images, last, expected_tensors):
+    layer = thaw(path, last=last, cut=cut)
+    np.testing.assert_allclose(layer(images), Backbone.load(path, cut=cut)(images), rtol=1e-5, atol=1e-6)
+    assert len(layer.trainable_weights) == expected_tensors, layer.description
+    grads = gradients(layer, images)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads), layer.description
+    return layer
+
+
+def test_keras3_graph_layers_and_batch_norm_statistics(tiny, images16):
+    rows = describe_layers(Backbone.load(tiny.path, cut="gap"))
+    assert [r["scope"].split("/")[-1] for r in rows] == ["conv2_1", "dw_1", "bn1_1", "conv1_1"]
+    assert [r["index"] for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["ops"] == ["DepthwiseConv2dNative", "BiasAdd"]
+    assert rows[2]["weights"] == ["(4,)", "(4,)"] and rows[2]["statistics"] == ["(4,)", "(4,)"]
+    assert rows[3]["parameters"] == 3 * 3 * 3 * 4 + 4
+    for last, tensors in ((1, 2), (2, 4), (3, 6), (4, 8)):  # kernel + bias per conv; gamma + beta for bn
+        assert_thaw_is_exact(tiny.path, "gap", images16, last, tensors)
+    gamma, beta, mean, variance = tiny.model.get_layer("bn1").get_weights()
+    thawed = [w.numpy() for w in thaw(tiny.path, last=3, cut="gap").trainable_weights]
+
+    def holds(value):
+        return any(w.shape == value.shape and np.allclose(w, value, rtol=1e-6) for w in thawed)
+
+    assert holds(gamma) and holds(beta) and not holds(mean) and not holds(variance)
+    with_statistics = thaw(tiny.path, last=3, cut="gap", batch_norm_statistics=True)
+    assert len(with_statistics.trainable_weights) == 8
+
+
+def test_gradients_reach_only_the_thawed_layers(tiny, images16):
+    """Thawing conv2 only: the depthwise and earlier layers get no weights, the prefix no gradient."""
+    layer = thaw(tiny.path, last=1, cut="gap")
+    assert {tuple(w.shape) for w in layer.trainable_weights} == {(3, 3, 4, 8), (8,)}
+    with tf.GradientTape() as tape:
+        tape.watch(images := tf.constant(images16))
+        loss = tf.reduce_sum(layer(images))
+    assert tape.gradient(loss, images) is None  # the frozen prefix runs without gradient
+
+
+def test_tf1_graph_fused_batch_norm_and_matmul(tf1_graph):
+    images = tf1_graph.extra["images"]
+    rows = describe_layers(Backbone.load(tf1_graph.path, cut="probabilities"))
+    assert [r["scope"] for r in rows] == ["logits", "conv1"]
+    assert rows[1]["ops"] == ["Conv2D", "FusedBatchNormV3"] and rows[1]["statistics"] == ["(4,)", "(4,)"]
+    assert_thaw_is_exact(tf1_graph.path, "probabilities", images, 1, 2)  # MatMul weights + BiasAdd biases
+    assert_thaw_is_exact(tf1_graph.path, "probabilities", images, 2, 5)  # + conv kernel, gamma, beta
+    assert len(thaw(tf1_graph.path, last=2, cut="probabilities", batch_norm_statistics=True).trainable_weights) == 7
+
+
+def test_thaw_from_scope_is_the_alternative_to_n(tiny, images16):
+    by_scope = thaw(tiny.path, from_scope="dw", cut="gap")
+    assert len(by_scope.plan.layers) == 2 and by_scope.description.startswith("thawed 2 layer(s)")
+
+
+def test_training_moves_only_thawed_weights_and_exports_the_trained_values(tiny, images16, tmp_path):
+    keras.utils.set_random_seed(0)
+    original_bytes = tiny.path.read_bytes()
+    inputs = keras.Input((16, 16, 3))
+    features = thaw(tiny.path, last=2, cut="conv2")
+    model = keras.Model(inputs, transfer.heads.get("linear", num_classes=2)(features(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in features.trainable_weights]
+    model.fit(images16, np.arange(6) % 2, epochs=3, verbose=0)
+    assert all(not np.allclose(a, w.numpy()) for a, w in zip(before, features.trainable_weights))
+    trained = features(images16)
+    assert not np.allclose(trained, Backbone.load(tiny.path, cut="conv2")(images16))
+    model.save(tmp_path / "thawed.keras")
+    restored = keras.models.load_model(tmp_path / "thawed.keras")
+    np.testing.assert_allclose(restored.predict(images16, verbose=0), model.predict(images16, verbose=0), rtol=1e-5)
+    assert tiny.path.read_bytes() == original_bytes  # the backbone file is never modified
+
+
+def test_fit_with_thaw_exports_a_frozen_graph_with_the_trained_values(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "--backbone", "example:digits", "--cut", "resnet_features", "--data",
+                 "digits:5-9?per_class=10", "--epochs", "3", "--thaw", "2", "--out", str(out),
+                 "--export", "savedmodel,pb", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert "test" in metrics
+    assert json.loads((out / "config.json").read_text())["thaw"] == 2
+    model = keras.models.load_model(out / "model.keras")
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
+    expected = model.predict(images, verbose=0)
+    frozen = Backbone.load(out / "export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), expected, rtol=1e-4, atol=1e-5)
+    served = tf.saved_model.load(str(out / "export/saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(images=tf.constant(images))["probabilities"], expected, rtol=1e-4, atol=1e-5)
+    refrozen = tmp_path / "again.pb"
+    export_frozen_graph(model, refrozen)
+    assert not [n for n in tf.compat.v1.GraphDef.FromString(refrozen.read_bytes()).node if n.op == "VarHandleOp"]
+
+
+def test_inspect_layers(capsys):
+    assert main(["inspect", "example:digits", "--cut", "resnet_features", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "weight layers before the cut (10; --thaw N trains the first N):" in out
+    assert "digits_resnet_1/block2_bn2_1" in out and "Conv2D+BiasAdd" in out
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+
+def test_too_many_layers_names_how_many_there_are(tiny):
+    with pytest.raises(TransferError, match=r"cannot thaw 9 layer\(s\): there are 4 weight layers before the cut"):
+        thaw(tiny.path, last=9, cut="gap")
+
+
+def test_graph_without_weight_layers(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.nn.relu(tf.compat.v1.placeholder(tf.float32, [None, 4], name="x") * 2.0, name="out")
+    path = tmp_path / "no_weights.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    with pytest.raises(TransferError, match="the graph has no weight layers before the cut: nothing to thaw"):
+        thaw(path, last=1, cut="out")
+
+
+def test_unknown_thaw_scope_names_the_closest(tiny, capsys):
+    with pytest.raises(TransferError, match=r"no weight layer before the cut has scope 'conv3'; closest: .*conv"):
+        thaw(tiny.path, from_scope="conv3", cut="gap")
+    code = main(["fit", "--backbone", "example:digits", "--data", "digits:5-9", "--thaw", "99", "--epochs", "1",
+                 "--out", "unused-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot thaw 99 layer(s): there are 10 weight layers before the cut" in err

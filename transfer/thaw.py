@@ -1,0 +1,224 @@
+"""Partial thaw: the float constants of the last N weight layers before the cut become trainable.
+
+DESIGN's technique: the graph is split at the thaw boundary. The frozen prefix (input -> the
+tensors that enter the thawed region) is an ordinary pruned Backbone, run without gradient;
+the thawed suffix is the GraphDef imported again with `input_map` replacing those boundary
+tensors and every thawed weight constant by inputs of a wrapped function, pruned to the cut.
+Keras weights, initialised from the constants' values, are passed in at call time, so
+gradients reach exactly them. Batch-norm moving statistics stay constant unless asked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transfer.backbone import Backbone
+from transfer.errors import TransferError
+from transfer.graph import NORM_OPS, GraphInfo, format_shape
+from transfer.layer import FeatureLayer
+
+
+@dataclasses.dataclass
+class Layer:
+    """A weight layer of the graph, as `inspect --layers` shows it."""
+
+    index: int  # 1 = the last weight layer before the cut
+    scope: str
+    ops: list  # weight-consuming tf.Operations
+    constants: list  # float Const outputs that feed its weights (statistics included)
+    statistics: list  # of those, batch-norm moving means and variances
+
+    def is_statistic(self, constant: tf.Tensor) -> bool:
+        return constant.name in {s.name for s in self.statistics}  # names: `in` on tensors compares values
+
+    @property
+    def parameters(self) -> int:
+        return int(sum(c.shape.num_elements() or 0 for c in self.constants))
+
+
+def layers_before(info: GraphInfo, cut: tf.Tensor) -> list[Layer]:
+    """The weight layers the cut depends on, numbered backwards from the cut."""
+    needed = {op.name for op in info.ancestors([cut.op])}
+    found = [(scope, ops) for scope, ops in info.weight_layers if any(op.name in needed for op in ops)]
+    layers = []
+    for index, (scope, ops) in enumerate(reversed(found), start=1):
+        constants = _dedupe(c for op in ops for t in info.weight_inputs(op) for c in _constant_sources(t))
+        statistics = _statistics(info, ops)
+        layers.append(Layer(index, scope, ops, constants, [c for c in constants if c.name in statistics]))
+    return layers
+
+
+def _constant_sources(tensor: tf.Tensor) -> list[tf.Tensor]:
+    """The float, non-scalar Const outputs a constant tensor is computed from."""
+    found, stack, seen = [], [tensor.op], set()
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type == "Const":
+            output = op.outputs[0]
+            if output.dtype.is_floating and output.shape.rank:
+                found.append(output)
+        else:
+            stack.extend(t.op for t in op.inputs)
+    return found
+
+
+def _statistics(info: GraphInfo, ops) -> set[str]:
+    """Names of the moving mean/variance constants of a batch-norm layer.
+
+    TF1 graphs: inputs 3 and 4 of FusedBatchNorm*. Keras 3 graphs decompose batch norm as
+    x * (rsqrt(var + eps) * gamma) + (beta - mean * rsqrt(var + eps) * gamma): the variance is
+    what feeds the Rsqrt, the mean what is multiplied and then subtracted from beta.
+    """
+    names = set()
+    for op in ops:
+        if op.type in NORM_OPS:
+            names |= {c.name for t in op.inputs[3:5] for c in _constant_sources(t)}
+        for tensor in op.inputs:
+            if not info.is_constant(tensor):
+                continue
+            for inner in info.ancestors([tensor.op]):
+                if inner.type == "Rsqrt":
+                    names |= {c.name for c in _constant_sources(inner.inputs[0])}
+                if inner.type == "Sub" and len(inner.inputs) == 2:
+                    subtracted = inner.inputs[1].op
+                    if subtracted.type == "Mul":
+                        names |= {c.name for t in subtracted.inputs for c in _constant_sources(t)
+                                  if t.op.type in ("Const", "Identity")}
+    return names
+
+
+def _dedupe(tensors) -> list:
+    return list({t.name: t for t in tensors}.values())
+
+
+def choose_layers(layers: list[Layer], last: int | None = None, from_scope: str | None = None) -> list[Layer]:
+    """The last `last` layers, or every layer from the one whose scope matches `from_scope`."""
+    if not layers:
+        raise TransferError("the graph has no weight layers before the cut: nothing to thaw")
+    if (last is None) == (from_scope is None):
+        raise TransferError("thaw needs exactly one of last=N (--thaw N) or from_scope (--thaw-from SCOPE)")
+    if last is not None:
+        if not isinstance(last, int) or last < 1 or last > len(layers):
+            raise TransferError(f"cannot thaw {last} layer(s): there are {len(layers)} weight layers before the cut "
+                                f"(`transfer inspect --layers` lists them)")
+        return layers[:last]
+    matches = [layer for layer in layers if layer.scope == from_scope or layer.scope.endswith("/" + from_scope)
+               or re.sub(r"_\d+$", "", layer.scope.rpartition("/")[2]) == from_scope]
+    if not matches:
+        close = difflib.get_close_matches(from_scope, [layer.scope for layer in layers], n=3, cutoff=0.3)
+        raise TransferError(f"no weight layer before the cut has scope {from_scope!r}; closest: "
+                            f"{', '.join(close) or 'none'} (`transfer inspect --layers` lists them)")
+    return layers[:max(layer.index for layer in matches)]
+
+
+@dataclasses.dataclass
+class ThawPlan:
+    layers: list[Layer]
+    weights: list[tf.Tensor]  # Const outputs that become trainable weights
+    boundary: list[tf.Tensor]  # what the frozen prefix hands to the thawed suffix
+
+
+def plan_thaw(backbone: Backbone, last=None, from_scope=None, batch_norm_statistics: bool = False) -> ThawPlan:
+    if backbone.multi_cut:
+        raise TransferError("thaw works on one cut")
+    info, cut = backbone.info, backbone.cuts[0].tensor
+    chosen = choose_layers(layers_before(info, cut), last, from_scope)
+    weights = _dedupe(c for layer in chosen for c in layer.constants
+                      if batch_norm_statistics or not layer.is_statistic(c))
+    region = _thawed_region(info, cut, [op for layer in chosen for op in layer.ops])
+    boundary = _dedupe(t for name in region for t in info.by_name[name].inputs
+                       if t.op.name not in region and not info.is_constant(t))
+    return ThawPlan(chosen, weights, sorted(boundary, key=lambda t: info.position[t.op.name]))
+
+
+def _thawed_region(info: GraphInfo, cut: tf.Tensor, weight_ops) -> set[str]:
+    """Input-dependent ops downstream of a thawed weight op and upstream of the cut."""
+    upstream = {op.name for op in info.ancestors([cut.op])}
+    region, stack = set(), [op.name for op in weight_ops]
+    while stack:
+        name = stack.pop()
+        if name in region or name not in upstream:
+            continue
+        region.add(name)
+        stack.extend(user.name for user in info.consumers.get(name, []))
+    return region
+
+
+def build_suffix(backbone: Backbone, plan: ThawPlan):
+    """boundary tensors + weights -> the cut, as a pruned function that gradients pass through."""
+    names = [t.name for t in plan.boundary] + [w.name for w in plan.weights]
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in plan.boundary] + [tf.TensorSpec(w.shape, w.dtype)
+                                                                        for w in plan.weights]
+    cut = backbone.cuts[0].name
+    graph_def = backbone.loaded.graph_def
+
+    def body(*tensors):
+        (output,) = tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),
+                                                   return_elements=[cut], name="")
+        return output
+
+    wrapped = tf.compat.v1.wrap_function(body, specs)
+    return wrapped.prune(feeds=wrapped.inputs, fetches=wrapped.outputs)
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class ThawedFeatureLayer(FeatureLayer):
+    """A FeatureLayer whose last `last` weight layers (or all from `from_scope`) are trainable."""
+
+    def __init__(self, backbone, cut="auto", last=None, from_scope=None, batch_norm_statistics=False, **kwargs):
+        super().__init__(backbone, cut=cut, **kwargs)
+        self.trainable = True
+        self.plan = plan_thaw(self.backbone, last, from_scope, batch_norm_statistics)
+        self._prefix = Backbone(self.backbone.loaded, cut=[t.name for t in self.plan.boundary],
+                                inputs=[t.op.name for t in self.backbone.inputs], allow_ops=self.backbone.allow_ops)
+        self._suffix = build_suffix(self.backbone, self.plan)
+        self._config.update({"last": last, "from_scope": from_scope, "batch_norm_statistics": batch_norm_statistics})
+        self.thawed = [self.add_weight(shape=tuple(w.shape), name=_weight_name(w),
+                                       initializer=keras.initializers.Constant(_value(w)), trainable=True)
+                       for w in self.plan.weights]
+
+    def call(self, inputs):
+        handed = self._prefix(inputs)
+        handed = [handed[t.name] for t in self.plan.boundary] if self._prefix.multi_cut else [handed]
+        boundary = [tf.stop_gradient(t) for t in handed]  # the frozen prefix needs no backward pass
+        (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed])
+        return features
+
+    @property
+    def description(self) -> str:
+        scopes = ", ".join(layer.scope for layer in self.plan.layers)
+        params = sum(int(np.prod(w.shape)) for w in self.plan.weights)
+        return f"thawed {len(self.plan.layers)} layer(s) ({scopes}): {len(self.plan.weights)} tensors, {params} weights"
+
+
+def _value(constant: tf.Tensor) -> np.ndarray:
+    return tf.make_ndarray(constant.op.get_attr("value"))
+
+
+def _weight_name(constant: tf.Tensor) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", constant.op.name)[-60:]
+
+
+def thaw(backbone, last=None, from_scope=None, cut="auto", batch_norm_statistics=False, **kwargs) -> ThawedFeatureLayer:
+    """`backbone` (path or Backbone) as a Keras layer with its last `last` weight layers trainable."""
+    return ThawedFeatureLayer(backbone, cut=cut, last=last, from_scope=from_scope,
+                              batch_norm_statistics=batch_norm_statistics, **kwargs)
+
+
+def describe_layers(backbone: Backbone) -> list[dict]:
+    """`transfer inspect --layers`: what counts as a layer, numbered backwards from the cut."""
+    rows = []
+    for layer in layers_before(backbone.info, backbone.cuts[0].tensor):
+        rows.append({"index": layer.index, "scope": layer.scope, "ops": [op.type for op in layer.ops],
+                     "weights": [format_shape(c.shape) for c in layer.constants if not layer.is_statistic(c)],
+                     "statistics": [format_shape(c.shape) for c in layer.statistics],
+                     "parameters": layer.parameters})
+    return rows
