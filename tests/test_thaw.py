@@ -10,7 +10,7 @@ import transfer
 from transfer import Backbone, TransferError
 from transfer.cli import main
 from transfer.export import export_frozen_graph
-from transfer.thaw import describe_layers, thaw
+from transfer.thawing import describe_layers, thaw
 
 
 def gradients(layer, images):

@@ -18,7 +18,8 @@ from transfer.inspection import inspect_graph  # noqa: E402
 from transfer.layer import FeatureLayer  # noqa: E402
 from transfer.model import PreprocessingLayer  # noqa: E402
 from transfer.prediction import evaluate, predict  # noqa: E402
+from transfer.thawing import ThawedFeatureLayer, thaw  # noqa: E402
 from transfer.training import fit  # noqa: E402
 
 __all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "PreprocessingLayer", "TransferError", "evaluate", "fit", "heads",
-           "inspect_graph", "predict", "__version__"]
+           "inspect_graph", "predict", "thaw", "ThawedFeatureLayer", "__version__"]

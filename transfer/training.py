@@ -75,7 +75,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         if cache_dir is not None:
             raise TransferError("thawed layers change the features every step; cached training needs a frozen "
                                 "backbone: drop --cache-dir or --thaw")
-        from transfer.thaw import ThawedFeatureLayer
+        from transfer.thawing import ThawedFeatureLayer
 
         features = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
     else:

@@ -186,9 +186,16 @@ class ThawedFeatureLayer(FeatureLayer):
                        for w in self.plan.weights]
 
     def call(self, inputs):
+        return self.from_boundary(self.prefix(inputs))
+
+    def prefix(self, inputs) -> list:
+        """The frozen part: images -> the tensors entering the thawed region (cacheable)."""
         handed = self._prefix(inputs)
         handed = [handed[t.name] for t in self.plan.boundary] if self._prefix.multi_cut else [handed]
-        boundary = [tf.stop_gradient(t) for t in handed]  # the frozen prefix needs no backward pass
+        return [tf.stop_gradient(t) for t in handed]  # the frozen prefix needs no backward pass
+
+    def from_boundary(self, boundary):
+        """The thawed part: prefix outputs -> features, differentiable in the thawed weights."""
         (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed])
         return features
 

@@ -1,0 +1,113 @@
+"""One training step with the last residual block thawed, against native Keras, in one process.
+
+Network: keras.applications.ResNet50 (weights=None), batch 16 at 224x224, a linear head on the
+pooled features, Adam, batch norm in inference mode everywhere (thaw keeps the moving
+statistics constant; the native model is called with training=False to match). Variants:
+  - native Keras: the same network with only conv5_block3's layers trainable;
+  - transfer: the frozen .pb, `thaw(..., from_scope="conv5_block3_1_conv")` (the same 6 weight
+    layers), the frozen prefix run without gradient, the thawed suffix differentiated;
+  - transfer with the prefix cached: the prefix outputs computed once (as a feature cache holds
+    them), each step runs the thawed suffix only.
+Every step is one tf.function (forward, backward, Adam update); median of interleaved rounds.
+Run: `python experiments/bench/thaw.py` (~6 min on 2 CPU cores).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import transfer
+import keras
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+BLOCK = "conv5_block3_"
+
+
+def frozen_resnet(workdir: Path):
+    model = keras.applications.ResNet50(weights=None)
+    spec = tf.TensorSpec([None, 224, 224, 3], tf.float32, name="input")
+    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    path = workdir / "resnet50.pb"
+    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    return model, path
+
+
+def step_function(forward, variables, head):
+    """One compiled training step: forward, loss, gradients for `variables` + head, Adam update."""
+    optimizer = keras.optimizers.Adam(1e-4)
+    trained = list(variables) + list(head.trainable_weights)
+    optimizer.build(trained)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(y, head(forward(x)), from_logits=True)
+            loss = tf.reduce_mean(loss)
+        optimizer.apply(tape.gradient(loss, trained), trained)
+        return loss
+
+    return step
+
+
+def linear_head():
+    head = keras.layers.Dense(10)
+    head.build((None, 2048))
+    return head
+
+
+def measure(steps: dict, inputs: dict, labels, rounds: int) -> dict:
+    for name, step in steps.items():  # trace and warm up
+        step(inputs[name], labels).numpy()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(inputs[name], labels).numpy()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
+          f"{[d.device_type for d in tf.config.list_logical_devices()]}, batch {args.batch_size}")
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (args.batch_size, 224, 224, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 10, args.batch_size))
+    with tempfile.TemporaryDirectory() as workdir:
+        native, pb_path = frozen_resnet(Path(workdir))
+        features = keras.Model(native.inputs, native.get_layer("avg_pool").output)
+        native_variables = [w for layer in features.layers if layer.name.startswith(BLOCK)
+                            for w in layer.weights if "moving" not in w.path]
+        thawed = transfer.thaw(pb_path, from_scope=BLOCK + "1_conv", cut="avg_pool")
+        print(thawed.description)
+        assert len(thawed.trainable_weights) == len(native_variables), (len(thawed.trainable_weights), len(native_variables))
+        boundary = thawed.prefix(images)
+        steps = {
+            "native Keras, conv5_block3 trainable": step_function(lambda x: features(x, training=False),
+                                                                  native_variables, linear_head()),
+            "transfer thaw (frozen prefix + thawed suffix)": step_function(thawed, thawed.trainable_weights,
+                                                                           linear_head()),
+            "transfer thaw, prefix cached": step_function(thawed.from_boundary, thawed.trainable_weights,
+                                                          linear_head()),
+        }
+        inputs = dict.fromkeys(steps, images)
+        inputs["transfer thaw, prefix cached"] = boundary
+        medians = measure(steps, inputs, labels, args.rounds)
+    baseline = medians["native Keras, conv5_block3 trainable"]
+    print(f"\n  {'variant':48s} {'s/step':>8s} {'time vs native':>15s} {'speed-up':>9s}")
+    for name, seconds in medians.items():
+        print(f"  {name:48s} {seconds:8.3f} {seconds / baseline:14.3f}x {baseline / seconds:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
