@@ -1,6 +1,7 @@
 """Transfer from the shipped digits backbone (pretrained on 0-4) against training from scratch.
 
 Target task: digits 5-9 with N labelled training images per class (the README's main job).
+"thaw K" also trains the last K weight layers of the backbone (transfer.fit(thaw=K)).
 Every variant sees the same splits (transfer.datasets.load with the same seed): N per class to
 train, a stratified validation split for early stopping, the rest as test. "scratch" is the
 same network as the backbone (experiments/digits/pretrain.py) plus a Dense head, randomly
@@ -24,6 +25,8 @@ VARIANTS = {  # name -> transfer.fit arguments
     "transfer: resnet_features + mlp": dict(cut="resnet_features", head="mlp", head_options={"hidden": (64,)}),
     "transfer: block2_out + linear (flatten)": dict(cut="block2_out", head="linear", head_options={"pooling": "flatten"}),
     "transfer: block1_out + logreg (flatten)": dict(cut="block1_out", head="logreg", head_options={"pooling": "flatten"}),
+    "transfer + thaw 2: resnet_features + linear": dict(cut="resnet_features", head="linear", thaw=2),
+    "transfer + thaw 5: resnet_features + linear": dict(cut="resnet_features", head="linear", thaw=5),
 }
 
 
