@@ -143,3 +143,12 @@ def test_unknown_thaw_scope_names_the_closest(tiny, capsys):
                  "--out", "unused-run"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot thaw 99 layer(s): there are 10 weight layers before the cut" in err
+
+
+def test_resnet50_batch_norm_layers_keep_both_statistics_frozen(resnet50):
+    """keras.applications' batch norm reshapes its statistics before use: still found."""
+    rows = describe_layers(Backbone.load(resnet50.path, cut="conv5_block3_out"))
+    norms = [r for r in rows if r["scope"].endswith("_bn_1")]
+    assert len(norms) == 53 and all(len(r["weights"]) == 2 and len(r["statistics"]) == 2 for r in norms)
+    layer = thaw(resnet50.path, from_scope="conv5_block3_1_conv", cut="conv5_block3_out")
+    assert len(layer.trainable_weights) == 12  # 3 convs (kernel, bias) + 3 batch norms (gamma, beta)

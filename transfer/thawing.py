@@ -87,11 +87,10 @@ def _statistics(info: GraphInfo, ops) -> set[str]:
             for inner in info.ancestors([tensor.op]):
                 if inner.type == "Rsqrt":
                     names |= {c.name for c in _constant_sources(inner.inputs[0])}
-                if inner.type == "Sub" and len(inner.inputs) == 2:
-                    subtracted = inner.inputs[1].op
-                    if subtracted.type == "Mul":
-                        names |= {c.name for t in subtracted.inputs for c in _constant_sources(t)
-                                  if t.op.type in ("Const", "Identity")}
+                if inner.type == "Sub" and len(inner.inputs) == 2 and inner.inputs[1].op.type == "Mul":
+                    for factor in inner.inputs[1].op.inputs:  # mean * (rsqrt(...) * gamma): not the rsqrt side
+                        if not any(a.type == "Rsqrt" for a in info.ancestors([factor.op])):
+                            names |= {c.name for c in _constant_sources(factor)}
     return names
 
 
