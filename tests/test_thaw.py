@@ -1,4 +1,5 @@
 """Partial thaw on every graph style: equal outputs before training, gradients exactly where thawed."""
+import dataclasses
 import json
 
 import numpy as np
@@ -8,8 +9,10 @@ import tensorflow as tf
 import keras
 import transfer
 from transfer import Backbone, TransferError
+from transfer.cache import FeatureCache
 from transfer.cli import main
 from transfer.export import export_frozen_graph
+from transfer.pipeline import open_inputs
 from transfer.thawing import describe_layers, thaw
 
 
@@ -109,6 +112,51 @@ def test_fit_with_thaw_exports_a_frozen_graph_with_the_trained_values(tmp_path, 
     refrozen = tmp_path / "again.pb"
     export_frozen_graph(model, refrozen)
     assert not [n for n in tf.compat.v1.GraphDef.FromString(refrozen.read_bytes()).node if n.op == "VarHandleOp"]
+
+
+def suffix_gradients(function, thawed, *inputs):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(function(*inputs)))
+    return [g.numpy() for g in tape.gradient(loss, thawed.trainable_weights)]
+
+
+def test_suffix_on_cached_prefix_outputs_equals_the_whole_layer(tmp_path):
+    """The cache holds both boundary tensors (the residual shortcut and the block's branch);
+    the suffix on them gives the whole layer's features and the same gradients."""
+    layer = thaw("example:digits", last=2, cut="resnet_features")
+    inputs = open_inputs(layer.backbone, "digits:5-9?per_class=10", batch_size=16)
+    prefix = dataclasses.replace(inputs, backbone=layer.prefix_backbone)
+    entries = FeatureCache(tmp_path).extract(prefix, progress=False)
+    assert entries["test"].feature_shapes == [(4, 4, 32), (4, 4, 32)]
+    (shortcut, branch), labels = entries["test"].arrays()
+    batches = list(inputs.batches.evaluation("test").as_numpy_iterator())
+    images, image_labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+    np.testing.assert_array_equal(labels, image_labels)
+    whole = inputs.feature_model(layer)
+    suffix = layer.suffix()
+    np.testing.assert_allclose(suffix([shortcut, branch]), whole(images), rtol=1e-5, atol=1e-5)
+    for expected, got in zip(suffix_gradients(whole, layer, images), suffix_gradients(suffix, layer, [shortcut, branch])):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    streamed = next(iter(entries["test"].dataset().batch(4)))
+    assert [tuple(t.shape) for t in streamed[0]] == [(4, 4, 4, 32), (4, 4, 4, 32)]
+
+
+def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
+    cache, data = tmp_path / "cache", "digits:5-9?per_class=10"
+    first = transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=4, lr=0.01,
+                         out=tmp_path / "run", export=("pb",), verbose=0)
+    entries = FeatureCache(cache).entries()
+    assert len(entries) == 3 and all(len(entry.feature_shapes) == 2 for entry in entries)
+    written = {entry.key: (entry.path / "features_1-00000.npy").stat().st_mtime_ns for entry in entries}
+    features = first.model.get_layer("features")
+    assert any(not np.allclose(w.numpy(), c) for w, c in
+               zip(features.thawed, [tf.make_ndarray(t.op.get_attr("value")) for t in features.plan.weights]))
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), first.model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+    transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=1, verbose=0)
+    again = FeatureCache(cache).entries()
+    assert {e.key: (e.path / "features_1-00000.npy").stat().st_mtime_ns for e in again} == written  # reused
 
 
 def test_inspect_layers(capsys):

@@ -1,6 +1,7 @@
 """Features on disk, extracted once: sharded `.npy` files plus a JSON manifest per entry.
 
-An entry holds one split's features and labels. Its key is a fingerprint of everything that
+An entry holds one split's features and labels; the features can be several tensors per
+example (a thawed suffix's inputs), stored as one `.npy` file each per shard. Its key is a fingerprint of everything that
 decides the features (graph bytes, cut, inputs, preprocessing, the data's identity and split,
 the stored dtype), so a changed ingredient is a new entry, never stale features.
 
@@ -48,7 +49,8 @@ def ingredients(backbone, preprocessing, identity: dict, role: str, dtype: str) 
     """What decides the features of one split: the key is made from exactly this."""
     return {
         "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
-                     "inputs": [t.name for t in backbone.inputs], "cut": backbone.cuts[0].name},
+                     "inputs": [t.name for t in backbone.inputs],
+                     "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name},
         "preprocessing": preprocessing.to_dict(),
         "data": identity,
         "role": role,
@@ -77,7 +79,13 @@ class Entry:
 
     @property
     def feature_shape(self) -> tuple:
-        return tuple(self.manifest["feature_shape"])
+        """One example's feature shape; a list of shapes when each example holds several tensors."""
+        shapes = self.feature_shapes
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def feature_shapes(self) -> list[tuple]:
+        return [tuple(shape) for shape in self.manifest.get("feature_shapes") or [self.manifest["feature_shape"]]]
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("*.npy"))
@@ -86,31 +94,42 @@ class Entry:
         """Indices of shards whose files are missing or whose checksums do not match."""
         return [i for i, shard in enumerate(self.manifest["shards"])
                 if any(_sha256_file(self.path / shard[name]) != shard[f"{name}_sha256"]
-                       for name in ("features", "labels"))]
+                       for name in (*_feature_keys(len(self.feature_shapes)), "labels"))]
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All features and labels in memory (for the scikit-learn probe and small data)."""
-        parts = [(np.load(self.path / s["features"]), np.load(self.path / s["labels"]))
-                 for s in self.manifest["shards"]]
-        if not parts:
-            return np.zeros((0, *self.feature_shape), "float32"), np.zeros((0,), "int32")
-        return (np.concatenate([f for f, _ in parts]).astype("float32"), np.concatenate([y for _, y in parts]))
+    def arrays(self) -> tuple:
+        """All features and labels in memory (for the scikit-learn probe and small data); the
+        features are a tuple of arrays when each example holds several tensors."""
+        keys = _feature_keys(len(self.feature_shapes))
+        shards = self.manifest["shards"]
+        features = tuple(np.concatenate([np.load(self.path / s[key]) for s in shards]).astype("float32") if shards
+                         else np.zeros((0, *shape), "float32") for key, shape in zip(keys, self.feature_shapes))
+        labels = np.concatenate([np.load(self.path / s["labels"]) for s in shards]) if shards else np.zeros((0,), "int32")
+        return (features[0] if len(keys) == 1 else features), labels
 
     def dataset(self, chunk: int = 1024) -> tf.data.Dataset:
         """Unbatched (features float32, label int32), streamed shard by shard from memory maps:
         a cache larger than memory trains without being loaded."""
-        shards = [(str(self.path / s["features"]), str(self.path / s["labels"])) for s in self.manifest["shards"]]
+        keys = _feature_keys(len(self.feature_shapes))
+        shards = [([str(self.path / s[key]) for key in keys], str(self.path / s["labels"]))
+                  for s in self.manifest["shards"]]
 
         def chunks():
-            for features_file, labels_file in shards:
-                features = np.load(features_file, mmap_mode="r")
+            for feature_files, labels_file in shards:
+                features = [np.load(name, mmap_mode="r") for name in feature_files]
                 labels = np.load(labels_file, mmap_mode="r")
                 for start in range(0, len(labels), chunk):
-                    yield (np.asarray(features[start:start + chunk], "float32"),
-                           np.asarray(labels[start:start + chunk], "int32"))
+                    parts = tuple(np.asarray(f[start:start + chunk], "float32") for f in features)
+                    yield (parts[0] if len(parts) == 1 else parts), np.asarray(labels[start:start + chunk], "int32")
 
-        spec = (tf.TensorSpec((None, *self.feature_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-        return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+        specs = tuple(tf.TensorSpec((None, *shape), tf.float32) for shape in self.feature_shapes)
+        spec = (specs[0] if len(specs) == 1 else specs, tf.TensorSpec((None,), tf.int32))
+        stream = tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+        return stream.apply(tf.data.experimental.assert_cardinality(self.count))  # Keras then knows the epoch
+
+
+def _feature_keys(count: int) -> list[str]:
+    """Manifest keys of a shard's feature files: `features`, then `features_1`, ... (several tensors)."""
+    return ["features"] + [f"features_{i}" for i in range(1, count)]
 
 
 class FeatureCache:
@@ -166,7 +185,7 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         self.check_writable()
-        feature_model = inputs.feature_model()
+        feature_model = _ListedOutputs(inputs.feature_model(), [c.spec for c in inputs.backbone.cuts])
         entries = {}
         for role in ROLES:
             if getattr(inputs.splits, role) is None:
@@ -186,9 +205,9 @@ class FeatureCache:
                                     f"{entry.manifest['backbone_fingerprint'][:12]}, not "
                                     f"{recipe['backbone']['fingerprint'][:12]}; `transfer cache rm {key}`")
             for index in entry.bad_shards():
-                self._write_shard(entry, index, *self._compute(feature_model, batches, role, dtype,
-                                                               entry.manifest["shards"][index]["start"],
-                                                               entry.manifest["shards"][index]["count"]))
+                shard = entry.manifest["shards"][index]
+                dataset = batches.evaluation(role, skip=shard["start"], take=shard["count"])
+                self._write_shard(entry, index, *_joined([feature_model.batch(images, y, dtype) for images, y in dataset]))
             if not entry.complete:
                 self._extract_rest(entry, feature_model, batches, role, dtype, progress)
         return entry
@@ -199,58 +218,69 @@ class FeatureCache:
                     "ingredients": recipe, "feature_shape": None, "shards": []}
         return Entry(path, manifest)
 
-    def _compute(self, feature_model, batches, role, dtype, start: int, count: int):
-        dataset = batches.evaluation(role, skip=start, take=count)
-        features, labels = [], []
-        for images, y in dataset:
-            features.append(np.asarray(feature_model.predict_on_batch(images)).astype(dtype))
-            labels.append(y.numpy().astype("int32"))
-        return np.concatenate(features), np.concatenate(labels)
-
     def _extract_rest(self, entry: Entry, feature_model, batches, role, dtype, progress: bool) -> None:
         """Stream the examples after the finished shards; a shard is written whenever it fills."""
         import keras
 
-        done = entry.count
         total = batches.splits.sizes.get(role)
         bar = keras.utils.Progbar(total, unit_name="example", verbose=1 if progress else 0)
-        bar.update(done)
-        buffered, labels, buffered_count, shard_size = [], [], 0, None
-        for images, y in batches.evaluation(role, skip=done):
-            features = np.asarray(feature_model.predict_on_batch(images)).astype(dtype)
+        bar.update(entry.count)
+        buffered, buffered_count, shard_size = [], 0, None
+        for images, y in batches.evaluation(role, skip=entry.count):
+            features, labels = feature_model.batch(images, y, dtype)
             if shard_size is None:
-                entry.manifest["feature_shape"] = list(features.shape[1:])
-                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, features[0].nbytes),
-                                      batches.batch_size)
-            buffered.append(features)
-            labels.append(y.numpy().astype("int32"))
-            buffered_count += len(features)
+                shapes = [list(f.shape[1:]) for f in features]
+                entry.manifest["feature_shape"], entry.manifest["feature_shapes"] = shapes[0], shapes
+                example_bytes = sum(f[0].nbytes for f in features)
+                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batches.batch_size)
+            buffered.append((features, labels))
+            buffered_count += len(labels)
             while buffered_count >= shard_size:
-                features_all, labels_all = np.concatenate(buffered), np.concatenate(labels)
-                self._write_shard(entry, len(entry.manifest["shards"]), features_all[:shard_size],
-                                  labels_all[:shard_size])
-                buffered, labels = [features_all[shard_size:]], [labels_all[shard_size:]]
+                features, labels = _joined(buffered)
+                self._write_shard(entry, len(entry.manifest["shards"]), [f[:shard_size] for f in features],
+                                  labels[:shard_size])
+                buffered = [([f[shard_size:] for f in features], labels[shard_size:])]
                 buffered_count -= shard_size
             bar.update(entry.count + buffered_count)
         if buffered_count:
-            self._write_shard(entry, len(entry.manifest["shards"]), np.concatenate(buffered), np.concatenate(labels))
+            self._write_shard(entry, len(entry.manifest["shards"]), *_joined(buffered))
         if entry.manifest["feature_shape"] is None:
             raise TransferError(f"no examples to extract for the {role} split")
         entry.manifest["complete"] = True
         _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
 
-    def _write_shard(self, entry: Entry, index: int, features: np.ndarray, labels: np.ndarray) -> None:
+    def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray) -> None:
         shards = entry.manifest["shards"]
         start = shards[index]["start"] if index < len(shards) else entry.count
-        record = {"start": start, "count": int(len(labels)),
-                  "features": f"features-{index:05d}.npy", "labels": f"labels-{index:05d}.npy"}
-        for name, array in (("features", features), ("labels", labels)):
-            record[f"{name}_sha256"] = _write_atomic(entry.path / record[name], _npy_bytes(array))
+        record = {"start": start, "count": int(len(labels))}
+        keys = _feature_keys(len(features))
+        for key, array in (*zip(keys, features), ("labels", labels)):
+            record[key] = f"{key}-{index:05d}.npy"
+            record[f"{key}_sha256"] = _write_atomic(entry.path / record[key], _npy_bytes(array))
         if index < len(shards):
             shards[index] = record
         else:
             shards.append(record)
         _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+
+
+class _ListedOutputs:
+    """A feature model's outputs for one batch as a list of arrays, in cut order (a model with
+    several cuts returns a dict keyed by cut)."""
+
+    def __init__(self, model, cut_specs: list[str]):
+        self.model, self.cut_specs = model, cut_specs
+
+    def batch(self, images, labels, dtype: str) -> tuple[list[np.ndarray], np.ndarray]:
+        outputs = self.model.predict_on_batch(images)
+        outputs = [outputs[spec] for spec in self.cut_specs] if isinstance(outputs, dict) else [outputs]
+        return [np.asarray(o).astype(dtype) for o in outputs], labels.numpy().astype("int32")
+
+
+def _joined(batches: list) -> tuple[list[np.ndarray], np.ndarray]:
+    """[(features list, labels), ...] -> (one array per feature tensor, labels)."""
+    features = [np.concatenate(parts) for parts in zip(*(f for f, _ in batches))]
+    return features, np.concatenate([y for _, y in batches])
 
 
 def _aligned(shard_size: int, batch_size: int) -> int:

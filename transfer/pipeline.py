@@ -58,12 +58,17 @@ class FeatureSplits:
     train: tf.data.Dataset  # unbatched (features, int32 label) pairs
     validation: tf.data.Dataset | None
     test: tf.data.Dataset | None
-    feature_shape: tuple  # one example's feature shape, e.g. (32,) or (4, 4, 32)
-    class_names: list
+    feature_shape: tuple  # one example's feature shape, e.g. (32,) or (4, 4, 32); a list of shapes
+    class_names: list     # when each example holds several tensors (a thawed suffix's inputs)
+
+    @property
+    def feature_shapes(self) -> list[tuple]:
+        several = bool(self.feature_shape) and isinstance(self.feature_shape[0], (tuple, list))
+        return [tuple(shape) for shape in self.feature_shape] if several else [tuple(self.feature_shape)]
 
     def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
         """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
-        example_bytes = 4 * int(np.prod([size or 1 for size in self.feature_shape]))
+        example_bytes = sum(4 * int(np.prod([size or 1 for size in shape])) for shape in self.feature_shapes)
         buffer = max(1, min(10_000, SHUFFLE_BYTES // example_bytes))
         return self.train.shuffle(buffer, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

@@ -199,10 +199,42 @@ class ThawedFeatureLayer(FeatureLayer):
         return features
 
     @property
+    def prefix_backbone(self) -> Backbone:
+        """The frozen prefix as a Backbone cut at the boundary: what a feature cache extracts."""
+        unbatched = [t.name for t in self.plan.boundary if not t.dtype.is_floating or not t.shape.rank]
+        if unbatched:
+            raise TransferError(f"the thaw boundary includes {', '.join(unbatched)}, which is not a float tensor per "
+                                "example, so the prefix cannot be cached: drop --cache-dir or thaw other layers")
+        return self._prefix
+
+    def suffix(self) -> "ThawedSuffix":
+        return ThawedSuffix(self, name="thawed_suffix")
+
+    @property
     def description(self) -> str:
         scopes = ", ".join(layer.scope for layer in self.plan.layers)
         params = sum(int(np.prod(w.shape)) for w in self.plan.weights)
         return f"thawed {len(self.plan.layers)} layer(s) ({scopes}): {len(self.plan.weights)} tensors, {params} weights"
+
+
+class ThawedSuffix(keras.layers.Layer):
+    """The thawed part alone (prefix outputs -> features), sharing its weights with `thawed`:
+    a head and the thawed layers train from cached prefix outputs, the prefix never runs."""
+
+    def __init__(self, thawed: ThawedFeatureLayer, **kwargs):
+        super().__init__(**kwargs)
+        self.thawed = thawed
+
+    def build(self, input_shape):
+        pass  # the weights are the thawed layer's, created with it
+
+    def call(self, boundary):
+        return self.thawed.from_boundary(list(boundary) if isinstance(boundary, (list, tuple)) else [boundary])
+
+    def compute_output_spec(self, boundary):
+        first = boundary[0] if isinstance(boundary, (list, tuple)) else boundary
+        cut = self.thawed.backbone.cuts[0].tensor
+        return keras.KerasTensor((first.shape[0], *cut.shape[1:]), dtype=cut.dtype.name)
 
 
 def _value(constant: tf.Tensor) -> np.ndarray:

@@ -71,20 +71,24 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
                          crop_padding=crop_padding)
     backbone, splits, prep, input_shape = inputs.backbone, inputs.splits, inputs.preprocessing, inputs.input_shape
-    if thaw is not None or thaw_from is not None:
-        if cache_dir is not None:
-            raise TransferError("thawed layers change the features every step; cached training needs a frozen "
-                                "backbone: drop --cache-dir or --thaw")
-        from transfer.thawing import ThawedFeatureLayer
-
-        features = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
-    else:
-        features = inputs.feature_layer()
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
-    source = (_CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
-              if cache_dir is not None else _ImageTraining(inputs, features))
+    thawed = None
+    if thaw is not None or thaw_from is not None:
+        from transfer.thawing import ThawedFeatureLayer
+
+        features = thawed = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
+    else:
+        features = inputs.feature_layer()
+    if cache_dir is None:
+        source = _ImageTraining(inputs, features)
+    elif thawed is None:
+        source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
+    else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
+        prefix = dataclasses.replace(inputs, backbone=thawed.prefix_backbone)
+        source = _CachedTraining(prefix.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size,
+                                 seed, suffix=thawed.suffix())
     started = time.perf_counter()
     if getattr(head_factory, "is_keras", True):
         head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
@@ -148,13 +152,16 @@ class _ImageTraining:
 
 
 class _CachedTraining:
-    """The head trains alone on cached features: the backbone never runs."""
+    """The head trains on cached features: the backbone never runs. With `suffix` (a thaw), the
+    cache holds the frozen prefix's outputs and the thawed suffix trains with the head."""
 
-    def __init__(self, features, batch_size: int, seed: int):
-        self.features, self.batch_size, self.seed = features, batch_size, seed
+    def __init__(self, features, batch_size: int, seed: int, suffix=None):
+        self.features, self.batch_size, self.seed, self.suffix = features, batch_size, seed, suffix
 
     def model(self, head):
-        return keras.Sequential([keras.Input(self.features.feature_shape), head])
+        inputs = [keras.Input(shape) for shape in self.features.feature_shapes]
+        features = inputs[0] if self.suffix is None else self.suffix(inputs if len(inputs) > 1 else inputs[0])
+        return keras.Model(inputs if len(inputs) > 1 else inputs[0], head(features))
 
     def training(self):
         return self.features.training(self.batch_size, self.seed)
