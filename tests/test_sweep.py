@@ -76,7 +76,7 @@ def test_expand_grid_gives_the_probe_no_training_axes():
     settings = expand_grid(["logreg", "linear"], lr=[1e-3, 1e-2], epochs=[5, 10],
                            head_options={"C": [0.1, 1.0]})
     probe = [s for s in settings if s["head"] == "logreg"]
-    assert probe == [{"head": "logreg", "lr": None, "epochs": None, "batch_size": None, "optimizer": None,
+    assert probe == [{"head": "logreg", "lr": None, "epochs": None, "batch_size": None, "optimizer": None, "thaw": None,
                       "head_options": {"C": c}} for c in (0.1, 1.0)]
     assert [s["head_options"] for s in settings if s["head"] == "linear"] == [{}] * 4
 
@@ -114,7 +114,7 @@ def test_load_grid_reads_toml(tmp_path):
 
 @pytest.mark.parametrize("name,text,message", [
     ("grid.toml", 'heads = ["mlp"]\nlearning_rate = [0.1]\n',
-     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, head_options"),
+     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, thaw, head_options"),
     ("grid.toml", "heads = [mlp\n", "is not valid TOML"),
     ("grid.toml", 'head_options = ["avg"]\n', "head_options must be a table"),
     ("grid.json", "{}", "must end in .toml, .yaml or .yml"),

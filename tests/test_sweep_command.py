@@ -54,3 +54,34 @@ def test_sweep_bad_input(tmp_path, capsys):
     assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--grid", str(tmp_path / "bad.toml"),
                  "--out", str(tmp_path / "sweep")]) == 2
     assert "bad.toml" in capsys.readouterr().err
+
+
+def test_sweep_thaw_trains_thawed_layers_from_cached_prefix_outputs(tmp_path, capsys):
+    """On the digits example the penultimate cut fits the new digits badly: thaw 2 wins clearly."""
+    out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
+    code = main(["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DATA,
+                 "--heads", "linear,logreg", "--thaw", "0,2", "--lr", "0.01", "--epochs", "30",
+                 "--cache-dir", str(cache_dir), "--out", str(out), "--export", "pb", "--json"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads(printed.out)
+    assert sorted((row["head"], row["thaw"]) for row in rows) == [("linear", 0), ("linear", 2), ("logreg", None)]
+    assert (rows[0]["head"], rows[0]["thaw"]) == ("linear", 2)
+    frozen = next(row for row in rows if row["thaw"] == 0)
+    assert rows[0]["val_accuracy_mean"] > frozen["val_accuracy_mean"] + 0.1
+    best = json.loads((out / "best/config.json").read_text())
+    assert best["thaw"] == 2
+    shapes = sorted(len(entry.feature_shapes) for entry in FeatureCache(cache_dir).entries())
+    assert shapes == [1, 1, 1, 2, 2, 2]  # frozen features, and the prefix outputs of thaw 2 (two tensors)
+    best_metrics = json.loads((out / "best/metrics.json").read_text())
+    assert best_metrics["test"]["accuracy"] == rows[0]["test_accuracy_mean"]  # same seed, same cached inputs
+
+
+def test_sweep_thaw_bad_values_fail_before_any_extraction(tmp_path, capsys):
+    for value, message in (("-1", "sweep: thaw=-1 must be an integer >= 0"),
+                           ("0,99", "cannot thaw 99 layer(s): there are 10 weight layers before the cut")):
+        code = main(["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DATA,
+                     "--thaw", value, "--out", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()

@@ -152,7 +152,7 @@ def cmd_sweep(args) -> int:
     from transfer.sweep import format_table, sweep
     from transfer.training import default_run_dir
 
-    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer")
+    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw")
             if getattr(args, key) is not None}
     result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help="epochs (default 20)")
     sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B", help="batch sizes (default 32)")
     sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B", help="optimizers (default adam)")
+    sweep.add_argument("--thaw", type=_choices(int), metavar="A,B",
+                       help="also train the last N weight layers before the cut, from cached prefix outputs "
+                            "(0 = frozen; default 0)")
     sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
     sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
     sweep.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")

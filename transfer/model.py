@@ -45,6 +45,14 @@ def build_classifier(features: FeatureLayer, head, input_shape, preprocessing: P
     return keras.Model(images, head(features(prepared)), name=name)
 
 
+def head_model(feature_shapes, head, suffix=None) -> keras.Model:
+    """Cached features -> head: what trains when the backbone does not run. With `suffix` (a
+    thaw), the inputs are the frozen prefix's outputs and the thawed suffix runs before the head."""
+    inputs = [keras.Input(tuple(shape)) for shape in feature_shapes]
+    given = inputs if len(inputs) > 1 else inputs[0]
+    return keras.Model(given, head(given if suffix is None else suffix(given)))
+
+
 def model_parts(model: keras.Model):
     """(preprocessing, feature layer, head) of a model made by `build_classifier`."""
     _, preprocessing, features, head = model.layers

@@ -44,6 +44,12 @@ class Inputs:
         return FeatureSplits(streams["train"], streams.get("validation"), streams.get("test"),
                              entries["train"].feature_shape, self.splits.class_names)
 
+    def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
+        """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
+        what its thawed suffix trains on."""
+        prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)
+        return prefix.cached_features(cache_dir, dtype, progress=progress)
+
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw images -> features: what extraction runs."""
         return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.input_shape,

@@ -28,13 +28,14 @@ import tensorflow as tf
 from transfer import heads as registry
 from transfer.errors import TransferError
 from transfer.heads.base import check_int
+from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
 from transfer.training import OPTIMIZERS, train_keras
 
-# The training axes and their defaults (those of `transfer.fit`); None where a head has no
-# training loop of its own (the scikit-learn probe).
-TRAINING_AXES = {"lr": (1e-3,), "epochs": (20,), "batch_size": (32,), "optimizer": ("adam",)}
+# The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
+# head has no training loop of its own (the scikit-learn probe).
+TRAINING_AXES = {"lr": (1e-3,), "epochs": (20,), "batch_size": (32,), "optimizer": ("adam",), "thaw": (0,)}
 GRID_KEYS = ("heads", *TRAINING_AXES, "head_options")
 CSV_COLUMNS = ("rank", "head", *TRAINING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
@@ -128,6 +129,8 @@ def _check_training_axes(training: dict) -> None:
     for key in ("epochs", "batch_size"):
         for value in training[key]:
             check_int("sweep", key, value)
+    for value in training["thaw"]:
+        check_int("sweep", "thaw", value, minimum=0)
     for name in training["optimizer"]:
         if name not in OPTIMIZERS:
             raise TransferError(f"sweep: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -149,14 +152,19 @@ def _key(setting: dict) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 
-def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5):
+def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5, thawed=None):
     """Train one setting; return the trained head (Keras layer or fitted probe) and its metrics.
 
     Metrics: val_accuracy, test_accuracy (None without that split), epochs_run (None for the
     probe) and seconds (training only). Early stopping on val_loss restores the best epoch.
+    `thawed`: thaw N -> (its prefix outputs as FeatureSplits, its ThawedFeatureLayer), for
+    settings with thaw > 0; the thawed layers start from the pretrained values every time.
     """
+    features, suffix = _features_for(setting, features, thawed)
+    if suffix is not None:
+        suffix.thawed.restore_pretrained()
     keras.utils.set_random_seed(seed)  # before the head exists: Keras draws initializer seeds at construction
-    head, model = _build(features, setting)
+    head, model = _build(features, setting, suffix)
     started = time.perf_counter()
     if model is None:
         head.fit(*_arrays(features.train))
@@ -164,19 +172,27 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
     else:
         with _quiet_retracing():
             epochs_run = _fit(model, head, features, setting, seed, patience)
-        predict = lambda x: model(x, training=False)  # noqa: E731  (eager: no tf.function traced per run)
+        predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started
     return head, {"val_accuracy": _accuracy(predict, features.validation),
                   "test_accuracy": _accuracy(predict, features.test),
                   "epochs_run": epochs_run, "seconds": seconds}
 
 
-def _build(features: FeatureSplits, setting: dict):
+def _features_for(setting: dict, features: FeatureSplits, thawed) -> tuple:
+    """What a setting trains on: the features, or for a thaw its prefix outputs and suffix."""
+    if not setting.get("thaw"):
+        return features, None
+    prefix_outputs, layer = thawed[setting["thaw"]]
+    return prefix_outputs, layer.suffix()
+
+
+def _build(features: FeatureSplits, setting: dict, suffix=None):
     """The setting's head and, for a Keras head, its model (building it checks the feature rank)."""
     head = registry.get(setting["head"], num_classes=len(features.class_names), **setting["head_options"])
     if not getattr(head, "is_keras", True):
         return head, None
-    return head, keras.Sequential([keras.Input(features.feature_shape), head])
+    return head, head_model(features.feature_shapes, head, suffix)
 
 
 def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience) -> int:
@@ -224,25 +240,31 @@ def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
 
 
 def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, seed: int = 0,
-              patience: int | None = 5, progress: bool = True) -> list[dict]:
+              patience: int | None = 5, progress: bool = True, thawed=None) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
 
     Every head is built on the features before the first run, so a bad option or a head that
-    cannot read these features fails at once rather than an hour into the sweep.
+    cannot read these features fails at once rather than an hour into the sweep. `thawed`: see
+    `train_setting`.
     """
-    if features.validation is None:
+    thawed = thawed or {}
+    missing = sorted({s["thaw"] for s in settings if s.get("thaw")} - set(thawed))
+    if missing:
+        raise TransferError(f"sweep: no thawed layer given for thaw={missing[0]}")
+    if any(f is not None and f.validation is None for f in (features, *(f for f, _ in thawed.values()))):
         raise TransferError("a sweep ranks settings by validation accuracy; these features have no validation split")
     if not settings:
         raise TransferError("a sweep needs at least one setting")
     repeats = check_int("sweep", "repeats", repeats)
-    for setting in {_key((s["head"], s["head_options"])): s for s in settings}.values():
-        _build(features, setting)
+    for setting in {_key((s["head"], s["head_options"], s.get("thaw"))): s for s in settings}.values():
+        setting_features, suffix = _features_for(setting, features, thawed)
+        _build(setting_features, setting, suffix)
     shown = _varying(settings)
     rows, done = [], 0
     for setting in settings:
         runs = []
         for run_seed in range(seed, seed + repeats):
-            runs.append(train_setting(features, setting, run_seed, patience)[1])
+            runs.append(train_setting(features, setting, run_seed, patience, thawed)[1])
             done += 1
             if progress:
                 again = f" seed={run_seed}" if repeats > 1 else ""
@@ -257,7 +279,7 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
 def _row(setting: dict, runs: list[dict]) -> dict:
     val = [run["val_accuracy"] for run in runs]
     test = [run["test_accuracy"] for run in runs]
-    return {"head": setting["head"], **{key: setting[key] for key in TRAINING_AXES},
+    return {"head": setting["head"], **{key: setting.get(key) for key in TRAINING_AXES},
             "head_options": setting["head_options"],
             "val_accuracy_mean": _mean(val), "val_accuracy_std": _std(val),
             "test_accuracy_mean": _mean(test), "test_accuracy_std": _std(test),
@@ -354,7 +376,7 @@ def _varying(settings: list[dict]) -> list[str]:
 
 
 def _value(setting: dict, key: str):
-    return setting[key] if key in TRAINING_AXES else setting["head_options"].get(key)
+    return setting.get(key) if key in TRAINING_AXES else setting["head_options"].get(key)
 
 
 def _describe(setting: dict, keys: list[str]) -> str:
@@ -404,10 +426,12 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
 
     `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
-    `axes`: lr, epochs, batch_size, optimizer, each a list of choices.
+    `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
+    thaw N trains its last N weight layers from the cached outputs of its frozen prefix.
     """
     from transfer.pipeline import open_inputs
     from transfer.reporting import check_new_run_dir, run_directory
+    from transfer.thawing import ThawedFeatureLayer
     from transfer.training import fit
 
     if out is not None:
@@ -417,8 +441,15 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
     inputs = open_inputs(backbone, data, **source)
-    features = inputs.cached_features(cache_dir, cache_dtype, progress=progress)
-    rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress)
+    thawed = {}
+    for count in sorted({s["thaw"] for s in settings if s.get("thaw")}):  # bad N fails before any extraction
+        thawed[count] = ThawedFeatureLayer(inputs.backbone, last=count, name="features")
+    features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
+                if any(not s.get("thaw") for s in settings) else None)
+    thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
+              for count, layer in thawed.items()}
+    rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
+                     thawed=thawed)
     if out is None:
         return SweepResult(rows, None, None)
     best = rows[0]["setting"]
@@ -428,7 +459,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                "settings": settings, "repeats": repeats, **source,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
         result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
-                     **{key: best[key] for key in TRAINING_AXES if best[key] is not None}, patience=patience,
+                     **{key: best[key] for key in TRAINING_AXES if best[key]}, patience=patience,
                      seed=seed, preprocessing=inputs.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
                      out=directory / "best", export=export, verbose=0)
     result.run_dir = Path(out) / "best"

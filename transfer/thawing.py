@@ -198,6 +198,11 @@ class ThawedFeatureLayer(FeatureLayer):
         (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed])
         return features
 
+    def restore_pretrained(self) -> None:
+        """Set the thawed weights back to the graph's constants (a sweep's next setting starts there)."""
+        for weight, constant in zip(self.thawed, self.plan.weights):
+            weight.assign(_value(constant))
+
     @property
     def prefix_backbone(self) -> Backbone:
         """The frozen prefix as a Backbone cut at the boundary: what a feature cache extracts."""

@@ -19,7 +19,7 @@ import transfer
 from transfer import heads
 from transfer.errors import TransferError
 from transfer.export import FORMATS, export_all
-from transfer.model import build_classifier, probe_as_head
+from transfer.model import build_classifier, head_model, probe_as_head
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
@@ -86,9 +86,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     elif thawed is None:
         source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
     else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-        prefix = dataclasses.replace(inputs, backbone=thawed.prefix_backbone)
-        source = _CachedTraining(prefix.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size,
-                                 seed, suffix=thawed.suffix())
+        source = _CachedTraining(inputs.cached_prefix(thawed, cache_dir, cache_dtype, progress=verbose != 0),
+                                 batch_size, seed, suffix=thawed.suffix())
     started = time.perf_counter()
     if getattr(head_factory, "is_keras", True):
         head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
@@ -159,9 +158,7 @@ class _CachedTraining:
         self.features, self.batch_size, self.seed, self.suffix = features, batch_size, seed, suffix
 
     def model(self, head):
-        inputs = [keras.Input(shape) for shape in self.features.feature_shapes]
-        features = inputs[0] if self.suffix is None else self.suffix(inputs if len(inputs) > 1 else inputs[0])
-        return keras.Model(inputs if len(inputs) > 1 else inputs[0], head(features))
+        return head_model(self.features.feature_shapes, head, self.suffix)
 
     def training(self):
         return self.features.training(self.batch_size, self.seed)
