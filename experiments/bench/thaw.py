@@ -6,10 +6,14 @@ statistics constant; the native model is called with training=False to match). V
   - native Keras: the same network with only conv5_block3's layers trainable;
   - transfer: the frozen .pb, `thaw(..., from_scope="conv5_block3_1_conv")` (the same 6 weight
     layers), the frozen prefix run without gradient, the thawed suffix differentiated;
-  - transfer with the prefix cached: the prefix outputs computed once (as a feature cache holds
-    them), each step runs the thawed suffix only.
+  - transfer with the prefix cached in memory: the prefix outputs computed once, each step runs
+    the thawed suffix only;
+  - transfer with the prefix cached on disk: `fit --thaw --cache-dir`'s path. The prefix
+    outputs of a small image set are extracted into a real feature cache; each step takes the
+    next batch from the cache's shuffled tf.data stream (`FeatureSplits.training`), so the
+    time includes reading the shards.
 Every step is one tf.function (forward, backward, Adam update); median of interleaved rounds.
-Run: `python experiments/bench/thaw.py` (~6 min on 2 CPU cores).
+Run: `python experiments/bench/thaw.py` (~7 min on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 
 import transfer
 import keras
+from transfer.pipeline import open_inputs
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -61,22 +66,41 @@ def linear_head():
     return head
 
 
-def measure(steps: dict, inputs: dict, labels, rounds: int) -> dict:
+def measure(steps: dict, batches: dict, rounds: int) -> dict:
+    """Median seconds per step; `batches[name]()` gives a step's (inputs, labels), timed with it."""
     for name, step in steps.items():  # trace and warm up
-        step(inputs[name], labels).numpy()
+        step(*batches[name]()).numpy()
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             start = time.perf_counter()
-            step(inputs[name], labels).numpy()
+            step(*batches[name]()).numpy()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def disk_cached_prefix(thawed, workdir: Path, batch_size: int, images: int):
+    """The prefix outputs of `images` random images in a real feature cache: the batches a
+    cached thaw trains on, read back from the shards (shuffled, as fit reads them)."""
+    rng = np.random.default_rng(1)
+    data = workdir / "images.npz"
+    np.savez(data, x=rng.integers(0, 256, (images, 224, 224, 3), dtype="uint8"), y=np.arange(images) % 10)
+    inputs = open_inputs(thawed.backbone, str(data), validation_split=0, batch_size=batch_size)
+    features = inputs.cached_prefix(thawed, workdir / "cache", progress=False)
+    stream = iter(features.training(batch_size, seed=0).repeat())
+
+    def next_batch():
+        boundary, labels = next(stream)
+        return (list(boundary) if isinstance(boundary, tuple) else [boundary]), labels
+
+    return next_batch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cached-images", type=int, default=64, help="images in the on-disk prefix cache")
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.device_type for d in tf.config.list_logical_devices()]}, batch {args.batch_size}")
@@ -97,12 +121,16 @@ def main() -> None:
                                                                   native_variables, linear_head()),
             "transfer thaw (frozen prefix + thawed suffix)": step_function(thawed, thawed.trainable_weights,
                                                                            linear_head()),
-            "transfer thaw, prefix cached": step_function(thawed.from_boundary, thawed.trainable_weights,
-                                                          linear_head()),
+            "transfer thaw, prefix cached in memory": step_function(thawed.from_boundary,
+                                                                    thawed.trainable_weights, linear_head()),
+            "transfer thaw, prefix cached on disk": step_function(thawed.from_boundary, thawed.trainable_weights,
+                                                                  linear_head()),
         }
-        inputs = dict.fromkeys(steps, images)
-        inputs["transfer thaw, prefix cached"] = boundary
-        medians = measure(steps, inputs, labels, args.rounds)
+        batches = {name: (lambda: (images, labels)) for name in steps}
+        batches["transfer thaw, prefix cached in memory"] = lambda: (boundary, labels)
+        batches["transfer thaw, prefix cached on disk"] = disk_cached_prefix(thawed, Path(workdir), args.batch_size,
+                                                                             args.cached_images)
+        medians = measure(steps, batches, args.rounds)
     baseline = medians["native Keras, conv5_block3 trainable"]
     print(f"\n  {'variant':48s} {'s/step':>8s} {'time vs native':>15s} {'speed-up':>9s}")
     for name, seconds in medians.items():
