@@ -1,10 +1,14 @@
-"""Learning rate and weight decay per group: the exact SGD update of a real thawed graph."""
+"""How thawed layers train: learning-rate scale, weight decay, gradual unfreezing, two stages.
+
+Each test trains a real thawed graph (the tiny CNN) with Keras `model.fit` and checks the exact
+update or which weights moved in which epoch.
+"""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
-from transfer import GroupedOptimizer, TransferError, thaw
+from transfer import GradualUnfreezing, GroupedOptimizer, TransferError, TwoStageSchedule, thaw
 
 LR = 0.1
 LABELS = np.arange(6) % 2
@@ -24,6 +28,7 @@ def thawed(tiny):
 def fresh(thawed, optimizer):
     model, features, head, initial = thawed
     model.set_weights(initial)
+    features.set_trainable_layers(len(features.plan.layers))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     return model, features, head
 
@@ -45,6 +50,25 @@ def one_step(model, features, head, images):
 
 def snapshot(layer_weights):
     return [w.numpy().copy() for w in layer_weights]
+
+
+def moved(before, after) -> bool:
+    return any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+class EpochWeights(keras.callbacks.Callback):
+    """A user's own callback: the weights after every epoch, and how often training began."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights, self.epochs, self.begins = weights, [], 0
+
+    def on_train_begin(self, logs=None):
+        self.begins += 1
+        self.epochs.append(snapshot(self.weights))  # before the first epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(snapshot(self.weights))
 
 
 # -- discriminative learning rates and weight decay ----------------------------------------------
@@ -104,3 +128,80 @@ def test_bad_groups(thawed):
         GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed, "lr_scale": 0}])
     with pytest.raises(TransferError, match=r"^unknown optimizer group key\(s\) \['lr'\]; valid: "):
         GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed, "lr": 0.1}])
+
+
+# -- gradual unfreezing and the two-stage schedule ----------------------------------------------
+
+
+def test_set_trainable_layers_counts_from_the_cut(tiny):
+    features = thaw(tiny.path, last=3, cut="gap")  # conv2, dw, bn1
+    assert features.weight_layer_indices == [1, 1, 2, 2, 3, 3]
+    features.set_trainable_layers(1)
+    assert {tuple(w.shape) for w in features.trainable_weights} == {(3, 3, 4, 8), (8,)}
+    assert features.trainable_layer_count == 1
+    features.set_trainable_layers(0)
+    assert features.trainable_weights == [] and features.trainable_layer_count == 0
+    with pytest.raises(TransferError, match=r"cannot train 4 thawed layer\(s\): valid is 0 to 3"):
+        features.set_trainable_layers(4)
+
+
+def test_bad_callback_arguments(tiny):
+    features = thaw(tiny.path, last=2, cut="gap")
+    with pytest.raises(TransferError, match=r"^every=0 must be an integer >= 1$"):
+        GradualUnfreezing(features, every=0)
+    with pytest.raises(TransferError, match=r"^start=3 must be an integer >= 0 and <= 2$"):
+        GradualUnfreezing(features, start=3)
+    with pytest.raises(TransferError, match=r"^head_epochs=-1 must be an integer >= 0$"):
+        TwoStageSchedule(features, head_epochs=-1, thaw_epochs=1)
+
+
+def test_gradual_unfreezing_adds_one_layer_every_k_epochs(thawed, images16):
+    model, features, _ = fresh(thawed, "adam")
+    layer1, layer2 = features.thawed[:2], features.thawed[2:]  # conv2 (nearest the cut), dw
+    recorder = EpochWeights(features.thawed)
+    history = model.fit(images16, LABELS, batch_size=3, epochs=3, verbose=0,
+                        callbacks=[GradualUnfreezing(features, every=2, start=1), recorder])
+    w = recorder.epochs  # before training, after epoch 0, 1, 2
+    assert moved(w[0][:2], w[1][:2]) and not moved(w[0][2:], w[2][2:])  # epochs 0 and 1: layer 1 only
+    assert moved(w[2][2:], w[3][2:])  # epoch 2 (after k=2 epochs): layer 2 too
+    assert len(history.history["loss"]) == 3 and recorder.begins == 1
+    assert features.trainable_layer_count == 2 and len(layer1 + layer2) == 4
+
+
+def test_gradual_unfreezing_from_zero_trains_the_head_first(thawed, images16):
+    model, features, head = fresh(thawed, grouped(thawed[1]))
+    recorder, head_weights = EpochWeights(features.thawed), EpochWeights(head.weights)
+    model.fit(images16, LABELS, batch_size=3, epochs=2, verbose=0,
+              callbacks=[GradualUnfreezing(features, every=1, start=0), recorder, head_weights])
+    w = recorder.epochs
+    assert not moved(w[0], w[1]) and moved(head_weights.epochs[0], head_weights.epochs[1])
+    assert moved(w[1][:2], w[2][:2]) and not moved(w[1][2:], w[2][2:])
+
+
+def test_an_optimizer_built_without_the_thawed_weights_is_a_clear_error(thawed, images16):
+    model, features, _ = fresh(thawed, "sgd")
+    features.set_trainable_layers(0)
+    model.fit(images16, LABELS, epochs=1, verbose=0)  # builds the optimizer with the head's weights only
+    with pytest.raises(TransferError, match="optimizer was built without some thawed weights"):
+        model.fit(images16, LABELS, epochs=1, verbose=0, callbacks=[GradualUnfreezing(features, every=1)])
+
+
+def test_two_stage_schedule_trains_the_head_then_the_thawed_layers(thawed, images16):
+    model, features, head = fresh(thawed, grouped(thawed[1]))
+    schedule = TwoStageSchedule(features, head_epochs=2, thaw_epochs=1)
+    thawed_weights, head_weights = EpochWeights(features.thawed), EpochWeights(head.weights)
+    history = model.fit(images16, LABELS, batch_size=3, epochs=schedule.epochs, verbose=0,
+                        callbacks=[schedule, thawed_weights, head_weights])
+    w, h = thawed_weights.epochs, head_weights.epochs
+    assert not moved(w[0], w[2]) and moved(h[0], h[1]) and moved(h[1], h[2])  # stage 1: the head alone
+    assert moved(w[2], w[3]) and moved(h[2], h[3])  # stage 2: both
+    assert history.history["stage"] == [1, 1, 2] and thawed_weights.begins == 1
+
+
+def test_each_stage_stops_early_by_itself(thawed, images16):
+    """With nothing learnt (lr 0) val_loss never improves: patience 1 ends each stage after 2 epochs."""
+    model, features, _ = fresh(thawed, grouped(thawed[1], lr=0.0))
+    schedule = TwoStageSchedule(features, head_epochs=5, thaw_epochs=5, patience=1)
+    history = model.fit(images16, LABELS, validation_data=(images16, LABELS), epochs=schedule.epochs,
+                        callbacks=[schedule], verbose=0)
+    assert history.history["stage"] == [1, 1, 2, 2]
