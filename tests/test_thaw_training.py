@@ -1,14 +1,20 @@
 """How thawed layers train: learning-rate scale, weight decay, gradual unfreezing, two stages.
 
-Each test trains a real thawed graph (the tiny CNN) with Keras `model.fit` and checks the exact
-update or which weights moved in which epoch.
+Each test trains a real thawed graph (the tiny CNN, or the shipped digits network) with Keras
+`model.fit` and checks the exact update or which weights moved in which epoch.
 """
+import csv
+import json
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
+import transfer
 from transfer import GradualUnfreezing, GroupedOptimizer, TransferError, TwoStageSchedule, thaw
+from transfer.cli import main
 
 LR = 0.1
 LABELS = np.arange(6) % 2
@@ -205,3 +211,62 @@ def test_each_stage_stops_early_by_itself(thawed, images16):
     history = model.fit(images16, LABELS, validation_data=(images16, LABELS), epochs=schedule.epochs,
                         callbacks=[schedule], verbose=0)
     assert history.history["stage"] == [1, 1, 2, 2]
+
+
+def test_fit_records_the_options_and_writes_the_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "--backbone", "example:digits", "--cut", "resnet_features", "--data",
+                 "digits:5-9?per_class=4", "--thaw", "2", "--head-epochs", "1", "--thaw-epochs", "2",
+                 "--thaw-lr-scale", "0.1", "--thaw-weight-decay", "1e-4", "--unfreeze-every", "1",
+                 "--out", str(out), "--export", "none", "--json"]) == 0
+    assert "test" in json.loads(capsys.readouterr().out)
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("thaw_lr_scale", "thaw_weight_decay", "unfreeze_every", "head_epochs",
+                                   "thaw_epochs")} == {"thaw_lr_scale": 0.1, "thaw_weight_decay": 1e-4,
+                                                       "unfreeze_every": 1, "head_epochs": 1, "thaw_epochs": 2}
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [row["stage"] for row in rows] == ["1", "2", "2"]
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fit_unfreezes_gradually_next_to_the_users_callbacks():
+    class Seen(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.features = self.model.get_layer("features")
+            self.optimizer, self.counts = self.model.optimizer, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.counts.append(self.features.trainable_layer_count)
+
+    seen = Seen()
+    result = transfer.fit("example:digits", "digits:5-9?per_class=4", cut="resnet_features", thaw=3, unfreeze_every=1,
+                          epochs=3, patience=None, callbacks=[seen], export=(), verbose=0)
+    assert seen.counts == [1, 2, 3] and len(result.history["loss"]) == 3 and "stage" not in result.history
+    assert isinstance(seen.optimizer, GroupedOptimizer) and len(seen.optimizer.group_optimizers) == 4
+
+
+# -- bad input: one line, exit 2 -------------------------------------------------------------------
+
+FIT = ["fit", "--backbone", "example:digits", "--data", "digits:5-9", "--epochs", "1", "--out", "unused-run"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--thaw", "1", "--thaw-lr-scale", "0"], r"thaw_lr_scale=0\.0 \(--thaw-lr-scale\) must be a number > 0$"),
+    (["--thaw", "1", "--thaw-lr-scale", "nan"], r"thaw_lr_scale=nan \(--thaw-lr-scale\) must be a number > 0$"),
+    (["--thaw", "1", "--thaw-weight-decay=-1e-4"], r"thaw_weight_decay=-0\.0001 .* must be a number >= 0$"),
+    (["--thaw", "1", "--unfreeze-every", "0"], r"unfreeze_every=0 \(--unfreeze-every\) must be an integer >= 1$"),
+    (["--thaw", "1", "--head-epochs", "-1"], r"head_epochs=-1 \(--head-epochs\) must be an integer >= 0$"),
+    (["--thaw-from", "x", "--thaw-epochs", "-2"], r"thaw_epochs=-2 \(--thaw-epochs\) must be an integer >= 0$"),
+    (["--head-epochs", "3"], r"head_epochs=3 \(--head-epochs\) shapes how thawed layers train: add --thaw N or "),
+    (["--thaw-lr-scale", "0.1"], r"thaw_lr_scale=0\.1 \(--thaw-lr-scale\) shapes how thawed layers train"),
+])
+def test_bad_thaw_training_options(capsys, flags, message):
+    code = main(FIT + flags)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err.strip()), err
+
+
+def test_bad_option_from_python_fails_before_any_slow_work():
+    with pytest.raises(TransferError, match=r"^thaw_weight_decay=-1 \(--thaw-weight-decay\) must be a number >= 0$"):
+        transfer.fit("example:digits", "digits:5-9", thaw=1, thaw_weight_decay=-1)
