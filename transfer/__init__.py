@@ -13,13 +13,16 @@ __version__ = "0.1.0"
 
 from transfer import heads  # noqa: E402  (after the backend is pinned)
 from transfer.backbone import Backbone  # noqa: E402
+from transfer.callbacks import GradualUnfreezing, TwoStageSchedule  # noqa: E402
 from transfer.estimators import FeatureExtractor  # noqa: E402
 from transfer.inspection import inspect_graph  # noqa: E402
 from transfer.layer import FeatureLayer  # noqa: E402
 from transfer.model import PreprocessingLayer  # noqa: E402
+from transfer.optimizers import GroupedOptimizer  # noqa: E402
 from transfer.prediction import evaluate, predict  # noqa: E402
 from transfer.thawing import ThawedFeatureLayer, thaw  # noqa: E402
 from transfer.training import fit  # noqa: E402
 
-__all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "PreprocessingLayer", "TransferError", "evaluate", "fit", "heads",
-           "inspect_graph", "predict", "thaw", "ThawedFeatureLayer", "__version__"]
+__all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer", "PreprocessingLayer",
+           "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw",
+           "ThawedFeatureLayer", "__version__"]

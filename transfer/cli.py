@@ -17,7 +17,9 @@ EXAMPLES = {
     "fit": f"""examples:
   {MAIN_JOB}
   transfer fit --backbone model.pb --cut resnet_features --head mlp --head-opt hidden=256 --data photos/
-  transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite""",
+  transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite
+  transfer fit --backbone model.pb --cut resnet_features --data photos/ --thaw 2 --thaw-lr-scale 0.1 \\
+      --head-epochs 5 --thaw-epochs 10""",
     "sweep": """examples:
   transfer sweep --backbone example:digits --cut block2_out --data 'digits:5-9?per_class=10' \\
       --heads linear,mlp,logreg --head-opt pooling=avg,flatten --lr 1e-3,1e-2 --epochs 40 --repeats 3
@@ -70,7 +72,9 @@ def cmd_fit(args) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                  patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
                  crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-                 thaw=args.thaw, thaw_from=args.thaw_from,
+                 thaw=args.thaw, thaw_from=args.thaw_from, thaw_lr_scale=args.thaw_lr_scale,
+                 thaw_weight_decay=args.thaw_weight_decay, unfreeze_every=args.unfreeze_every,
+                 head_epochs=args.head_epochs, thaw_epochs=args.thaw_epochs,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export,
@@ -268,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     thaw.add_argument("--thaw", type=int, metavar="N", help="also train the last N weight layers before the cut "
                       "(`transfer inspect --cut CUT --layers` lists them)")
     thaw.add_argument("--thaw-from", metavar="SCOPE", help="also train every weight layer from SCOPE to the cut")
+    _add_thaw_training_arguments(fit)
     _add_cache_arguments(fit, "train the head on features from this feature cache, extracting them once "
                          "(default: no cache)", "--cache")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")
@@ -329,6 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     return parser
+
+
+def _add_thaw_training_arguments(fit) -> None:
+    """How the thawed layers train (with --thaw or --thaw-from)."""
+    fit.add_argument("--thaw-lr-scale", type=float, metavar="F", help="thawed layers learn at --lr times F "
+                     "(> 0, e.g. 0.1), the head at --lr (default 1)")
+    fit.add_argument("--thaw-weight-decay", type=float, metavar="F", help="decoupled weight decay of the thawed "
+                     "layers only (>= 0, e.g. 1e-4; default: the optimizer's)")
+    fit.add_argument("--unfreeze-every", type=int, metavar="K", help="gradual unfreezing: the layer nearest the "
+                     "cut trains from the start (of stage 2 with --head-epochs), one more every K epochs")
+    fit.add_argument("--head-epochs", type=int, metavar="H", help="two stages: the head alone for H epochs, then "
+                     "head and thawed layers for --thaw-epochs (early stopping per stage)")
+    fit.add_argument("--thaw-epochs", type=int, metavar="T", help="epochs of the second stage (default: --epochs)")
 
 
 def _add_input_arguments(parser) -> None:

@@ -221,6 +221,29 @@ class ThawedFeatureLayer(FeatureLayer):
         params = sum(int(np.prod(w.shape)) for w in self.plan.weights)
         return f"thawed {len(self.plan.layers)} layer(s) ({scopes}): {len(self.plan.weights)} tensors, {params} weights"
 
+    @property
+    def weight_layer_indices(self) -> list[int]:
+        """The layer index (1 = nearest the cut) of each of `thawed`: what unfreezing schedules count."""
+        return [min(layer.index for layer in self.plan.layers if any(c.name == w.name for c in layer.constants))
+                for w in self.plan.weights]
+
+    def set_trainable_layers(self, count: int) -> None:
+        """Let only the `count` thawed layers nearest the cut train (0: the head alone).
+
+        A Keras model reads `trainable` when it traces its train step: retrace after a change
+        (`model.make_train_function(force=True)`, what `transfer.GradualUnfreezing` does).
+        """
+        total = len(self.plan.layers)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= total:
+            raise TransferError(f"cannot train {count!r} thawed layer(s): valid is 0 to {total}")
+        for weight, index in zip(self.thawed, self.weight_layer_indices):
+            weight.trainable = index <= count
+
+    @property
+    def trainable_layer_count(self) -> int:
+        """How many thawed layers, counted from the cut, train now."""
+        return max((index for w, index in zip(self.thawed, self.weight_layer_indices) if w.trainable), default=0)
+
 
 class ThawedSuffix(keras.layers.Layer):
     """The thawed part alone (prefix outputs -> features), sharing its weights with `thawed`:

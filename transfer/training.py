@@ -23,6 +23,7 @@ from transfer.model import build_classifier, head_model, probe_as_head
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
+from transfer.thaw_training import ThawTraining
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 CLASS_WEIGHTS = (None, "balanced")
@@ -47,6 +48,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         class_weight=None, seed: int = 0, augment: bool = False, crop_padding: int = 0, preprocessing=None, scale=None,
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
         cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
+        thaw_lr_scale=None, thaw_weight_decay=None, unfreeze_every=None, head_epochs=None, thaw_epochs=None,
         out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
@@ -54,9 +56,13 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     or `DataSplits`. With `out`, a run directory is written (config, metrics, history, plots,
     model.keras and the exports); without, nothing touches the disk. With `cache_dir`, the
     head trains on features from the feature cache (extracted once, reused by later runs).
-    With `thaw=N` (or `thaw_from=SCOPE`), the last N weight layers before the cut train too.
+    With `thaw=N` (or `thaw_from=SCOPE`), the last N weight layers before the cut train too;
+    `thaw_lr_scale`, `thaw_weight_decay`, `unfreeze_every`, `head_epochs`/`thaw_epochs` shape how
+    (`transfer.thaw_training`).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
+    thaw_training = ThawTraining(thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs,
+                                 thaw_epochs).check(thawing=thaw is not None or thaw_from is not None)
     _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
     export = tuple(export or ())
     for name in export:
@@ -93,8 +99,10 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
         trained = source.model(head_layer)
         weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
-        history = train_keras(trained, head_layer, source.training(), source.split("validation"), epochs=epochs,
-                              lr=lr, optimizer=optimizer, patience=patience, callbacks=callbacks,
+        validation = source.split("validation")
+        plan = thaw_training.plan(features, optimizer, lr, epochs, patience, validated=validation is not None)
+        history = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
+                              optimizer=plan.optimizer, patience=plan.patience, callbacks=[*plan.callbacks, *callbacks],
                               class_weight=weights, verbose=verbose)
     else:
         probe = heads.get(head, num_classes=splits.num_classes, **head_options)
@@ -117,7 +125,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
         "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
-        "cache_dtype": cache_dtype, "thaw": thaw, "thaw_from": thaw_from, "export": list(export),
+        "cache_dtype": cache_dtype, "thaw": thaw, "thaw_from": thaw_from,
+        **dataclasses.asdict(thaw_training), "export": list(export),
     }
     run_dir = None
     if out is not None:
@@ -167,10 +176,12 @@ class _CachedTraining:
         return self.features.evaluation(role, self.batch_size)
 
 
-def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer: str, patience,
+def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer, patience,
                 callbacks=(), class_weight=None, verbose=0) -> dict:
     """Compile and `model.fit` with early stopping on val_loss (best epoch restored); the history."""
-    model.compile(optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}}),
+    if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
+        optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}})
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=getattr(head, "logits", False)),
                   metrics=["accuracy"])
     callbacks = list(callbacks)

@@ -1,0 +1,76 @@
+"""`fit`'s options for how thawed layers train, checked before any slow work and turned into
+what `model.fit` takes: an optimizer (`GroupedOptimizer`: the thawed layers' own learning-rate
+scale and weight decay) and callbacks (gradual unfreezing, the two-stage schedule).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from transfer.callbacks import GradualUnfreezing, TwoStageSchedule
+from transfer.errors import TransferError, check_number
+from transfer.optimizers import GroupedOptimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """What `train_keras` runs: the optimizer (or its name), extra callbacks (first in the
+    list), the epochs to give `model.fit`, and the patience left to its own early stopping."""
+
+    optimizer: object
+    callbacks: list
+    epochs: int
+    patience: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ThawTraining:
+    thaw_lr_scale: float | None = None
+    thaw_weight_decay: float | None = None
+    unfreeze_every: int | None = None
+    head_epochs: int | None = None
+    thaw_epochs: int | None = None
+
+    def check(self, thawing: bool) -> "ThawTraining":
+        """One line for the first bad option, naming its value and the valid range."""
+        given = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+        if given and not thawing:
+            name, value = next(iter(given.items()))
+            raise TransferError(f"{name}={value!r} ({_flag(name)}) shapes how thawed layers train: "
+                                f"add --thaw N or --thaw-from SCOPE")
+        for name, minimum, above, integer in (("thaw_lr_scale", 0, True, False), ("thaw_weight_decay", 0, False, False),
+                                              ("unfreeze_every", 1, False, True), ("head_epochs", 0, False, True),
+                                              ("thaw_epochs", 0, False, True)):
+            if name in given:
+                check_number(name, given[name], minimum, above=above, integer=integer, flag=_flag(name))
+        return self
+
+    def plan(self, features, optimizer: str, lr: float, epochs: int, patience, validated: bool) -> TrainingPlan:
+        """The optimizer and callbacks for `features` (a ThawedFeatureLayer when thawing)."""
+        if not any(dataclasses.asdict(self).values()):
+            return TrainingPlan(optimizer, [], epochs, patience)  # plain --thaw: one optimizer, as before
+        callbacks = []
+        if self.head_epochs is not None or self.thaw_epochs is not None:
+            schedule = TwoStageSchedule(features, self.head_epochs or 0,
+                                        epochs if self.thaw_epochs is None else self.thaw_epochs,
+                                        patience=patience if validated else None, unfreeze_every=self.unfreeze_every)
+            callbacks, epochs, patience = [schedule], schedule.epochs, None  # the schedule stops each stage
+        elif self.unfreeze_every is not None:
+            callbacks = [GradualUnfreezing(features, every=self.unfreeze_every, start=1)]
+        return TrainingPlan(self.optimizer(features, optimizer, lr), callbacks, epochs, patience)
+
+    def optimizer(self, features, name: str, lr: float) -> GroupedOptimizer:
+        """One group per thawed layer (its own Adam step count, starting when it first trains),
+        at `lr * thaw_lr_scale` with `thaw_weight_decay`; the head is the main group at `lr`."""
+        indices = features.weight_layer_indices
+        group = {"lr_scale": 1.0 if self.thaw_lr_scale is None else self.thaw_lr_scale}
+        if self.thaw_weight_decay is not None:
+            group["weight_decay"] = self.thaw_weight_decay
+        groups = [{**group, "variables": [w for w, i in zip(features.thawed, indices) if i == index]}
+                  for index in sorted(set(indices))]
+        return GroupedOptimizer(keras.optimizers.get({"class_name": name, "config": {"learning_rate": lr}}), groups)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
