@@ -1,7 +1,9 @@
 """`transfer fit` / `evaluate` / `predict` end to end, exports, and the fit issue's bad inputs."""
 import csv
+import gc
 import json
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -320,6 +322,17 @@ def test_fit_from_the_feature_cache_trains_the_same_head_without_the_backbone(tm
     frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
     np.testing.assert_allclose(frozen(images), cached.model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "run/config.json").read_text())["cache_dir"] == str(tmp_path / "cache")
+
+
+def test_fit_leaves_nothing_holding_the_backbone_graph():
+    """TF's gradient registry pins every Keras train step traced (tensorflow/tensorflow#97697) and,
+    through it, the backbone's pruned function: fit drops those entries, so the graph dies."""
+    backbone = Backbone.load("example:digits", cut="block2_out")
+    graph = weakref.ref(backbone._function.graph)
+    result = transfer.fit(backbone, DIGITS, head_options=FLATTEN, epochs=1, patience=None, export=(), verbose=0)
+    del backbone, result
+    gc.collect()
+    assert graph() is None
 
 
 def test_cache_and_augmentation_do_not_mix(capsys, tmp_path):

@@ -141,6 +141,17 @@ def test_suffix_on_cached_prefix_outputs_equals_the_whole_layer(tmp_path):
     assert [tuple(t.shape) for t in streamed[0]] == [(4, 4, 4, 32), (4, 4, 4, 32)]
 
 
+def test_prefix_recuts_the_backbone_import_instead_of_importing_again(tiny, images16):
+    """A second import would hold a second copy of the weights for the layer's lifetime."""
+    layer = thaw(tiny.path, last=2, cut="gap")
+    assert layer.prefix_backbone.info is layer.backbone.info
+    boundary = [t.name for t in layer.plan.boundary]
+    fresh = Backbone.load(tiny.path, cut=boundary)(images16)
+    fresh = [fresh[name] for name in boundary] if isinstance(fresh, dict) else [fresh]
+    for got, expected in zip(layer.prefix(images16), fresh, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     cache, data = tmp_path / "cache", "digits:5-9?per_class=10"
     first = transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=4, lr=0.01,

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from transfer import cuts as cut_lib
 from transfer.errors import TransferError
-from transfer.graph import GraphInfo, format_shape, import_graph_def
+from transfer.graph import GraphInfo, format_shape, import_graph_def, rewrap
 from transfer.loading import LoadedGraph, load_graph
 from transfer.safety import check_ops
 
@@ -17,11 +17,12 @@ from transfer.safety import check_ops
 class Backbone:
     """Callable feature extractor. Build it with `Backbone.load(path, cut=...)`."""
 
-    def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=()):
+    def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=(), *, _info: GraphInfo | None = None):
         self.loaded = loaded
         self.allow_ops = tuple(allow_ops)
-        wrapped = import_graph_def(loaded.graph_def, str(loaded.path))
-        self.info = GraphInfo(wrapped.graph)
+        # `_info` (from `recut`): the graph is imported already, its weights are not copied again.
+        wrapped = import_graph_def(loaded.graph_def, str(loaded.path)) if _info is None else rewrap(_info.graph)
+        self.info = _info or GraphInfo(wrapped.graph)
         self.info.require_placeholder(str(loaded.path))
         self.cuts = [cut_lib.resolve_cut(self.info, spec, self.outputs) for spec in cut_lib.split_cut_specs(cut)]
         self.inputs = self._resolve_inputs(inputs)
@@ -34,6 +35,11 @@ class Backbone:
     def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=()) -> "Backbone":
         """Load a `.pb`/`.pbtxt`, SavedModel directory or `.keras`/`.h5` file and cut it."""
         return cls(load_graph(path, signature), cut=cut, inputs=inputs, allow_ops=allow_ops)
+
+    def recut(self, cut, inputs=None) -> "Backbone":
+        """The same graph cut elsewhere, sharing this backbone's import and `GraphInfo` (a
+        ThawedFeatureLayer's prefix): only the new cut's pruned function is made."""
+        return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, _info=self.info)
 
     # -- what it is --------------------------------------------------------------------------
 

@@ -240,3 +240,11 @@ def import_graph_def(graph_def, source: str = "graph", wrapped: bool = True):
     except (ValueError, TypeError, tf.errors.OpError) as error:
         first = (str(error).strip() or type(error).__name__).splitlines()[0]
         raise TransferError(f"{source} does not import as a TensorFlow graph: {first}") from None
+
+
+def rewrap(graph):
+    """A wrapped function over a graph `import_graph_def` made (its function long gone), so that it
+    can be pruned again without importing the GraphDef again."""
+    from tensorflow.python.eager import wrap_function
+
+    return wrap_function.WrappedFunction(graph, wrap_function.VariableHolder())

@@ -176,8 +176,8 @@ class ThawedFeatureLayer(FeatureLayer):
         super().__init__(backbone, cut=cut, **kwargs)
         self.trainable = True
         self.plan = plan_thaw(self.backbone, last, from_scope, batch_norm_statistics)
-        self._prefix = Backbone(self.backbone.loaded, cut=[t.name for t in self.plan.boundary],
-                                inputs=[t.op.name for t in self.backbone.inputs], allow_ops=self.backbone.allow_ops)
+        self._prefix = self.backbone.recut([t.name for t in self.plan.boundary],
+                                           inputs=[t.op.name for t in self.backbone.inputs])
         self._suffix = build_suffix(self.backbone, self.plan)
         self._config.update({"last": last, "from_scope": from_scope, "batch_norm_statistics": batch_norm_statistics})
         self.thawed = [self.add_weight(shape=tuple(w.shape), name=_weight_name(w),
