@@ -335,6 +335,20 @@ def test_fit_leaves_nothing_holding_the_backbone_graph():
     assert graph() is None
 
 
+def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit(images=np.zeros((8, 8, 8, 1), "float32")):
+    """The same TF bug in a user's own script: the callback drops what the trace registered."""
+    backbone = Backbone.load("example:digits", cut="block2_out")
+    graph = weakref.ref(backbone._function.graph)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, heads.get("linear", num_classes=2, pooling="flatten")(FeatureLayer(backbone)(inputs)))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.arange(8) % 2, epochs=1, verbose=0, callbacks=[transfer.ReleaseTracedSteps()])
+    del backbone, model, inputs
+    keras.backend.clear_session()
+    gc.collect()
+    assert graph() is None
+
+
 def test_cache_and_augmentation_do_not_mix(capsys, tmp_path):
     err = fit_error(capsys, tmp_path, "--augment", "--cache-dir", str(tmp_path / "cache"))
     assert "augmentation changes the images every epoch, cached features cannot" in err

@@ -21,8 +21,9 @@ from transfer.model import PreprocessingLayer  # noqa: E402
 from transfer.optimizers import GroupedOptimizer  # noqa: E402
 from transfer.prediction import evaluate, predict  # noqa: E402
 from transfer.thawing import ThawedFeatureLayer, thaw  # noqa: E402
+from transfer.trace_memory import ReleaseTracedSteps  # noqa: E402
 from transfer.training import fit  # noqa: E402
 
 __all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer", "PreprocessingLayer",
-           "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw",
+           "ReleaseTracedSteps", "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw",
            "ThawedFeatureLayer", "__version__"]

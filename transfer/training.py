@@ -6,7 +6,6 @@ turned into the equivalent Dense head, so that every head exports the same way.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import sys
@@ -25,6 +24,7 @@ from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 from transfer.thaw_training import ThawTraining
+from transfer.trace_memory import forgetting_step_gradients
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 CLASS_WEIGHTS = (None, "balanced")
@@ -189,62 +189,10 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
     if patience is not None and validation is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                        restore_best_weights=True))
-    with _forgetting_step_gradients():
+    with forgetting_step_gradients():
         history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
                             class_weight=class_weight, shuffle=False, verbose=verbose)  # tf.data shuffles
     return {key: [float(v) for v in values] for key, values in history.history.items()}
-
-
-# Names of the tf.functions Keras traces its train/test/predict steps in (keras/src/backend/tensorflow/trainer.py).
-_KERAS_STEP_GRAPHS = frozenset({"one_step_on_data", "one_step_on_data_distributed", "multi_step_on_iterator"})
-
-
-@contextlib.contextmanager
-def _forgetting_step_gradients():
-    """Let the graphs `model.fit` traces die with the model (TF bug tensorflow/tensorflow#97697).
-
-    Keras' optimizer sums gradients with the distribution strategy's `all_reduce`, a
-    `tf.custom_gradient`; in graph mode each trace registers its gradient function in TF's global
-    gradient registry, never removed, and its closure holds tensors of the traced step. That pins
-    the step's FuncGraph and every function it calls: the backbone's pruned function, weights
-    included, stays in the eager context (~0.75 GB per fit on a 90 MiB ResNet50). The traced step
-    already holds its gradient ops, so once fit returns those entries serve nothing: drop the ones
-    this fit added whose tensors live in a Keras step graph (none where TF no longer captures them).
-    """
-    from tensorflow.python.framework import ops
-
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    before = set(registry) if isinstance(registry, dict) else None
-    try:
-        yield
-    finally:
-        if before is not None:
-            for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
-                if any(_in_keras_step(graph) for graph in _closure_graphs(registry[name].get("type"))):
-                    registry.pop(name, None)
-
-
-def _closure_graphs(function, depth: int = 3):
-    """The graphs of the symbolic tensors a function's closure holds (through nested closures)."""
-    for cell in getattr(function, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if callable(value) and depth:
-            yield from _closure_graphs(value, depth - 1)
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            graph = getattr(item, "graph", None) if hasattr(item, "op") else None
-            if graph is not None:
-                yield graph
-
-
-def _in_keras_step(graph) -> bool:
-    while graph is not None:
-        if getattr(graph, "name", None) in _KERAS_STEP_GRAPHS:
-            return True
-        graph = getattr(graph, "outer_graph", None)
-    return False
 
 
 def _class_weights(train) -> dict:
