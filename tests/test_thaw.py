@@ -204,6 +204,14 @@ def test_unknown_thaw_scope_names_the_closest(tiny, capsys):
     assert code == 2 and "cannot thaw 99 layer(s): there are 10 weight layers before the cut" in err
 
 
+def test_thaw_with_the_scikit_learn_probe_is_refused(capsys, tmp_path):
+    code = main(["fit", "--backbone", "example:digits", "--data", "digits:5-9", "--head", "logreg", "--thaw", "1",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "head 'logreg' is fitted by scikit-learn on frozen features" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_resnet50_batch_norm_layers_keep_both_statistics_frozen(resnet50):
     """keras.applications' batch norm reshapes its statistics before use: still found."""
     rows = describe_layers(Backbone.load(resnet50.path, cut="conv5_block3_out"))

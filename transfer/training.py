@@ -72,6 +72,9 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         check_new_run_dir(out)
     head_options = dict(head_options or {})
     head_factory = heads.resolve(head)  # an unknown head fails before any slow work
+    if (thaw is not None or thaw_from is not None) and not getattr(head_factory, "is_keras", True):
+        raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
+                            "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
     keras.utils.set_random_seed(seed)
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
                          validation_split=validation_split, per_class=per_class, seed=seed,
