@@ -77,6 +77,7 @@ def test_expand_grid_gives_the_probe_no_training_axes():
                            head_options={"C": [0.1, 1.0]})
     probe = [s for s in settings if s["head"] == "logreg"]
     assert probe == [{"head": "logreg", "lr": None, "epochs": None, "batch_size": None, "optimizer": None, "thaw": None,
+                      "thaw_lr_scale": None, "thaw_weight_decay": None, "unfreeze_every": None, "head_epochs": None,
                       "head_options": {"C": c}} for c in (0.1, 1.0)]
     assert [s["head_options"] for s in settings if s["head"] == "linear"] == [{}] * 4
 
@@ -114,7 +115,7 @@ def test_load_grid_reads_toml(tmp_path):
 
 @pytest.mark.parametrize("name,text,message", [
     ("grid.toml", 'heads = ["mlp"]\nlearning_rate = [0.1]\n',
-     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, thaw, head_options"),
+     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, thaw, thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs, head_options"),
     ("grid.toml", "heads = [mlp\n", "is not valid TOML"),
     ("grid.toml", 'head_options = ["avg"]\n', "head_options must be a table"),
     ("grid.json", "{}", "must end in .toml, .yaml or .yml"),
@@ -247,3 +248,22 @@ def test_format_table_lists_the_ranked_settings(sweep):
     mlp = next(line for line in lines if " mlp " in line)
     assert "epochs=20 hidden=[16]" in mlp and "±" in mlp
     assert lines[-1].split()[2:4] == ["1e-06", "epochs=1"]  # the bad setting: last, told apart by its axes
+
+
+def test_thaw_options_multiply_only_the_thawed_settings():
+    settings = expand_grid(["linear", "logreg"], thaw=[0, 2], thaw_lr_scale=[0.1, 1.0], unfreeze_every=[2])
+    shown = sorted((s["head"], s["thaw"], s["thaw_lr_scale"], s["unfreeze_every"]) for s in settings
+                   if s["head"] == "linear")
+    assert shown == [("linear", 0, None, None), ("linear", 2, 0.1, 2), ("linear", 2, 1.0, 2)]
+    assert [s["thaw_lr_scale"] for s in settings if s["head"] == "logreg"] == [None]
+
+
+@pytest.mark.parametrize("axes, message", [
+    (dict(thaw_lr_scale=[0.1]), "sweep: thaw_lr_scale shapes how thawed layers train: add thaw values > 0"),
+    (dict(thaw=[1], thaw_lr_scale=[0.1, -1.0]), "thaw_lr_scale"),
+    (dict(thaw=[1], unfreeze_every=[0]), "unfreeze_every"),
+])
+def test_bad_thaw_axes(axes, message):
+    with pytest.raises(TransferError, match=message) as error:
+        expand_grid(["linear"], **axes)
+    assert "\n" not in str(error.value)

@@ -85,3 +85,22 @@ def test_sweep_thaw_bad_values_fail_before_any_extraction(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
+
+
+def test_sweep_thaw_options_are_axes_of_the_thawed_settings(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DATA,
+                 "--heads", "linear", "--thaw", "0,2", "--thaw-lr-scale", "0.1,1", "--head-epochs", "3",
+                 "--lr", "0.01", "--epochs", "8", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--export", "pb", "--json"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads(printed.out)
+    assert sorted((r["thaw"], r["thaw_lr_scale"], r["head_epochs"]) for r in rows) == [
+        (0, None, None), (2, 0.1, 3), (2, 1.0, 3)]  # the frozen setting has no thaw options
+    assert "thaw_lr_scale" in (out / "sweep.csv").read_text().splitlines()[0]
+    best_row = rows[0]
+    best = json.loads((out / "best/config.json").read_text())
+    assert (best["thaw"] or 0, best["thaw_lr_scale"], best["head_epochs"]) == (
+        best_row["thaw"], best_row["thaw_lr_scale"], best_row["head_epochs"])
+    assert json.loads((out / "best/metrics.json").read_text())["test"]["accuracy"] == best_row["test_accuracy_mean"]

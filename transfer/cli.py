@@ -156,7 +156,8 @@ def cmd_sweep(args) -> int:
     from transfer.sweep import format_table, sweep
     from transfer.training import default_run_dir
 
-    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw")
+    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",
+                                                "thaw_weight_decay", "unfreeze_every", "head_epochs")
             if getattr(args, key) is not None}
     result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
@@ -295,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--thaw", type=_choices(int), metavar="A,B",
                        help="also train the last N weight layers before the cut, from cached prefix outputs "
                             "(0 = frozen; default 0)")
+    for flag, cast, meaning in (("--thaw-lr-scale", float, "thawed layers' learning rate / --lr"),
+                                ("--thaw-weight-decay", float, "weight decay on the thawed layers"),
+                                ("--unfreeze-every", int, "gradual unfreezing: one more layer every K epochs"),
+                                ("--head-epochs", int, "epochs of the head alone before the thawed layers train")):
+        sweep.add_argument(flag, type=_choices(cast), metavar="A,B", help=f"{meaning} (settings with thaw > 0)")
     sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
     sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
     sweep.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")

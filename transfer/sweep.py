@@ -31,13 +31,17 @@ from transfer.heads.base import check_int
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
+from transfer.thaw_training import ThawTraining
 from transfer.training import OPTIMIZERS, train_keras
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
 # head has no training loop of its own (the scikit-learn probe).
 TRAINING_AXES = {"lr": (1e-3,), "epochs": (20,), "batch_size": (32,), "optimizer": ("adam",), "thaw": (0,)}
-GRID_KEYS = ("heads", *TRAINING_AXES, "head_options")
-CSV_COLUMNS = ("rank", "head", *TRAINING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
+# How thawed layers train (`transfer.thaw_training`): axes of the settings with thaw > 0 only.
+THAW_AXES = {name: (None,) for name in ThawTraining.__dataclass_fields__ if name != "thaw_epochs"}
+SETTING_AXES = {**TRAINING_AXES, **THAW_AXES}
+GRID_KEYS = ("heads", *SETTING_AXES, "head_options")
+CSV_COLUMNS = ("rank", "head", *SETTING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
 EVAL_BATCH = 256
 
@@ -53,11 +57,13 @@ def expand_grid(heads, *, head_options=None, **axes) -> list[dict]:
     option those that take it, the training axes (lr, epochs, batch_size, optimizer) the Keras
     heads, so that no setting is trained twice under two names.
     """
-    unknown = sorted(set(axes) - set(TRAINING_AXES))
+    unknown = sorted(set(axes) - set(SETTING_AXES))
     if unknown:
         raise TransferError(f"unknown sweep axis {unknown[0]!r}; valid: {', '.join(GRID_KEYS[1:])}")
     training = {key: _axis(key, axes.get(key, default)) for key, default in TRAINING_AXES.items()}
     _check_training_axes(training)
+    thawing = _thaw_axes({key: _axis(key, axes.get(key, default)) for key, default in THAW_AXES.items()},
+                         any(training["thaw"]))
     options = {key: _axis(f"head option {key!r}", values) for key, values in (head_options or {}).items()}
     factories = {name: registry.resolve(name) for name in _axis("heads", heads)}
     accepted = {name: _accepted_options(factory) for name, factory in factories.items()}
@@ -73,8 +79,10 @@ def expand_grid(heads, *, head_options=None, **axes) -> list[dict]:
         own_training = training if keras_head else {key: (None,) for key in TRAINING_AXES}
         for trained, chosen in itertools.product(itertools.product(*own_training.values()),
                                                  itertools.product(*own.values())):
-            settings.append({"head": name, **dict(zip(own_training, trained)),
-                             "head_options": dict(zip(own, chosen))})
+            setting = dict(zip(own_training, trained))
+            for thaw_options in itertools.product(*thawing.values()) if setting["thaw"] else [()]:
+                settings.append({"head": name, **setting, **dict.fromkeys(THAW_AXES),
+                                 **dict(zip(thawing, thaw_options)), "head_options": dict(zip(own, chosen))})
     return list({_key(setting): setting for setting in settings}.values())  # first of each duplicate
 
 
@@ -136,6 +144,18 @@ def _check_training_axes(training: dict) -> None:
             raise TransferError(f"sweep: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
+def _thaw_axes(axes: dict, thawing: bool) -> dict:
+    """The thaw options' choices, each combination checked now (not mid-sweep); given without a
+    thaw > 0 on the grid they would apply to nothing, which is an error."""
+    given = {key: values for key, values in axes.items() if values != [None]}
+    if given and not thawing:
+        raise TransferError(f"sweep: {next(iter(given))} shapes how thawed layers train: add thaw values > 0 "
+                            "(--thaw 1,2)")
+    for combination in itertools.product(*axes.values()):
+        ThawTraining(**dict(zip(axes, combination))).check(thawing=True)
+    return axes
+
+
 def _accepted_options(factory) -> set | None:
     """The options a head takes by name; None if it takes any (a plain factory with **kwargs)."""
     parameters = inspect.signature(factory).parameters.values()
@@ -171,7 +191,7 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
         epochs_run, predict = None, head.predict_proba
     else:
         with _quiet_retracing():
-            epochs_run = _fit(model, head, features, setting, seed, patience)
+            epochs_run = _fit(model, head, features, setting, seed, patience, suffix)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started
     return head, {"val_accuracy": _accuracy(predict, features.validation),
@@ -195,10 +215,13 @@ def _build(features: FeatureSplits, setting: dict, suffix=None):
     return head, head_model(features.feature_shapes, head, suffix)
 
 
-def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience) -> int:
+def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience, suffix=None) -> int:
+    """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) included."""
+    plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
+        suffix and suffix.thawed, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
     history = train_keras(model, head, features.training(setting["batch_size"], seed),
-                          features.evaluation("validation", EVAL_BATCH), epochs=setting["epochs"],
-                          lr=setting["lr"], optimizer=setting["optimizer"], patience=patience)
+                          features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
+                          optimizer=plan.optimizer, patience=plan.patience, callbacks=plan.callbacks)
     return len(history["loss"])
 
 
@@ -279,7 +302,7 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
 def _row(setting: dict, runs: list[dict]) -> dict:
     val = [run["val_accuracy"] for run in runs]
     test = [run["test_accuracy"] for run in runs]
-    return {"head": setting["head"], **{key: setting.get(key) for key in TRAINING_AXES},
+    return {"head": setting["head"], **{key: setting.get(key) for key in SETTING_AXES},
             "head_options": setting["head_options"],
             "val_accuracy_mean": _mean(val), "val_accuracy_std": _std(val),
             "test_accuracy_mean": _mean(test), "test_accuracy_std": _std(test),
@@ -322,7 +345,7 @@ def format_table(rows: list[dict]) -> str:
 
     `options` holds a row's head options and the training axes that vary in the sweep.
     """
-    training = [key for key in _varying([row["setting"] for row in rows]) if key in TRAINING_AXES and key != "lr"]
+    training = [key for key in _varying([row["setting"] for row in rows]) if key in SETTING_AXES and key != "lr"]
     header = ("rank", "head", "lr", "options", "val", "test", "seconds")
     lines = [(str(row["rank"]), row["head"], _show(row["lr"]) or "-",
               _describe(row["setting"], [*training, *row["head_options"]]) or "-",
@@ -370,13 +393,13 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 def _varying(settings: list[dict]) -> list[str]:
     """The axes whose value differs between settings: what a label shows to tell them apart."""
-    keys = [*TRAINING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
+    keys = [*SETTING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
     return [key for key in keys
             if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > 1]
 
 
 def _value(setting: dict, key: str):
-    return setting.get(key) if key in TRAINING_AXES else setting["head_options"].get(key)
+    return setting.get(key) if key in SETTING_AXES else setting["head_options"].get(key)
 
 
 def _describe(setting: dict, keys: list[str]) -> str:
@@ -427,7 +450,9 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
 
     `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
     `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
-    thaw N trains its last N weight layers from the cached outputs of its frozen prefix.
+    thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
+    thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
+    the settings with thaw > 0.
     """
     from transfer.pipeline import open_inputs
     from transfer.reporting import check_new_run_dir, run_directory
@@ -459,7 +484,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                "settings": settings, "repeats": repeats, **source,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
         result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
-                     **{key: best[key] for key in TRAINING_AXES if best[key]}, patience=patience,
+                     **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
+                     **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
                      out=directory / "best", export=export, verbose=0)
     result.run_dir = Path(out) / "best"

@@ -199,9 +199,11 @@ class ThawedFeatureLayer(FeatureLayer):
         return features
 
     def restore_pretrained(self) -> None:
-        """Set the thawed weights back to the graph's constants (a sweep's next setting starts there)."""
+        """Set the thawed weights back to the graph's constants, all trainable (a sweep's next
+        setting starts there, whatever schedule the last one ran)."""
         for weight, constant in zip(self.thawed, self.plan.weights):
             weight.assign(_value(constant))
+        self.set_trainable_layers(len(self.plan.layers))
 
     @property
     def prefix_backbone(self) -> Backbone:
