@@ -30,6 +30,7 @@ class Inputs:
     preprocessing: Preprocessing
     input_shape: tuple  # the trained model's raw-image input (height, width, channels)
     batches: "Batches"
+    _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
@@ -54,12 +55,15 @@ class Inputs:
         """Features of one batch of raw images: exactly what `feature_model()` computes, bit for bit
         (a dict keyed by cut spec when several cuts), and what extraction runs.
 
-        The preprocessing runs eagerly, then the backbone's pruned function: no Keras model is built
-        and no tf.function is traced over the whole graph, so the graph is optimised only on the
-        pruned function's first call, once per Backbone, as for the raw pruned function.
+        The preprocessing runs as a small tf.function, then the backbone's pruned function is
+        called: no Keras model is built and nothing is traced over the whole graph, so the graph
+        is optimised only on the pruned function's first call, once per Backbone, as for the raw
+        pruned function. The preprocessing is a graph, not eager ops, because grappler rewrites
+        it as in the Keras model (x / 255 becomes x * (1 / 255): not the same last bit).
         """
-        images = tf.convert_to_tensor(images)
-        return self.backbone(self.preprocessing(tf.cast(images, tf.float32)))
+        if self._prepare is None:
+            self._prepare = tf.function(self.preprocessing.__call__, reduce_retracing=True)
+        return self.backbone(self._prepare(tf.cast(images, tf.float32)))
 
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw images -> features as a Keras model (`feature_batch` computes the same, faster)."""
