@@ -52,8 +52,9 @@ class Inputs:
         return prefix.cached_features(cache_dir, dtype, progress=progress)
 
     def feature_batch(self, images):
-        """Features of one batch of raw images: exactly what `feature_model()` computes, bit for bit
-        (a dict keyed by cut spec when several cuts), and what extraction runs.
+        """Features of one batch of raw images (a dict keyed by cut spec when several cuts): what
+        extraction runs, and what `feature_model()` computes, bit for bit except where the scale
+        feeds a conv directly (in the Keras model grappler folds it into the weights: ~2 ulp).
 
         The preprocessing runs as a small tf.function, then the backbone's pruned function is
         called: no Keras model is built and nothing is traced over the whole graph, so the graph
