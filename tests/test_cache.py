@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from transfer import cache as cache_module
 from transfer.cache import FeatureCache
@@ -223,3 +224,17 @@ def test_cache_ls_and_rm(capsys, tmp_path):
     assert main(["cache", "rm", "--cache-dir", str(tmp_path), entries["train"].key]) == 0
     assert not entries["train"].path.exists() and entries["test"].path.exists()
     assert "no cache entry 'nope'" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path), "nope"])
+
+
+@pytest.mark.parametrize("scale", ["none", "-1..1", "0..1"])
+def test_extraction_computes_the_feature_model_features(scale):
+    """Extraction runs the preprocessing and the pruned function without a Keras model; the
+    features are the Keras feature model's, bit for bit, except where grappler, seeing both in one
+    graph, folds the scale (x * (1 / 255)) straight into the first conv's weights: ~2 ulp."""
+    inputs = open_inputs("example:digits", DATA, cut="block2_out", scale=scale)
+    images, _ = next(iter(inputs.batches.evaluation("test")))
+    features, expected = np.asarray(inputs.feature_batch(images)), inputs.feature_model().predict_on_batch(images)
+    if scale == "0..1":
+        np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(features, expected)

@@ -185,7 +185,7 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         self.check_writable()
-        feature_model = _ListedOutputs(inputs.feature_model(), [c.spec for c in inputs.backbone.cuts])
+        feature_model = _ListedOutputs(inputs.feature_batch, [c.spec for c in inputs.backbone.cuts])
         entries = {}
         for role in ROLES:
             if getattr(inputs.splits, role) is None:
@@ -265,14 +265,14 @@ class FeatureCache:
 
 
 class _ListedOutputs:
-    """A feature model's outputs for one batch as a list of arrays, in cut order (a model with
-    several cuts returns a dict keyed by cut)."""
+    """The features of one batch (`Inputs.feature_batch`) as a list of arrays, in cut order
+    (several cuts come as a dict keyed by cut)."""
 
-    def __init__(self, model, cut_specs: list[str]):
-        self.model, self.cut_specs = model, cut_specs
+    def __init__(self, features, cut_specs: list[str]):
+        self.features, self.cut_specs = features, cut_specs
 
     def batch(self, images, labels, dtype: str) -> tuple[list[np.ndarray], np.ndarray]:
-        outputs = self.model.predict_on_batch(images)
+        outputs = self.features(images)
         outputs = [outputs[spec] for spec in self.cut_specs] if isinstance(outputs, dict) else [outputs]
         return [np.asarray(o).astype(dtype) for o in outputs], labels.numpy().astype("int32")
 

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transfer.datasets import DataSplits
 from transfer.heads.pooling import pool_array
-from transfer.pipeline import Batches, Inputs, model_input_shape, predict_batches, resolve_preprocessing
+from transfer.pipeline import Batches, Inputs, model_input_shape, resolve_preprocessing
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -52,7 +52,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             images = images[..., None]
         inputs = self._inputs(images)
         if self.cache_dir is None:
-            features, _ = predict_batches(inputs.feature_model(), inputs.batches.evaluation("train"))
+            batches = inputs.batches.evaluation("train")
+            features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
         else:
             from transfer.cache import FeatureCache
 

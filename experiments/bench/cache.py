@@ -271,8 +271,8 @@ def bench_extraction(workdir: Path, pb_path: Path, backbone: Backbone, count: in
           f"{ratio(steady / (count / medians[raw_name]))} the raw function")
     notes("Goal >= 0.9x. Raw: the pruned function (built and called once before) on batches of an in-memory "
           "array, results to NumPy.",
-          "The cache path in addition: tf.data from the npz arrays, resize/cast and the preprocessing layer "
-          "in a Keras feature model (built and traced anew by every extract), predict_on_batch,",
+          "The cache path in addition: tf.data from the npz arrays, resize/cast, the preprocessing (eager) before "
+          "the backbone's pruned function (Inputs.feature_batch),",
           "buffering into shards, SHA-256 of every shard, write to a temporary name + fsync + rename, "
           "manifest JSON after each shard, a lock file.")
 
