@@ -185,17 +185,17 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         self.check_writable()
-        feature_model = _ListedOutputs(inputs.feature_batch, [c.spec for c in inputs.backbone.cuts])
+        extractor = _ListedOutputs(inputs.feature_batch, [c.spec for c in inputs.backbone.cuts])
         entries = {}
         for role in ROLES:
             if getattr(inputs.splits, role) is None:
                 continue
             recipe = ingredients(inputs.backbone, inputs.preprocessing, inputs.splits.identity, role, dtype)
-            entries[role] = self._fill(entry_key(recipe), recipe, feature_model, inputs.batches, role, dtype,
+            entries[role] = self._fill(entry_key(recipe), recipe, extractor, inputs.batches, role, dtype,
                                        progress)
         return entries
 
-    def _fill(self, key, recipe, feature_model, batches, role, dtype, progress) -> Entry:
+    def _fill(self, key, recipe, extractor, batches, role, dtype, progress) -> Entry:
         path = self.root / key
         path.mkdir(parents=True, exist_ok=True)
         with _locked(path):
@@ -207,9 +207,9 @@ class FeatureCache:
             for index in entry.bad_shards():
                 shard = entry.manifest["shards"][index]
                 dataset = batches.evaluation(role, skip=shard["start"], take=shard["count"])
-                self._write_shard(entry, index, *_joined([feature_model.batch(images, y, dtype) for images, y in dataset]))
+                self._write_shard(entry, index, *_joined([extractor.batch(images, y, dtype) for images, y in dataset]))
             if not entry.complete:
-                self._extract_rest(entry, feature_model, batches, role, dtype, progress)
+                self._extract_rest(entry, extractor, batches, role, dtype, progress)
         return entry
 
     def _new_entry(self, path: Path, recipe: dict) -> Entry:
@@ -218,7 +218,7 @@ class FeatureCache:
                     "ingredients": recipe, "feature_shape": None, "shards": []}
         return Entry(path, manifest)
 
-    def _extract_rest(self, entry: Entry, feature_model, batches, role, dtype, progress: bool) -> None:
+    def _extract_rest(self, entry: Entry, extractor, batches, role, dtype, progress: bool) -> None:
         """Stream the examples after the finished shards; a shard is written whenever it fills."""
         import keras
 
@@ -227,7 +227,7 @@ class FeatureCache:
         bar.update(entry.count)
         buffered, buffered_count, shard_size = [], 0, None
         for images, y in batches.evaluation(role, skip=entry.count):
-            features, labels = feature_model.batch(images, y, dtype)
+            features, labels = extractor.batch(images, y, dtype)
             if shard_size is None:
                 shapes = [list(f.shape[1:]) for f in features]
                 entry.manifest["feature_shape"], entry.manifest["feature_shapes"] = shapes[0], shapes

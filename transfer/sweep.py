@@ -466,13 +466,12 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
     inputs = open_inputs(backbone, data, **source)
-    thawed = {}
-    for count in sorted({s["thaw"] for s in settings if s.get("thaw")}):  # bad N fails before any extraction
-        thawed[count] = ThawedFeatureLayer(inputs.backbone, last=count, name="features")
+    layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
+              for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
                 if any(not s.get("thaw") for s in settings) else None)
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
-              for count, layer in thawed.items()}
+              for count, layer in layers.items()}
     rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
                      thawed=thawed)
     if out is None:

@@ -62,8 +62,9 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     (`transfer.thaw_training`).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
+    thawing = thaw is not None or thaw_from is not None
     thaw_training = ThawTraining(thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs,
-                                 thaw_epochs).check(thawing=thaw is not None or thaw_from is not None)
+                                 thaw_epochs).check(thawing=thawing)
     _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
     export = tuple(export or ())
     for name in export:
@@ -72,7 +73,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         check_new_run_dir(out)
     head_options = dict(head_options or {})
     head_factory = heads.resolve(head)  # an unknown head fails before any slow work
-    if (thaw is not None or thaw_from is not None) and not getattr(head_factory, "is_keras", True):
+    if thawing and not getattr(head_factory, "is_keras", True):
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
     keras.utils.set_random_seed(seed)
@@ -85,7 +86,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
     thawed = None
-    if thaw is not None or thaw_from is not None:
+    if thawing:
         from transfer.thawing import ThawedFeatureLayer
 
         features = thawed = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
