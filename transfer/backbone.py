@@ -5,10 +5,12 @@ runs only the ops the features need (DESIGN: "Frozen graph as a TF2 callable").
 """
 from __future__ import annotations
 
+import warnings
+
 import tensorflow as tf
 
 from transfer import cuts as cut_lib
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 from transfer.graph import GraphInfo, format_shape, import_graph_def, rewrap
 from transfer.loading import LoadedGraph, load_graph
 from transfer.safety import check_ops
@@ -25,16 +27,18 @@ class Backbone:
         self.info = _info or GraphInfo(wrapped.graph)
         self.info.require_placeholder(str(loaded.path))
         self.cuts = [cut_lib.resolve_cut(self.info, spec, self.outputs) for spec in cut_lib.split_cut_specs(cut)]
+        self._feature_dtypes = [feature_dtype(c) for c in self.cuts]
         self.inputs = self._resolve_inputs(inputs)
         input_names = frozenset(t.op.name for t in self.inputs)
         needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=input_names)
-        check_ops(needed, {f.signature.name: f for f in loaded.graph_def.library.function}, self.allow_ops)
+        check_ops(needed, {f.signature.name: f for f in loaded.graph_def.library.function}, self.allow_ops,
+                  source=str(loaded.source or loaded.path))
         self._function = wrapped.prune(feeds=list(self.inputs), fetches=[c.tensor for c in self.cuts])
 
     @classmethod
     def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=()) -> "Backbone":
         """Load a `.pb`/`.pbtxt`, SavedModel directory or `.keras`/`.h5` file and cut it."""
-        return cls(load_graph(path, signature), cut=cut, inputs=inputs, allow_ops=allow_ops)
+        return cls(load_graph(path, signature, allow_ops), cut=cut, inputs=inputs, allow_ops=allow_ops)
 
     def recut(self, cut, inputs=None) -> "Backbone":
         """The same graph cut elsewhere, sharing this backbone's import and `GraphInfo` (a
@@ -62,7 +66,8 @@ class Backbone:
 
     @property
     def feature_specs(self) -> dict[str, tf.TensorSpec]:
-        return {c.spec: tf.TensorSpec(c.tensor.shape, c.tensor.dtype, name=c.name) for c in self.cuts}
+        return {c.spec: tf.TensorSpec(c.tensor.shape, dtype, name=c.name)
+                for c, dtype in zip(self.cuts, self._feature_dtypes)}
 
     @property
     def multi_cut(self) -> bool:
@@ -82,7 +87,8 @@ class Backbone:
 
     def __call__(self, inputs):
         """Features for a batch: one tensor, or a dict keyed by cut spec when several cuts."""
-        outputs = self._function(*self._feeds(inputs))
+        outputs = [tf.cast(out, dtype) if out.dtype != dtype else out
+                   for out, dtype in zip(self._function(*self._feeds(inputs)), self._feature_dtypes)]
         if self.multi_cut:
             return {c.spec: out for c, out in zip(self.cuts, outputs)}
         return outputs[0]
@@ -150,6 +156,19 @@ class Backbone:
             valid = sorted({*self.loaded.inputs, *(p.name for p in self.info.placeholders)})
             raise TransferError(f"unknown input {name!r}; the graph's inputs are: {', '.join(valid)}")
         return op.outputs[0]
+
+
+def feature_dtype(cut) -> tf.DType:
+    """Heads learn from numbers: a float cut as it is; an int or bool one cast to float32 (with a
+    warning); a string, resource, variant, complex or quantized one refused."""
+    dtype = cut.tensor.dtype
+    if dtype.is_floating:
+        return dtype
+    if (dtype.is_integer and not dtype.is_quantized) or dtype == tf.bool:
+        warnings.warn(f"cut {cut.spec!r} ({cut.name}) is {dtype.name}; its values are cast to float32", TransferWarning)
+        return tf.float32
+    raise TransferError(f"cut {cut.spec!r} ({cut.name}) is a {dtype.name} tensor; features must be numbers "
+                        "(float, int or bool): choose another cut (`transfer inspect` lists the candidates)")
 
 
 def check_shape(name: str, expected: tf.TensorShape, got: tf.TensorShape) -> None:

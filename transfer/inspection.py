@@ -12,10 +12,12 @@ from transfer.loading import load_graph
 TOP_OPS = 12
 
 
-def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False) -> dict:
-    """The report; with `cut`, also where each cut resolves (checked as a Backbone would)."""
-    loaded = load_graph(path, signature)
-    backbone = Backbone(loaded, cut=cut) if cut else None
+def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False,
+                  allow_ops=()) -> dict:
+    """The report; with `cut`, also where each cut resolves (checked as a Backbone would).
+    Nothing of the graph runs: a SavedModel is checked (`transfer.safety`) before it loads."""
+    loaded = load_graph(path, signature, allow_ops)
+    backbone = Backbone(loaded, cut=cut, allow_ops=allow_ops) if cut else None
     info = backbone.info if backbone else GraphInfo(import_graph_def(loaded.graph_def, str(loaded.path), wrapped=False))
     info.require_placeholder(str(loaded.path))
     outputs = info.outputs_named(list(loaded.outputs.values()))

@@ -15,6 +15,7 @@ from google.protobuf import message, text_format
 
 from transfer.errors import TransferError
 from transfer.freezing import FrozenGraph, freeze_function, freeze_keras_model
+from transfer.safety import check_constants, check_memory, check_meta_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a message larger than 2 GiB
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -56,16 +57,18 @@ def resolve_path(path) -> Path:
     return resolved.resolve()
 
 
-def load_graph(path, signature: str | None = None) -> LoadedGraph:
+def load_graph(path, signature: str | None = None, allow_ops=()) -> LoadedGraph:
+    """Read and check a backbone file (`transfer.safety`: sizes, and for a SavedModel every op its
+    loading can run, before TensorFlow loads it); `allow_ops` are op types the user trusts."""
     source = os.fspath(path)
-    loaded = _load(resolve_path(path), signature)
+    loaded = _load(resolve_path(path), signature, tuple(allow_ops))
     loaded.source = source if source.startswith(EXAMPLE_PREFIX) else str(loaded.path)
     return loaded
 
 
-def _load(path: Path, signature: str | None) -> LoadedGraph:
+def _load(path: Path, signature: str | None, allow_ops: tuple) -> LoadedGraph:
     if path.is_dir():
-        return _load_saved_model(path, signature)
+        return _load_saved_model(path, signature, allow_ops)
     if signature is not None:
         raise TransferError(f"--signature {signature!r} applies to SavedModels only; {path} is a file")
     if path.suffix.lower() in KERAS_SUFFIXES:
@@ -74,6 +77,7 @@ def _load(path: Path, signature: str | None) -> LoadedGraph:
     _check_size(path, size)
     data = path.read_bytes()
     graph_def = _parse_graph_def(path, data)
+    check_memory(2 * check_constants(graph_def, size, str(path)), f"{path}")  # the proto and its tensors
     return LoadedGraph(path, "GraphDef", graph_def, fingerprint_bytes(data), size)
 
 
@@ -151,7 +155,7 @@ def _first_line(error: BaseException) -> str:
 # -- SavedModel ------------------------------------------------------------------------------
 
 
-def _load_saved_model(path: Path, signature: str | None) -> LoadedGraph:
+def _load_saved_model(path: Path, signature: str | None, allow_ops: tuple) -> LoadedGraph:
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto_file = next((path / n for n in ("saved_model.pb", "saved_model.pbtxt") if (path / n).exists()), None)
@@ -171,11 +175,20 @@ def _load_saved_model(path: Path, signature: str | None) -> LoadedGraph:
     meta = next((m for m in saved_model.meta_graphs if SERVING_TAG in m.meta_info_def.tags), saved_model.meta_graphs[0])
     tags = list(meta.meta_info_def.tags)
     name = _choose_signature(path, list(meta.signature_def), signature)
+    _check_saved_model(path, meta, len(data), allow_ops)
     loaded = _load_signatures(path, tags)  # keep it alive: freezing reads its variables
     frozen = freeze_function(loaded.signatures[name])
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return LoadedGraph(path, "SavedModel", frozen.graph_def, fingerprint_path(path), size,
                        frozen.inputs, frozen.outputs, name)
+
+
+def _check_saved_model(path: Path, meta, proto_size: int, allow_ops: tuple) -> None:
+    """Everything loading can run or allocate, checked on the protobufs before TensorFlow loads."""
+    constants = check_constants(meta.graph_def, proto_size, str(path))
+    variables = sum(p.stat().st_size for p in (path / "variables").glob("*") if p.is_file())
+    check_memory(2 * constants + 3 * variables, str(path))  # loaded, then frozen into constants
+    check_meta_graph(meta, allow_ops, str(path))
 
 
 def _choose_signature(path: Path, available: list[str], wanted: str | None) -> str:
