@@ -219,3 +219,23 @@ def test_resnet50_batch_norm_layers_keep_both_statistics_frozen(resnet50):
     assert len(norms) == 53 and all(len(r["weights"]) == 2 and len(r["statistics"]) == 2 for r in norms)
     layer = thaw(resnet50.path, from_scope="conv5_block3_1_conv", cut="conv5_block3_out")
     assert len(layer.trainable_weights) == 12  # 3 convs (kernel, bias) + 3 batch norms (gamma, beta)
+
+
+def test_an_op_without_gradient_between_the_thawed_layers_and_the_cut_is_named_up_front(tmp_path):
+    """ResizeArea has no gradient in TensorFlow: thawing the conv before it would fail mid-training."""
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.float32, (None, 8, 8, 3), name="image")
+        rng = np.random.default_rng(0)
+        x = tf.nn.conv2d(image, tf.constant(rng.normal(size=(3, 3, 3, 4)).astype("float32")), 1, "SAME", name="block1/conv")
+        x = tf.raw_ops.ResizeArea(images=x, size=[4, 4], name="shrink")
+        tf.nn.conv2d(x, tf.constant(rng.normal(size=(3, 3, 4, 4)).astype("float32")), 1, "SAME", name="block2/conv")
+    path = tmp_path / "resize_area.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    with pytest.raises(TransferError, match=r"cannot thaw through op 'shrink' \(ResizeArea\): TensorFlow has no gradient"):
+        thaw(path, last=2, cut="block2/conv")
+    layer = thaw(path, last=1, cut="block2/conv")  # the conv after it trains
+    images = tf.ones((2, 8, 8, 3))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(images))
+    assert all(g is not None for g in tape.gradient(loss, layer.trainable_weights))

@@ -133,6 +133,7 @@ def plan_thaw(backbone: Backbone, last=None, from_scope=None, batch_norm_statist
     weights = _dedupe(c for layer in chosen for c in layer.constants
                       if batch_norm_statistics or not layer.is_statistic(c))
     region = _thawed_region(info, cut, [op for layer in chosen for op in layer.ops])
+    check_differentiable(info, cut, weights)
     boundary = _dedupe(t for name in region for t in info.by_name[name].inputs
                        if t.op.name not in region and not info.is_constant(t))
     return ThawPlan(chosen, weights, sorted(boundary, key=lambda t: info.position[t.op.name]))
@@ -149,6 +150,26 @@ def _thawed_region(info: GraphInfo, cut: tf.Tensor, weight_ops) -> set[str]:
         region.add(name)
         stack.extend(user.name for user in info.consumers.get(name, []))
     return region
+
+
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # TF differentiates function bodies
+
+
+def check_differentiable(info: GraphInfo, cut: tf.Tensor, weights: list[tf.Tensor]) -> None:
+    """Raise, before any training, if an op that gradients must pass from the thawed weights to
+    the cut has no gradient in TensorFlow (training would stop with a LookupError mid-epoch)."""
+    from tensorflow.python.framework import ops as tf_ops
+
+    path = _thawed_region(info, cut, [w.op for w in weights])
+    for op in sorted((info.by_name[n] for n in path), key=lambda op: info.position[op.name]):
+        if op.type in _CALLS or info.graph._is_function(op.type) or not any(t.dtype.is_floating for t in op.outputs):
+            continue
+        try:
+            tf_ops.get_gradient_function(op)
+        except LookupError:
+            raise TransferError(
+                f"cannot thaw through op {op.name!r} ({op.type}): TensorFlow has no gradient for it and it lies "
+                "between the thawed layers and the cut; thaw only the layers after it, or cut before it") from None
 
 
 def build_suffix(backbone: Backbone, plan: ThawPlan):
