@@ -145,8 +145,10 @@ def color_folder(tmp_path_factory):
 
 
 def test_cli_fit_folder_then_predict_and_evaluate(tiny, color_folder, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(["fit", "--backbone", str(tiny.path), "--cut", "conv2", "--head", "conv", "--head-opt", "filters=8",
+    """... also once the backbone file is gone: the run directory is self-contained."""
+    out, backbone = tmp_path / "run", tmp_path / "backbone.pb"
+    backbone.write_bytes(tiny.path.read_bytes())
+    code = main(["fit", "--backbone", str(backbone), "--cut", "conv2", "--head", "conv", "--head-opt", "filters=8",
                  "--data", str(color_folder), "--epochs", "15", "--lr", "0.01", "--scale", "0..1",
                  "--out", str(out), "--class-weight", "balanced", "--augment", "--export", "savedmodel,pb,tflite"])
     printed = capsys.readouterr().out
@@ -156,6 +158,7 @@ def test_cli_fit_folder_then_predict_and_evaluate(tiny, color_folder, tmp_path, 
     assert config["input_shape"] == [None, None, 3] and config["preprocessing"]["scale"] == "0..1"
     interpreter = tf.lite.Interpreter(model_path=str(out / "export/model.tflite"))
     assert interpreter.get_signature_list()["serving_default"]["outputs"] == ["probabilities"]
+    backbone.unlink()
     image_path = color_folder / "red" / "0.png"
     assert main(["predict", str(out), str(image_path), "--json"]) == 0
     (prediction,) = json.loads(capsys.readouterr().out)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from conftest import freeze_to_pb, keras_features, tiny_cnn
 
 import keras
+from transfer.errors import TransferWarning
 from transfer import Backbone, FeatureLayer, TransferError
 
 
@@ -86,7 +87,7 @@ def test_save_and_load_keras_file_in_safe_mode(tiny, images16, tmp_path):
     assert FeatureLayer.from_config(config).get_config() == config
 
 
-def test_changed_backbone_file_is_an_error_not_silently_different_features(tmp_path, images16):
+def test_changed_backbone_file_gives_the_embedded_graph_not_silently_different_features(tmp_path, images16):
     backbone_path = freeze_to_pb(tiny_cnn(), tmp_path / "backbone.pb")
     images = keras.Input((16, 16, 3))
     model = keras.Model(images, FeatureLayer(backbone_path, cut="gap")(images))
@@ -94,18 +95,46 @@ def test_changed_backbone_file_is_an_error_not_silently_different_features(tmp_p
     other = tiny_cnn()
     other.get_layer("conv1").set_weights([w + 1.0 for w in other.get_layer("conv1").get_weights()])
     freeze_to_pb(other, backbone_path)
+    with pytest.warns(TransferWarning, match=r"backbone .*backbone\.pb changed since this layer was saved; using the "
+                                             r"graph the model file embeds"):
+        restored = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(restored.predict(images16, verbose=0), model.predict(images16, verbose=0), rtol=1e-6)
+    # Without the embedded graph (a config alone), a changed file is an error.
+    config = {key: value for key, value in model.layers[1].get_config().items() if key != "embedded"}
     with pytest.raises(TransferError, match=r"backbone .*backbone\.pb changed since this layer was saved"):
-        keras.models.load_model(tmp_path / "model.keras")
+        FeatureLayer.from_config(config)
 
 
-def test_moved_backbone_file_is_a_clear_error(tiny, tmp_path):
+def test_a_keras_file_loads_after_its_backbone_file_is_deleted(tiny, images16, tmp_path):
     backbone_path = tmp_path / "moving.pb"
     shutil.copy(tiny.path, backbone_path)
-    model = keras.Sequential([keras.Input((16, 16, 3)), FeatureLayer(backbone_path)])
+    model = keras.Sequential([keras.Input((16, 16, 3)), FeatureLayer(backbone_path, cut="gap,conv2")])
     model.save(tmp_path / "model.keras")
     backbone_path.unlink()
+    restored = keras.models.load_model(tmp_path / "model.keras")  # safe mode: the embedded graph is checked
+    expected, got = model.predict(images16, verbose=0), restored.predict(images16, verbose=0)
+    for key in ("gap", "conv2"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6)
+    assert restored.layers[0].get_config() == model.layers[0].get_config()
+    config = {key: value for key, value in model.layers[0].get_config().items() if key != "embedded"}
     with pytest.raises(TransferError, match=r"moving\.pb' does not exist"):
-        keras.models.load_model(tmp_path / "model.keras")
+        FeatureLayer.from_config(config)
+
+
+def test_a_corrupt_embedded_graph_is_refused(tiny, tmp_path):
+    import zipfile
+
+    backbone_path = tmp_path / "moving.pb"
+    shutil.copy(tiny.path, backbone_path)
+    keras.Sequential([keras.Input((16, 16, 3)), FeatureLayer(backbone_path)]).save(tmp_path / "model.keras")
+    backbone_path.unlink()
+    with zipfile.ZipFile(tmp_path / "model.keras") as source, \
+            zipfile.ZipFile(tmp_path / "tampered.keras", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, data[:-1] + b"x" if item.filename.endswith("backbone.pb") else data)
+    with pytest.raises(Exception, match="embedded in the model file is corrupt"):
+        keras.models.load_model(tmp_path / "tampered.keras")
 
 
 def test_allowed_unsafe_ops_need_safe_mode_off(tmp_path):

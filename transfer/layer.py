@@ -2,14 +2,28 @@
 
 Unlike `keras.layers.TFSMLayer`, it cuts anywhere, reads `.pb` files too, and comes back from
 a `.keras` file in safe mode: its config names the backbone file and a content fingerprint,
-and the graph's ops were checked (`transfer.safety`) before anything runs.
+and the graph's ops were checked (`transfer.safety`) before anything runs. A `.keras` file
+also embeds the graph (Keras assets), so the model loads where the backbone file is gone.
 """
 from __future__ import annotations
 
-import keras
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
-from transfer.backbone import Backbone
-from transfer.errors import TransferError
+import keras
+import tensorflow as tf
+
+from transfer.backbone import Backbone, check_shape
+from transfer.errors import TransferError, TransferWarning
+from transfer.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
+
+EMBEDDED_GRAPH, EMBEDDED_DESCRIPTION = "backbone.pb", "backbone.json"
+
+
+class BackboneChanged(TransferError):
+    """The backbone file's content is not what the layer was saved with."""
 
 
 @keras.saving.register_keras_serializable(package="transfer")
@@ -23,22 +37,21 @@ class FeatureLayer(keras.layers.Layer):
     def __init__(self, backbone, cut="auto", inputs=None, signature=None, fingerprint=None,
                  allow_ops=(), **kwargs):
         kwargs.pop("trainable", None)  # a frozen graph has nothing to train; thaw is separate
+        embedded = kwargs.pop("embedded", None)  # a saved layer's specs: enough until its graph is read back
         super().__init__(trainable=False, **kwargs)
         if not isinstance(backbone, Backbone):
-            backbone = Backbone.load(backbone, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops)
+            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, embedded)
         self._backbone = backbone
-        source = backbone.loaded.source
-        if fingerprint is not None and fingerprint != self._backbone.fingerprint:
-            raise TransferError(
-                f"backbone {source} changed since this layer was saved: fingerprint "
-                f"{self._backbone.fingerprint[:12]} != saved {fingerprint[:12]}; restore the original "
+        if fingerprint is not None and fingerprint != backbone.fingerprint:
+            raise BackboneChanged(
+                f"backbone {backbone.loaded.source} changed since this layer was saved: fingerprint "
+                f"{backbone.fingerprint[:12]} != saved {fingerprint[:12]}; restore the original "
                 "file or rebuild the layer on the new one")
-        specs = [c.spec for c in backbone.cuts]
         self._config = {  # derived from the backbone, so a passed-in Backbone is described right
             # A shipped example is named as such so the config survives reinstalling the package.
-            "backbone": source,
-            "cut": ",".join(specs),
-            "inputs": ",".join(t.op.name for t in backbone.inputs),
+            "backbone": backbone.loaded.source,
+            "cut": ",".join(c.spec for c in backbone.cuts),
+            "inputs": ",".join(spec.name for spec in backbone.input_specs),
             "signature": backbone.loaded.signature,
             "fingerprint": backbone.fingerprint,
             "allow_ops": list(backbone.allow_ops),
@@ -47,6 +60,12 @@ class FeatureLayer(keras.layers.Layer):
     @property
     def backbone(self) -> Backbone:
         return self._backbone
+
+    @property
+    def awaits_graph(self) -> bool:
+        """True between loading a saved layer whose backbone file is gone and reading its
+        embedded graph back (Keras does that right after the model is rebuilt)."""
+        return isinstance(self._backbone, _AwaitedBackbone)
 
     def call(self, inputs):
         return self._backbone(inputs)
@@ -61,12 +80,40 @@ class FeatureLayer(keras.layers.Layer):
         }
         return specs if self._backbone.multi_cut else next(iter(specs.values()))
 
+    # -- the graph inside the .keras file ----------------------------------------------------
+
+    def save_assets(self, dir_path):
+        """Keras calls this when saving a `.keras` file: the frozen GraphDef goes in with it."""
+        data = self._backbone.loaded.graph_def.SerializeToString()
+        (Path(dir_path) / EMBEDDED_GRAPH).write_bytes(data)
+        description = {**describe_loaded(self._backbone.loaded), "sha256": fingerprint_bytes(data)}
+        (Path(dir_path) / EMBEDDED_DESCRIPTION).write_text(json.dumps(description))
+
+    def load_assets(self, dir_path):
+        """Keras calls this after rebuilding a loaded model: read the embedded graph if the layer
+        is waiting for it. It is checked like a file (`transfer.safety`) before anything runs."""
+        if not self.awaits_graph:
+            return
+        graph, description = Path(dir_path) / EMBEDDED_GRAPH, Path(dir_path) / EMBEDDED_DESCRIPTION
+        if not graph.is_file() or not description.is_file():
+            raise TransferError(f"backbone {self._config['backbone']} does not exist and the model file embeds "
+                                "no graph (saved by an older transfer); restore the backbone file")
+        described = json.loads(description.read_text())
+        loaded = load_embedded(graph.read_bytes(), described, described.get("sha256"))
+        awaited = self._backbone
+        backbone = Backbone(loaded, cut=self._config["cut"], inputs=self._config["inputs"] or None,
+                            allow_ops=self._config["allow_ops"])
+        if backbone.fingerprint != awaited.fingerprint or backbone.feature_specs.keys() != awaited.feature_specs.keys():
+            raise TransferError(f"the graph embedded for backbone {self._config['backbone']} does not match the "
+                                "layer's config; the model file is inconsistent")
+        self._backbone = backbone
+
     def compute_output_shape(self, input_shape):
         spec = self.compute_output_spec(keras.KerasTensor(input_shape))
         return {k: v.shape for k, v in spec.items()} if isinstance(spec, dict) else spec.shape
 
     def get_config(self):
-        return {**super().get_config(), **self._config}
+        return {**super().get_config(), **self._config, "embedded": _specs_of(self._backbone)}
 
     @classmethod
     def from_config(cls, config, safe_mode=None):
@@ -75,6 +122,53 @@ class FeatureLayer(keras.layers.Layer):
                 f"this FeatureLayer runs ops that safe mode refuses ({', '.join(config['allow_ops'])}); "
                 "load with keras.models.load_model(..., safe_mode=False) if you trust the graph")
         return cls(**config)
+
+
+def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, embedded):
+    """The backbone file, or (a saved layer whose file is gone or changed) a stand-in that
+    carries its specs until `load_assets` reads the graph the `.keras` file embeds."""
+    try:
+        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops)
+    except MissingBackbone:
+        if embedded is None:
+            raise
+        return _AwaitedBackbone(path, cut, signature, fingerprint, allow_ops, embedded)
+    if embedded is not None and fingerprint is not None and fingerprint != backbone.fingerprint:
+        warnings.warn(f"backbone {path} changed since this layer was saved; using the graph the model file "
+                      "embeds", TransferWarning)
+        return _AwaitedBackbone(path, cut, signature, fingerprint, allow_ops, embedded)
+    return backbone
+
+
+def _specs_of(backbone) -> dict:
+    as_list = lambda spec: {"shape": spec.shape.as_list() if spec.shape.rank is not None else None,  # noqa: E731
+                            "dtype": spec.dtype.name, "name": spec.name}
+    return {"inputs": [as_list(s) for s in backbone.input_specs],
+            "features": {key: as_list(s) for key, s in backbone.feature_specs.items()}}
+
+
+class _AwaitedBackbone:
+    """What a saved FeatureLayer knows of its backbone before its embedded graph is read: the
+    names, input and feature specs that rebuilding the Keras model needs. It runs nothing."""
+
+    def __init__(self, path, cut, signature, fingerprint, allow_ops, embedded: dict):
+        spec = lambda s: tf.TensorSpec(s["shape"], s["dtype"], name=s["name"])  # noqa: E731
+        self.input_specs = [spec(s) for s in embedded["inputs"]]
+        self.feature_specs = {key: spec(s) for key, s in embedded["features"].items()}
+        self.cuts = [SimpleNamespace(spec=key) for key in self.feature_specs]
+        self.multi_cut = len(self.cuts) > 1
+        self.fingerprint, self.allow_ops = fingerprint, tuple(allow_ops)
+        self.loaded = SimpleNamespace(source=str(path), signature=signature)
+
+    def check_input_shapes(self, inputs) -> None:
+        values = list(inputs.values()) if isinstance(inputs, dict) else (
+            list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
+        for spec, value in zip(self.input_specs, values):
+            check_shape(spec.name, spec.shape, tf.TensorShape(value.shape))
+
+    def __call__(self, inputs):
+        raise TransferError(f"backbone {self.loaded.source} is not loaded: its file is gone and the graph "
+                            "embedded in the model file was not read (load the model with keras.models.load_model)")
 
 
 def _batch_size(inputs):

@@ -25,6 +25,10 @@ DEFAULT_SIGNATURE = "serving_default"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
+class MissingBackbone(TransferError):
+    """The backbone file is not where it was (a saved layer may still embed its graph)."""
+
+
 @dataclasses.dataclass
 class LoadedGraph:
     """A backbone as a GraphDef, with what the file said about its inputs and outputs."""
@@ -51,7 +55,7 @@ def resolve_path(path) -> Path:
         return EXAMPLES_DIR / f"{name}.pb"
     resolved = Path(text).expanduser()
     if not resolved.exists():
-        raise TransferError(f"backbone {text!r} does not exist")
+        raise MissingBackbone(f"backbone {text!r} does not exist")
     if resolved.is_file() and resolved.name in ("saved_model.pb", "saved_model.pbtxt"):
         return resolved.parent.resolve()
     return resolved.resolve()
@@ -79,6 +83,29 @@ def _load(path: Path, signature: str | None, allow_ops: tuple) -> LoadedGraph:
     graph_def = _parse_graph_def(path, data)
     check_memory(2 * check_constants(graph_def, size, str(path)), f"{path}")  # the proto and its tensors
     return LoadedGraph(path, "GraphDef", graph_def, fingerprint_bytes(data), size)
+
+
+# -- a graph embedded in a saved model file ----------------------------------------------------
+
+
+def describe_loaded(loaded: LoadedGraph) -> dict:
+    """What `load_embedded` needs besides the GraphDef's bytes to give back the same LoadedGraph."""
+    return {"path": str(loaded.path), "source": loaded.source, "kind": loaded.kind, "fingerprint": loaded.fingerprint,
+            "size_bytes": loaded.size_bytes, "inputs": loaded.inputs, "outputs": loaded.outputs,
+            "signature": loaded.signature}
+
+
+def load_embedded(data: bytes, description: dict, sha256: str) -> LoadedGraph:
+    """A backbone's frozen GraphDef stored inside a saved model file, checked like a file is."""
+    source = description.get("source", "embedded graph")
+    if fingerprint_bytes(data) != sha256:
+        raise TransferError(f"the graph of backbone {source} embedded in the model file is corrupt (its SHA-256 "
+                            "does not match the saved one)")
+    graph_def = _parse_graph_def(Path(source), data)
+    check_constants(graph_def, len(data), f"embedded graph of {source}")
+    return LoadedGraph(Path(description["path"]), description["kind"], graph_def, description["fingerprint"],
+                       description["size_bytes"], dict(description["inputs"]), dict(description["outputs"]),
+                       description["signature"], source)
 
 
 def fingerprint_bytes(data: bytes) -> str:

@@ -196,14 +196,37 @@ class ThawedFeatureLayer(FeatureLayer):
     def __init__(self, backbone, cut="auto", last=None, from_scope=None, batch_norm_statistics=False, **kwargs):
         super().__init__(backbone, cut=cut, **kwargs)
         self.trainable = True
-        self.plan = plan_thaw(self.backbone, last, from_scope, batch_norm_statistics)
+        self._config.update({"last": last, "from_scope": from_scope, "batch_norm_statistics": batch_norm_statistics})
+        self.thawed, self._saved_values = [], None
+        if not self.awaits_graph:  # a saved layer whose file is gone thaws once its graph is read back
+            self._thaw()
+
+    def _thaw(self) -> None:
+        self.plan = plan_thaw(self.backbone, self._config["last"], self._config["from_scope"],
+                              self._config["batch_norm_statistics"])
         self._prefix = self.backbone.recut([t.name for t in self.plan.boundary],
                                            inputs=[t.op.name for t in self.backbone.inputs])
         self._suffix = build_suffix(self.backbone, self.plan)
-        self._config.update({"last": last, "from_scope": from_scope, "batch_norm_statistics": batch_norm_statistics})
         self.thawed = [self.add_weight(shape=tuple(w.shape), name=_weight_name(w),
                                        initializer=keras.initializers.Constant(_value(w)), trainable=True)
                        for w in self.plan.weights]
+
+    def load_own_variables(self, store):
+        if not self.awaits_graph:
+            return super().load_own_variables(store)
+        self._saved_values = [np.array(store[str(i)]) for i in range(len(store))]  # the weights come with the graph
+
+    def load_assets(self, dir_path):
+        if not self.awaits_graph:
+            return
+        super().load_assets(dir_path)
+        self._tracker.unlock()  # Keras locks a built layer's state; these weights are its own, made late
+        try:
+            self._thaw()
+        finally:
+            self._tracker.lock()
+        for weight, value in zip(self.thawed, self._saved_values or []):
+            weight.assign(value)
 
     def call(self, inputs):
         return self.from_boundary(self.prefix(inputs))
