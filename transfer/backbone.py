@@ -70,6 +70,11 @@ class Backbone:
                 for c, dtype in zip(self.cuts, self._feature_dtypes)}
 
     @property
+    def pruned_function(self):
+        """The ConcreteFunction inputs -> cut tensors that a call runs (what other engines convert)."""
+        return self._function
+
+    @property
     def multi_cut(self) -> bool:
         return len(self.cuts) > 1
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import io
@@ -27,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import TransferError
+from transfer.files import write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -296,22 +296,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> str:
-    """Write under a temporary name, fsync, rename; return the content's SHA-256."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if error.errno == errno.ENOSPC:
-            raise TransferError(f"no space left on the device of {path.parent} while writing {path.name}; "
-                                "the shards already finished are kept and the next run resumes") from None
-        raise TransferError(f"cannot write {path}: {error.strerror}") from None
-    return hashlib.sha256(data).hexdigest()
+    return write_atomic(path, data, "the shards already finished are kept and the next run resumes")
 
 
 def _sha256_file(path: Path) -> str | None:

@@ -1,0 +1,30 @@
+"""Files that are whole or absent: written under a temporary name, fsynced, renamed."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from transfer.errors import TransferError
+
+
+def write_atomic(path: Path, data: bytes, full_disk_hint: str = "") -> str:
+    """Write `data` to `path` so that a reader never sees half of it; return its SHA-256.
+    `full_disk_hint` ends the error when the disk is full (what the user keeps, what to do)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if error.errno == errno.ENOSPC:
+            raise TransferError(f"no space left on the device of {path.parent} while writing {path.name}"
+                                + (f"; {full_disk_hint}" if full_disk_hint else "")) from None
+        raise TransferError(f"cannot write {path}: {error.strerror}") from None
+    return hashlib.sha256(data).hexdigest()
