@@ -15,9 +15,18 @@ from transfer.errors import TransferError
 from transfer.datasets.source import Part, Source
 
 
+def _tfds():
+    """tensorflow-datasets is an extra (~230 MB with pyarrow): only `tfds:` data needs it."""
+    try:
+        import tensorflow_datasets
+    except ImportError:
+        raise TransferError("tfds: data needs tensorflow-datasets; install it: pip install 'transfer[tfds]'") from None
+    return tensorflow_datasets
+
+
 def load_tfds(name: str, split=None, data_dir=None) -> Source:
     """Open TFDS dataset `name` (optionally "name/config"); `split` replaces "train"."""
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -48,7 +57,7 @@ def load_tfds(name: str, split=None, data_dir=None) -> Source:
 
 def _part(builder, name: str, split: str, image_key: str) -> Part:
     """A TFDS split; the labels come from one pass that skips image decoding."""
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
 
     @functools.cache
     def labels():

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,15 @@ def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
     out = capsys.readouterr().out
     test_accuracy = float(re.search(r"test accuracy (\d\.\d{3})", out).group(1))
     assert test_accuracy > 0.85 and f"run directory: {tmp_path / 'run'}" in out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["--version"], ["fit", "--backbone", "x.pb"],
+                                  ["cache", "ls"]])
+def test_the_command_answers_without_importing_tensorflow(argv, tmp_path):
+    """Help, version, argument errors and `cache ls` must not wait ~10 s for TensorFlow."""
+    script = Path(sys.executable).parent / "transfer"
+    result = subprocess.run([sys.executable, "-X", "importtime", str(script), *argv], capture_output=True, text=True,
+                            env={**os.environ, "TRANSFER_CACHE": str(tmp_path)}, timeout=120)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")]
+    assert imported and not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+    assert result.returncode == (2 if argv == ["fit", "--backbone", "x.pb"] else 0)

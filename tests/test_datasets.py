@@ -1,5 +1,6 @@
 """Data sources, splits and preprocessing, on real TensorFlow with small files made here."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -287,6 +288,13 @@ def test_tfds_mocked_mnist_streams_and_splits(tmp_path):
     with tfds.testing.mock_data(num_examples=5):
         chosen = load("tfds:mnist:test", data_dir=str(tmp_path), validation_split=0)
         assert chosen.identity["splits"] == {"train": "test"} and len(pairs(chosen.train)) == 5
+
+
+def test_tfds_data_without_tensorflow_datasets_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if the extra were not installed
+    with pytest.raises(TransferError, match=r"^tfds: data needs tensorflow-datasets; install it: "
+                                            r"pip install 'transfer\[tfds\]'$"):
+        load("tfds:mnist", data_dir=str(tmp_path))
 
 
 def test_tfds_not_prepared_says_how_to_prepare(tmp_path):

@@ -25,3 +25,16 @@ def test_wheel_maps_heads_and_datasets_under_transfer(tmp_path):
 def test_editable_install_imports_the_mapped_packages():
     assert Path(transfer.heads.__file__).parent == ROOT / "heads"
     assert Path(transfer.datasets.__file__).parent == ROOT / "datasets"
+
+
+def test_installed_tensorflow_and_keras_are_within_the_declared_bounds():
+    """The code relies on TF/Keras internals (wrap_function, load_v1_in_v2, Keras' safe mode and
+    state tracker): pyproject.toml bounds them, and CI installs what the bounds allow."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    bounded = {r.name: r for r in map(Requirement, requires("transfer")) if r.name in ("tensorflow", "keras")}
+    for name, requirement in bounded.items():
+        assert "<" in str(requirement.specifier), f"{name} needs an upper bound"
+        assert requirement.specifier.contains(version(name)), (name, version(name), str(requirement.specifier))

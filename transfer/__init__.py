@@ -3,26 +3,50 @@
 Importing the package registers its Keras classes (FeatureLayer, the preprocessing layer, the
 heads), so that `keras.models.load_model` finds them in a fresh process after `import transfer`.
 """
+import sys
+from pathlib import Path
+
 from transfer._backend import ensure_tensorflow_backend, import_tensorflow_quietly
+from transfer._version import __version__
 from transfer.errors import TransferError
 
 ensure_tensorflow_backend()
-import_tensorflow_quietly()
 
-__version__ = "0.1.0"
+_PUBLIC = {  # name -> module: the API, imported with TensorFlow
+    "heads": None, "Backbone": "backbone", "GradualUnfreezing": "callbacks", "TwoStageSchedule": "callbacks",
+    "FeatureExtractor": "estimators", "inspect_graph": "inspection", "FeatureLayer": "layer",
+    "PreprocessingLayer": "model", "GroupedOptimizer": "optimizers", "evaluate": "prediction",
+    "predict": "prediction", "ThawedFeatureLayer": "thawing", "thaw": "thawing",
+    "ReleaseTracedSteps": "trace_memory", "fit": "training",
+}
 
-from transfer import heads  # noqa: E402  (after the backend is pinned)
-from transfer.backbone import Backbone  # noqa: E402
-from transfer.callbacks import GradualUnfreezing, TwoStageSchedule  # noqa: E402
-from transfer.estimators import FeatureExtractor  # noqa: E402
-from transfer.inspection import inspect_graph  # noqa: E402
-from transfer.layer import FeatureLayer  # noqa: E402
-from transfer.model import PreprocessingLayer  # noqa: E402
-from transfer.optimizers import GroupedOptimizer  # noqa: E402
-from transfer.prediction import evaluate, predict  # noqa: E402
-from transfer.thawing import ThawedFeatureLayer, thaw  # noqa: E402
-from transfer.trace_memory import ReleaseTracedSteps  # noqa: E402
-from transfer.training import fit  # noqa: E402
+
+def load_tensorflow() -> None:
+    """Import TensorFlow (quietly) and every module of the API, which registers the Keras classes
+    (FeatureLayer, heads, ...) so that `keras.models.load_model` finds them."""
+    import importlib
+
+    import_tensorflow_quietly()
+    for name, module in _PUBLIC.items():
+        globals()[name] = getattr(importlib.import_module(f"transfer.{module}"), name) if module else \
+            importlib.import_module(f"transfer.{name}")
+
+
+def _run_as_the_command() -> bool:
+    """`transfer --help`, argument errors and `transfer cache ls` must not wait ~10 s for
+    TensorFlow: the `transfer` command loads it only for the commands that run a graph."""
+    return bool(sys.argv) and Path(sys.argv[0]).name == "transfer"
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        load_tensorflow()
+        return globals()[name]
+    raise AttributeError(f"module 'transfer' has no attribute {name!r}")
+
+
+if not _run_as_the_command():
+    load_tensorflow()
 
 __all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer", "PreprocessingLayer",
            "ReleaseTracedSteps", "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw",

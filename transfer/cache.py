@@ -21,12 +21,15 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from transfer.errors import TransferError
 from transfer.files import write_atomic
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -109,6 +112,7 @@ class Entry:
     def dataset(self, chunk: int = 1024) -> tf.data.Dataset:
         """Unbatched (features float32, label int32), streamed shard by shard from memory maps:
         a cache larger than memory trains without being loaded."""
+        import tensorflow as tf  # here only: `transfer cache ls` answers without TensorFlow
         keys = _feature_keys(len(self.feature_shapes))
         shards = [([str(self.path / s[key]) for key in keys], str(self.path / s["labels"]))
                   for s in self.manifest["shards"]]

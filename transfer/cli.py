@@ -9,7 +9,10 @@ import json
 import sys
 import warnings
 
+from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
+
+COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
             "--data 'digits:5-9?per_class=10' --epochs 60 --lr 0.01")
@@ -45,10 +48,15 @@ EXAMPLES = {
 }
 
 
-def _quiet_tensorflow() -> None:
-    """TF's Python-side deprecation notices would bury the one line the user needs (its C++
-    start-up chatter is already parked by `import transfer`, see `transfer._backend`)."""
+def _load_tensorflow() -> None:
+    """For the commands that run a graph: TensorFlow and the API, with TF's Python-side
+    deprecation notices silenced (they would bury the one line the user needs; its C++ start-up
+    chatter is parked by `transfer.load_tensorflow`, see `transfer._backend`)."""
     import absl.logging
+
+    import transfer
+
+    transfer.load_tensorflow()
     import tensorflow as tf
 
     absl.logging.set_verbosity(absl.logging.ERROR)
@@ -239,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reuse frozen TensorFlow graphs and SavedModels as Keras feature layers.",
         epilog="run `transfer COMMAND --help` for a command's options and an example",
     )
+    parser.add_argument("--version", action="version", version=f"transfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     inspect = _command(commands, "inspect", cmd_inspect,
@@ -398,7 +407,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "inspect" and not (args.backbone_path or args.backbone):
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")
-    _quiet_tensorflow()
+    if args.command not in COMMANDS_WITHOUT_TENSORFLOW:
+        _load_tensorflow()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TransferWarning)

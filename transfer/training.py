@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import transfer
 from transfer import heads
+from transfer._version import __version__
 from transfer.errors import TransferError
 from transfer.export import FORMATS, export_all
 from transfer.model import build_classifier, head_model, probe_as_head
@@ -119,7 +119,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     metrics = evaluate_splits(trained, source, splits.class_names)
     metrics["train_seconds"] = round(seconds, 2)
     config = {
-        "transfer_version": transfer.__version__,
+        "transfer_version": __version__,
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
         "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
         "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
