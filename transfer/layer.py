@@ -21,11 +21,12 @@ class FeatureLayer(keras.layers.Layer):
     """
 
     def __init__(self, backbone, cut="auto", inputs=None, signature=None, fingerprint=None,
-                 allow_ops=(), **kwargs):
+                 allow_ops=(), feeds=None, **kwargs):
         kwargs.pop("trainable", None)  # a frozen graph has nothing to train; thaw is separate
         super().__init__(trainable=False, **kwargs)
         if not isinstance(backbone, Backbone):
-            backbone = Backbone.load(backbone, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops)
+            backbone = Backbone.load(backbone, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops,
+                                     feeds=feeds)
         self._backbone = backbone
         source = backbone.loaded.source
         if fingerprint is not None and fingerprint != self._backbone.fingerprint:
@@ -38,10 +39,11 @@ class FeatureLayer(keras.layers.Layer):
             # A shipped example is named as such so the config survives reinstalling the package.
             "backbone": source,
             "cut": ",".join(specs),
-            "inputs": ",".join(t.op.name for t in backbone.inputs),
+            "inputs": None if backbone.requested_inputs is None else ",".join(backbone.requested_inputs),
             "signature": backbone.loaded.signature,
             "fingerprint": backbone.fingerprint,
             "allow_ops": list(backbone.allow_ops),
+            "feeds": backbone.feed_values,
         }
 
     @property
