@@ -181,6 +181,16 @@ def test_cli_fit_and_extract_fed_at_mul(inception_like, arrays_npz, capsys, tmp_
     assert {tuple(r["shape"]) for r in rows} == {(1, 1, 6)}
 
 
+def test_cli_sweep_fed_at_mul_records_it(inception_like, arrays_npz, capsys, tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--backbone", str(inception_like.path), "--inputs", "Mul", "--cut", "pool_3",
+                 "--data", f"npz:{arrays_npz}", "--heads", "linear", "--epochs", "2", "--cache-dir", str(tmp_path / "c"),
+                 "--export", "none", "--out", str(out), "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["inputs"] == ["Mul"]
+    assert json.loads((out / "best" / "config.json").read_text())["inputs"] == ["Mul"]
+
+
 def test_feature_extractor_fed_at_mul(inception_like):
     features = FeatureExtractor(str(inception_like.path), inputs="Mul", cut="pool_3").fit_transform(images(5))
     assert features.shape == (5, 6)

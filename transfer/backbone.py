@@ -148,11 +148,11 @@ class Backbone:
         try:
             return cut_lib.resolve_cut(self.info, spec, self.outputs)
         except TransferError:
-            fed_past = self.requested_inputs and spec.split(":")[0] in {n.name for n in self.loaded.graph_def.node}
-            if not fed_past:
+            # Fed past it: the op was in the file, but feeding at `inputs` dropped it.
+            if not self.requested_inputs or spec.split(":")[0] not in {n.name for n in self.loaded.graph_def.node}:
                 raise
-        raise TransferError(f"cut {spec!r} comes before the input(s) {', '.join(self.requested_inputs)} where the "
-                            "graph is fed: nothing fed there reaches it; cut after the input(s)")
+            raise TransferError(f"cut {spec!r} comes before the input(s) {', '.join(self.requested_inputs)} where "
+                                "the graph is fed: nothing fed there reaches it; cut after the input(s)") from None
 
     def _resolve_inputs(self, names) -> list[tf.Tensor]:
         needed = {c.spec: self.info.placeholders_needed([c.tensor.op]) for c in self.cuts}
@@ -171,7 +171,7 @@ class Backbone:
                 raise TransferError(f"cut {spec!r} also needs placeholder(s) {', '.join(unfed)}, which are not fed; "
                                     f"pass inputs={[*sorted(fed), *unfed]}, or a constant with --feed {unfed[0]}=VALUE")
         used = {p.name for placeholders in needed.values() for p in placeholders}
-        unused = [name for name in fed if name not in used]
+        unused = [t.op.name for t in tensors if t.op.name not in used]
         if unused:
             raise TransferError(f"input {unused[0]!r} is fed, but no cut ({', '.join(needed)}) depends on it")
         return tensors
