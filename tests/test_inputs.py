@@ -184,8 +184,8 @@ def test_cli_fit_and_extract_fed_at_mul(inception_like, arrays_npz, capsys, tmp_
 def test_cli_sweep_fed_at_mul_records_it(inception_like, arrays_npz, capsys, tmp_path):
     out = tmp_path / "sweep"
     code = main(["sweep", "--backbone", str(inception_like.path), "--inputs", "Mul", "--cut", "pool_3",
-                 "--data", f"npz:{arrays_npz}", "--heads", "linear", "--epochs", "2", "--cache-dir", str(tmp_path / "c"),
-                 "--export", "none", "--out", str(out), "--json"])
+                 "--data", f"npz:{arrays_npz}", "--heads", "linear", "--epochs", "2",
+                 "--cache-dir", str(tmp_path / "c"), "--export", "none", "--out", str(out), "--json"])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["inputs"] == ["Mul"]
     assert json.loads((out / "best" / "config.json").read_text())["inputs"] == ["Mul"]
@@ -216,7 +216,8 @@ def test_a_placeholder_with_default_just_works(is_training_graph):
 
 
 def test_an_unfed_placeholder_is_named(keep_prob_graph, small_npz, capsys, tmp_path):
-    with pytest.raises(TransferError, match=r"placeholder 'keep_prob' \(float32 \(\)\) is not fed: .*--feed keep_prob=VALUE"):
+    unfed = r"placeholder 'keep_prob' \(float32 \(\)\) is not fed: .*--feed keep_prob=VALUE"
+    with pytest.raises(TransferError, match=unfed):
         Backbone.load(keep_prob_graph, cut="features")
     with pytest.raises(TransferError, match=r"also needs placeholder\(s\) keep_prob, .*--feed keep_prob=VALUE"):
         Backbone.load(keep_prob_graph, cut="features", inputs="images")
@@ -226,8 +227,8 @@ def test_an_unfed_placeholder_is_named(keep_prob_graph, small_npz, capsys, tmp_p
 
 def test_feed_a_constant(keep_prob_graph):
     batch = images(3, size=8)
-    for value in (0.5, "0.5", np.float32(0.5)):
-        backbone = Backbone.load(keep_prob_graph, cut="features", feeds={"keep_prob": value})
+    for name, value in (("keep_prob", 0.5), ("keep_prob", "0.5"), ("keep_prob:0", np.float32(0.5))):
+        backbone = Backbone.load(keep_prob_graph, cut="features", feeds={name: value})
         assert [s.name for s in backbone.input_specs] == ["images"] and backbone.feed_values == {"keep_prob": 0.5}
         np.testing.assert_allclose(backbone(batch), reference_features(batch, keep_prob=0.5), rtol=1e-5, atol=1e-6)
 
@@ -257,7 +258,8 @@ def test_cli_feed_is_recorded_and_bad_feeds_are_one_line(keep_prob_graph, small_
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["feeds"] == {"keep_prob": 1.0, "is_training": False} and config["allow_ops"] == ["ReadFile"]
-    one_line_error(capsys, ["inspect", keep_prob_graph, "--feed", "keep_prob=abc"], r"feed keep_prob=abc is not a float32")
+    one_line_error(capsys, ["inspect", keep_prob_graph, "--feed", "keep_prob=abc"],
+                   r"feed keep_prob=abc is not a float32")
     one_line_error(capsys, ["inspect", keep_prob_graph, "--feed", "dropout=1"], r"--feed dropout: no such placeholder")
     code = main(["inspect", str(keep_prob_graph), "--feed", "keep_prob=1", "--cut", "features"])
     assert code == 0 and "fed a constant: keep_prob = 1.0" in capsys.readouterr().out

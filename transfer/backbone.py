@@ -203,7 +203,8 @@ class Backbone:
             op, before = found
             name = before.op.name if before.value_index == 0 else before.name
             raise TransferError(
-                f"cut {cut.spec!r}: op {op.name!r} ({op.type}) fixes the batch to 1 ({format_shape(op.outputs[0].shape)}) "
+                f"cut {cut.spec!r}: op {op.name!r} ({op.type}) fixes the batch to 1 "
+                f"({format_shape(op.outputs[0].shape)}) "
                 f"after {name!r} {format_shape(before.shape)}; cut at {name!r} (--cut {name}) to take batches")
 
 

@@ -62,7 +62,8 @@ def cmd_inspect(args) -> int:
     from transfer.inspection import format_report, inspect_graph
 
     report = inspect_graph(args.backbone_path or args.backbone, signature=args.signature, all_tensors=args.all,
-                           cut=args.cut or ("auto" if args.layers else None), layers=args.layers, **_graph_options(args))
+                           cut=args.cut or ("auto" if args.layers else None), layers=args.layers,
+                           **_graph_options(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -166,7 +167,8 @@ def cmd_sweep(args) -> int:
     result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
                    repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut,
-                   signature=args.signature, **_graph_options(args), data_dir=args.data_dir, validation_split=args.validation_split,
+                   signature=args.signature, **_graph_options(args),
+                   data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, out=args.out or default_run_dir("sweep"),
                    export=args.export, progress=not args.json,

@@ -1,4 +1,4 @@
-"""Rewrite a GraphDef so that it is fed where the user says, before it is imported.
+"""Where a graph is fed: its GraphDef rewritten before import so that it is fed where the user says.
 
 A tensor fed as an input (`--inputs Mul`) becomes a Placeholder of its dtype whose batch
 dimension is open, so that shape inference runs again after it when the graph is imported (a
@@ -37,7 +37,7 @@ def feed_graph(graph_def, source: str, inputs: list[str] | None = None, feeds: d
     names or `aliases` of them) or given constants (`feeds`), rewrite it and import that."""
     wrapped = import_graph_def(graph_def, source)
     info = GraphInfo(wrapped.graph)
-    constants = {name: _checked_feed(info, name, value) for name, value in (feeds or {}).items()}
+    constants = dict(_checked_feed(info, name, value) for name, value in (feeds or {}).items())
     fed = [input_tensor(info, (aliases or {}).get(name, name), name) for name in inputs or ()]
     both = sorted({t.op.name for t in fed} & set(constants))
     if both:
@@ -67,7 +67,8 @@ def input_tensor(info: GraphInfo, name: str, given: str | None = None) -> tf.Ten
     return op.outputs[0]
 
 
-def _checked_feed(info: GraphInfo, name: str, value) -> np.ndarray:
+def _checked_feed(info: GraphInfo, name: str, value) -> tuple[str, np.ndarray]:
+    """(placeholder op name, the value as its dtype) for `--feed name=value`."""
     op = info.by_name.get(name.split(":")[0])
     if op is None or op.type not in FEEDABLE:
         names = [p.name for p in info.operations if p.type in FEEDABLE]
@@ -76,7 +77,7 @@ def _checked_feed(info: GraphInfo, name: str, value) -> np.ndarray:
         raise TransferError(f"--feed {name}: no such placeholder{hint}; the graph's placeholders are: "
                             f"{', '.join(names) or 'none'}")
     tensor = op.outputs[0]
-    return feed_value(op.name, value, tensor.dtype, tensor.shape)
+    return op.name, feed_value(op.name, value, tensor.dtype, tensor.shape)
 
 
 def open_batch(shape: tf.TensorShape) -> tf.TensorShape:
@@ -125,8 +126,9 @@ def feed_value(name: str, value, dtype: tf.DType, shape: tf.TensorShape) -> np.n
         value = _parse_text(value)
     array = np.asarray(value)
     if array.dtype.kind not in _KINDS[_kind(dtype)]:
+        example = _EXAMPLES[_kind(dtype)]
         raise TransferError(f"feed {name}={_shown(value)} is not a {dtype.name} value; placeholder {name!r} "
-                            f"takes {dtype.name} of shape {format_shape(shape)} (--feed {name}={_EXAMPLES[_kind(dtype)]})")
+                            f"takes {dtype.name} of shape {format_shape(shape)} (--feed {name}={example})")
     if not shape.is_compatible_with(array.shape):
         raise TransferError(f"feed {name}={_shown(value)} has shape {format_shape(tf.TensorShape(array.shape))}; "
                             f"placeholder {name!r} takes {dtype.name} of shape {format_shape(shape)}")

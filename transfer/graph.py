@@ -172,7 +172,8 @@ class GraphInfo:
         problem = not_an_image_batch(tensor)
         if problem is None:
             return None
-        said = f"input {tensor.op.name!r} is {problem} ({tensor.dtype.name} {format_shape(tensor.shape)}), not a batch of images"
+        said = (f"input {tensor.op.name!r} is {problem} ({tensor.dtype.name} {format_shape(tensor.shape)}), "
+                "not a batch of images")
         entry = self.image_entry(tensor.op)
         if entry is None:
             return f"{said}; feed the network where the image enters it with --inputs TENSOR"
