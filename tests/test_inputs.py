@@ -127,6 +127,21 @@ def test_several_inputs_and_an_input_the_cut_does_not_depend_on(tmp_path):
         Backbone.load(path, inputs="doubled,b", cut="from_b")
 
 
+def test_saved_model_fed_inside_its_signature(tmp_path):
+    """Fed at an inner tensor, `auto` walks back from the output computed from it, not the other."""
+    class TwoOutputs(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"early": tf.identity(x * 3.0, name="early"),
+                    "late": tf.identity(tf.nn.relu(x - 1.0, name="mid") * 2.0, name="late")}
+
+    module = TwoOutputs()
+    tf.saved_model.save(module, str(tmp_path / "two"), signatures={"serving_default": module.serve})
+    backbone = Backbone.load(tmp_path / "two", inputs="PartitionedCall/mid")
+    assert backbone.input_specs[0].name == "PartitionedCall/mid"
+    np.testing.assert_allclose(backbone(np.full([3, 4], 0.5, "float32")), np.ones([3, 4]))
+
+
 # -- 2. say where the image goes in ------------------------------------------------------------------
 
 

@@ -64,8 +64,15 @@ class Backbone:
 
     @property
     def outputs(self) -> list[tf.Operation]:
-        """The graph's outputs: the signature's when the file names them, else unconsumed ops."""
-        return self.info.outputs_named(list(self.loaded.outputs.values()))
+        """The graph's outputs: the signature's when the file names them, else unconsumed ops;
+        when fed at `inputs`, those computed from them (what `auto` walks back from)."""
+        named = [name for name in self.loaded.outputs.values() if name.split(":")[0] in self.info.by_name]
+        outputs = self.info.outputs_named(named)
+        if self.requested_inputs is None:
+            return outputs
+        fed = {self.loaded.inputs.get(name, name) for name in self.requested_inputs}
+        reached = [op for op in outputs if any(a.name in fed for a in self.info.ancestors([op]))]
+        return reached or outputs
 
     @property
     def input_specs(self) -> list[tf.TensorSpec]:
