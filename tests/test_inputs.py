@@ -286,6 +286,14 @@ def test_thawed_layer_with_a_fed_constant(keep_prob_graph):
     np.testing.assert_allclose(layer(batch), reference_features(batch, keep_prob=0.5), rtol=1e-5, atol=1e-6)
 
 
+def test_thawed_layer_fed_at_mul(inception_like):
+    layer = transfer.thaw(str(inception_like.path), last=1, inputs="Mul", cut="pool_3")
+    batch = images(8)
+    frozen = Backbone.load(inception_like.path, inputs="Mul", cut="pool_3")(batch)
+    np.testing.assert_allclose(layer(batch), frozen, rtol=1e-5, atol=1e-6)
+    assert [w.shape for w in layer.trainable_weights] == [(3, 3, 4, 6)]
+
+
 # -- saved and loaded -------------------------------------------------------------------------------
 
 
