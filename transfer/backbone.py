@@ -87,6 +87,11 @@ class Backbone:
         """The constants fed to placeholders, as JSON (what a config records)."""
         return {name: json_value(value) for name, value in self.feeds.items()}
 
+    @property
+    def feeding(self) -> dict:
+        """Where and with what the graph is fed, as a run's config.json records it."""
+        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops)}
+
     def image_input_hint(self) -> str | None:
         """Where to feed instead when an input is no batch of images (a JPEG string, say)."""
         hints = [self.info.image_input_hint(t) for t in self.inputs]

@@ -468,7 +468,6 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
     inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, **source)
-    fed = inputs.backbone
     layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
               for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
@@ -482,10 +481,9 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     best = rows[0]["setting"]
     with run_directory(out) as directory:
         write_sweep(directory, rows)
-        write_json(directory / "config.json", {"backbone": fed.loaded.source, "data": data,
-                                               "inputs": fed.requested_inputs, "feeds": fed.feed_values,
-                                               "allow_ops": list(fed.allow_ops),
-                                               "settings": settings, "repeats": repeats, **source,
+        write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
+                                               **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
+                                               **source,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
         result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none

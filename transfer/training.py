@@ -124,7 +124,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
         "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
         "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
-        "inputs": backbone.requested_inputs, "feeds": backbone.feed_values, "allow_ops": list(backbone.allow_ops),
+        **backbone.feeding,
         "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
         "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
         "per_class": per_class, "class_names": splits.class_names, "input_shape": list(input_shape),
