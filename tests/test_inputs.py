@@ -95,6 +95,8 @@ def test_a_reshape_to_batch_1_is_named_with_the_tensor_before_it(inception_like)
     message = str(caught.value)
     assert "\n" not in message
     assert re.search(r"op 'pool_3/_reshape' \(Reshape\) fixes the batch to 1 .*cut at 'pool_3'", message), message
+    with pytest.raises(TransferError, match=r"cut 'auto': op 'pool_3/_reshape' \(Reshape\) fixes the batch to 1"):
+        Backbone.load(inception_like.path, inputs="Mul")  # auto finds the reshaped bottleneck
 
 
 def test_unknown_input_names_the_closest(inception_like, capsys):
