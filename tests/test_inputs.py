@@ -173,6 +173,24 @@ def test_a_batch_1_placeholder_is_no_image_batch_either(tmp_path):
     assert opened.image_input_hint() is None and opened(np.ones([4, 8, 8, 3])).shape == (4, 8, 8, 2)
 
 
+def test_a_refused_op_before_the_image_says_where_to_feed_past_it(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        contents = tf.compat.v1.placeholder(tf.string, [], name="contents")
+        image = tf.expand_dims(tf.cast(tf.io.decode_jpeg(contents, channels=3), tf.float32), 0)
+        offset = tf.strings.to_number(tf.io.read_file(str(tmp_path / "offset.txt")))
+        scaled = tf.add(image, offset, name="scaled")
+        tf.nn.relu(tf.nn.conv2d(scaled, tf.ones([3, 3, 3, 2]), 1, "SAME"), name="features")
+    path = tmp_path / "reads.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    with pytest.raises(TransferError, match=r"--allow-op ReadFile\); or input 'contents' is a string scalar .*"
+                                            r"--inputs scaled") as caught:
+        Backbone.load(path, cut="features")
+    assert "\n" not in str(caught.value)
+    fed = Backbone.load(path, inputs="scaled", cut="features")
+    assert fed(np.ones([2, 4, 4, 3])).shape == (2, 4, 4, 2)
+
+
 def test_fit_says_where_the_image_goes_in(inception_like, arrays_npz, capsys, tmp_path):
     with pytest.raises(TransferError, match=IMAGE_HINT):
         transfer.fit(inception_like.path, f"npz:{arrays_npz}", cut="pool_3", epochs=1, verbose=0)

@@ -36,9 +36,7 @@ class Backbone:
         self.inputs = self._resolve_inputs(self.requested_inputs)
         for c in self.cuts:
             self._check_batch(c)
-        input_ops = frozenset(t.op.name for t in self.inputs)
-        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=input_ops)
-        check_ops(needed, {f.signature.name: f for f in self.graph_def.library.function}, self.allow_ops)
+        self._check_ops()
         self._function = fed.wrapped.prune(feeds=list(self.inputs), fetches=[c.tensor for c in self.cuts])
 
     @classmethod
@@ -207,6 +205,33 @@ class Backbone:
             valid = sorted({*self.loaded.inputs, *(p.name for p in self.info.placeholders)})
             raise TransferError(f"unknown input {name!r}; the graph's inputs are: {', '.join(valid)}")
         return op.outputs[0]
+
+    def _check_ops(self) -> None:
+        """The safety check of the ops the cuts need. When feeding where the image enters the
+        network would leave the refused ops out (a JPEG decoder), the error says so too."""
+        try:
+            self._check_ops_fed_at(self.inputs)
+        except TransferError as error:
+            hint = self._hint_past_refused_ops()
+            if hint is None:
+                raise
+            raise TransferError(f"{error}; or {hint}") from None
+
+    def _check_ops_fed_at(self, tensors) -> None:
+        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=frozenset(t.op.name for t in tensors))
+        check_ops(needed, {f.signature.name: f for f in self.graph_def.library.function}, self.allow_ops)
+
+    def _hint_past_refused_ops(self) -> str | None:
+        """The image-input hint, when feeding where it says leaves every refused op out."""
+        for tensor in self.inputs:
+            hint, entry = self.info.image_input_hint(tensor), self.info.image_entry(tensor.op)
+            if hint and entry is not None:
+                try:
+                    self._check_ops_fed_at([entry])
+                    return hint
+                except TransferError:
+                    continue
+        return None
 
     def _check_batch(self, cut) -> None:
         """One line, at construction, if an op between the inputs and the cut fixes batch 1."""
