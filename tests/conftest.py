@@ -204,3 +204,54 @@ def keras_features(model, layer_name: str, images) -> np.ndarray:
 @pytest.fixture
 def images16():
     return np.random.default_rng(0).uniform(0, 1, (6, 16, 16, 3)).astype("float32")
+
+
+INCEPTION_SIZE, INCEPTION_CHANNELS = 32, 6
+
+
+@pytest.fixture(scope="session")
+def inception_like(graphs_dir) -> Fixture:
+    """Laid out like retrain.py's `classify_image_graph_def.pb`: the only placeholder is a JPEG
+    string (`DecodeJpeg/contents`), the image enters at `Mul` (1, H, W, 3), the bottleneck is
+    `pool_3`, and `pool_3/_reshape` reshapes it to a constant [1, C]; `_output_shapes` attrs
+    pin the static batch of 1 as in the real file."""
+    rng = np.random.default_rng(4)
+    size, channels = INCEPTION_SIZE, INCEPTION_CHANNELS
+    graph = tf.Graph()
+    with graph.as_default():
+        contents = tf.compat.v1.placeholder(tf.string, [], name="DecodeJpeg/contents")
+        decoded = tf.io.decode_jpeg(contents, channels=3, name="DecodeJpeg")
+        image = tf.expand_dims(tf.cast(decoded, tf.float32, name="Cast"), 0, name="ExpandDims")
+        resized = tf.compat.v1.image.resize_bilinear(image, [size, size], name="ResizeBilinear")
+        scaled = tf.multiply(tf.subtract(resized, 128.0, name="Sub"), 1 / 128, name="Mul")
+
+        def conv(x, name, out):
+            weights = tf.constant(rng.normal(0, 0.3, (3, 3, int(x.shape[-1]), out)).astype("float32"),
+                                  name=f"{name}/conv_weights")
+            return tf.nn.relu(tf.nn.conv2d(x, weights, 2, "SAME", name=f"{name}/Conv2D"), name=f"{name}/Relu")
+
+        x = conv(conv(scaled, "conv", 4), "conv_1", channels)
+        pooled = tf.nn.avg_pool2d(x, size // 4, 1, "VALID", name="pool_3")
+        flat = tf.reshape(pooled, tf.constant([1, channels], name="pool_3/_reshape/shape"), name="pool_3/_reshape")
+        weights = tf.constant(rng.normal(0, 1, (channels, 5)).astype("float32"), name="softmax/weights")
+        tf.nn.softmax(tf.matmul(flat, weights, name="softmax/logits/MatMul"), name="softmax")
+    path = graphs_dir / "classify_image_graph_def.pb"
+    path.write_bytes(graph.as_graph_def(add_shapes=True).SerializeToString())
+    return Fixture(path, extra={"size": size, "channels": channels})
+
+
+def extra_inputs_graph(path: Path, keep_prob: bool) -> Path:
+    """A TF1 graph with an `is_training` PlaceholderWithDefault and, if `keep_prob`, a plain
+    scalar `keep_prob` Placeholder that scales the features."""
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        is_training = tf.compat.v1.placeholder_with_default(False, [], name="is_training")
+        weights = tf.constant(np.random.default_rng(5).normal(0, 0.5, (3, 3, 3, 4)).astype("float32"))
+        x = tf.nn.relu(tf.nn.conv2d(images, weights, 1, "SAME"), name="conv/Relu")
+        x = tf.where(is_training, x * 0.5, x, name="train_switch")
+        if keep_prob:
+            x = tf.multiply(x, tf.compat.v1.placeholder(tf.float32, [], name="keep_prob"), name="dropout")
+        tf.reduce_mean(x, axis=[1, 2], name="features")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path

@@ -544,3 +544,13 @@ def test_fuzzed_saved_models_never_crash_or_hang(tmp_path):
     outcomes = fuzz(lambda: inspect_graph(model), proto.read_bytes(), proto, count=60, seed=12,
                     message_type=saved_model_pb2.SavedModel)
     assert outcomes["refused"] > 10, outcomes
+
+
+def test_the_cli_refuses_with_exit_2_and_allow_op_opts_in(tmp_path, capsys):
+    canary = tmp_path / "canary.txt"
+    path = write_graph(tmp_path / "hostile.pb", WRITING_ATTACKS["PrintV2 in a function"][0](canary))
+    assert main(["inspect", path, "--cut", "out"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--allow-op PrintV2" in error and "Traceback" not in error
+    assert main(["inspect", path, "--cut", "out", "--allow-op", "PrintV2", "--json"]) == 0
+    assert not canary.exists()  # inspect resolves and checks the cut; it runs nothing

@@ -11,39 +11,47 @@ import tensorflow as tf
 
 from transfer import cuts as cut_lib
 from transfer.errors import TransferError, TransferWarning
-from transfer.graph import GraphInfo, format_shape, import_graph_def, rewrap
+from transfer.feeding import FedGraph, feed_graph, json_value
+from transfer.graph import format_shape, rewrap
 from transfer.loading import LoadedGraph, load_graph
 from transfer.safety import check_ops
 
 
 class Backbone:
-    """Callable feature extractor. Build it with `Backbone.load(path, cut=...)`."""
+    """Callable feature extractor. Build it with `Backbone.load(path, cut=...)`.
 
-    def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=(), *, _info: GraphInfo | None = None):
+    `inputs`: where the graph is fed, at placeholders or at any other tensors (`"Mul"`: their
+    batch dimension is opened, `transfer.feeding`); default: the placeholders the cuts need.
+    `feeds`: constants for other placeholders (`{"keep_prob": 1.0}`).
+    """
+
+    def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=(), feeds=None, *,
+                 _fed: FedGraph | None = None):
         self.loaded = loaded
         self.allow_ops = tuple(allow_ops)
-        # `_info` (from `recut`): the graph is imported already, its weights are not copied again.
-        wrapped = import_graph_def(loaded.graph_def, str(loaded.path)) if _info is None else rewrap(_info.graph)
-        self.info = _info or GraphInfo(wrapped.graph)
+        self.requested_inputs = None if inputs is None else input_names(inputs)
+        # `_fed` (from `recut`): the graph is imported already, its weights are not copied again.
+        fed = _fed or feed_graph(loaded.graph_def, str(loaded.path), self.requested_inputs, feeds, loaded.inputs)
+        self.graph_def, self.info, self.feeds = fed.graph_def, fed.info, fed.feeds
         self.info.require_placeholder(str(loaded.path))
-        self.cuts = [cut_lib.resolve_cut(self.info, spec, self.outputs) for spec in cut_lib.split_cut_specs(cut)]
+        self.cuts = [self._resolve_cut(spec) for spec in cut_lib.split_cut_specs(cut)]
         self._feature_dtypes = [feature_dtype(c) for c in self.cuts]
-        self.inputs = self._resolve_inputs(inputs)
-        input_names = frozenset(t.op.name for t in self.inputs)
-        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=input_names)
-        check_ops(needed, {f.signature.name: f for f in loaded.graph_def.library.function}, self.allow_ops,
-                  source=str(loaded.source or loaded.path))
-        self._function = wrapped.prune(feeds=list(self.inputs), fetches=[c.tensor for c in self.cuts])
+        self.inputs = self._resolve_inputs(self.requested_inputs)
+        for c in self.cuts:
+            self._check_batch(c)
+        self._check_ops()
+        self._function = fed.wrapped.prune(feeds=list(self.inputs), fetches=[c.tensor for c in self.cuts])
 
     @classmethod
-    def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=()) -> "Backbone":
+    def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=(), feeds=None) -> "Backbone":
         """Load a `.pb`/`.pbtxt`, SavedModel directory or `.keras`/`.h5` file and cut it."""
-        return cls(load_graph(path, signature, allow_ops), cut=cut, inputs=inputs, allow_ops=allow_ops)
+        return cls(load_graph(path, signature, allow_ops), cut=cut, inputs=inputs, allow_ops=allow_ops, feeds=feeds)
 
     def recut(self, cut, inputs=None) -> "Backbone":
         """The same graph cut elsewhere, sharing this backbone's import and `GraphInfo` (a
         ThawedFeatureLayer's prefix): only the new cut's pruned function is made."""
-        return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, _info=self.info)
+        fed = FedGraph(self.graph_def, self.info, rewrap(self.info.graph), self.feeds)
+        return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, _fed=fed)
 
     # -- what it is --------------------------------------------------------------------------
 
@@ -57,8 +65,15 @@ class Backbone:
 
     @property
     def outputs(self) -> list[tf.Operation]:
-        """The graph's outputs: the signature's when the file names them, else unconsumed ops."""
-        return self.info.outputs_named(list(self.loaded.outputs.values()))
+        """The graph's outputs: the signature's when the file names them, else unconsumed ops;
+        when fed at `inputs`, those computed from them (what `auto` walks back from)."""
+        named = [name for name in self.loaded.outputs.values() if name.split(":")[0] in self.info.by_name]
+        outputs = self.info.outputs_named(named)
+        if self.requested_inputs is None:
+            return outputs
+        fed = {self.loaded.inputs.get(name, name) for name in self.requested_inputs}
+        reached = [op for op in outputs if any(a.name in fed for a in self.info.ancestors([op]))]
+        return reached or outputs
 
     @property
     def input_specs(self) -> list[tf.TensorSpec]:
@@ -73,6 +88,21 @@ class Backbone:
     def pruned_function(self):
         """The ConcreteFunction inputs -> cut tensors that a call runs (what other engines convert)."""
         return self._function
+
+    @property
+    def feed_values(self) -> dict:
+        """The constants fed to placeholders, as JSON (what a config records)."""
+        return {name: json_value(value) for name, value in self.feeds.items()}
+
+    @property
+    def feeding(self) -> dict:
+        """Where and with what the graph is fed, as a run's config.json records it."""
+        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops)}
+
+    def image_input_hint(self) -> str | None:
+        """Where to feed instead when an input is no batch of images (a JPEG string, say)."""
+        hints = [self.info.image_input_hint(t) for t in self.inputs]
+        return next((h for h in hints if h), None)
 
     @property
     def multi_cut(self) -> bool:
@@ -134,33 +164,104 @@ class Backbone:
 
     # -- resolving inputs ------------------------------------------------------------------
 
-    def _resolve_inputs(self, inputs) -> list[tf.Tensor]:
+    def _resolve_cut(self, spec: str) -> cut_lib.Cut:
+        try:
+            return cut_lib.resolve_cut(self.info, spec, self.outputs)
+        except TransferError:
+            # Fed past it: the op was in the file, but feeding at `inputs` dropped it.
+            if not self.requested_inputs or spec.split(":")[0] not in {n.name for n in self.loaded.graph_def.node}:
+                raise
+            raise TransferError(f"cut {spec!r} comes before the input(s) {', '.join(self.requested_inputs)} where "
+                                "the graph is fed: nothing fed there reaches it; cut after the input(s)") from None
+
+    def _resolve_inputs(self, names) -> list[tf.Tensor]:
         needed = {c.spec: self.info.placeholders_needed([c.tensor.op]) for c in self.cuts}
-        if inputs is None:
-            chosen = {p.name: p for ops in needed.values() for p in ops}
-            tensors = [op.outputs[0] for op in sorted(chosen.values(), key=lambda op: self.info.position[op.name])]
+        if names is None:
+            tensors = self._default_inputs(needed)
         else:
-            names = inputs.split(",") if isinstance(inputs, str) else list(inputs)
             tensors = [self._input_tensor(name) for name in names]
         fed = {t.op.name for t in tensors}
         all_inputs = ", ".join(p.name for p in self.info.placeholders)
         for spec, placeholders in needed.items():
-            if not placeholders or (inputs is not None and not fed & {p.name for p in placeholders}):
+            if not placeholders or (names is not None and not fed & {p.name for p in placeholders}):
                 given = ", ".join(sorted(fed)) or all_inputs
                 raise TransferError(f"cut {spec!r} is not reachable from the input {given}: it does not depend on it")
             unfed = [p.name for p in placeholders if p.name not in fed]
             if unfed:
                 raise TransferError(f"cut {spec!r} also needs placeholder(s) {', '.join(unfed)}, which are not fed; "
-                                    f"pass inputs={[*sorted(fed), *unfed]}")
+                                    f"pass inputs={[*sorted(fed), *unfed]}, or a constant with --feed {unfed[0]}=VALUE")
+        used = {p.name for placeholders in needed.values() for p in placeholders}
+        unused = [t.op.name for t in tensors if t.op.name not in used]
+        if unused:
+            raise TransferError(f"input {unused[0]!r} is fed, but no cut ({', '.join(needed)}) depends on it")
         return tensors
 
+    def _default_inputs(self, needed) -> list[tf.Tensor]:
+        """The placeholders the cuts need; a scalar one beside a batch input (`keep_prob`,
+        `is_training`) is no data input: it must be given a constant."""
+        chosen = {p.name: p for ops in needed.values() for p in ops}
+        ops = sorted(chosen.values(), key=lambda op: self.info.position[op.name])
+        scalars = [op for op in ops if op.outputs[0].shape.rank == 0]
+        if scalars and len(scalars) < len(ops):
+            tensor = scalars[0].outputs[0]
+            raise TransferError(f"placeholder {tensor.op.name!r} ({tensor.dtype.name} {format_shape(tensor.shape)}) "
+                                f"is not fed: give it a value with --feed {tensor.op.name}=VALUE "
+                                f"(feeds={{{tensor.op.name!r}: VALUE}})")
+        return [op.outputs[0] for op in ops]
+
     def _input_tensor(self, name: str) -> tf.Tensor:
-        op_name = self.loaded.inputs.get(name, name).split(":")[0]
-        op = self.info.by_name.get(op_name)
+        op = self.info.by_name.get(self.loaded.inputs.get(name, name))
         if op is None or op.type != "Placeholder":
             valid = sorted({*self.loaded.inputs, *(p.name for p in self.info.placeholders)})
             raise TransferError(f"unknown input {name!r}; the graph's inputs are: {', '.join(valid)}")
         return op.outputs[0]
+
+    def _check_ops(self) -> None:
+        """The safety check of the ops the cuts need. When feeding where the image enters the
+        network would leave the refused ops out (a JPEG decoder), the error says so too."""
+        try:
+            self._check_ops_fed_at(self.inputs)
+        except TransferError as error:
+            hint = self._hint_past_refused_ops()
+            if hint is None:
+                raise
+            raise TransferError(f"{error}; or {hint}") from None
+
+    def _check_ops_fed_at(self, tensors) -> None:
+        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=frozenset(t.op.name for t in tensors))
+        check_ops(needed, {f.signature.name: f for f in self.graph_def.library.function}, self.allow_ops,
+                  source=str(self.loaded.source or self.loaded.path))
+
+    def _hint_past_refused_ops(self) -> str | None:
+        """The image-input hint, when feeding where it says leaves every refused op out."""
+        for tensor in self.inputs:
+            hint, entry = self.info.image_input_hint(tensor), self.info.image_entry(tensor.op)
+            if hint and entry is not None:
+                try:
+                    self._check_ops_fed_at([entry])
+                    return hint
+                except TransferError:
+                    continue
+        return None
+
+    def _check_batch(self, cut) -> None:
+        """One line, at construction, if an op between the inputs and the cut fixes batch 1."""
+        found = self.info.batch_fixing_op(self.inputs, cut.tensor)
+        if found:
+            op, before = found
+            name = before.op.name if before.value_index == 0 else before.name
+            raise TransferError(
+                f"cut {cut.spec!r}: op {op.name!r} ({op.type}) fixes the batch to 1 "
+                f"({format_shape(op.outputs[0].shape)}) "
+                f"after {name!r} {format_shape(before.shape)}; cut at {name!r} (--cut {name}) to take batches")
+
+
+def input_names(inputs) -> list[str]:
+    """`"a,b:0"` or `["a", "b:0"]` -> `["a", "b"]` (`:0` is the op's own name)."""
+    names = [n.strip() for n in (inputs.split(",") if isinstance(inputs, str) else inputs)]
+    if not names or not all(names):
+        raise TransferError(f"empty input name in {inputs!r}: give op or tensor names, e.g. --inputs Mul")
+    return [n[:-2] if n.endswith(":0") else n for n in names]
 
 
 def feature_dtype(cut) -> tf.DType:

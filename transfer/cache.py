@@ -53,7 +53,8 @@ def ingredients(backbone, preprocessing, identity: dict, role: str, dtype: str) 
     return {
         "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
                      "inputs": [t.name for t in backbone.inputs],
-                     "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name},
+                     "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name,
+                     **({"feeds": backbone.feed_values} if backbone.feeds else {})},  # old keys stay valid
         "preprocessing": preprocessing.to_dict(),
         "data": identity,
         "role": role,

@@ -19,6 +19,8 @@ MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head line
 EXAMPLES = {
     "fit": f"""examples:
   {MAIN_JOB}
+  transfer fit --backbone classify_image_graph_def.pb --inputs Mul --cut pool_3 --head mlp --data photos/
+  transfer fit --backbone model.pb --feed keep_prob=1.0 --data photos/
   transfer fit --backbone model.pb --cut resnet_features --head mlp --head-opt hidden=256 --data photos/
   transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite
   transfer fit --backbone model.pb --cut resnet_features --data photos/ --thaw 2 --thaw-lr-scale 0.1 \\
@@ -43,6 +45,7 @@ EXAMPLES = {
     "inspect": """examples:
   transfer inspect example:digits
   transfer inspect model.pb --cut conv5_block3_out
+  transfer inspect classify_image_graph_def.pb --inputs Mul --cut pool_3
   transfer inspect model.pb --json > model.json
   transfer inspect saved_model_dir --signature serving_default --all""",
 }
@@ -67,7 +70,8 @@ def cmd_inspect(args) -> int:
     from transfer.inspection import format_report, inspect_graph
 
     report = inspect_graph(args.backbone_path or args.backbone, signature=args.signature, all_tensors=args.all,
-                           cut=args.cut or ("auto" if args.layers else None), layers=args.layers)
+                           cut=args.cut or ("auto" if args.layers else None), layers=args.layers,
+                           **_graph_options(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -83,7 +87,7 @@ def cmd_fit(args) -> int:
                  thaw=args.thaw, thaw_from=args.thaw_from, thaw_lr_scale=args.thaw_lr_scale,
                  thaw_weight_decay=args.thaw_weight_decay, unfreeze_every=args.unfreeze_every,
                  head_epochs=args.head_epochs, thaw_epochs=args.thaw_epochs,
-                 preprocessing=args.preprocessing, scale=args.scale, signature=args.signature,
+                 preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
@@ -103,7 +107,8 @@ def cmd_extract(args) -> int:
 
     inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
                          validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
-                         preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size)
+                         preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size,
+                         **_graph_options(args))
     cache = FeatureCache(args.cache_dir, shard_size=args.shard_size)
     entries = cache.extract(inputs, dtype=args.cache_dtype, progress=not args.json)
     rows = [_entry_row(entry) for entry in entries.values()]
@@ -170,7 +175,8 @@ def cmd_sweep(args) -> int:
     result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
                    repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut,
-                   signature=args.signature, data_dir=args.data_dir, validation_split=args.validation_split,
+                   signature=args.signature, **_graph_options(args),
+                   data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, out=args.out or default_run_dir("sweep"),
                    export=args.export, progress=not args.json,
@@ -181,6 +187,11 @@ def cmd_sweep(args) -> int:
         print(format_table(result.rows))
         print(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})")
     return 0
+
+
+def _graph_options(args) -> dict:
+    """Where and with what the graph is fed (`--inputs`, `--feed`, `--allow-op`), as API keywords."""
+    return {"inputs": args.inputs, "feeds": dict(args.feed) or None, "allow_ops": args.allow_op}
 
 
 def _choices(cast):
@@ -257,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", metavar="PATH", help="same as PATH")
     inspect.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
     inspect.add_argument("--cut", metavar="NAME", help="also resolve this cut (several as a,b) and check it")
+    _add_graph_arguments(inspect)
     inspect.add_argument("--layers", action="store_true", help="list the weight layers before the cut (what "
                          "--thaw N counts), with their weights and parameter counts")
     inspect.add_argument("--all", action="store_true", help="list every tensor, not only the candidate cuts")
@@ -369,6 +381,7 @@ def _add_input_arguments(parser) -> None:
     parser.add_argument("--backbone", required=True, metavar="PATH", help="graph file, SavedModel dir or example:NAME")
     parser.add_argument("--cut", default="auto", metavar="NAME", help="where to cut the graph (default: auto)")
     parser.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
+    _add_graph_arguments(parser)
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="folder:PATH | PATH | npz:FILE | tfds:NAME[:SPLIT] | digits[:5-9] (+ ?per_class=N)")
     parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data directory")
@@ -379,6 +392,24 @@ def _add_input_arguments(parser) -> None:
     parser.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
                         "preprocessing JSON beside the backbone, else none)")
     parser.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")
+
+
+def _add_graph_arguments(parser) -> None:
+    """Where the graph is fed and what it may run: the same flags wherever a graph is loaded."""
+    parser.add_argument("--inputs", metavar="TENSOR", help="feed the graph at these tensors: placeholders or any op "
+                        "(e.g. Mul; several as a,b), whose batch dimension is opened (default: its placeholders)")
+    parser.add_argument("--feed", type=_feed, action="append", default=[], metavar="NAME=VALUE",
+                        help="give placeholder NAME the constant VALUE, e.g. keep_prob=1.0 (repeatable)")
+    parser.add_argument("--allow-op", action="append", default=[], metavar="TYPE",
+                        help="let the cut run ops of TYPE that are refused by default (repeatable)")
+
+
+def _feed(text: str):
+    """`keep_prob=1.0` -> ("keep_prob", "1.0"): the API parses the value for the placeholder's dtype."""
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 CACHE_HELP = "feature cache directory (default: $TRANSFER_CACHE or ~/.cache/transfer)"

@@ -23,14 +23,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     """Images (n, height, width, channels) -> features (n, d) of `backbone` at `cut`.
 
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
-    "max"; 2-D features pass through. Follows scikit-learn's rules: `__init__` only stores.
+    "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
+    graph is fed, as for `Backbone.load`. Follows scikit-learn's rules: `__init__` only stores.
     """
 
     def __init__(self, backbone, cut="auto", signature=None, scale=None, pooling="flatten", batch_size=32,
-                 cache_dir=None):
+                 cache_dir=None, inputs=None, feeds=None, allow_ops=()):
         self.backbone = backbone
         self.cut = cut
         self.signature = signature
+        self.inputs = inputs
+        self.feeds = feeds
+        self.allow_ops = allow_ops
         self.scale = scale
         self.pooling = pooling
         self.batch_size = batch_size
@@ -40,7 +44,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """Nothing to learn: load and check the backbone once, so that `transform` is cheap."""
         from transfer.backbone import Backbone
 
-        self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature)
+        self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
+                                       feeds=self.feeds, allow_ops=self.allow_ops)
         self.preprocessing_ = resolve_preprocessing(self.backbone_, scale=self.scale)
         self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
         return self

@@ -125,6 +125,62 @@ class GraphInfo:
     def placeholders_needed(self, ops: list[tf.Operation]) -> list[tf.Operation]:
         return [op for op in self.ancestors(ops) if op.type == "Placeholder"]
 
+    def descendants(self, op: tf.Operation) -> set[str]:
+        """Names of `op` and of every op computed from it."""
+        seen, stack = set(), [op.name]
+        while stack:
+            name = stack.pop()
+            if name not in seen:
+                seen.add(name)
+                stack.extend(user.name for user in self.consumers.get(name, []))
+        return seen
+
+    def batch_fixing_op(self, fed: list[tf.Tensor], cut: tf.Tensor) -> tuple[tf.Operation, tf.Tensor] | None:
+        """The first op between the fed tensors and `cut` whose result has batch 1 while its
+        input's batch is open (a Reshape to a constant [1, 2048]), with that input: the cut
+        cannot take more than one example. None when the batch stays open (or is unknown)."""
+        batched = {t.name for t in fed if t.shape.rank and t.shape[0] is None}
+        stop = frozenset(t.op.name for t in fed)
+        for op in self.ancestors([cut.op], stop_at=stop):
+            open_inputs = [t for t in op.inputs if t.name in batched]
+            if op.name in stop or not open_inputs:
+                continue
+            for output in op.outputs:
+                if output.shape.rank and output.shape[0] is None:
+                    batched.add(output.name)
+                elif output.shape.rank and output.shape[0] == 1 and op.type != "ExpandDims":
+                    return op, open_inputs[0]
+        return None
+
+    # -- where images go in ----------------------------------------------------------------
+
+    def image_entry(self, source: tf.Operation) -> tf.Tensor | None:
+        """Where the image enters the network at or after `source` (a placeholder holding a JPEG
+        string, say): the float rank-4 tensor that feeds the first weight layer, i.e. the image
+        after decoding, resizing and scaling (`Mul` in TF's retrain.py Inception graph)."""
+        downstream = self.descendants(source)
+        for op in self.operations:
+            if op.name in downstream and self.weight_inputs(op):
+                image = self.data_input(op)
+                usable = image is not None and image.dtype.is_floating and image.shape.rank == 4
+                return image if usable else None
+        return None
+
+    def image_input_hint(self, tensor: tf.Tensor) -> str | None:
+        """For a graph input that cannot take a batch of images as it is (a string, a scalar, a
+        batch fixed to 1): one sentence saying so and where to feed instead. None otherwise."""
+        problem = not_an_image_batch(tensor)
+        if problem is None:
+            return None
+        said = (f"input {tensor.op.name!r} is {problem} ({tensor.dtype.name} {format_shape(tensor.shape)}), "
+                "not a batch of images")
+        entry = self.image_entry(tensor.op)
+        if entry is None:
+            return f"{said}; feed the network where the image enters it with --inputs TENSOR"
+        name = entry.op.name if entry.value_index == 0 else entry.name
+        return (f"{said}; the image enters the network at {name!r} ({entry.dtype.name} {format_shape(entry.shape)}): "
+                f"feed it there with --inputs {name} (inputs={name!r})")
+
     # -- layers and cuts -------------------------------------------------------------------
 
     def weight_inputs(self, op: tf.Operation) -> list[tf.Tensor]:
@@ -215,6 +271,17 @@ def find_penultimate(info: GraphInfo, output: tf.Operation) -> tuple[tf.Tensor |
         if feature is None:
             return None, f"no classifier found walking back from {output.name!r} (branches at {op.name!r})"
         op = feature.op
+
+
+def not_an_image_batch(tensor: tf.Tensor) -> str | None:
+    """Why `tensor` cannot take a batch of images as it is, or None if it might."""
+    if tensor.dtype == tf.string:
+        return "a string" + (" scalar" if tensor.shape.rank == 0 else "")
+    if tensor.shape.rank == 0:
+        return "a scalar"
+    if tensor.shape.rank and tensor.shape[0] == 1:
+        return "a batch fixed to 1"
+    return None
 
 
 def component_matches(pattern: str, component: str) -> bool:

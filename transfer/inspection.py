@@ -12,12 +12,15 @@ from transfer.loading import load_graph
 TOP_OPS = 12
 
 
-def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False,
-                  allow_ops=()) -> dict:
-    """The report; with `cut`, also where each cut resolves (checked as a Backbone would).
-    Nothing of the graph runs: a SavedModel is checked (`transfer.safety`) before it loads."""
+def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False, inputs=None,
+                  feeds=None, allow_ops=()) -> dict:
+    """The report; with `cut`, also where each cut resolves (checked as a Backbone would); with
+    `inputs`/`feeds`, of the graph as fed there (`Backbone`). Nothing of the graph runs: a
+    SavedModel is checked (`transfer.safety`) before it loads."""
     loaded = load_graph(path, signature, allow_ops)
-    backbone = Backbone(loaded, cut=cut, allow_ops=allow_ops) if cut else None
+    fed = inputs is not None or bool(feeds)
+    backbone = Backbone(loaded, cut=cut or "auto", inputs=inputs, feeds=feeds, allow_ops=allow_ops) \
+        if cut or fed else None
     info = backbone.info if backbone else GraphInfo(import_graph_def(loaded.graph_def, str(loaded.path), wrapped=False))
     info.require_placeholder(str(loaded.path))
     outputs = info.outputs_named(list(loaded.outputs.values()))
@@ -37,6 +40,8 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, lay
         "inputs": [dict(_tensor_row(op.outputs[0]), name=op.name, alias=aliases.get(op.name))
                    for op in info.placeholders],
         "outputs": [_tensor_row(op.outputs[0]) for op in outputs],
+        "input_hints": [hint for hint in (info.image_input_hint(op.outputs[0]) for op in info.placeholders) if hint],
+        "feeds": backbone.feed_values if backbone else {},
         "op_counts": dict(info.op_counts().most_common()),
         "weight_layers": len(info.weight_layers),
         "auto": auto,
@@ -84,6 +89,8 @@ def format_report(report: dict) -> str:
         "inputs:",
         *_table([(r["name"] + (f" ({r['alias']})" if r["alias"] and r["alias"] != r["name"] else ""),
                   r["dtype"], r["shape"]) for r in report["inputs"]]),
+        *(f"  note: {hint}" for hint in report["input_hints"]),
+        *(f"  fed a constant: {name} = {value}" for name, value in report["feeds"].items()),
         "outputs:",
         *_table([(r["tensor"], r["dtype"], r["shape"]) for r in report["outputs"]] or [("(none)",)]),
     ]

@@ -35,12 +35,12 @@ class FeatureLayer(keras.layers.Layer):
     """
 
     def __init__(self, backbone, cut="auto", inputs=None, signature=None, fingerprint=None,
-                 allow_ops=(), **kwargs):
+                 allow_ops=(), feeds=None, **kwargs):
         kwargs.pop("trainable", None)  # a frozen graph has nothing to train; thaw is separate
         embedded = kwargs.pop("embedded", None)  # a saved layer's specs: enough until its graph is read back
         super().__init__(trainable=False, **kwargs)
         if not isinstance(backbone, Backbone):
-            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, embedded)
+            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded)
         self._backbone = backbone
         if fingerprint is not None and fingerprint != backbone.fingerprint:
             raise BackboneChanged(
@@ -51,10 +51,11 @@ class FeatureLayer(keras.layers.Layer):
             # A shipped example is named as such so the config survives reinstalling the package.
             "backbone": backbone.loaded.source,
             "cut": ",".join(c.spec for c in backbone.cuts),
-            "inputs": ",".join(spec.name for spec in backbone.input_specs),
+            "inputs": None if backbone.requested_inputs is None else ",".join(backbone.requested_inputs),
             "signature": backbone.loaded.signature,
             "fingerprint": backbone.fingerprint,
             "allow_ops": list(backbone.allow_ops),
+            "feeds": backbone.feed_values,
         }
 
     @property
@@ -101,8 +102,8 @@ class FeatureLayer(keras.layers.Layer):
         described = json.loads(description.read_text())
         loaded = load_embedded(graph.read_bytes(), described, described.get("sha256"))
         awaited = self._backbone
-        backbone = Backbone(loaded, cut=self._config["cut"], inputs=self._config["inputs"] or None,
-                            allow_ops=self._config["allow_ops"])
+        backbone = Backbone(loaded, cut=self._config["cut"], inputs=self._config["inputs"],
+                            feeds=self._config["feeds"], allow_ops=self._config["allow_ops"])
         if backbone.fingerprint != awaited.fingerprint or backbone.feature_specs.keys() != awaited.feature_specs.keys():
             raise TransferError(f"the graph embedded for backbone {self._config['backbone']} does not match the "
                                 "layer's config; the model file is inconsistent")
@@ -124,19 +125,19 @@ class FeatureLayer(keras.layers.Layer):
         return cls(**config)
 
 
-def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, embedded):
+def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded):
     """The backbone file, or (a saved layer whose file is gone or changed) a stand-in that
     carries its specs until `load_assets` reads the graph the `.keras` file embeds."""
     try:
-        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops)
+        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops, feeds=feeds)
     except MissingBackbone:
         if embedded is None:
             raise
-        return _AwaitedBackbone(path, cut, signature, fingerprint, allow_ops, embedded)
+        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
     if embedded is not None and fingerprint is not None and fingerprint != backbone.fingerprint:
         warnings.warn(f"backbone {path} changed since this layer was saved; using the graph the model file "
                       "embeds", TransferWarning)
-        return _AwaitedBackbone(path, cut, signature, fingerprint, allow_ops, embedded)
+        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
     return backbone
 
 
@@ -151,13 +152,15 @@ class _AwaitedBackbone:
     """What a saved FeatureLayer knows of its backbone before its embedded graph is read: the
     names, input and feature specs that rebuilding the Keras model needs. It runs nothing."""
 
-    def __init__(self, path, cut, signature, fingerprint, allow_ops, embedded: dict):
+    def __init__(self, path, signature, fingerprint, inputs, feeds, allow_ops, embedded: dict):
         spec = lambda s: tf.TensorSpec(s["shape"], s["dtype"], name=s["name"])  # noqa: E731
         self.input_specs = [spec(s) for s in embedded["inputs"]]
         self.feature_specs = {key: spec(s) for key, s in embedded["features"].items()}
         self.cuts = [SimpleNamespace(spec=key) for key in self.feature_specs]
         self.multi_cut = len(self.cuts) > 1
         self.fingerprint, self.allow_ops = fingerprint, tuple(allow_ops)
+        self.requested_inputs = None if inputs is None else inputs.split(",")
+        self.feed_values = dict(feeds or {})
         self.loaded = SimpleNamespace(source=str(path), signature=signature)
 
     def check_input_shapes(self, inputs) -> None:

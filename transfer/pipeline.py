@@ -102,10 +102,12 @@ class FeatureSplits:
 
 def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
                 per_class=None, seed: int = 0, preprocessing=None, scale=None, batch_size: int = 32,
-                augment: bool = False, crop_padding: int = 0) -> Inputs:
-    """Load what a command needs; every user mistake here is one TransferError line."""
+                augment: bool = False, crop_padding: int = 0, inputs=None, feeds=None, allow_ops=()) -> Inputs:
+    """Load what a command needs; every user mistake here is one TransferError line. `inputs`,
+    `feeds`, `allow_ops`: where and with what the graph is fed, as for `Backbone.load`."""
     if not isinstance(backbone, Backbone):
-        backbone = Backbone.load(backbone, cut=cut, signature=signature)
+        backbone = Backbone.load(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
+                                 allow_ops=allow_ops)
     if backbone.multi_cut:
         raise TransferError(f"a head trains on one cut; got {len(backbone.cuts)} cuts "
                             f"({', '.join(c.spec for c in backbone.cuts)})")
@@ -130,9 +132,10 @@ def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | N
         preprocessing = Preprocessing.beside(backbone.path)
     if preprocessing is None:
         (spec,) = backbone.input_specs
-        if spec.shape.rank != 4:
+        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
+        if spec.shape.rank != 4 or hint:
             raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
-                                f"its input {spec.name!r} has shape {spec.shape}")
+                                f"its input {spec.name!r} has shape {spec.shape}" + (f"; {hint}" if hint else ""))
         preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
     if scale is not None:
         preprocessing = dataclasses.replace(preprocessing, scale=scale)

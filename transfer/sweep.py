@@ -443,7 +443,8 @@ class SweepResult:
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = 5, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
           per_class=None, preprocessing=None, scale=None, cache_dir=None, cache_dtype: str = "float32",
-          out=None, export=("savedmodel", "pb"), progress: bool = True, **axes) -> SweepResult:
+          inputs=None, feeds=None, allow_ops=(), out=None, export=("savedmodel", "pb"), progress: bool = True,
+          **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -452,7 +453,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
     thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
-    the settings with thaw > 0.
+    the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
+    is fed, as for `Backbone.load`.
     """
     from transfer.pipeline import open_inputs
     from transfer.reporting import check_new_run_dir, run_directory
@@ -465,7 +467,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
-    inputs = open_inputs(backbone, data, **source)
+    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, **source)
     layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
               for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
@@ -480,7 +482,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     with run_directory(out) as directory:
         write_sweep(directory, rows)
         write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
-                                               "settings": settings, "repeats": repeats, **source,
+                                               **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
+                                               **source,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
         result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none

@@ -178,7 +178,7 @@ def build_suffix(backbone: Backbone, plan: ThawPlan):
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in plan.boundary] + [tf.TensorSpec(w.shape, w.dtype)
                                                                         for w in plan.weights]
     cut = backbone.cuts[0].name
-    graph_def = backbone.loaded.graph_def
+    graph_def = backbone.graph_def  # as fed (`transfer.feeding`): placeholders given constants are Consts
 
     def body(*tensors):
         (output,) = tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),

@@ -50,7 +50,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
         cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
         thaw_lr_scale=None, thaw_weight_decay=None, unfreeze_every=None, head_epochs=None, thaw_epochs=None,
-        out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
+        inputs=None, feeds=None, allow_ops=(), out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
@@ -59,7 +59,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     head trains on features from the feature cache (extracted once, reused by later runs).
     With `thaw=N` (or `thaw_from=SCOPE`), the last N weight layers before the cut train too;
     `thaw_lr_scale`, `thaw_weight_decay`, `unfreeze_every`, `head_epochs`/`thaw_epochs` shape how
-    (`transfer.thaw_training`).
+    (`transfer.thaw_training`). `inputs`, `feeds`, `allow_ops`: where and with what the graph is
+    fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     thawing = thaw is not None or thaw_from is not None
@@ -80,7 +81,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
                          validation_split=validation_split, per_class=per_class, seed=seed,
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
-                         crop_padding=crop_padding)
+                         crop_padding=crop_padding, inputs=inputs, feeds=feeds, allow_ops=allow_ops)
     backbone, splits, prep, input_shape = inputs.backbone, inputs.splits, inputs.preprocessing, inputs.input_shape
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
@@ -123,6 +124,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
         "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
         "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
+        **backbone.feeding,
         "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
         "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
         "per_class": per_class, "class_names": splits.class_names, "input_shape": list(input_shape),
