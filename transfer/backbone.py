@@ -52,9 +52,10 @@ class Backbone:
         return self.loaded.fingerprint
 
     @property
-    def outputs(self) -> list[tf.Operation]:
-        """The graph's outputs: the signature's when the file names them, else unconsumed ops."""
-        return self.info.outputs_named(list(self.loaded.outputs.values()))
+    def outputs(self) -> dict[str, tf.Tensor]:
+        """The graph's outputs by name: the signature's (by output key) when the file names
+        them, else the unconsumed ops' (by op name)."""
+        return self.info.output_tensors(self.loaded.outputs)
 
     @property
     def input_specs(self) -> list[tf.TensorSpec]:
