@@ -1,0 +1,86 @@
+"""What `inspect` says about a candidate cut, after timm's `feature_info`: channels and stride.
+
+The stride is how many input positions one feature position spans along the input's first
+spatial axis (height; time for a sequence). It is measured, not read from op attributes: the
+graph is imported twice more with that axis set to two large probe sizes (shape inference only,
+nothing runs), and stride = Δ input size / Δ feature size. This works when the input's size is
+unknown (`(None, None, None, 3)`), is independent of padding (`VALID` convolutions shrink 16 to 14
+without striding), and gives no stride where the feature does not follow the input's size
+(after global pooling, or after a resize to a fixed size as in detection preprocessing). When
+the probe import fails (a constant reshape that only fits the original size), a known input size
+is divided by the feature's size instead.
+"""
+from __future__ import annotations
+
+import fractions
+
+import tensorflow as tf
+
+from transfer.graph import GraphInfo
+
+PROBE_SIZES = (256, 512)
+_SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images
+
+
+def feature_info(graph_def, info: GraphInfo, tensors: list[tf.Tensor]) -> dict[str, dict]:
+    """{tensor name: {"channels": int | None, "stride": int | float | None}} for `tensors`."""
+    source = spatial_input(info)
+    strides = _probed_strides(graph_def, source, tensors) if source is not None else {}
+    if source is not None and not strides:
+        strides = {t.name: _size_ratio(source, t) for t in tensors}
+    return {t.name: {"channels": channels(t), "stride": strides.get(t.name)} for t in tensors}
+
+
+def channels(tensor: tf.Tensor) -> int | None:
+    """The last axis of a tensor with a batch and at least one more axis (channels-last)."""
+    shape = tensor.shape
+    return shape[-1] if shape.rank is not None and shape.rank >= 2 else None
+
+
+def spatial_input(info: GraphInfo) -> tf.Tensor | None:
+    """The first placeholder shaped like a sequence or an image batch: what strides count in."""
+    return next((op.outputs[0] for op in info.placeholders if op.outputs[0].shape.rank in _SPATIAL_AXES), None)
+
+
+def _size_ratio(source: tf.Tensor, tensor: tf.Tensor) -> int | None:
+    if tensor.shape.rank != source.shape.rank:
+        return None
+    size, feature = source.shape[1], tensor.shape[1]
+    return size // feature if size and feature else None
+
+
+def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> dict:
+    """Stride per tensor of the input's rank, from two imports at the probe sizes; {} if either fails."""
+    spatial = [t for t in tensors if t.shape.rank == source.shape.rank]
+    if not spatial:
+        return {}
+    subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in spatial}))
+    sizes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
+    if None in sizes:
+        return {}
+    strides = {}
+    for tensor in spatial:
+        first, second = sizes[0][tensor.name], sizes[1][tensor.name]
+        if first is not None and second is not None and second != first:
+            stride = fractions.Fraction(PROBE_SIZES[1] - PROBE_SIZES[0], second - first)
+            strides[tensor.name] = int(stride) if stride.denominator == 1 else round(float(stride), 3)
+    return strides
+
+
+def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tensor]) -> dict | None:
+    """Each tensor's size along axis 1 when the input's spatial axes are `probe` long."""
+    probe_def = tf.compat.v1.GraphDef()
+    probe_def.CopyFrom(subgraph)
+    for node in probe_def.node:
+        if "_output_shapes" in node.attr:  # recorded for the original size: would contradict the probe
+            del node.attr["_output_shapes"]
+        if node.name == source.op.name:
+            for axis in _SPATIAL_AXES[source.shape.rank]:
+                node.attr["shape"].shape.dim[axis].size = probe
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(probe_def, name="")
+    except (ValueError, TypeError, tf.errors.OpError):
+        return None
+    return {t.name: graph.get_tensor_by_name(t.name).shape[1] for t in tensors}
