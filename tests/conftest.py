@@ -290,9 +290,10 @@ def hub_module(graphs_dir) -> Fixture:
 
 def build_detection_graph(num_classes: int = 3, max_detections: int = 5) -> tf.compat.v1.GraphDef:
     """An Object-Detection-API-like frozen graph, TF1 control flow (Enter/Exit/Switch/Merge, TensorArrays):
-    uint8 `image_tensor` of any size -> Preprocessor (resize to 32x32, scale) -> FeatureExtractor (two
-    conv stages) -> BoxPredictor_0/1 (convs reading each feature map) -> Postprocessor (box decoding,
-    per-image NMS in a `map_fn` while loop) -> detection_boxes/scores/classes, num_detections."""
+    uint8 `image_tensor` of any size -> Preprocessor (each image resized to 32x32 in a `map_fn` while
+    loop, scaled) -> FeatureExtractor (two conv stages) -> BoxPredictor_0/1 (convs reading each feature
+    map) -> Postprocessor (box decoding, per-image NMS in a `map_fn` while loop) ->
+    detection_boxes/scores/classes, num_detections."""
     rng = np.random.default_rng(6)
 
     def const(*shape):
@@ -304,7 +305,8 @@ def build_detection_graph(num_classes: int = 3, max_detections: int = 5) -> tf.c
         with graph.as_default():
             image = tf.compat.v1.placeholder(tf.uint8, [None, None, None, 3], name="image_tensor")
             with tf.compat.v1.name_scope("Preprocessor"):
-                resized = tf.compat.v1.image.resize_bilinear(tf.cast(image, tf.float32), [32, 32])
+                resized = tf.map_fn(lambda one: tf.compat.v1.image.resize_bilinear(tf.cast(one, tf.float32)[None], [32, 32])[0],
+                                    image, fn_output_signature=tf.TensorSpec([32, 32, 3], tf.float32))
                 x = resized * (2.0 / 255.0) - 1.0
             feature_maps = []
             with tf.compat.v1.name_scope("FeatureExtractor"):

@@ -93,6 +93,8 @@ def test_detection_graph_auto_is_the_feature_extractor_output(capsys, detection_
     assert "feature extractor's last output" in report["auto"]["reason"] and "BoxPredictor_1" in report["auto"]["reason"]
     assert [c["tensor"] for c in report["candidates"] if c["auto"]] == [wanted]
     assert by_suffix(report, wanted)["channels"] == 16
+    assert by_suffix(report, wanted)["stride"] == 4  # from the 32x32 the preprocessing resizes to
+    assert by_suffix(report, "FeatureExtractor/stage0/Relu:0")["stride"] == 2
     code, out, _ = run_cli(capsys, "inspect", str(detection_graph.path))
     assert f"* auto = {wanted}: the feature extractor's last output" in out
 

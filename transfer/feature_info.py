@@ -6,9 +6,10 @@ graph is imported twice more with that axis set to two large probe sizes (shape 
 nothing runs), and stride = Δ input size / Δ feature size. This works when the input's size is
 unknown (`(None, None, None, 3)`), is independent of padding (`VALID` convolutions shrink 16 to 14
 without striding), and gives no stride where the feature does not follow the input's size
-(after global pooling, or after a resize to a fixed size as in detection preprocessing). When
-the probe import fails (a constant reshape that only fits the original size), a known input size
-is divided by the feature's size instead.
+(after global pooling). Where the graph first resizes its input to a fixed size (detection
+preprocessing), the features do not follow the input's size either: their stride is counted
+from that fixed size instead. When the probe import fails (a constant reshape that only fits
+the original size), a known input size is divided by the feature's size instead.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from transfer.graph import GraphInfo
 
 PROBE_SIZES = (256, 512)
 _SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images
+_RESIZE_OPS = frozenset({"ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic", "ResizeArea"})
 
 
 def feature_info(graph_def, info: GraphInfo, tensors: list[tf.Tensor]) -> dict[str, dict]:
@@ -55,20 +57,28 @@ def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> d
     if not spatial:
         return {}
     subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in spatial}))
-    sizes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
-    if None in sizes:
+    probes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
+    if None in probes:
         return {}
+    (sizes, resized), (sizes_2, resized_2) = probes
+    fixed = next((a for a, b in zip(resized, resized_2) if a is not None and a == b), None)
     strides = {}
     for tensor in spatial:
-        first, second = sizes[0][tensor.name], sizes[1][tensor.name]
+        first, second = sizes[tensor.name], sizes_2[tensor.name]
         if first is not None and second is not None and second != first:
-            stride = fractions.Fraction(PROBE_SIZES[1] - PROBE_SIZES[0], second - first)
-            strides[tensor.name] = int(stride) if stride.denominator == 1 else round(float(stride), 3)
+            strides[tensor.name] = _number(fractions.Fraction(PROBE_SIZES[1] - PROBE_SIZES[0], second - first))
+        elif fixed is not None and first is not None and first == second:
+            strides[tensor.name] = _number(fractions.Fraction(fixed, first))
     return strides
 
 
-def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tensor]) -> dict | None:
-    """Each tensor's size along axis 1 when the input's spatial axes are `probe` long."""
+def _number(stride: fractions.Fraction) -> int | float:
+    return int(stride) if stride.denominator == 1 else round(float(stride), 3)
+
+
+def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tensor]) -> tuple | None:
+    """Each tensor's size along axis 1 when the input's spatial axes are `probe` long, and the
+    heights the graph's resize ops produce then (in graph order)."""
     probe_def = tf.compat.v1.GraphDef()
     probe_def.CopyFrom(subgraph)
     for node in probe_def.node:
@@ -83,4 +93,6 @@ def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tenso
             tf.graph_util.import_graph_def(probe_def, name="")
     except (ValueError, TypeError, tf.errors.OpError):
         return None
-    return {t.name: graph.get_tensor_by_name(t.name).shape[1] for t in tensors}
+    resized = [op.outputs[0].shape[1] for op in graph.get_operations()
+               if op.type in _RESIZE_OPS and op.outputs[0].shape.rank == 4]
+    return {t.name: graph.get_tensor_by_name(t.name).shape[1] for t in tensors}, resized

@@ -280,8 +280,7 @@ def find_penultimate(info: GraphInfo, output: tf.Tensor) -> tuple[tf.Tensor | No
         readers = list(dict.fromkeys(layer_scope(op.name) or op.name for op in info.consumers[feature.op.name]
                                      if op.type in _CLASSIFIER_OPS))
         shown = ", ".join(readers[:4]) + (", …" if len(readers) > 4 else "")
-        why = (f"the feature extractor's last output: the last weight layers ({shown}) read it "
-               f"({why.replace('no classifier found', 'no classifier')})")
+        why = f"the feature extractor's last output: the last weight layers ({shown}) read it; {why}"
     return feature, why
 
 
