@@ -21,6 +21,7 @@ from transfer.graph import GraphInfo
 
 PROBE_SIZES = (256, 512)
 _SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images
+_LIGHT_BYTES = 1024  # constants larger than this lose their bytes in the probe graphs
 _RESIZE_OPS = frozenset({"ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic", "ResizeArea"})
 
 
@@ -57,6 +58,9 @@ def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> d
     if not spatial:
         return {}
     subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in spatial}))
+    if source.op.name not in {node.name for node in subgraph.node}:
+        return {}
+    _shapes_only(subgraph)
     probes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
     if None in probes:
         return {}
@@ -78,21 +82,29 @@ def _number(stride: fractions.Fraction) -> int | float:
 
 def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tensor]) -> tuple | None:
     """Each tensor's size along axis 1 when the input's spatial axes are `probe` long, and the
-    heights the graph's resize ops produce then (in graph order)."""
-    probe_def = tf.compat.v1.GraphDef()
-    probe_def.CopyFrom(subgraph)
-    for node in probe_def.node:
-        if "_output_shapes" in node.attr:  # recorded for the original size: would contradict the probe
-            del node.attr["_output_shapes"]
-        if node.name == source.op.name:
-            for axis in _SPATIAL_AXES[source.shape.rank]:
-                node.attr["shape"].shape.dim[axis].size = probe
+    heights the graph's resize ops produce then (in graph order). `subgraph` is changed in place."""
+    placeholder = next(node for node in subgraph.node if node.name == source.op.name)
+    for axis in _SPATIAL_AXES[source.shape.rank]:
+        placeholder.attr["shape"].shape.dim[axis].size = probe
     graph = tf.Graph()
     try:
         with graph.as_default():
-            tf.graph_util.import_graph_def(probe_def, name="")
+            tf.graph_util.import_graph_def(subgraph, name="")
     except (ValueError, TypeError, tf.errors.OpError):
         return None
     resized = [op.outputs[0].shape[1] for op in graph.get_operations()
                if op.type in _RESIZE_OPS and op.outputs[0].shape.rank == 4]
     return {t.name: graph.get_tensor_by_name(t.name).shape[1] for t in tensors}, resized
+
+
+def _shapes_only(graph_def) -> None:
+    """Make `graph_def` light for shape inference: weights' bytes go (a float constant's shape
+    is in its proto; only integer constants, shapes and axes, are read for their values), and
+    recorded `_output_shapes`, which would contradict the probe size, too."""
+    for node in graph_def.node:
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+        if node.op == "Const" and tf.dtypes.as_dtype(node.attr["dtype"].type).is_floating:
+            value = node.attr["value"].tensor
+            if len(value.tensor_content) > _LIGHT_BYTES:
+                value.ClearField("tensor_content")
