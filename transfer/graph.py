@@ -293,8 +293,9 @@ def _walk_to_classifier(info: GraphInfo, output: tf.Tensor) -> tuple[tf.Tensor |
             if feature is None:
                 return None, f"the classifier {op.name!r} has no single data input"
             weight = info.weight_inputs(op)[0]
-            return info.layer_output(feature), (f"feeds the classifier {layer_scope(op.name) or op.name!r} "
-                             f"({op.type}, weights {format_shape(weight.shape)})")
+            why = (f"feeds the classifier {layer_scope(op.name) or op.name!r} "
+                   f"({op.type}, weights {format_shape(weight.shape)})")
+            return info.layer_output(feature), why
         if op.type not in _PASS_THROUGH:
             return None, f"no classifier found walking back from {output.name!r} (stopped at {op.type} {op.name!r})"
         source = info.source_of(tensor)
