@@ -258,18 +258,17 @@ def multi_output_saved_model(graphs_dir) -> Fixture:
     return Fixture(path, extra={"audio": audio, "trunk": tracker.features(audio).numpy(), **reference})
 
 
-@pytest.fixture(scope="session")
-def hub_module(graphs_dir) -> Fixture:
-    """A TF1 Hub-style SavedModel: MetaGraphs tagged [] and ["train"], signatures `default` and
-    `image_feature_vector`, no `serving_default`."""
+def _hub_graph(training: bool):
+    """One variant of a TF1 Hub module's graph (same variables); the training one has dropout."""
     rng = np.random.default_rng(5)
-    path = graphs_dir / "hub_module"
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
         kernel = tf.compat.v1.get_variable("conv/weights", initializer=rng.normal(0, 0.5, (3, 3, 3, 6)).astype("float32"),
                                            use_resource=False)
         features = tf.nn.relu(tf.nn.conv2d(images, kernel, 2, "SAME"), name="conv/Relu")
+        if training:
+            features = tf.nn.dropout(features, rate=0.5)
         pooled = tf.reduce_mean(features, axis=[1, 2], name="feature_vector")
         dense = tf.compat.v1.get_variable("logits/weights", initializer=rng.normal(0, 1, (6, 4)).astype("float32"),
                                           use_resource=False)
@@ -277,14 +276,26 @@ def hub_module(graphs_dir) -> Fixture:
         signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def
         signatures = {"default": signature({"images": images}, {"default": logits}),
                       "image_feature_vector": signature({"images": images}, {"default": pooled})}
-        with tf.compat.v1.Session(graph=graph) as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            reference = session.run({"features": features, "logits": logits},
-                                    {images: np.ones((2, 8, 8, 3), "float32")})
-            builder = tf.compat.v1.saved_model.Builder(str(path))
-            builder.add_meta_graph_and_variables(session, [], signature_def_map=signatures)
-            builder.add_meta_graph(["train"], signature_def_map=signatures)
-            builder.save()
+    return graph, {"images": images, "features": features, "logits": logits}, signatures
+
+
+@pytest.fixture(scope="session")
+def hub_module(graphs_dir) -> Fixture:
+    """A TF1 Hub-style SavedModel: MetaGraphs tagged ["train"] (first, with dropout) and [],
+    signatures `default` and `image_feature_vector`, no `serving_default`."""
+    path = graphs_dir / "hub_module"
+    builder = tf.compat.v1.saved_model.Builder(str(path))
+    train_graph, _, train_signatures = _hub_graph(training=True)
+    with tf.compat.v1.Session(graph=train_graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder.add_meta_graph_and_variables(session, ["train"], signature_def_map=train_signatures)
+    graph, tensors, signatures = _hub_graph(training=False)
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        reference = session.run({"features": tensors["features"], "logits": tensors["logits"]},
+                                {tensors["images"]: np.ones((2, 8, 8, 3), "float32")})
+        builder.add_meta_graph([], signature_def_map=signatures)
+    builder.save()
     return Fixture(path, extra=reference)
 
 

@@ -120,3 +120,19 @@ def _run_tf1(graph_def, fetch, feeds):
         tf.graph_util.import_graph_def(graph_def, name="")
     with tf.compat.v1.Session(graph=graph) as session:
         return session.run(fetch, feeds)
+
+
+def test_stride_falls_back_to_the_size_ratio_when_the_probe_cannot_import(capsys, graphs_dir):
+    """A constant the size of one feature map (a learned position embedding) fits only the
+    graph's own input size: the probe import fails, the known sizes still give the stride."""
+    rng = np.random.default_rng(10)
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="image")
+        x = tf.nn.conv2d(image, tf.constant(rng.normal(0, 1, (3, 3, 3, 4)).astype("float32")), 2, "SAME")
+        x = tf.nn.relu(x + tf.constant(rng.normal(0, 1, (1, 4, 4, 4)).astype("float32")), name="embedded")
+        tf.reduce_mean(x, axis=[1, 2], name="pooled")
+    path = graphs_dir / "position_embedding.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    report = inspect_json(capsys, str(path))
+    assert by_suffix(report, "embedded:0")["stride"] == 2
