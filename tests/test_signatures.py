@@ -17,6 +17,10 @@ def test_inspect_lists_each_output_with_its_key_tensor_and_shape(capsys, multi_o
     assert len({o["tensor"] for o in outputs}) == 3
     assert all(o["tensor"].startswith("StatefulPartitionedCall:") for o in outputs)  # the TF1 loader's names
     assert [o["shape"] for o in outputs] == [[None, 40, 12], [None, 40, 5], [None, 40, 5]]
+    candidates = json.loads(out)["candidates"]
+    assert {o["tensor"] for o in outputs} <= {c["tensor"] for c in candidates}
+    # tensordot's (batch x time, channels) products only look batch-first: no candidates
+    assert not [c for c in candidates if "Tensordot" in c["tensor"]], candidates
 
 
 def test_inspect_text_shows_output_keys(capsys, multi_output_saved_model):

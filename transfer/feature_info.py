@@ -10,6 +10,10 @@ without striding), and gives no stride where the feature does not follow the inp
 preprocessing), the features do not follow the input's size either: their stride is counted
 from that fixed size instead. When the probe import fails (a constant reshape that only fits
 the original size), a known input size is divided by the feature's size instead.
+
+The same kind of probe, with the batch size fixed, finds the tensors whose first axis looks
+like the batch (unknown) but is not: a `tensordot` (a Keras `Dense` on a sequence) multiplies
+a (batch × time, channels) reshape. They are no candidates.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from transfer.graph import GraphInfo
 
 PROBE_SIZES = (256, 512)
 _SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images
+BATCH_PROBE = 3  # a first axis that is not 3 when the batch is, is no batch axis
 _LIGHT_BYTES = 1024  # constants larger than this lose their bytes in the probe graphs
 _RESIZE_OPS = frozenset({"ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic", "ResizeArea"})
 
@@ -32,6 +37,19 @@ def feature_info(graph_def, info: GraphInfo, tensors: list[tf.Tensor]) -> dict[s
     if source is not None and not strides:
         strides = {t.name: _size_ratio(source, t) for t in tensors}
     return {t.name: {"channels": channels(t), "stride": strides.get(t.name)} for t in tensors}
+
+
+def batch_mixed(graph_def, info: GraphInfo, tensors: list[tf.Tensor]) -> frozenset[str]:
+    """Names of `tensors` whose unknown first axis is not the batch axis (see the module doc);
+    empty when the graph's batch size is fixed or the probe import fails."""
+    open_batch = [op.name for op in info.placeholders if op.outputs[0].shape.rank and op.outputs[0].shape[0] is None]
+    unknown = [t for t in tensors if t.shape.rank and t.shape[0] is None]
+    if not open_batch or not unknown:
+        return frozenset()
+    graph = _import_probe(_light_subgraph(graph_def, unknown), {name: {0: BATCH_PROBE} for name in open_batch})
+    if graph is None:
+        return frozenset()
+    return frozenset(t.name for t in unknown if graph.get_tensor_by_name(t.name).shape[0] not in (None, BATCH_PROBE))
 
 
 def channels(tensor: tf.Tensor) -> int | None:
@@ -57,10 +75,7 @@ def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> d
     spatial = [t for t in tensors if t.shape.rank == source.shape.rank]
     if not spatial:
         return {}
-    subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in spatial}))
-    if source.op.name not in {node.name for node in subgraph.node}:
-        return {}
-    _shapes_only(subgraph)
+    subgraph = _light_subgraph(graph_def, spatial)
     probes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
     if None in probes:
         return {}
@@ -82,29 +97,40 @@ def _number(stride: fractions.Fraction) -> int | float:
 
 def _probe_sizes(subgraph, source: tf.Tensor, probe: int, tensors: list[tf.Tensor]) -> tuple | None:
     """Each tensor's size along axis 1 when the input's spatial axes are `probe` long, and the
-    heights the graph's resize ops produce then (in graph order). `subgraph` is changed in place."""
-    placeholder = next(node for node in subgraph.node if node.name == source.op.name)
-    for axis in _SPATIAL_AXES[source.shape.rank]:
-        placeholder.attr["shape"].shape.dim[axis].size = probe
-    graph = tf.Graph()
-    try:
-        with graph.as_default():
-            tf.graph_util.import_graph_def(subgraph, name="")
-    except (ValueError, TypeError, tf.errors.OpError):
+    heights the graph's resize ops produce then (in graph order)."""
+    graph = _import_probe(subgraph, {source.op.name: {axis: probe for axis in _SPATIAL_AXES[source.shape.rank]}})
+    if graph is None:
         return None
     resized = [op.outputs[0].shape[1] for op in graph.get_operations()
                if op.type in _RESIZE_OPS and op.outputs[0].shape.rank == 4]
     return {t.name: graph.get_tensor_by_name(t.name).shape[1] for t in tensors}, resized
 
 
-def _shapes_only(graph_def) -> None:
-    """Make `graph_def` light for shape inference: weights' bytes go (a float constant's shape
-    is in its proto; only integer constants, shapes and axes, are read for their values), and
-    recorded `_output_shapes`, which would contradict the probe size, too."""
-    for node in graph_def.node:
+def _import_probe(subgraph, sizes: dict[str, dict[int, int]]) -> tf.Graph | None:
+    """`subgraph` imported with placeholder axes set to sizes ({placeholder: {axis: size}});
+    None if shape inference refuses. `subgraph` is changed in place."""
+    for node in subgraph.node:
+        for axis, size in sizes.get(node.name, {}).items():
+            node.attr["shape"].shape.dim[axis].size = size
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(subgraph, name="")
+    except (ValueError, TypeError, tf.errors.OpError):
+        return None
+    return graph
+
+
+def _light_subgraph(graph_def, tensors: list[tf.Tensor]):
+    """What `tensors` need, light for shape inference: weights' bytes go (a float constant's
+    shape is in its proto; only integer constants, shapes and axes, are read for their values),
+    and recorded `_output_shapes`, which would contradict the probe sizes, too."""
+    subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in tensors}))
+    for node in subgraph.node:
         if "_output_shapes" in node.attr:
             del node.attr["_output_shapes"]
         if node.op == "Const" and tf.dtypes.as_dtype(node.attr["dtype"].type).is_floating:
             value = node.attr["value"].tensor
             if len(value.tensor_content) > _LIGHT_BYTES:
                 value.ClearField("tensor_content")
+    return subgraph

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from transfer import cuts as cut_lib
 from transfer.backbone import Backbone
-from transfer.feature_info import feature_info
+from transfer.feature_info import batch_mixed, feature_info
 from transfer.graph import GraphInfo, format_shape, import_graph_def
 from transfer.loading import DEFAULT_SIGNATURE, HUB_SIGNATURE, load_graph
 
@@ -60,8 +60,10 @@ def _signature_note(loaded, asked) -> str | None:
 
 
 def _candidates(loaded, info: GraphInfo, auto) -> list[dict]:
-    """Candidate cuts with channels and stride; the tensor `auto` picks is marked (and listed)."""
-    tensors = list(info.candidate_cuts)
+    """Candidate cuts with channels and stride, less those whose first axis only looks like the
+    batch; the tensor `auto` picks is marked (and listed)."""
+    mixed = batch_mixed(loaded.graph_def, info, info.candidate_cuts)
+    tensors = [t for t in info.candidate_cuts if t.name not in mixed]
     auto_name = auto.name if auto is not None else None
     if auto is not None and auto_name not in {t.name for t in tensors}:
         tensors.append(auto)
