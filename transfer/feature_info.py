@@ -34,7 +34,7 @@ def feature_info(graph_def, info: GraphInfo, tensors: list[tf.Tensor]) -> dict[s
     """{tensor name: {"channels": int | None, "stride": int | float | None}} for `tensors`."""
     source = spatial_input(info)
     strides = _probed_strides(graph_def, source, tensors) if source is not None else {}
-    if source is not None and not strides:
+    if strides is None:
         strides = {t.name: _size_ratio(source, t) for t in tensors}
     return {t.name: {"channels": channels(t), "stride": strides.get(t.name)} for t in tensors}
 
@@ -70,15 +70,15 @@ def _size_ratio(source: tf.Tensor, tensor: tf.Tensor) -> int | None:
     return size // feature if size and feature else None
 
 
-def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> dict:
-    """Stride per tensor of the input's rank, from two imports at the probe sizes; {} if either fails."""
+def _probed_strides(graph_def, source: tf.Tensor, tensors: list[tf.Tensor]) -> dict | None:
+    """Stride per tensor of the input's rank, from two imports at the probe sizes; None if either fails."""
     spatial = [t for t in tensors if t.shape.rank == source.shape.rank]
     if not spatial:
         return {}
     subgraph = _light_subgraph(graph_def, spatial)
     probes = [_probe_sizes(subgraph, source, probe, spatial) for probe in PROBE_SIZES]
     if None in probes:
-        return {}
+        return None
     (sizes, resized), (sizes_2, resized_2) = probes
     fixed = next((a for a, b in zip(resized, resized_2) if a is not None and a == b), None)
     strides = {}
