@@ -136,3 +136,27 @@ def test_stride_falls_back_to_the_size_ratio_when_the_probe_cannot_import(capsys
     path.write_bytes(graph.as_graph_def().SerializeToString())
     report = inspect_json(capsys, str(path))
     assert by_suffix(report, "embedded:0")["stride"] == 2
+
+
+def test_a_tf1_cond_result_is_a_candidate_but_its_switch_is_not(capsys, graphs_dir):
+    """TF1 slim batch norm switches on `is_training` with a `tf.cond` (Switch/Merge, no loop):
+    the Merge is the layer's result, the Switch outputs are plumbing."""
+    rng = np.random.default_rng(11)
+    graph = tf.Graph()
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        with graph.as_default():
+            image = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="image")
+            training = tf.compat.v1.placeholder_with_default(False, [], name="is_training")
+            x = tf.nn.conv2d(image, tf.constant(rng.normal(0, 1, (3, 3, 3, 4)).astype("float32")), 2, "SAME")
+            with tf.compat.v1.name_scope("BatchNorm"):
+                x = tf.cond(training, lambda: x - tf.reduce_mean(x, [0, 1, 2]), lambda: x * 0.5)
+            tf.nn.relu(x, name="features")
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    path = graphs_dir / "tf1_cond.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    report = inspect_json(capsys, str(path))
+    ops = {c["tensor"]: c["op"] for c in report["candidates"]}
+    assert ops.get("BatchNorm/cond/Merge:0") == "Merge", ops
+    assert "Switch" not in ops.values() and "features:0" in ops

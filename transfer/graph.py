@@ -25,8 +25,9 @@ _MERGED_SUBSCOPES = frozenset({"batchnorm", "BatchNorm"})
 # Ops that never make a useful cut: bookkeeping, constants and shape arithmetic.
 _NOT_CUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert",
                        "VarHandleOp", "VariableV2", "ReadVariableOp", "Shape", "Size", "Rank"})
-# TF1 control flow: a while loop's frame is entered by `Enter` and left by `Exit`.
-_LOOP_OPS = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch", "Merge", "RefMerge",
+# TF1 control flow: a while loop's frame is entered by `Enter` and left by `Exit`. (A `Merge`
+# is loop plumbing when a `NextIteration` feeds it; a `tf.cond`'s Merge is the branch's result.)
+_LOOP_OPS = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
                        "NextIteration", "RefNextIteration", "LoopCond", "ControlTrigger"})
 
 
@@ -114,6 +115,8 @@ class GraphInfo:
 
     def is_loop_plumbing(self, op: tf.Operation) -> bool:
         """Control flow, TensorArrays and everything inside a loop body: nothing a feature is."""
+        if op.type in ("Merge", "RefMerge"):
+            return any(t.op.type in ("NextIteration", "RefNextIteration") for t in op.inputs)
         return op.type in _LOOP_OPS or op.type.startswith("TensorArray") or self._loop_depth[op.name] > 0
 
     @functools.cached_property
