@@ -118,10 +118,37 @@ def tiny_saved_model(tiny, graphs_dir) -> Fixture:
     return Fixture(path, model)
 
 
+def break_object_graph(path: Path, holder: str, variable: str, slot: str) -> None:
+    """Record `slot` as an optimizer slot of `variable` on a plain object, as older Keras writers
+    did: `tf.saved_model.load` then fails with `'_UserObject' object has no attribute 'add_slot'`,
+    while the MetaGraph (signatures and variables) stays fine for the TF1 loader."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto_path = path / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel.FromString(proto_path.read_bytes())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    ids = {child.local_name: child.node_id for child in nodes[0].children}
+    variable_id = _object_path(nodes, variable)
+    holder_id = ids[holder]
+    slot_id = next(c.node_id for c in nodes[holder_id].children if c.local_name == slot)
+    nodes[holder_id].slot_variables.add(original_variable_node_id=variable_id, slot_name="momentum",
+                                        slot_variable_node_id=slot_id)
+    proto_path.write_bytes(saved.SerializeToString())
+    with pytest.raises(AttributeError, match="add_slot"):
+        tf.saved_model.load(str(path))
+
+
+def _object_path(nodes, dotted: str) -> int:
+    """The object-graph node id of `a.b.c` from the root."""
+    node_id = 0
+    for name in dotted.split("."):
+        node_id = next(c.node_id for c in nodes[node_id].children if c.local_name == name)
+    return node_id
+
+
 @pytest.fixture(scope="session")
 def rejected_saved_model(graphs_dir) -> Fixture:
     """A SavedModel the TF2 loader rejects with `'_UserObject' object has no attribute 'add_slot'`."""
-    from tensorflow.core.protobuf import saved_model_pb2
 
     class Net(tf.Module):
         def __init__(self):
@@ -138,17 +165,7 @@ def rejected_saved_model(graphs_dir) -> Fixture:
     net = Net()
     path = graphs_dir / "rejected_saved_model"
     tf.saved_model.save(net, str(path), signatures={"serving_default": net.serve})
-    proto_path = path / "saved_model.pb"
-    saved = saved_model_pb2.SavedModel.FromString(proto_path.read_bytes())
-    nodes = saved.meta_graphs[0].object_graph_def.nodes
-    ids = {child.local_name: child.node_id for child in nodes[0].children}
-    kernel_id, holder_id = ids["kernel"], ids["optimizer_state"]
-    slot_id = next(c.node_id for c in nodes[holder_id].children if c.local_name == "slot")
-    nodes[holder_id].slot_variables.add(original_variable_node_id=kernel_id, slot_name="momentum",
-                                        slot_variable_node_id=slot_id)
-    proto_path.write_bytes(saved.SerializeToString())
-    with pytest.raises(AttributeError, match="add_slot"):
-        tf.saved_model.load(str(path))
+    break_object_graph(path, "optimizer_state", "kernel", "slot")
     reference = tf.nn.relu(tf.nn.conv2d(tf.ones([1, 8, 8, 3]), net.kernel, 1, "SAME"))
     return Fixture(path, extra={"features_of_ones": reference.numpy()})
 
@@ -255,3 +272,147 @@ def extra_inputs_graph(path: Path, keep_prob: bool) -> Path:
         tf.reduce_mean(x, axis=[1, 2], name="features")
     path.write_bytes(graph.as_graph_def().SerializeToString())
     return path
+
+
+@pytest.fixture(scope="session")
+def multi_output_saved_model(graphs_dir) -> Fixture:
+    """A pitch tracker's SavedModel as older Keras wrote it: one serving signature returning three
+    outputs of two shapes (contour, note, onset) from one trunk, `Dense`-style heads on a sequence
+    (`tensordot`), and an object graph the TF2 loader rejects, so the TF1 loader reads it and
+    every output is `StatefulPartitionedCall:i`."""
+
+    class PitchTracker(tf.Module):
+        def __init__(self):
+            super().__init__()
+            normal = lambda shape, seed: tf.Variable(tf.random.stateless_normal(shape, seed=[seed, 4]) * 0.5)  # noqa: E731
+            self.trunk, self.contour, self.note, self.onset = (
+                normal([3, 8, 16], 1), normal([16, 12], 2), normal([16, 5], 3), normal([21, 5], 4))
+            self.optimizer_state = tf.Module()  # an old optimizer, revived as a plain object
+            self.optimizer_state.slot = tf.Variable(tf.zeros([16, 12]), name="slot")
+
+        def features(self, audio):
+            return tf.nn.relu(tf.nn.conv1d(audio, self.trunk, 1, "SAME"), name="trunk")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 40, 8], tf.float32, name="audio")])
+        def serve(self, audio):
+            trunk = self.features(audio)
+            note = tf.sigmoid(tf.tensordot(trunk, self.note, 1), name="note")
+            return {"contour": tf.sigmoid(tf.tensordot(trunk, self.contour, 1), name="contour"), "note": note,
+                    "onset": tf.sigmoid(tf.tensordot(tf.concat([trunk, note], -1), self.onset, 1), name="onset")}
+
+    tracker = PitchTracker()
+    path = graphs_dir / "multi_output_saved_model"
+    tf.saved_model.save(tracker, str(path), signatures={"serving_default": tracker.serve})
+    break_object_graph(path, "optimizer_state", "contour", "slot")
+    audio = np.random.default_rng(7).normal(0, 1, (3, 40, 8)).astype("float32")
+    reference = {key: value.numpy() for key, value in tracker.serve(audio).items()}
+    return Fixture(path, extra={"audio": audio, "trunk": tracker.features(audio).numpy(), **reference})
+
+
+def _hub_graph(training: bool):
+    """One variant of a TF1 Hub module's graph (same variables); the training one has dropout."""
+    rng = np.random.default_rng(5)
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        kernel = tf.compat.v1.get_variable("conv/weights", initializer=rng.normal(0, 0.5, (3, 3, 3, 6)).astype("float32"),
+                                           use_resource=False)
+        features = tf.nn.relu(tf.nn.conv2d(images, kernel, 2, "SAME"), name="conv/Relu")
+        if training:
+            features = tf.nn.dropout(features, rate=0.5)
+        pooled = tf.reduce_mean(features, axis=[1, 2], name="feature_vector")
+        dense = tf.compat.v1.get_variable("logits/weights", initializer=rng.normal(0, 1, (6, 4)).astype("float32"),
+                                          use_resource=False)
+        logits = tf.matmul(pooled, dense, name="logits/MatMul")
+        signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def
+        signatures = {"default": signature({"images": images}, {"default": logits}),
+                      "image_feature_vector": signature({"images": images}, {"default": pooled})}
+    return graph, {"images": images, "features": features, "logits": logits}, signatures
+
+
+@pytest.fixture(scope="session")
+def hub_module(graphs_dir) -> Fixture:
+    """A TF1 Hub-style SavedModel: MetaGraphs tagged ["train"] (first, with dropout) and [],
+    signatures `default` and `image_feature_vector`, no `serving_default`."""
+    path = graphs_dir / "hub_module"
+    builder = tf.compat.v1.saved_model.Builder(str(path))
+    train_graph, _, train_signatures = _hub_graph(training=True)
+    with tf.compat.v1.Session(graph=train_graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder.add_meta_graph_and_variables(session, ["train"], signature_def_map=train_signatures)
+    graph, tensors, signatures = _hub_graph(training=False)
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        reference = session.run({"features": tensors["features"], "logits": tensors["logits"]},
+                                {tensors["images"]: np.ones((2, 8, 8, 3), "float32")})
+        builder.add_meta_graph([], signature_def_map=signatures)
+    builder.save()
+    return Fixture(path, extra=reference)
+
+
+def build_detection_graph(num_classes: int = 3, max_detections: int = 5) -> tf.compat.v1.GraphDef:
+    """An Object-Detection-API-like frozen graph, TF1 control flow (Enter/Exit/Switch/Merge, TensorArrays):
+    uint8 `image_tensor` of any size -> Preprocessor (each image resized to 32x32 in a `map_fn` while
+    loop, scaled) -> FeatureExtractor (two conv stages) -> BoxPredictor_0/1 (convs reading each feature
+    map) -> Postprocessor (box decoding, per-image NMS in a `map_fn` while loop) ->
+    detection_boxes/scores/classes, num_detections."""
+    rng = np.random.default_rng(6)
+
+    def const(*shape):
+        return tf.constant(rng.normal(0, 0.3, shape).astype("float32"))
+
+    graph = tf.Graph()
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        with graph.as_default():
+            image = tf.compat.v1.placeholder(tf.uint8, [None, None, None, 3], name="image_tensor")
+            with tf.compat.v1.name_scope("Preprocessor"):
+                resized = tf.map_fn(lambda one: tf.compat.v1.image.resize_bilinear(tf.cast(one, tf.float32)[None], [32, 32])[0],
+                                    image, fn_output_signature=tf.TensorSpec([32, 32, 3], tf.float32))
+                x = resized * (2.0 / 255.0) - 1.0
+            feature_maps = []
+            with tf.compat.v1.name_scope("FeatureExtractor"):
+                for i, channels in enumerate((8, 16)):
+                    with tf.compat.v1.name_scope(f"stage{i}"):
+                        x = tf.nn.relu(tf.nn.conv2d(x, const(3, 3, x.shape[-1], channels), 2, "SAME") + const(channels))
+                    feature_maps.append(x)
+            encodings, logits = [], []
+            for i, feature_map in enumerate(feature_maps):
+                with tf.compat.v1.name_scope(f"BoxPredictor_{i}"):
+                    channels = feature_map.shape[-1]
+                    box = tf.nn.conv2d(feature_map, const(1, 1, channels, 4), 1, "SAME", name="BoxEncodingPredictor")
+                    cls = tf.nn.conv2d(feature_map, const(1, 1, channels, num_classes), 1, "SAME", name="ClassPredictor")
+                    encodings.append(tf.reshape(box, [tf.shape(box)[0], -1, 4]))
+                    logits.append(tf.reshape(cls, [tf.shape(cls)[0], -1, num_classes]))
+            anchors = sum(int(m.shape[1]) * int(m.shape[2]) for m in feature_maps)
+            with tf.compat.v1.name_scope("Postprocessor"):
+                boxes = tf.concat(encodings, 1) * 0.1 + tf.constant(rng.uniform(0, 1, (anchors, 4)).astype("float32"))
+                scores = tf.sigmoid(tf.concat(logits, 1))
+
+                def per_image(args):
+                    image_boxes, image_scores = args
+                    best = tf.reduce_max(image_scores, axis=1)
+                    keep = tf.image.non_max_suppression(image_boxes, best, max_detections)
+                    pad = max_detections - tf.shape(keep)[0]
+                    return (tf.pad(tf.gather(image_boxes, keep), [[0, pad], [0, 0]]),
+                            tf.pad(tf.gather(best, keep), [[0, pad]]),
+                            tf.pad(tf.cast(tf.gather(tf.argmax(image_scores, axis=1), keep), tf.float32), [[0, pad]]),
+                            tf.cast(tf.shape(keep)[0], tf.float32))
+
+                detected = tf.map_fn(per_image, (boxes, scores), fn_output_signature=(tf.float32,) * 4)
+            for name, tensor in zip(("detection_boxes", "detection_scores", "detection_classes", "num_detections"),
+                                    detected):
+                tf.identity(tensor, name=name)
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    graph_def = graph.as_graph_def()
+    assert {"Enter", "Exit", "Switch", "Merge", "NextIteration", "TensorArrayV3"} <= {n.op for n in graph_def.node}
+    return graph_def
+
+
+@pytest.fixture(scope="session")
+def detection_graph(graphs_dir) -> Fixture:
+    path = graphs_dir / "detection.pb"
+    path.write_bytes(build_detection_graph().SerializeToString())
+    return Fixture(path, extra={"feature_extractor_output": "FeatureExtractor/stage1/Relu:0",
+                                "box_predictor_inputs": ["FeatureExtractor/stage0/Relu:0", "FeatureExtractor/stage1/Relu:0"]})

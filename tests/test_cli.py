@@ -43,9 +43,9 @@ def test_inspect_json_lists_inputs_outputs_and_candidates(capsys, tiny):
     code, out, _ = run_cli(capsys, "inspect", "--backbone", str(tiny.path), "--json")
     report = json.loads(out)
     assert code == 0
-    assert report["inputs"] == [{"tensor": "image:0", "dtype": "float32", "shape": "(None, 16, 16, 3)",
+    assert report["inputs"] == [{"tensor": "image:0", "dtype": "float32", "shape": [None, 16, 16, 3],
                                  "name": "image", "alias": None}]
-    assert [o["shape"] for o in report["outputs"]] == ["(None, 5)"]
+    assert [o["shape"] for o in report["outputs"]] == [[None, 5]]
     names = [c["tensor"] for c in report["candidates"]]
     assert names.index("tiny_1/conv1_1/Relu:0") < names.index("tiny_1/conv2_1/BiasAdd:0")
     assert [c["tensor"] for c in report["candidates"] if c["auto"]] == [report["auto"]["tensor"]]

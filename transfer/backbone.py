@@ -64,15 +64,16 @@ class Backbone:
         return self.loaded.fingerprint
 
     @property
-    def outputs(self) -> list[tf.Operation]:
-        """The graph's outputs: the signature's when the file names them, else unconsumed ops;
-        when fed at `inputs`, those computed from them (what `auto` walks back from)."""
-        named = [name for name in self.loaded.outputs.values() if name.split(":")[0] in self.info.by_name]
-        outputs = self.info.outputs_named(named)
+    def outputs(self) -> dict[str, tf.Tensor]:
+        """The graph's outputs by name: the signature's (by output key) when the file names
+        them, else the unconsumed ops' (by op name); when fed at `inputs`, those computed from
+        them (what `auto` walks back from)."""
+        declared = {key: name for key, name in self.loaded.outputs.items() if name.split(":")[0] in self.info.by_name}
+        outputs = self.info.output_tensors(declared)
         if self.requested_inputs is None:
             return outputs
         fed = {self.loaded.inputs.get(name, name) for name in self.requested_inputs}
-        reached = [op for op in outputs if any(a.name in fed for a in self.info.ancestors([op]))]
+        reached = {key: t for key, t in outputs.items() if any(a.name in fed for a in self.info.ancestors([t.op]))}
         return reached or outputs
 
     @property

@@ -47,7 +47,8 @@ EXAMPLES = {
   transfer inspect model.pb --cut conv5_block3_out
   transfer inspect classify_image_graph_def.pb --inputs Mul --cut pool_3
   transfer inspect model.pb --json > model.json
-  transfer inspect saved_model_dir --signature serving_default --all""",
+  transfer inspect saved_model_dir --signature serving_default --all
+  transfer inspect saved_model_dir --cut note      # a signature output key""",
 }
 
 
@@ -266,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("backbone_path", nargs="?", metavar="PATH",
                          help=".pb/.pbtxt GraphDef, SavedModel directory, .keras/.h5 file, or example:NAME")
     inspect.add_argument("--backbone", metavar="PATH", help="same as PATH")
-    inspect.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
+    inspect.add_argument("--signature", metavar="NAME",
+                         help="SavedModel signature (default: serving_default, else TF Hub's default)")
     inspect.add_argument("--cut", metavar="NAME", help="also resolve this cut (several as a,b) and check it")
     _add_graph_arguments(inspect)
     inspect.add_argument("--layers", action="store_true", help="list the weight layers before the cut (what "
@@ -380,7 +382,8 @@ def _add_input_arguments(parser) -> None:
     """Backbone, cut, data and preprocessing: the same flags wherever features are made."""
     parser.add_argument("--backbone", required=True, metavar="PATH", help="graph file, SavedModel dir or example:NAME")
     parser.add_argument("--cut", default="auto", metavar="NAME", help="where to cut the graph (default: auto)")
-    parser.add_argument("--signature", metavar="NAME", help="SavedModel signature (default: serving_default)")
+    parser.add_argument("--signature", metavar="NAME",
+                        help="SavedModel signature (default: serving_default, else TF Hub's default)")
     _add_graph_arguments(parser)
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="folder:PATH | PATH | npz:FILE | tfds:NAME[:SPLIT] | digits[:5-9] (+ ?per_class=N)")

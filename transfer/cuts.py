@@ -1,6 +1,7 @@
 """Turn what a user writes as a cut into a tensor of the graph.
 
-Accepted, in order: `auto`; a tensor name (`op:1`); an op name; a unique path suffix
+Accepted, in order: `auto`; a tensor name (`op:1`); a signature's output key (`note`); an op
+name; a unique path suffix
 (`conv5_block3_out/Relu`); a unique name scope (`conv5_block3_out` finds the op that leaves
 `resnet50_1/conv5_block3_out_1/`). TF's uniquifying suffixes (`_1`) may be left out.
 """
@@ -43,7 +44,8 @@ def split_cut_specs(cut) -> list[str]:
     return specs
 
 
-def resolve_cut(info: GraphInfo, spec: str, outputs: list[tf.Operation]) -> Cut:
+def resolve_cut(info: GraphInfo, spec: str, outputs: dict[str, tf.Tensor]) -> Cut:
+    """`outputs`: the graph's outputs by name (a signature's output keys), as `GraphInfo.output_tensors`."""
     if spec == AUTO:
         return _resolve_auto(info, outputs)
     tensor_match = _TENSOR_NAME.match(spec)
@@ -53,9 +55,11 @@ def resolve_cut(info: GraphInfo, spec: str, outputs: list[tf.Operation]) -> Cut:
             raise TransferError(f"cut {spec!r}: op {op.name!r} has {len(op.outputs)} output(s); "
                                 f"valid: {', '.join(t.name for t in op.outputs) or 'none'}")
         return Cut(spec, op.outputs[index], "tensor name")
+    if spec in outputs:
+        return Cut(spec, outputs[spec], "output name")
     if spec in info.by_name:
         return Cut(spec, _first_output(info.by_name[spec], spec), "op name")
-    return _resolve_by_path(info, spec)
+    return _resolve_by_path(info, spec, outputs)
 
 
 def _first_output(op: tf.Operation, spec: str) -> tf.Tensor:
@@ -64,16 +68,17 @@ def _first_output(op: tf.Operation, spec: str) -> tf.Tensor:
     return op.outputs[0]
 
 
-def _resolve_auto(info: GraphInfo, outputs: list[tf.Operation]) -> Cut:
+def _resolve_auto(info: GraphInfo, outputs: dict[str, tf.Tensor]) -> Cut:
     if not outputs:
         raise TransferError("cut 'auto': the graph has no output that depends on its input; name a cut")
-    feature, why = find_penultimate(info, outputs[0])
+    first = next(iter(outputs.values()))
+    feature, why = find_penultimate(info, first)
     if feature is None:
-        return Cut(AUTO, _first_output(outputs[0], AUTO), f"the graph's output: {why}")
+        return Cut(AUTO, first, f"the graph's output: {why}")
     return Cut(AUTO, feature, why)
 
 
-def _resolve_by_path(info: GraphInfo, spec: str) -> Cut:
+def _resolve_by_path(info: GraphInfo, spec: str, outputs: dict[str, tf.Tensor]) -> Cut:
     wanted = spec.strip("/").split("/")
     exact_ops, exact_scopes, loose_ops, loose_scopes = set(), set(), set(), set()
     for op in info.operations:
@@ -96,7 +101,7 @@ def _resolve_by_path(info: GraphInfo, spec: str) -> Cut:
         return Cut(spec, _first_output(info.by_name[name], spec), f"path suffix of {name!r}")
     scopes = exact_scopes or loose_scopes
     if not scopes:
-        raise _unknown(info, spec)
+        raise _unknown(info, spec, outputs)
     if len(scopes) > 1:
         raise _ambiguous(spec, sorted(scopes))
     (scope,) = scopes
@@ -113,14 +118,14 @@ def _ambiguous(spec: str, matches: list[str], what: str = "matches several") -> 
     return TransferError(f"cut {spec!r} is ambiguous: {what}: {shown}; give more of the name")
 
 
-def _unknown(info: GraphInfo, spec: str) -> TransferError:
-    """Suggest the closest cut names: whole op names and single scope components both count."""
-    full_names = {op.name: op.name for op in info.candidate_cuts}
-    keys = dict(full_names)
-    for op in info.candidate_cuts:
-        for part in op.name.split("/")[:-1]:
-            keys.setdefault(_UNIQUIFIER.sub("", part), op.name)
-            keys.setdefault(part, op.name)
+def _unknown(info: GraphInfo, spec: str, outputs: dict[str, tf.Tensor]) -> TransferError:
+    """Suggest the closest cut names: output keys, whole op names and single scope components."""
+    keys = {key: key for key in outputs if key not in info.by_name}  # a signature's output keys
+    for tensor in info.candidate_cuts:
+        keys.setdefault(tensor.op.name, tensor.op.name)
+        for part in tensor.op.name.split("/")[:-1]:
+            keys.setdefault(_UNIQUIFIER.sub("", part), tensor.op.name)
+            keys.setdefault(part, tensor.op.name)
     prefixed = [k for k in keys if "/" not in k and k.startswith(spec)]
     close = prefixed + difflib.get_close_matches(spec, list(keys), n=8, cutoff=0.6)
     suggestions = list(dict.fromkeys(keys[k] for k in close))[:5]

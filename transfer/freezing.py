@@ -19,20 +19,53 @@ class FrozenGraph:
 
 
 def freeze_function(function) -> FrozenGraph:
-    """Freeze a ConcreteFunction; keep only what its outputs need (no stray VarHandleOps)."""
+    """Freeze a ConcreteFunction; keep only what its outputs need (no stray VarHandleOps).
+
+    Each output keeps its own key and tensor (a TF1-loaded signature's outputs are often
+    `StatefulPartitionedCall:0`, `:1`, … of one op), and the shape the function declares where
+    the frozen graph's shape inference knows less (a Keras `Dense` on a sequence loses the time
+    size in its `Tensordot` reshapes)."""
     frozen = convert_variables_to_constants_v2(function)
     arg_names = _argument_names(function)
     inputs = {name: t.op.name for name, t in zip(arg_names, frozen.inputs) if t.dtype != tf.resource}
-    structured = function.structured_outputs
-    if isinstance(structured, dict):
-        out_names = sorted(structured)  # tf.nest flattens dicts in sorted key order
-    else:
-        out_names = [f"output_{i}" for i in range(len(frozen.outputs))]
-    outputs = {name: t.name for name, t in zip(out_names, frozen.outputs)}
+    keys = _output_keys(function)
+    outputs = {key: t.name for key, t in zip(keys, frozen.outputs)}
     graph_def = frozen.graph.as_graph_def()
     keep = list(inputs.values()) + [name.split(":")[0] for name in outputs.values()]
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
+    _declare_output_shapes(graph_def, frozen.graph, list(zip(frozen.outputs, function.outputs)))
     return FrozenGraph(graph_def, inputs, outputs)
+
+
+def _output_keys(function) -> list[str]:
+    """The output keys in the order of `function.outputs`, matched by tensor (a loaded TF1
+    signature's dict does not follow sorted key order)."""
+    structured = function.structured_outputs
+    if not isinstance(structured, dict):
+        return [f"output_{i}" for i in range(len(function.outputs))]
+    position = {tensor.name: i for i, tensor in enumerate(function.outputs)}
+    by_position = {position.get(getattr(tensor, "name", None)): key for key, tensor in structured.items()}
+    if None in by_position or len(by_position) != len(function.outputs):
+        return sorted(structured)  # tf.nest flattens dicts in sorted key order
+    return [by_position[i] for i in range(len(function.outputs))]
+
+
+def _declare_output_shapes(graph_def, graph, declared: list) -> None:
+    """Record on each output node (`_output_shapes`, which import uses) the merge of the shape
+    inferred in `graph` and the one the function declared; `declared`: (frozen, declared) tensors."""
+    nodes = {node.name: node for node in graph_def.node}
+    refined = {}
+    for frozen_tensor, declared_tensor in declared:
+        try:
+            refined[frozen_tensor.name] = frozen_tensor.shape.merge_with(declared_tensor.shape)
+        except ValueError:
+            continue  # the declaration contradicts the graph: trust the graph
+    for op in {graph.get_tensor_by_name(name).op for name in refined}:
+        shapes = [refined.get(t.name, t.shape) for t in op.outputs]
+        if op.name in nodes and shapes != [t.shape for t in op.outputs]:
+            attr = nodes[op.name].attr["_output_shapes"].list
+            del attr.shape[:]
+            attr.shape.extend(shape.as_proto() for shape in shapes)
 
 
 def _argument_names(function) -> list[str]:

@@ -25,6 +25,10 @@ _MERGED_SUBSCOPES = frozenset({"batchnorm", "BatchNorm"})
 # Ops that never make a useful cut: bookkeeping, constants and shape arithmetic.
 _NOT_CUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert",
                        "VarHandleOp", "VariableV2", "ReadVariableOp", "Shape", "Size", "Rank"})
+# TF1 control flow: a while loop's frame is entered by `Enter` and left by `Exit`. (A `Merge`
+# is loop plumbing when a `NextIteration` feeds it; a `tf.cond`'s Merge is the branch's result.)
+_LOOP_OPS = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
+                       "NextIteration", "RefNextIteration", "LoopCond", "ControlTrigger"})
 
 
 def parent_scope(name: str) -> str:
@@ -77,16 +81,18 @@ class GraphInfo:
 
     @functools.cached_property
     def outputs(self) -> list[tf.Operation]:
-        """Ops whose result nobody consumes: what the graph was built to compute."""
+        """Ops whose result nobody consumes: what the graph was built to compute (loop
+        bookkeeping left unconsumed, such as a while loop's counter, is not)."""
         return [op for op in self.operations
                 if op.outputs and op.name not in self.consumers and op.type not in _NOT_CUTS
-                and self.depends_on_input(op)]
+                and self.depends_on_input(op) and not self.is_loop_plumbing(op)]
 
-    def outputs_named(self, tensor_names) -> list[tf.Operation]:
-        """The ops behind a file's declared outputs (a signature's), else the unconsumed ops."""
-        if tensor_names:
-            return [self.by_name[name.split(":")[0]] for name in tensor_names]
-        return self.outputs
+    def output_tensors(self, declared: dict[str, str] | None = None) -> dict[str, tf.Tensor]:
+        """The graph's outputs by name: a file's declared ones (a signature's, by output key;
+        several may be outputs of one op), else the unconsumed ops' first outputs by op name."""
+        if declared:
+            return {key: self.graph.get_tensor_by_name(name) for key, name in declared.items()}
+        return {op.name: op.outputs[0] for op in self.outputs}
 
     @functools.cached_property
     def _input_dependent(self) -> frozenset[str]:
@@ -96,6 +102,32 @@ class GraphInfo:
             if op.type == "Placeholder" or any(t.op.name in dependent for t in op.inputs):
                 dependent.add(op.name)
         return frozenset(dependent)
+
+    @functools.cached_property
+    def _loop_depth(self) -> dict[str, int]:
+        """How many TF1 while-loop frames each op sits in (`Enter` opens one, `Exit` closes it)."""
+        depth: dict[str, int] = {}
+        for op in self.operations:
+            inner = max((depth.get(t.op.name, 0) for t in op.inputs), default=0)
+            depth[op.name] = inner + 1 if op.type in ("Enter", "RefEnter") else (
+                max(inner - 1, 0) if op.type in ("Exit", "RefExit") else inner)
+        return depth
+
+    def is_loop_plumbing(self, op: tf.Operation) -> bool:
+        """Control flow, TensorArrays and everything inside a loop body: nothing a feature is."""
+        if op.type in ("Merge", "RefMerge"):
+            return any(t.op.type in ("NextIteration", "RefNextIteration") for t in op.inputs)
+        return op.type in _LOOP_OPS or op.type.startswith("TensorArray") or self._loop_depth[op.name] > 0
+
+    @functools.cached_property
+    def batch_sizes(self) -> frozenset:
+        """The placeholders' batch dimensions (None when unknown): what a batch-carrying tensor starts with."""
+        return frozenset(op.outputs[0].shape[0] for op in self.placeholders if op.outputs[0].shape.rank)
+
+    def carries_batch(self, tensor: tf.Tensor) -> bool:
+        if tensor.shape.rank is None or tensor.shape.rank == 0:
+            return False
+        return not self.batch_sizes or tensor.shape[0] in self.batch_sizes
 
     def depends_on_input(self, op: tf.Operation) -> bool:
         return op.name in self._input_dependent
@@ -219,58 +251,116 @@ class GraphInfo:
                 and self.depends_on_input(op))
 
     @functools.cached_property
-    def candidate_cuts(self) -> list[tf.Operation]:
-        """Layer outputs: float, input-dependent ops whose result leaves their name scope."""
+    def candidate_cuts(self) -> list[tf.Tensor]:
+        """Layer outputs: float, input-dependent tensors that carry the batch dimension and whose
+        op's result leaves its name scope; loop plumbing never (see `is_loop_plumbing`)."""
         found = []
         for op in self.operations:
-            if not self._cuttable(op):
+            if not self._cuttable(op) or self.is_loop_plumbing(op):
                 continue
-            scope = parent_scope(op.name)
-            if not scope:  # top-level ops are named on purpose (`resnet_features`, outputs)
-                found.append(op)
-                continue
-            users = self.consumers.get(op.name, [])
-            leaves = not users or any(not u.name.startswith(scope + "/") for u in users)
-            if leaves and op.type != "Identity":  # inner Identity ops are call plumbing
-                found.append(op)
+            if parent_scope(op.name) and (op.type == "Identity" or not self._leaves_scope(op)):
+                continue  # top-level ops are named on purpose; inner Identity ops are call plumbing
+            found += [t for t in op.outputs if t.dtype.is_floating and self.carries_batch(t)]
         return found
 
+    def _leaves_scope(self, op: tf.Operation) -> bool:
+        scope = parent_scope(op.name) + "/"
+        users = self.consumers.get(op.name, [])
+        return not users or any(not u.name.startswith(scope) for u in users)
+
     def data_input(self, op: tf.Operation) -> tf.Tensor | None:
-        """The single input-dependent operand of `op`, or None if there is not exactly one."""
+        """The single input-dependent operand of `op`, or None if there is not exactly one.
+        Integer operands computed from the input (a Reshape's target from `Shape`) are no data
+        when a float operand is there."""
         dependent = [t for t in op.inputs if not self.is_constant(t)]
+        if len(dependent) > 1:
+            dependent = [t for t in dependent if t.dtype.is_floating]
         return dependent[0] if len(dependent) == 1 else None
+
+    def source_of(self, tensor: tf.Tensor) -> tf.Tensor | None:
+        """What `tensor` passes on: output i of an IdentityN (an inlined function call's results)
+        is its input i; otherwise the op's single data input."""
+        if tensor.op.type == "IdentityN":
+            return tensor.op.inputs[tensor.value_index]
+        return self.data_input(tensor.op)
+
+    @functools.cached_property
+    def head_inputs(self) -> list[tf.Tensor]:
+        """The tensors the last weight layers read (convolutions or MatMuls with no other one
+        after them, outside loops): a detector's box predictors read the feature maps."""
+        matrix_ops = [op for op in self.operations if op.type in _CLASSIFIER_OPS and self.weight_inputs(op)
+                      and not self.is_loop_plumbing(op)]
+        upstream = {op.name for op in self.ancestors([t.op for op in matrix_ops for t in op.inputs])}
+        found = {}
+        for op in matrix_ops:
+            feature = self.data_input(op) if op.name not in upstream else None
+            if feature is not None:
+                feature = self.layer_output(feature)
+                found.setdefault(feature.name, feature)
+        return sorted(found.values(), key=lambda t: self.position[t.op.name])
+
+    @functools.cached_property
+    def _candidate_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.candidate_cuts)
+
+    def layer_output(self, tensor: tf.Tensor) -> tf.Tensor:
+        """The layer output a weight op reads through reshapes (a Keras Dense on a sequence,
+        `tensordot`, multiplies a (batch × time, channels) reshape of it); a candidate cut on
+        the way back, or the first op that is no reshape; else `tensor` itself."""
+        found = tensor
+        while found.name not in self._candidate_names and found.op.type in _RESHAPES:
+            found = self.data_input(found.op)
+            if found is None:
+                return tensor
+        return found if self.carries_batch(found) else tensor
 
 
 # Ops `auto` walks back through: they do not learn (activations, pooling, reshapes, bias).
 _PASS_THROUGH = frozenset({
     "Softmax", "LogSoftmax", "Sigmoid", "Identity", "Reshape", "Squeeze", "ExpandDims", "Mean",
     "Max", "AvgPool", "MaxPool", "Relu", "Relu6", "Cast", "StopGradient", "BiasAdd", "Add",
-    "AddV2", "Sub", "Mul", "RealDiv", "Transpose",
+    "AddV2", "Sub", "Mul", "RealDiv", "Transpose", "IdentityN",
 })
+_RESHAPES = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "ExpandDims"})
 _CLASSIFIER_OPS = frozenset({"MatMul", "Conv2D", "BatchMatMulV2", "BatchMatMulV3", "Einsum"})
 
 
-def find_penultimate(info: GraphInfo, output: tf.Operation) -> tuple[tf.Tensor | None, str]:
+def find_penultimate(info: GraphInfo, output: tf.Tensor) -> tuple[tf.Tensor | None, str]:
     """DESIGN's `auto`: walk back from `output` through what does not learn; the last weight
-    layer met is the classifier and the tensor that feeds it is the feature.
+    layer met is the classifier and the tensor that feeds it is the feature. With no classifier
+    there (a detector's output comes out of NMS loops), the feature is the last tensor the last
+    weight layers read: the feature extractor's output the box predictors share.
 
     Returns (feature tensor, why) or (None, why not).
     """
-    op = output
+    feature, why = _walk_to_classifier(info, output)
+    if feature is None and info.head_inputs:
+        feature = info.head_inputs[-1]
+        readers = list(dict.fromkeys(layer_scope(op.name) or op.name for op in info.consumers[feature.op.name]
+                                     if op.type in _CLASSIFIER_OPS))
+        shown = ", ".join(readers[:4]) + (", …" if len(readers) > 4 else "")
+        why = f"the feature extractor's last output: the last weight layers ({shown}) read it; {why}"
+    return feature, why
+
+
+def _walk_to_classifier(info: GraphInfo, output: tf.Tensor) -> tuple[tf.Tensor | None, str]:
+    tensor = output
     while True:
+        op = tensor.op
         if op.type in _CLASSIFIER_OPS and info.weight_inputs(op):
             feature = info.data_input(op)
             if feature is None:
                 return None, f"the classifier {op.name!r} has no single data input"
             weight = info.weight_inputs(op)[0]
-            return feature, (f"feeds the classifier {layer_scope(op.name) or op.name!r} "
-                             f"({op.type}, weights {format_shape(weight.shape)})")
+            why = (f"feeds the classifier {layer_scope(op.name) or op.name!r} "
+                   f"({op.type}, weights {format_shape(weight.shape)})")
+            return info.layer_output(feature), why
         if op.type not in _PASS_THROUGH:
             return None, f"no classifier found walking back from {output.name!r} (stopped at {op.type} {op.name!r})"
-        feature = info.data_input(op)
-        if feature is None:
+        source = info.source_of(tensor)
+        if source is None:
             return None, f"no classifier found walking back from {output.name!r} (branches at {op.name!r})"
-        op = feature.op
+        tensor = source
 
 
 def not_an_image_batch(tensor: tf.Tensor) -> str | None:

@@ -22,6 +22,7 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 EXAMPLE_PREFIX = "example:"
 SERVING_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
+HUB_SIGNATURE = "default"  # TF Hub's convention (TF1 Hub modules have no serving_default)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
@@ -199,7 +200,7 @@ def _load_saved_model(path: Path, signature: str | None, allow_ops: tuple) -> Lo
         raise TransferError(f"{proto_file} is corrupt: {_first_line(error)}") from None
     if not saved_model.meta_graphs:
         raise TransferError(f"{proto_file} holds no MetaGraph")
-    meta = next((m for m in saved_model.meta_graphs if SERVING_TAG in m.meta_info_def.tags), saved_model.meta_graphs[0])
+    meta = _choose_meta_graph(saved_model.meta_graphs)
     tags = list(meta.meta_info_def.tags)
     name = _choose_signature(path, list(meta.signature_def), signature)
     _check_saved_model(path, meta, len(data), allow_ops)
@@ -218,16 +219,29 @@ def _check_saved_model(path: Path, meta, proto_size: int, allow_ops: tuple) -> N
     check_meta_graph(meta, allow_ops, str(path))
 
 
+def _choose_meta_graph(meta_graphs):
+    """The MetaGraph tagged `serve`; else the untagged one (a TF1 Hub module's, beside `train`);
+    else the first not for training."""
+    tags = [set(m.meta_info_def.tags) for m in meta_graphs]
+    for wanted in (lambda t: SERVING_TAG in t, lambda t: not t, lambda t: "train" not in t):
+        found = [m for m, t in zip(meta_graphs, tags) if wanted(t)]
+        if found:
+            return found[0]
+    return meta_graphs[0]
+
+
 def _choose_signature(path: Path, available: list[str], wanted: str | None) -> str:
     usable = sorted(s for s in available if not s.startswith("__"))  # __saved_model_init_op
     if not usable:
         raise TransferError(f"SavedModel {path} has no signature to serve; re-export it with a serving signature")
     if wanted is None:
-        if DEFAULT_SIGNATURE in usable:
-            return DEFAULT_SIGNATURE
+        for default in (DEFAULT_SIGNATURE, HUB_SIGNATURE):
+            if default in usable:
+                return default
         if len(usable) == 1:
             return usable[0]
-        raise TransferError(f"SavedModel {path} has no {DEFAULT_SIGNATURE!r}; choose --signature from: {', '.join(usable)}")
+        raise TransferError(f"SavedModel {path} has neither {DEFAULT_SIGNATURE!r} nor {HUB_SIGNATURE!r}; "
+                            f"choose --signature from: {', '.join(usable)}")
     if wanted not in usable:
         raise TransferError(f"unknown signature {wanted!r} in {path}; available: {', '.join(usable)}")
     return wanted

@@ -96,7 +96,7 @@ def main() -> None:
         medians = measure(penultimate, batch, args.rounds, args.iterations)
         report(f"penultimate features ({cut})", medians, next(iter(medians)), args.batch_size)
 
-        output = layer.backbone.outputs[0].outputs[0].name
+        output = next(iter(layer.backbone.outputs.values())).name
         full_layer = FeatureLayer(pb_path, cut=output)
         tfsm = keras.layers.TFSMLayer(str(saved_model), call_endpoint="serve")
         full = {
