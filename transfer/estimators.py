@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transfer.datasets import DataSplits
 from transfer.heads.pooling import pool_array
+from transfer.input_kind import ImageInput
 from transfer.pipeline import Batches, Inputs, model_input_shape, resolve_preprocessing
 
 
@@ -68,7 +69,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         identity = {"source": "array", "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
                     "shape": list(images.shape)}
         splits = DataSplits(tf.data.Dataset.from_tensor_slices((images, labels)), None, None, ["-"],
-                            images.shape[1:], tf.float32, {"train": len(images)}, identity)
-        prep = self.preprocessing_
-        return Inputs(self.backbone_, splits, prep, model_input_shape(splits, prep),
-                      Batches(splits, prep, self.batch_size, 0, None))
+                            images.shape[1:], tf.float32, {"train": len(images)}, identity, images=True)
+        kind = ImageInput(self.preprocessing_, model_input_shape(splits, self.preprocessing_))
+        return Inputs(self.backbone_, splits, kind, Batches(splits, kind, self.batch_size, 0, None))
