@@ -249,3 +249,21 @@ def test_vectors_into_an_image_backbone(tiny, tmp_path):
     with pytest.raises(TransferError, match=r"input 'image' expects float32 examples of shape \(16, 16, 3\), "
                                             r"got float32 \(4,\)"):
         open_inputs(tiny.path, save_npz(tmp_path / "v.npz", x, y))
+
+
+def test_an_input_of_unknown_rank_takes_the_datas_shape(tmp_path):
+    """A TF1 placeholder declared without a shape: the arrays define it."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, name="anything")
+        weights = tf.constant(np.random.default_rng(0).normal(size=(4, 3)).astype("float32"))
+        tf.nn.relu(tf.matmul(tf.reshape(x, [-1, 4]), weights), name="features")
+    path = tmp_path / "unknown_rank.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    vectors, labels = blobs(30)
+    result = transfer.fit(path, save_npz(tmp_path / "v.npz", vectors, labels), cut="features", epochs=2,
+                          out=tmp_path / "run", export=("pb",), verbose=0)
+    assert json.loads((tmp_path / "run/config.json").read_text())["input_shape"] == [4]
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(vectors[:3]), result.model.predict(vectors[:3].astype("float32"), verbose=0),
+                               rtol=1e-5, atol=1e-6)

@@ -77,8 +77,11 @@ class ArrayInput:
         self.shape, self.dtype, self.input_name = tuple(shape), tf.as_dtype(dtype), input_name
 
     @classmethod
-    def of(cls, spec: tf.TensorSpec) -> "ArrayInput":
-        """The arrays that the backbone input `spec` (with its batch axis) takes."""
+    def of(cls, spec: tf.TensorSpec, example_shape) -> "ArrayInput":
+        """The arrays that the backbone input `spec` (with its batch axis) takes; an input of
+        unknown rank takes the data's `example_shape`."""
+        if spec.shape.rank is None:
+            return cls(example_shape, spec.dtype, spec.name)
         return cls(spec.shape.as_list()[1:] if spec.shape.rank else (), spec.dtype, spec.name)
 
     def check(self, shape, dtype, where: str) -> None:

@@ -139,7 +139,7 @@ def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where
         prep = resolve_preprocessing(backbone, preprocessing, scale)
         kind = ImageInput(prep, model_input_shape(splits, prep))
     else:
-        kind = ArrayInput.of(spec)
+        kind = ArrayInput.of(spec, splits.example_shape)
         if preprocessing is not None:
             kind.refuse("preprocessing settings (--preprocessing)")
         if scale not in (None, "none"):
