@@ -31,6 +31,7 @@ class ImageInput:
         self.preprocessing, self.shape = preprocessing, tuple(shape)  # None where sizes vary
 
     def check(self, shape, dtype, where: str) -> None:
+        """Any size and channel count will be made to fit; only the rank and numbers are needed."""
         if len(shape) not in (2, 3) or not (dtype.is_floating or dtype.is_integer):
             raise TransferError(f"the run takes images (height, width[, channels]); {where} gives "
                                 f"{dtype.name} examples of shape {_shape(shape)}")
