@@ -102,7 +102,7 @@ def array_source(splits: dict, class_names, identity: dict, where: str, images: 
                                 f"got {y.dtype} with shape {y.shape}")
         if len(x) != len(y):
             raise TransferError(f"{where}: {role} has {len(x)} examples but {len(y)} labels")
-        x = _stored_dtype(x, f"{where}: examples of {role}")
+        x = stored_dtype(x, f"{where}: examples of {role}")
         parts[role], shapes = (x, y), shapes | {(x.shape[1:], x.dtype)}
     if len(shapes) > 1:
         raise TransferError(f"{where}: splits differ in example shape or dtype: "
@@ -121,7 +121,7 @@ def array_source(splits: dict, class_names, identity: dict, where: str, images: 
     return Source(parts, class_names, tuple(example_shape), tf.as_dtype(dtype), identity, images)
 
 
-def _stored_dtype(x: np.ndarray, what: str) -> np.ndarray:
+def stored_dtype(x: np.ndarray, what: str) -> np.ndarray:
     """float32 for floats, int32 for integers (token ids, samples), uint8 pixels as they are."""
     if x.dtype == np.uint8:
         return x

@@ -267,3 +267,14 @@ def test_an_input_of_unknown_rank_takes_the_datas_shape(tmp_path):
     frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
     np.testing.assert_allclose(frozen(vectors[:3]), result.model.predict(vectors[:3].astype("float32"), verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_feature_extractor_takes_the_backbones_arrays(tokens):
+    from transfer.estimators import FeatureExtractor
+
+    x, _ = sentences(12)
+    features = FeatureExtractor(tokens.path).fit(x).transform(x)  # int64 ids, cast to the input's int32
+    np.testing.assert_allclose(features, Backbone.load(tokens.path)(x.astype("int32")), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TransferError, match=r"input 'tokens' expects int32 examples of shape \(10,\), "
+                                            r"got float32 \(10,\) from X"):
+        FeatureExtractor(tokens.path).fit(x.astype("float32"))
