@@ -237,6 +237,9 @@ def test_image_settings_are_refused_for_arrays(audio, capsys, tmp_path):
     assert "--scale '0..1' applies to image inputs; input 'waveform' takes float32 arrays of shape (1024, 1)" in err
     assert "augmentation (--augment, --crop-padding) applies to image inputs" in fit_error(
         capsys, tmp_path, audio.path, data, "--augment")
+    (tmp_path / "prep.json").write_text(json.dumps({"scale": "0..1"}))
+    assert "preprocessing settings (--preprocessing) applies to image inputs" in fit_error(
+        capsys, tmp_path, audio.path, data, "--preprocessing", str(tmp_path / "prep.json"))
 
 
 def test_images_cannot_feed_a_waveform_input(audio, capsys, tmp_path):
@@ -278,3 +281,13 @@ def test_feature_extractor_takes_the_backbones_arrays(tokens):
     with pytest.raises(TransferError, match=r"input 'tokens' expects int32 examples of shape \(10,\), "
                                             r"got float32 \(10,\) from X"):
         FeatureExtractor(tokens.path).fit(x.astype("float32"))
+
+
+def test_gray_images_in_an_npz_still_feed_an_image_backbone(tmp_path):
+    """npz arrays keep their shape; (N, 8, 8) pixels get their channel axis as images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    inputs = open_inputs("example:digits", save_npz(tmp_path / "d.npz", digits.images[:40], digits.target[:40] % 2))
+    assert inputs.kind.images and inputs.kind.shape == (8, 8, 1)
+    assert next(iter(inputs.batches.training()))[0].shape[1:] == (8, 8, 1)
