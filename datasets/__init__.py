@@ -1,9 +1,14 @@
-"""Data sources by spec string, streamed as tf.data pipelines of (image, label) pairs.
+"""Data sources by spec string, streamed as tf.data pipelines of (example, label) pairs.
+
+An example is an image (image folders, TFDS image features, digits) or any array (npz arrays and
+other TFDS features: waveforms, spectrograms, token ids, vectors), kept as stored; whether it
+feeds the backbone as an image is decided later, against the backbone's input
+(`transfer.pipeline.input_kind`).
 
 Spec grammar (``load(spec)``; the CLI's ``--data SPEC``)::
 
     folder:PATH | PATH                  image folder: PATH/LABEL/*.png or PATH/SPLIT/LABEL/*.png
-    npz:FILE | FILE.npz                 arrays x, y (optionally class_names, x_test/y_test, ...)
+    npz:FILE | FILE.npz                 arrays x (N×...), y (optionally class_names, x_test/y_test)
     tfds:NAME[:SPLIT]                   TensorFlow Datasets, prepared in data_dir (no download)
     digits[:CLASSES]                    scikit-learn's 8x8 digits; CLASSES like 5-9 or 0,2,4
     ...?per_class=N                     any of them: train keeps N examples per class
@@ -32,7 +37,11 @@ _OPTIONS = ("per_class",)
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Unbatched, unshuffled (image, int32 label) streams plus what models and caches need.
+    """Unbatched, unshuffled (example, int32 label) streams plus what models and caches need.
+
+    `example_shape`/`example_dtype` describe one example as stored (an npz's x.shape[1:]);
+    `images` says the examples are pictures (decoded image files, a TFDS Image feature, digits),
+    which can only feed a backbone that takes images.
 
     `validation` and `test` are None when the source has none and none was carved out.
     `sizes` counts examples per split (None where unknown, e.g. a mocked TFDS split).
@@ -44,10 +53,11 @@ class DataSplits:
     validation: Optional[tf.data.Dataset]
     test: Optional[tf.data.Dataset]
     class_names: list
-    image_shape: tuple
-    image_dtype: tf.DType
+    example_shape: tuple
+    example_dtype: tf.DType
     sizes: dict
     identity: dict
+    images: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -55,7 +65,7 @@ class DataSplits:
 
     @property
     def element_spec(self) -> tuple:
-        return (tf.TensorSpec(self.image_shape, self.image_dtype), tf.TensorSpec((), tf.int32))
+        return (tf.TensorSpec(self.example_shape, self.example_dtype), tf.TensorSpec((), tf.int32))
 
 
 def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=None,
@@ -82,13 +92,13 @@ def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=N
         sizes[role] = part.size if indices is None else len(indices)
     if sizes["train"] == 0:
         raise TransferError(f"data {spec!r} has no training examples")
-    identity = {**source.identity, "image_shape": list(source.image_shape),
-                "image_dtype": source.image_dtype.name,
+    identity = {**source.identity, "example_shape": list(source.example_shape),
+                "example_dtype": source.example_dtype.name,
                 "split": {"validation_split": validation_split, "per_class": per_class,
                           "seed": seed, "sizes": sizes}}
     return DataSplits(streams["train"], streams.get("validation"), streams.get("test"),
-                      list(source.class_names), tuple(source.image_shape), source.image_dtype,
-                      sizes, identity)
+                      list(source.class_names), tuple(source.example_shape), source.example_dtype,
+                      sizes, identity, source.images)
 
 
 def _options(spec: str):

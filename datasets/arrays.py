@@ -1,8 +1,10 @@
-"""In-memory image arrays: NumPy ``.npz`` files and scikit-learn's digits (the built-in example).
+"""In-memory arrays: NumPy ``.npz`` files and scikit-learn's digits (the built-in example).
 
-An npz holds ``x`` (images, N×H×W or N×H×W×C) and ``y`` (integer labels 0..K-1), optionally
+An npz holds ``x`` (N examples of any shape: images N×H×W or N×H×W×C, waveforms N×samples×1,
+spectrograms, token ids N×T, vectors N×D) and ``y`` (integer labels 0..K-1), optionally
 ``class_names`` (K strings) and held-out splits ``x_validation``/``y_validation`` and
 ``x_test``/``y_test``. It is read with ``allow_pickle=False``: an npz is data, never code.
+Examples keep their shape; floats become float32, integers int32 (uint8 pixels stay uint8).
 """
 import hashlib
 import re
@@ -36,8 +38,8 @@ def load_npz(path) -> Source:
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
         raise TransferError(
-            f"{where} has no array {' or '.join(map(repr, missing))}; it needs 'x' (images, "
-            f"N×H×W or N×H×W×C) and 'y' (integer labels); found: {', '.join(arrays) or 'nothing'}"
+            f"{where} has no array {' or '.join(map(repr, missing))}; it needs 'x' (N examples: "
+            f"images N×H×W×C, arrays N×...) and 'y' (integer labels); found: {', '.join(arrays) or 'nothing'}"
         )
     for x, y in _SPLIT_KEYS.values():
         if (x in arrays) != (y in arrays):
@@ -67,7 +69,7 @@ def load_digits(classes=None) -> Source:
     x = data.images[mask].astype(np.float32)[..., None]
     y = np.searchsorted(kept, data.target[mask])
     identity = {"source": "digits", "classes": kept}
-    return array_source({"train": (x, y)}, [str(c) for c in kept], identity, "digits")
+    return array_source({"train": (x, y)}, [str(c) for c in kept], identity, "digits", images=True)
 
 
 def parse_classes(text) -> list:
@@ -86,25 +88,24 @@ def parse_classes(text) -> list:
     return sorted(chosen)
 
 
-def array_source(splits: dict, class_names, identity: dict, where: str) -> Source:
+def array_source(splits: dict, class_names, identity: dict, where: str, images: bool = False) -> Source:
     """Check {role: (x, y)} arrays and make a `Source`; class_names None → "0".."K-1"."""
     parts, shapes = {}, set()
     for role, (x, y) in splits.items():
-        x = x[..., None] if x.ndim == 3 else x
-        if x.ndim != 4:
-            raise TransferError(f"{where}: images of {role} have shape {x.shape}; "
-                                "expected N×H×W or N×H×W×C")
+        if x.ndim < 2:
+            raise TransferError(f"{where}: examples of {role} have shape {x.shape}; expected N×... "
+                                "(one row per example, e.g. N×H×W×C images or N×D vectors)")
         if len(x) == 0:
-            raise TransferError(f"{where}: {role} has no examples (its image array is empty)")
+            raise TransferError(f"{where}: {role} has no examples (its x array is empty)")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise TransferError(f"{where}: labels of {role} must be a 1-D integer array, "
                                 f"got {y.dtype} with shape {y.shape}")
         if len(x) != len(y):
-            raise TransferError(f"{where}: {role} has {len(x)} images but {len(y)} labels")
-        x = x if x.dtype == np.uint8 else x.astype(np.float32)
+            raise TransferError(f"{where}: {role} has {len(x)} examples but {len(y)} labels")
+        x = stored_dtype(x, f"{where}: examples of {role}")
         parts[role], shapes = (x, y), shapes | {(x.shape[1:], x.dtype)}
     if len(shapes) > 1:
-        raise TransferError(f"{where}: splits differ in image shape or dtype: "
+        raise TransferError(f"{where}: splits differ in example shape or dtype: "
                             f"{sorted(map(str, shapes))}")
     if class_names is None:
         class_names = [str(i) for i in range(max(int(y.max()) for _, y in parts.values()) + 1)]
@@ -116,5 +117,19 @@ def array_source(splits: dict, class_names, identity: dict, where: str) -> Sourc
                 f"({len(class_names)} classes); found {', '.join(map(str, bad[:10]))}"
             )
         parts[role] = indexed_part(x, y)
-    image_shape, dtype = shapes.pop()
-    return Source(parts, class_names, tuple(image_shape), tf.as_dtype(dtype), identity)
+    example_shape, dtype = shapes.pop()
+    return Source(parts, class_names, tuple(example_shape), tf.as_dtype(dtype), identity, images)
+
+
+def stored_dtype(x: np.ndarray, what: str) -> np.ndarray:
+    """float32 for floats, int32 for integers (token ids, samples), uint8 pixels as they are."""
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(np.int32)
+        if x.min() < info.min or x.max() > info.max:
+            raise TransferError(f"{what} have values outside int32 ({x.min()}..{x.max()})")
+        return x.astype(np.int32)
+    raise TransferError(f"{what} have dtype {x.dtype}; expected numbers (integers or floats)")

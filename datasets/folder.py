@@ -55,7 +55,7 @@ def load_folder(root) -> Source:
         "files": _listing_digest(root, paths),
         "skipped": sorted(str(p.relative_to(root)) for p in paths if p not in shapes),
     }
-    return Source(parts, class_names, image_shape, tf.uint8, identity)
+    return Source(parts, class_names, image_shape, tf.uint8, identity, images=True)
 
 
 def _subfolders(folder: Path) -> list:

@@ -1,6 +1,6 @@
 """The contract between a data source and `load`: labelled parts that stream chosen examples.
 
-Splitting needs every label up front but the images only while streaming, so a source hands
+Splitting needs every label up front but the examples only while streaming, so a source hands
 over, per split it stores, its labels and a function that streams the examples at given indices.
 """
 from dataclasses import dataclass
@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 # A stream function takes sorted example indices (None: all of them) and returns unbatched
-# (image, int32 label) pairs in the stored order.
+# (example, int32 label) pairs in the stored order.
 Stream = Callable[[Optional[np.ndarray]], tf.data.Dataset]
 
 
@@ -29,15 +29,16 @@ class Source:
 
     parts: dict
     class_names: list
-    image_shape: tuple
-    image_dtype: tf.DType
+    example_shape: tuple
+    example_dtype: tf.DType
     identity: dict
+    images: bool = False  # pictures (files, a TFDS Image feature), not just arrays
 
 
 def indexed_part(items: np.ndarray, labels: np.ndarray, decode=None) -> Part:
-    """A part held as parallel arrays (file paths or pixels) and labels, sliced by index.
+    """A part held as parallel arrays (file paths or examples) and labels, sliced by index.
 
-    `decode`, if given, maps (item, label) to (image, label) while streaming.
+    `decode`, if given, maps (item, label) to (example, label) while streaming.
     """
     labels = np.asarray(labels, np.int32)
 

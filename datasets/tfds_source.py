@@ -2,7 +2,8 @@
 
 Preparing a TFDS dataset needs a network (and may take hours), so it is a step the user runs on
 purpose; an unprepared dataset is a one-line error that says how to prepare it. The dataset's
-own validation and test splits are used when it has them.
+own validation and test splits are used when it has them. The example is the dataset's
+supervised input (an image, audio, a tensor of fixed rank), the label a class label.
 """
 import difflib
 import functools
@@ -39,29 +40,32 @@ def load_tfds(name: str, split=None, data_dir=None) -> Source:
         raise TransferError(f"{name!r} is not a TFDS dataset name; "
                             "use NAME or NAME/CONFIG, e.g. tfds:mnist") from None
     features = builder.info.features
-    image_key, label_key = builder.info.supervised_keys or ("image", "label")
-    image, label = (features[key] if key in features else None for key in (image_key, label_key))
-    if image is None or len(image.shape) != 3 or not hasattr(label, "names"):
-        raise TransferError(f"TFDS dataset {name!r} is not an image classification dataset: it "
-                            f"needs an image and a class label; features: {', '.join(features)}")
+    input_key, label_key = builder.info.supervised_keys or ("image", "label")
+    example, label = (features[key] if key in features else None for key in (input_key, label_key))
+    shape = getattr(example, "shape", None)
+    if shape is None or not len(shape) or not hasattr(label, "names"):
+        raise TransferError(f"TFDS dataset {name!r} is not a classification dataset: it needs an input "
+                            f"(image, audio or tensor, one per example) and a class label; "
+                            f"features: {', '.join(features)}")
+    images = isinstance(example, tfds.features.Image)
     stored = list(builder.info.splits)  # empty when unknown (not prepared, or mocked in tests)
     roles = {"train": split or "train"}
     roles.update({role: role for role in ("validation", "test")
                   if role in stored and role != roles["train"]})
-    parts = {role: _part(builder, name, stored_split, image_key)
+    parts = {role: _part(builder, name, stored_split, input_key if images else None)
              for role, stored_split in roles.items()}
     identity = {"source": "tfds", "name": name, "version": str(builder.info.version),
                 "splits": roles}
-    return Source(parts, list(label.names), tuple(image.shape), tf.as_dtype(image.dtype), identity)
+    return Source(parts, list(label.names), tuple(shape), tf.as_dtype(example.tf_dtype), identity, images)
 
 
-def _part(builder, name: str, split: str, image_key: str) -> Part:
-    """A TFDS split; the labels come from one pass that skips image decoding."""
+def _part(builder, name: str, split: str, image_key) -> Part:
+    """A TFDS split; the labels come from one pass that skips image decoding (`image_key`)."""
     tfds = _tfds()
 
     @functools.cache
     def labels():
-        skip = {image_key: tfds.decode.SkipDecoding()}
+        skip = {image_key: tfds.decode.SkipDecoding()} if image_key else None
         batches = _read(builder, name, split, decoders=skip).map(lambda x, y: y).batch(65536)
         return np.concatenate([np.zeros(0, np.int64), *batches.as_numpy_iterator()])
 

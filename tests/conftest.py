@@ -4,7 +4,10 @@
 - keras.applications.ResNet50 (weights=None, 64x64) frozen to `.pb`;
 - a TF1-style graph (VariableV2, FusedBatchNormV3, `weights/read`), frozen by the TF1 freezer;
 - a SavedModel that `tf.saved_model.load` rejects (an optimizer-slot record on a plain object,
-  what older Keras writers leave) but whose signature and variables are fine.
+  what older Keras writers leave) but whose signature and variables are fine;
+- non-image networks frozen to `.pb`: a Conv1D audio net on waveforms (N, 1024, 1), an MLP on
+  vectors (N, 4), an Embedding net on int32 token ids (N, 10), a Conv2D net on spectrograms
+  (N, 20, 12, 1).
 """
 from __future__ import annotations
 
@@ -416,3 +419,60 @@ def detection_graph(graphs_dir) -> Fixture:
     path.write_bytes(build_detection_graph().SerializeToString())
     return Fixture(path, extra={"feature_extractor_output": "FeatureExtractor/stage1/Relu:0",
                                 "box_predictor_inputs": ["FeatureExtractor/stage0/Relu:0", "FeatureExtractor/stage1/Relu:0"]})
+
+
+def audio_net() -> keras.Model:
+    keras.utils.set_random_seed(4)
+    wave = keras.Input((1024, 1), name="waveform")
+    x = keras.layers.Conv1D(8, 9, strides=4, activation="relu", name="conv1")(wave)
+    x = keras.layers.Conv1D(16, 9, strides=4, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(wave, keras.layers.Dense(5, activation="softmax", name="logits")(x), name="audio")
+
+
+def vector_mlp() -> keras.Model:
+    keras.utils.set_random_seed(5)
+    vector = keras.Input((4,), name="vector")
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(vector)
+    x = keras.layers.Dense(8, activation="relu", name="embedding")(x)
+    return keras.Model(vector, keras.layers.Dense(3, activation="softmax", name="logits")(x), name="mlp")
+
+
+def token_net() -> keras.Model:
+    keras.utils.set_random_seed(6)
+    tokens = keras.Input((10,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(50, 8, name="embed")(tokens)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(tokens, keras.layers.Dense(4, activation="softmax", name="logits")(x), name="text")
+
+
+def spectrogram_net() -> keras.Model:
+    keras.utils.set_random_seed(7)
+    frames = keras.Input((20, 12, 1), name="spectrogram")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(frames)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(frames, keras.layers.Dense(3, activation="softmax", name="logits")(x), name="spec")
+
+
+@pytest.fixture(scope="session")
+def audio(graphs_dir) -> Fixture:
+    model = audio_net()
+    return Fixture(freeze_to_pb(model, graphs_dir / "audio.pb", input_name="waveform"), model)
+
+
+@pytest.fixture(scope="session")
+def vectors(graphs_dir) -> Fixture:
+    model = vector_mlp()
+    return Fixture(freeze_to_pb(model, graphs_dir / "mlp.pb", input_name="vector"), model)
+
+
+@pytest.fixture(scope="session")
+def tokens(graphs_dir) -> Fixture:
+    model = token_net()
+    return Fixture(freeze_to_pb(model, graphs_dir / "tokens.pb", input_name="tokens"), model)
+
+
+@pytest.fixture(scope="session")
+def spectrogram(graphs_dir) -> Fixture:
+    model = spectrogram_net()
+    return Fixture(freeze_to_pb(model, graphs_dir / "spectrogram.pb", input_name="spectrogram"), model)

@@ -63,7 +63,7 @@ def test_folder_split_layout_uses_its_validation_and_test_folders(tmp_path):
     data = load(f"folder:{root}")
     assert data.class_names == ["a", "b"]
     assert data.sizes == {"train": 5, "validation": 2, "test": 3}
-    assert data.image_shape == (None, None, 1)  # sizes differ: left to preprocessing
+    assert data.example_shape == (None, None, 1)  # sizes differ: left to preprocessing
     assert labels(data.validation) == [0, 1] and labels(data.test) == [1, 1, 1]
     assert sorted(x.shape for x, _ in pairs(data.test)) == [(4, 4, 1), (4, 4, 1), (7, 3, 1)]
     assert data.identity["layout"] == "split"
@@ -198,7 +198,7 @@ def test_npz_with_class_names_and_test_split(tmp_path):
              x_test=np.zeros((2, 4, 4), np.uint8), y_test=np.array([2, 0]))
     data = load(f"npz:{path}", validation_split=0.25)
     assert data.class_names == ["red", "green", "blue"]
-    assert data.element_spec[0] == tf.TensorSpec((4, 4, 1), tf.uint8)
+    assert data.element_spec[0] == tf.TensorSpec((4, 4), tf.uint8)  # as stored: no channel axis invented
     assert data.sizes == {"train": 9, "validation": 3, "test": 2}
     assert sorted(labels(data.validation)) == [0, 1, 2] and labels(data.test) == [2, 0]
     assert load(str(path)).identity["sha256"] == data.identity["sha256"]
@@ -208,8 +208,8 @@ def test_npz_float_images_become_float32_and_names_default_to_numbers(tmp_path):
     path = tmp_path / "f.npz"
     np.savez(path, x=np.ones((4, 3, 3, 2)), y=np.array([0, 1, 1, 0]))
     data = load(str(path), validation_split=0)
-    assert data.class_names == ["0", "1"] and data.image_dtype == tf.float32
-    assert data.image_shape == (3, 3, 2)
+    assert data.class_names == ["0", "1"] and data.example_dtype == tf.float32
+    assert data.example_shape == (3, 3, 2) and not data.images
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -220,12 +220,16 @@ def test_npz_float_images_become_float32_and_names_default_to_numbers(tmp_path):
     ({"x": np.zeros((3, 2, 2)), "y": np.array([0, -1, 1])}, r"must be in 0..1 .*found -1"),
     ({"x": np.zeros((3, 2, 2)), "y": np.array([0.0, 1.0, 1.0])},
      r"must be a 1-D integer array, got float64"),
-    ({"x": np.zeros((3, 2, 2)), "y": np.array([0, 1])}, r"train has 3 images but 2 labels"),
+    ({"x": np.zeros((3, 2, 2)), "y": np.array([0, 1])}, r"train has 3 examples but 2 labels"),
     ({"x": np.zeros((0, 2, 2)), "y": np.zeros(0, int)}, r"train has no examples"),
     ({"x": np.zeros((3, 2, 2)), "y": np.array([0, 1, 1]), "x_test": np.zeros((1, 2, 2))},
      r"has 'x_test' but not its pair 'y_test'"),
-    ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])},
-     r"shape \(3, 2\); expected N×H×W or N×H×W×C"),
+    ({"x": np.zeros(3), "y": np.array([0, 1, 1])},
+     r"examples of train have shape \(3,\); expected N×\.\.\. \(one row per example"),
+    ({"x": np.array([["a"], ["b"], ["c"]]), "y": np.array([0, 1, 1])},
+     r"examples of train have dtype <U1; expected numbers"),
+    ({"x": np.array([[2**40], [0], [1]]), "y": np.array([0, 1, 1])},
+     r"examples of train have values outside int32"),
     ({"x": np.zeros((3, 2, 2)), "y": np.array([0, 1, None], dtype=object)},
      r"cannot read npz file .* as plain arrays \(transfer never unpickles\)"),
 ])
@@ -309,7 +313,7 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
 def test_tfds_unknown_name_suggests_close_names(tmp_path):
     with pytest.raises(TransferError, match=r"unknown TFDS dataset 'mnistt'; closest: mnist"):
         load("tfds:mnistt", data_dir=str(tmp_path))
-    with pytest.raises(TransferError, match=r"'glue/cola' is not an image classification dataset"):
+    with pytest.raises(TransferError, match=r"'glue/cola' is not a classification dataset"):
         load("tfds:glue/cola", data_dir=str(tmp_path))
 
 

@@ -196,7 +196,8 @@ def test_fit_says_where_the_image_goes_in(inception_like, arrays_npz, capsys, tm
     with pytest.raises(TransferError, match=IMAGE_HINT):
         transfer.fit(inception_like.path, f"npz:{arrays_npz}", cut="pool_3", epochs=1, verbose=0)
     one_line_error(capsys, ["fit", "--backbone", inception_like.path, "--cut", "pool_3", "--data", f"npz:{arrays_npz}",
-                            "--out", tmp_path / "run"], r"fit needs a backbone that takes images.*" + IMAGE_HINT)
+                            "--out", tmp_path / "run"],
+                    r"input 'DecodeJpeg/contents' expects string examples of shape \(\), got float32 .*" + IMAGE_HINT)
     assert not (tmp_path / "run").exists()
 
 

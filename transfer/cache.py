@@ -48,14 +48,14 @@ def entry_key(ingredients: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def ingredients(backbone, preprocessing, identity: dict, role: str, dtype: str) -> dict:
+def ingredients(backbone, input_kind, identity: dict, role: str, dtype: str) -> dict:
     """What decides the features of one split: the key is made from exactly this."""
     return {
         "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
                      "inputs": [t.name for t in backbone.inputs],
                      "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name,
                      **({"feeds": backbone.feed_values} if backbone.feeds else {})},  # old keys stay valid
-        "preprocessing": preprocessing.to_dict(),
+        "input": input_kind.recipe(),  # the preprocessing of images; arrays go in as they are
         "data": identity,
         "role": role,
         "dtype": dtype,
@@ -195,7 +195,7 @@ class FeatureCache:
         for role in ROLES:
             if getattr(inputs.splits, role) is None:
                 continue
-            recipe = ingredients(inputs.backbone, inputs.preprocessing, inputs.splits.identity, role, dtype)
+            recipe = ingredients(inputs.backbone, inputs.kind, inputs.splits.identity, role, dtype)
             entries[role] = self._fill(entry_key(recipe), recipe, extractor, inputs.batches, role, dtype,
                                        progress)
         return entries

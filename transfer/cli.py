@@ -41,7 +41,8 @@ EXAMPLES = {
   transfer evaluate runs/my-run --data photos/test --json""",
     "predict": """examples:
   transfer predict runs/my-run cat.jpg dog.png --top-k 2
-  transfer predict runs/my-run digits.npy --json""",
+  transfer predict runs/my-run digits.npy --json
+  transfer predict runs/audio-run clips.npy   # a run on a waveform backbone: (n, 1024, 1) arrays""",
     "inspect": """examples:
   transfer inspect example:digits
   transfer inspect model.pb --cut conv5_block3_out
@@ -357,9 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    predict = _command(commands, "predict", cmd_predict, "top-k classes of images with a fit run")
+    predict = _command(commands, "predict", cmd_predict, "top-k classes of images (or arrays) with a fit run")
     predict.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files or .npy arrays of images")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or .npy arrays of images or "
+                         "of what a non-image backbone takes (one example or a batch)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     return parser

@@ -1,9 +1,9 @@
 """`FeatureExtractor`: a frozen backbone as a scikit-learn transformer.
 
 `make_pipeline(FeatureExtractor("model.pb", cut="..."), LogisticRegression())` can be fitted,
-cross-validated and grid-searched like any pipeline. With `cache_dir`, the features of an image
+cross-validated and grid-searched like any pipeline. With `cache_dir`, the features of an
 array are kept in the feature cache under the array's content hash, so the folds of a
-cross-validation (and every later run) extract each image once.
+cross-validation (and every later run) extract each example once.
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transfer.datasets import DataSplits
+from transfer.datasets.arrays import stored_dtype
 from transfer.heads.pooling import pool_array
-from transfer.pipeline import Batches, Inputs, model_input_shape, resolve_preprocessing
+from transfer.pipeline import Batches, Inputs, input_kind
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
-    """Images (n, height, width, channels) -> features (n, d) of `backbone` at `cut`.
+    """Examples (n, ...) -> features (n, d) of `backbone` at `cut`: images (n, height, width[,
+    channels]) for an image backbone, else the arrays its input takes (waveforms, token ids...).
 
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
     "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
@@ -41,21 +43,23 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
 
     def fit(self, X, y=None):
-        """Nothing to learn: load and check the backbone once, so that `transform` is cheap."""
+        """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
+        `transfer.pipeline.input_kind`), so that `transform` is cheap."""
         from transfer.backbone import Backbone
 
         self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
                                        feeds=self.feeds, allow_ops=self.allow_ops)
-        self.preprocessing_ = resolve_preprocessing(self.backbone_, scale=self.scale)
+        self.input_kind_ = input_kind(self.backbone_, _splits(_examples(X)), scale=self.scale, where="X")
         self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
         return self
 
     def transform(self, X):
         check_is_fitted(self, "backbone_")
-        images = np.asarray(X, dtype="float32")
-        if images.ndim == 3:  # gray images without a channel axis
-            images = images[..., None]
-        inputs = self._inputs(images)
+        examples = _examples(X)
+        splits = _splits(examples)
+        self.input_kind_.check(splits.example_shape, splits.example_dtype, "X")
+        inputs = Inputs(self.backbone_, splits, self.input_kind_,
+                        Batches(splits, self.input_kind_, self.batch_size, 0, None))
         if self.cache_dir is None:
             batches = inputs.batches.evaluation("train")
             features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
@@ -65,15 +69,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             entries = FeatureCache(self.cache_dir).extract(inputs, progress=False)
             features, _ = entries["train"].arrays()
         features = pool_array(features, self.pooling) if features.ndim > 2 else features
-        return features.reshape(len(images), -1)
+        return features.reshape(len(examples), -1)
 
-    def _inputs(self, images: np.ndarray) -> Inputs:
-        """The array as a one-split dataset whose identity is its content hash (the cache key)."""
-        labels = np.zeros(len(images), "int32")
-        identity = {"source": "array", "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
-                    "shape": list(images.shape)}
-        splits = DataSplits(tf.data.Dataset.from_tensor_slices((images, labels)), None, None, ["-"],
-                            images.shape[1:], tf.float32, {"train": len(images)}, identity)
-        prep = self.preprocessing_
-        return Inputs(self.backbone_, splits, prep, model_input_shape(splits, prep),
-                      Batches(splits, prep, self.batch_size, 0, None))
+
+def _examples(X) -> np.ndarray:
+    """X as stored data: floats as float32, integers as int32, uint8 pixels as they are."""
+    return stored_dtype(np.asarray(X), "X")
+
+
+def _splits(examples: np.ndarray) -> DataSplits:
+    """The array as a one-split dataset whose identity is its content hash (the cache key)."""
+    labels = np.zeros(len(examples), "int32")
+    identity = {"source": "array", "sha256": hashlib.sha256(examples.tobytes()).hexdigest(),
+                "shape": list(examples.shape), "dtype": examples.dtype.name}
+    return DataSplits(tf.data.Dataset.from_tensor_slices((examples, labels)), None, None, ["-"],
+                      examples.shape[1:], tf.as_dtype(examples.dtype), {"train": len(examples)}, identity)

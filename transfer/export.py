@@ -1,8 +1,9 @@
 """Deployable forms of a trained classifier: SavedModel, frozen `.pb`, TFLite.
 
-All take raw images (what the run's data gives, before preprocessing) and return class
-probabilities. The frozen graph names its feature tensor `features` and its output
-`probabilities`, so `transfer inspect` and `--backbone … --cut features` accept it again.
+All take raw images (what the run's data gives, before preprocessing), or for a non-image
+backbone the arrays its input takes, and return class probabilities. The frozen graph names
+its feature tensor `features` and its output `probabilities`, so `transfer inspect` and
+`--backbone … --cut features` accept it again.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer.freezing import freeze_function
-from transfer.model import model_parts
+from transfer.model import model_parts, raw_input_spec
 
 SAVED_MODEL = "saved_model"
 FROZEN_GRAPH = "model.pb"
@@ -23,11 +24,10 @@ FORMATS = ("savedmodel", "pb", "tflite")
 
 def serving_function(model):
     preprocessing, features, head = model_parts(model)
-    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="images")
 
-    @tf.function(input_signature=[spec])
-    def serve(images):
-        named = tf.identity(features(preprocessing(images)), name="features")
+    @tf.function(input_signature=[raw_input_spec(model)])
+    def serve(raw):
+        named = tf.identity(features(preprocessing(raw)), name="features")
         return {"probabilities": tf.identity(head(named, training=False), name="probabilities")}
 
     return serve
@@ -54,8 +54,8 @@ def export_tflite(model, path: Path) -> Path:
     frozen = convert_variables_to_constants_v2(function)
 
     @tf.function(input_signature=function.structured_input_signature[0])
-    def serve(images):
-        return {"probabilities": frozen(images)[0]}
+    def serve(raw):
+        return {"probabilities": frozen(raw)[0]}
 
     module = tf.Module()
     module.serve = serve

@@ -1,12 +1,14 @@
-"""Assemble raw images -> preprocessing -> FeatureLayer -> head into one Keras model.
+"""Assemble raw inputs -> preprocessing -> FeatureLayer -> head into one Keras model.
 
-Preprocessing lives inside the model so that what is saved and exported takes raw images:
-the exported SavedModel and frozen `.pb` need no separate preprocessing step.
+Preprocessing lives inside the model so that what is saved and exported takes raw images (or,
+for non-image inputs, the arrays the backbone takes, through an identity layer): the exported
+SavedModel and frozen `.pb` need no separate preprocessing step.
 """
 from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transfer.datasets.preprocessing import Preprocessing
 from transfer.layer import FeatureLayer
@@ -35,14 +37,16 @@ class PreprocessingLayer(keras.layers.Layer):
                 "dtype_out": settings["dtype"], "scale": settings["scale"]}
 
 
-def build_classifier(features: FeatureLayer, head, input_shape, preprocessing: Preprocessing,
-                     name: str = "transfer_classifier") -> keras.Model:
-    """Raw images of `input_shape` (height, width, channels; None where sizes vary) -> head output."""
-    settings = preprocessing.to_dict()
-    images = keras.Input(tuple(input_shape), name="images")
-    prepared = PreprocessingLayer(settings["size"], settings["channels"], settings["dtype"], settings["scale"],
-                                  name="preprocessing")(images)
-    return keras.Model(images, head(features(prepared)), name=name)
+def build_classifier(features: FeatureLayer, head, kind, name: str = "transfer_classifier") -> keras.Model:
+    """Raw examples as `kind` (`transfer.input_kind`) describes them -> head output."""
+    raw = keras.Input(kind.shape, dtype=kind.dtype.name, name=kind.name)
+    return keras.Model(raw, head(features(kind.layer()(raw))), name=name)
+
+
+def raw_input_spec(model: keras.Model) -> tf.TensorSpec:
+    """What a model made by `build_classifier` takes: what its exports take, under the same name."""
+    raw = model.inputs[0]
+    return tf.TensorSpec(raw.shape, raw.dtype, name=model.layers[0].name)
 
 
 def head_model(feature_shapes, head, suffix=None) -> keras.Model:

@@ -1,8 +1,9 @@
 """From a backbone and a data spec to what training and extraction both need.
 
-`open_inputs` loads the backbone and the data, settles the preprocessing and the model's input
-shape, and builds the tf.data pipelines (`Batches`): one place, so that `fit`, `extract` and
-`sweep` see exactly the same examples in the same order.
+`open_inputs` loads the backbone and the data, decides once how the examples reach the backbone
+(`input_kind`: as images, or as arrays as they are), and builds the tf.data pipelines
+(`Batches`): one place, so that `fit`, `extract` and `sweep` see exactly the same examples in
+the same order.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import tensorflow as tf
 
 from transfer import datasets
 from transfer.backbone import Backbone
-from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
+from transfer.datasets.preprocessing import Augmentation, Preprocessing
 from transfer.errors import TransferError
+from transfer.input_kind import ArrayInput, ImageInput, InputKind
 from transfer.layer import FeatureLayer
 from transfer.model import build_classifier
 
@@ -27,8 +29,7 @@ SHUFFLE_BYTES = 2**30
 class Inputs:
     backbone: Backbone
     splits: datasets.DataSplits
-    preprocessing: Preprocessing
-    input_shape: tuple  # the trained model's raw-image input (height, width, channels)
+    kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -51,8 +52,8 @@ class Inputs:
         prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)
         return prefix.cached_features(cache_dir, dtype, progress=progress)
 
-    def feature_batch(self, images):
-        """Features of one batch of raw images (a dict keyed by cut spec when several cuts): what
+    def feature_batch(self, examples):
+        """Features of one batch of raw examples (a dict keyed by cut spec when several cuts): what
         extraction runs, and what `feature_model()` computes, bit for bit except where the scale
         feeds a conv directly (in the Keras model grappler folds it into the weights: ~2 ulp).
 
@@ -63,13 +64,13 @@ class Inputs:
         it as in the Keras model (x / 255 becomes x * (1 / 255): not the same last bit).
         """
         if self._prepare is None:
-            self._prepare = tf.function(self.preprocessing.__call__, reduce_retracing=True)
-        return self.backbone(self._prepare(tf.cast(images, tf.float32)))
+            self._prepare = tf.function(self.kind.prepare, reduce_retracing=True)
+        return self.backbone(self._prepare(examples))
 
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
-        """Raw images -> features as a Keras model (`feature_batch` computes the same, faster)."""
-        return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.input_shape,
-                                self.preprocessing, name="feature_extractor")
+        """Raw examples -> features as a Keras model (`feature_batch` computes the same, faster)."""
+        return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.kind,
+                                name="feature_extractor")
 
 
 @dataclasses.dataclass
@@ -116,10 +117,47 @@ def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, va
     if splits.num_classes < 2:
         raise TransferError(f"data has {splits.num_classes} class(es) ({', '.join(splits.class_names)}); "
                             "a classifier needs at least 2")
-    prep = resolve_preprocessing(backbone, preprocessing, scale)
+    where = data if isinstance(data, str) else "the data"
+    kind = input_kind(backbone, splits, preprocessing, scale, where)
     augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
-    return Inputs(backbone, splits, prep, model_input_shape(splits, prep),
-                  Batches(splits, prep, batch_size, seed, augmentation))
+    if augmentation is not None and not kind.images:
+        kind.refuse("augmentation (--augment, --crop-padding)")
+    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation))
+
+
+def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:
+    """Images or arrays, decided once (README "Non-image inputs").
+
+    Images: the data are pictures (image files, a TFDS Image feature, digits), or the backbone
+    takes images (rank 4 with 1 or 3 channels, float or uint8) and each example looks like one
+    ((height, width) or (height, width, channels)); they are resized, channel-matched and scaled,
+    so data of exactly the input's shape pass unchanged. Anything else passes as it is, after a
+    check of its shape and dtype against the input's.
+    """
+    (spec,) = backbone.input_specs
+    looks_like_image = len(splits.example_shape) == 2 or (
+        len(splits.example_shape) == 3 and splits.example_shape[-1] in (1, 2, 3, 4))
+    if splits.images or (takes_images(spec) and looks_like_image):
+        prep = resolve_preprocessing(backbone, preprocessing, scale)
+        kind = ImageInput(prep, model_input_shape(splits, prep))
+    else:
+        kind = ArrayInput.of(spec, splits.example_shape)
+        if preprocessing is not None:
+            kind.refuse("preprocessing settings (--preprocessing)")
+        if scale not in (None, "none"):
+            kind.refuse(f"--scale {scale!r}")
+    try:
+        kind.check(splits.example_shape, splits.example_dtype, where)
+    except TransferError as error:
+        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
+        raise TransferError(f"{error}; {hint}" if hint else str(error)) from None
+    return kind
+
+
+def takes_images(spec: tf.TensorSpec) -> bool:
+    """A batch of images: (batch, height, width, 1 or 3 channels), float or uint8 pixels."""
+    return (spec.shape.rank == 4 and spec.shape[-1] in (1, 3, None)
+            and (spec.dtype.is_floating or spec.dtype == tf.uint8))
 
 
 def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
@@ -144,7 +182,8 @@ def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | N
 
 def model_input_shape(splits, prep: Preprocessing) -> tuple:
     """The data's image shape when it already has the backbone's size; else any size is accepted."""
-    height, width, channels = splits.image_shape
+    height, width, *channels = splits.example_shape
+    channels = channels[0] if channels else 1  # gray (height, width) gets a channel axis
     if prep.size is None or (height, width) == tuple(prep.size):
         return (height, width, channels)
     return (None, None, channels)
@@ -152,11 +191,12 @@ def model_input_shape(splits, prep: Preprocessing) -> tuple:
 
 
 class Batches:
-    """The tf.data pipelines: images resized to the backbone's size (so they batch), float32."""
+    """The tf.data pipelines: examples made batchable as `kind` says (images resized to the
+    backbone's size, float32; arrays cast to the input's dtype)."""
 
-    def __init__(self, splits, prep: Preprocessing, batch_size: int, seed: int, augmentation):
+    def __init__(self, splits, kind: InputKind, batch_size: int, seed: int, augmentation):
         self.splits, self.batch_size, self.seed, self.augmentation = splits, batch_size, seed, augmentation
-        self.resize = Preprocessing(size=prep.size)
+        self.kind = kind
 
     def training(self) -> tf.data.Dataset:
         size = self.splits.sizes.get("train") or 10_000
@@ -169,14 +209,14 @@ class Batches:
         return None if stream is None else self._batched(stream.skip(skip).take(take), None)
 
     def _batched(self, stream, augmentation) -> tf.data.Dataset:
-        return preprocess(stream, self.resize, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        return self.kind.batchable(stream, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs and labels of a batched (image, label) dataset, in one pass."""
+    """Model outputs and labels of a batched (example, label) dataset, in one pass."""
     outputs, labels = [], []
-    for images, y in dataset:
-        outputs.append(np.asarray(model.predict_on_batch(images)))
+    for examples, y in dataset:
+        outputs.append(np.asarray(model.predict_on_batch(examples)))
         labels.append(y.numpy())
     if not outputs:
         return np.zeros((0,)), np.zeros((0,), "int32")

@@ -1,4 +1,8 @@
-"""Use a finished run: `evaluate` it on labelled data, `predict` classes of image files."""
+"""Use a finished run: `evaluate` it on labelled data, `predict` classes of image files or arrays.
+
+The run's config.json says what its model takes (`transfer.input_kind`): images, resized to fit,
+or the backbone's own arrays, checked for shape and dtype.
+"""
 from __future__ import annotations
 
 import json
@@ -8,8 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import datasets
-from transfer.datasets.preprocessing import Preprocessing
+from transfer import datasets, input_kind
 from transfer.errors import TransferError
 from transfer.reporting import classification_metrics
 from transfer.pipeline import Batches, predict_batches
@@ -38,7 +41,9 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32) -> dict:
     if splits.class_names != config["class_names"]:
         raise TransferError(f"data {data!r} has classes {splits.class_names}; the run was trained on "
                             f"{config['class_names']} (same names, same order)")
-    batches = Batches(splits, Preprocessing.from_dict(config["preprocessing"]), batch_size, 0, None)
+    kind = input_kind.from_config(config)
+    kind.check(splits.example_shape, splits.example_dtype, repr(data))
+    batches = Batches(splits, kind, batch_size, 0, None)
     probabilities, labels = [], []
     for role in ("train", "validation", "test"):
         dataset = batches.evaluation(role)
@@ -50,15 +55,13 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32) -> dict:
 
 
 def predict(run_dir, paths, top_k: int = 3) -> list[dict]:
-    """Top-k classes with probabilities for each image file (or `.npy` array of images)."""
+    """Top-k classes with probabilities for each image file or `.npy` array (one example or many)."""
     model, config = load_run(run_dir)
-    height, width, channels = model.inputs[0].shape[1:]
-    fit_to_model = Preprocessing(size=None if height is None else (height, width), channels=channels)
+    kind = input_kind.from_config(config)
     top_k = max(1, min(top_k, len(config["class_names"])))
     results = []
     for path in map(Path, paths):
-        images = fit_to_model.geometry(tf.cast(_read_images(path), tf.float32))
-        probabilities = np.asarray(model.predict_on_batch(images))
+        probabilities = np.asarray(model.predict_on_batch(kind.conform(_read(path, kind.images), str(path))))
         for index, row in enumerate(probabilities):
             best = np.argsort(row)[::-1][:top_k]
             results.append({"image": str(path) if len(probabilities) == 1 else f"{path}[{index}]",
@@ -66,19 +69,18 @@ def predict(run_dir, paths, top_k: int = 3) -> list[dict]:
     return results
 
 
-def _read_images(path: Path) -> tf.Tensor:
-    """A batch (N, H, W, C) from an image file or a `.npy` array of one or many images."""
+def _read(path: Path, images: bool) -> np.ndarray:
+    """A `.npy` array, or (for a run on images) an image file."""
     if not path.is_file():
-        raise TransferError(f"image {str(path)!r} does not exist")
+        raise TransferError(f"input {str(path)!r} does not exist")
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False)
         except ValueError as error:
             raise TransferError(f"{path} is not a readable .npy array: {error}") from None
-        array = array[..., None] if array.ndim in (2, 3) and array.shape[-1] not in (1, 3, 4) else array
-        return tf.constant(array[None] if array.ndim == 3 else array)
+    if not images:
+        raise TransferError(f"{path}: this run takes arrays, give them as .npy files")
     try:
-        image = tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+        return tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False).numpy()
     except tf.errors.OpError:
         raise TransferError(f"{path} is not a readable image (valid: {', '.join(IMAGE_SUFFIXES)}, .npy)") from None
-    return image[None]

@@ -488,7 +488,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
-                     seed=seed, preprocessing=inputs.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
+                     seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
                      out=directory / "best", export=export, verbose=0)
     result.run_dir = Path(out) / "best"
     return SweepResult(rows, Path(out), result)

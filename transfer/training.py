@@ -82,7 +82,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
                          validation_split=validation_split, per_class=per_class, seed=seed,
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
                          crop_padding=crop_padding, inputs=inputs, feeds=feeds, allow_ops=allow_ops)
-    backbone, splits, prep, input_shape = inputs.backbone, inputs.splits, inputs.preprocessing, inputs.input_shape
+    backbone, splits = inputs.backbone, inputs.splits
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
@@ -94,7 +94,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     else:
         features = inputs.feature_layer()
     if cache_dir is None:
-        source = _ImageTraining(inputs, features)
+        source = _UncachedTraining(inputs, features)
     elif thawed is None:
         source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
     else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
@@ -115,7 +115,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
         head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
         trained, history = source.model(head_layer), {}
-    model = build_classifier(features, head_layer, input_shape, prep)
+    model = build_classifier(features, head_layer, inputs.kind)
     seconds = time.perf_counter() - started
     metrics = evaluate_splits(trained, source, splits.class_names)
     metrics["train_seconds"] = round(seconds, 2)
@@ -127,8 +127,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         **backbone.feeding,
         "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
         "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
-        "per_class": per_class, "class_names": splits.class_names, "input_shape": list(input_shape),
-        "preprocessing": prep.to_dict(), "head": head, "head_options": head_options, "epochs": epochs,
+        "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
+        "head": head, "head_options": head_options, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
         "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
@@ -150,14 +150,14 @@ def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
     raise TransferError(f"unknown {what} {value!r}; valid: {shown}")
 
 
-class _ImageTraining:
-    """The head trains inside the whole model, on images: the backbone runs every epoch."""
+class _UncachedTraining:
+    """The head trains inside the whole model, on raw examples: the backbone runs every epoch."""
 
     def __init__(self, inputs, features):
         self.inputs, self.features = inputs, features
 
     def model(self, head):
-        return build_classifier(self.features, head, self.inputs.input_shape, self.inputs.preprocessing)
+        return build_classifier(self.features, head, self.inputs.kind)
 
     def training(self):
         return self.inputs.batches.training()
