@@ -1,6 +1,7 @@
 """Engines (issue 13): the frozen part of a backbone under ONNX Runtime, checked against TensorFlow."""
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
@@ -85,3 +86,41 @@ def test_missing_onnxruntime_is_one_line_saying_what_to_install(tiny, monkeypatc
 def test_unknown_engine_names_the_valid_ones(tiny):
     with pytest.raises(TransferError, match=r"unknown engine 'onnx'; valid: tf, onnxruntime, auto"):
         choose_engine(Backbone.load(tiny.path, cut="gap"), "onnx")
+
+
+def test_extract_fit_and_sweep_take_the_engine_and_it_is_part_of_the_cache_key(tmp_path, capsys):
+    from transfer.cache import FeatureCache
+    from transfer.cli import main
+
+    cache = tmp_path / "cache"
+    common = ["--backbone", "example:digits", "--cut", "block2_out", "--data", "digits:5-9?per_class=10",
+              "--cache-dir", str(cache)]
+    assert main(["extract", *common, "--engine", "onnxruntime"]) == 0
+    assert "engine: onnxruntime (agrees with TensorFlow on the first batch)" in capsys.readouterr().out
+    assert main(["extract", *common, "--engine", "onnxruntime", "--json"]) == 0  # found in the cache
+    onnx_entries = {row["key"] for row in json.loads(capsys.readouterr().out)}
+    assert main(["extract", *common, "--json"]) == 0
+    tf_keys = {row["key"] for row in json.loads(capsys.readouterr().out)}
+    assert not onnx_entries & tf_keys  # another engine, another entry
+    engine_rows = [e for e in FeatureCache(cache).entries() if e.manifest["ingredients"].get("engine")]
+    assert {e.manifest["ingredients"]["engine"] for e in engine_rows} == {"onnxruntime"}
+    features = {e.manifest["ingredients"].get("engine", "tf"): e.arrays()[0] for e in FeatureCache(cache).entries()
+                if e.manifest["role"] == "train"}
+    np.testing.assert_allclose(features["onnxruntime"], features["tf"], rtol=1e-4, atol=1e-4)
+    out = tmp_path / "run"
+    assert main(["fit", *common, "--head", "logreg", "--engine", "onnxruntime", "--out", str(out), "--export", "none",
+                 "--json"]) == 0
+    assert json.loads((out / "config.json").read_text())["engine"] == "onnxruntime"
+    assert main(["fit", *common[:-2], "--engine", "onnxruntime", "--out", str(tmp_path / "x")]) == 2
+    assert "add --cache-dir" in capsys.readouterr().err
+    assert main(["sweep", *common, "--heads", "logreg", "--engine", "auto", "--out", str(tmp_path / "sweep"),
+                 "--export", "none"]) == 0
+    assert "engine: auto: " in capsys.readouterr().out
+
+
+def test_feature_extractor_takes_the_engine(tiny, images):
+    from transfer import FeatureExtractor
+
+    expected = FeatureExtractor(tiny.path, cut="gap").fit(images).transform(images)
+    got = FeatureExtractor(tiny.path, cut="gap", engine="onnxruntime").fit(images).transform(images)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -48,9 +48,11 @@ def entry_key(ingredients: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def ingredients(backbone, input_kind, identity: dict, role: str, dtype: str) -> dict:
-    """What decides the features of one split: the key is made from exactly this."""
+def ingredients(backbone, input_kind, identity: dict, role: str, dtype: str, engine: str = "tf") -> dict:
+    """What decides the features of one split: the key is made from exactly this (the engine
+    only when it is not TensorFlow, so that older keys stay valid)."""
     return {
+        **({"engine": engine} if engine != "tf" else {}),
         "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
                      "inputs": [t.name for t in backbone.inputs],
                      "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name,
@@ -190,12 +192,15 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         self.check_writable()
+        engine = inputs.extraction_engine(self.root)
+        if progress and engine.note:
+            print(f"engine: {engine.note}", flush=True)
         extractor = _ListedOutputs(inputs.feature_batch, [c.spec for c in inputs.backbone.cuts])
         entries = {}
         for role in ROLES:
             if getattr(inputs.splits, role) is None:
                 continue
-            recipe = ingredients(inputs.backbone, inputs.kind, inputs.splits.identity, role, dtype)
+            recipe = ingredients(inputs.backbone, inputs.kind, inputs.splits.identity, role, dtype, engine.name)
             entries[role] = self._fill(entry_key(recipe), recipe, extractor, inputs.batches, role, dtype,
                                        progress)
         return entries

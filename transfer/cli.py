@@ -13,6 +13,7 @@ from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
+ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
             "--data 'digits:5-9?per_class=10' --epochs 60 --lr 0.01")
@@ -31,7 +32,8 @@ EXAMPLES = {
   transfer sweep --backbone model.pb --cut resnet_features --data photos/ --grid grid.toml""",
     "extract": """examples:
   transfer extract --backbone example:digits --cut block2_out --data digits:5-9 --cache-dir features/
-  transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16""",
+  transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16
+  transfer extract --backbone model.pb --cut resnet_features --data photos/ --engine onnxruntime""",
     "cache": """examples:
   transfer cache ls --cache-dir features/
   transfer cache verify
@@ -86,7 +88,7 @@ def cmd_fit(args) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                  patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
                  crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-                 thaw=args.thaw, thaw_from=args.thaw_from, thaw_lr_scale=args.thaw_lr_scale,
+                 engine=args.engine, thaw=args.thaw, thaw_from=args.thaw_from, thaw_lr_scale=args.thaw_lr_scale,
                  thaw_weight_decay=args.thaw_weight_decay, unfreeze_every=args.unfreeze_every,
                  head_epochs=args.head_epochs, thaw_epochs=args.thaw_epochs,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
@@ -110,7 +112,7 @@ def cmd_extract(args) -> int:
     inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
                          validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
                          preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size,
-                         **_graph_options(args))
+                         engine=args.engine, **_graph_options(args))
     cache = FeatureCache(args.cache_dir, shard_size=args.shard_size)
     entries = cache.extract(inputs, dtype=args.cache_dtype, progress=not args.json)
     rows = [_entry_row(entry) for entry in entries.values()]
@@ -180,7 +182,8 @@ def cmd_sweep(args) -> int:
                    signature=args.signature, **_graph_options(args),
                    data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
-                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, out=args.out or default_run_dir("sweep"),
+                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
+                   out=args.out or default_run_dir("sweep"),
                    export=args.export, progress=not args.json,
                    **axes)
     if args.json:
@@ -424,6 +427,10 @@ def _add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
     parser.add_argument("--cache-dir", *aliases, metavar="DIR", help=help_text)
     parser.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
                         help="stored feature dtype (float16 halves the disk)")
+    parser.add_argument("--engine", default="tf", choices=ENGINES,
+                        help="what runs the frozen backbone when features are extracted: tf, onnxruntime (converted "
+                        "once, checked against tf on the first batch) or auto (onnxruntime where installed and faster, "
+                        "measured); training stays in TensorFlow (default: tf)")
 
 
 def _export_formats(text: str) -> tuple:

@@ -40,11 +40,15 @@ class Engine:
         return self.run(inputs)
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise TransferError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+
+
 def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None) -> Engine:
     """The engine for `backbone`; `sample` (a first batch, already preprocessed) is what the
     agreement check and `auto`'s timing run on."""
-    if engine not in ENGINES:
-        raise TransferError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    check_engine(engine)
     if engine == "tf":
         return Engine("tf", backbone)
     try:

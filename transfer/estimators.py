@@ -26,11 +26,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
     "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
-    graph is fed, as for `Backbone.load`. Follows scikit-learn's rules: `__init__` only stores.
+    graph is fed, as for `Backbone.load`; `engine`: "tf", "onnxruntime" or "auto" (`transfer.engines`).
+    Follows scikit-learn's rules: `__init__` only stores.
     """
 
     def __init__(self, backbone, cut="auto", signature=None, scale=None, pooling="flatten", batch_size=32,
-                 cache_dir=None, inputs=None, feeds=None, allow_ops=()):
+                 cache_dir=None, inputs=None, feeds=None, allow_ops=(), engine="tf"):
         self.backbone = backbone
         self.cut = cut
         self.signature = signature
@@ -41,6 +42,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.batch_size = batch_size
         self.cache_dir = cache_dir
+        self.engine = engine
 
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
@@ -59,8 +61,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         splits = _splits(examples)
         self.input_kind_.check(splits.example_shape, splits.example_dtype, "X")
         inputs = Inputs(self.backbone_, splits, self.input_kind_,
-                        Batches(splits, self.input_kind_, self.batch_size, 0, None))
+                        Batches(splits, self.input_kind_, self.batch_size, 0, None), self.engine)
         if self.cache_dir is None:
+            inputs.extraction_engine()
             batches = inputs.batches.evaluation("train")
             features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
         else:

@@ -31,7 +31,9 @@ class Inputs:
     splits: datasets.DataSplits
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
+    engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.engines`)
     _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _engine: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
@@ -49,8 +51,20 @@ class Inputs:
     def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
         what its thawed suffix trains on."""
-        prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)
+        prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)  # its own engine, chosen anew
         return prefix.cached_features(cache_dir, dtype, progress=progress)
+
+    def extraction_engine(self, cache_dir=None):
+        """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.engines`;
+        ONNX Runtime is checked against TensorFlow, and timed for `auto`, on the first batch)."""
+        if self._engine is None:
+            from transfer.engines import choose_engine
+
+            first = self.batches.evaluation("train", take=self.batches.batch_size)
+            sample = next(iter(first))[0] if self.engine != "tf" else None
+            self._engine = choose_engine(self.backbone, self.engine, self._prepared(sample) if sample is not None
+                                         else None, cache_dir)
+        return self._engine
 
     def feature_batch(self, examples):
         """Features of one batch of raw examples (a dict keyed by cut spec when several cuts): what
@@ -63,9 +77,12 @@ class Inputs:
         pruned function. The preprocessing is a graph, not eager ops, because grappler rewrites
         it as in the Keras model (x / 255 becomes x * (1 / 255): not the same last bit).
         """
+        return (self._engine or self.backbone)(self._prepared(examples))
+
+    def _prepared(self, examples):
         if self._prepare is None:
             self._prepare = tf.function(self.kind.prepare, reduce_retracing=True)
-        return self.backbone(self._prepare(examples))
+        return self._prepare(examples)
 
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw examples -> features as a Keras model (`feature_batch` computes the same, faster)."""
@@ -103,9 +120,14 @@ class FeatureSplits:
 
 def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
                 per_class=None, seed: int = 0, preprocessing=None, scale=None, batch_size: int = 32,
-                augment: bool = False, crop_padding: int = 0, inputs=None, feeds=None, allow_ops=()) -> Inputs:
+                augment: bool = False, crop_padding: int = 0, inputs=None, feeds=None, allow_ops=(),
+                engine: str = "tf") -> Inputs:
     """Load what a command needs; every user mistake here is one TransferError line. `inputs`,
-    `feeds`, `allow_ops`: where and with what the graph is fed, as for `Backbone.load`."""
+    `feeds`, `allow_ops`: where and with what the graph is fed, as for `Backbone.load`; `engine`:
+    what runs it when features are extracted (`transfer.engines`)."""
+    from transfer.engines import check_engine
+
+    check_engine(engine)
     if not isinstance(backbone, Backbone):
         backbone = Backbone.load(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
                                  allow_ops=allow_ops)
@@ -122,7 +144,7 @@ def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, va
     augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
     if augmentation is not None and not kind.images:
         kind.refuse("augmentation (--augment, --crop-padding)")
-    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation))
+    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine)
 
 
 def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:

@@ -443,8 +443,8 @@ class SweepResult:
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = 5, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
           per_class=None, preprocessing=None, scale=None, cache_dir=None, cache_dtype: str = "float32",
-          inputs=None, feeds=None, allow_ops=(), out=None, export=("savedmodel", "pb"), progress: bool = True,
-          **axes) -> SweepResult:
+          inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
+          progress: bool = True, **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -467,7 +467,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
-    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, **source)
+    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
     layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
               for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
@@ -489,6 +489,6 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                     out=directory / "best", export=export, verbose=0)
+                     engine=engine, out=directory / "best", export=export, verbose=0)
     result.run_dir = Path(out) / "best"
     return SweepResult(rows, Path(out), result)

@@ -50,7 +50,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
         cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
         thaw_lr_scale=None, thaw_weight_decay=None, unfreeze_every=None, head_epochs=None, thaw_epochs=None,
-        inputs=None, feeds=None, allow_ops=(), out=None, export=("savedmodel", "pb"), verbose="auto") -> FitResult:
+        inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
+        verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
@@ -81,8 +82,11 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
                          validation_split=validation_split, per_class=per_class, seed=seed,
                          preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
-                         crop_padding=crop_padding, inputs=inputs, feeds=feeds, allow_ops=allow_ops)
+                         crop_padding=crop_padding, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine)
     backbone, splits = inputs.backbone, inputs.splits
+    if cache_dir is None and engine != "tf":
+        raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
+                            "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
@@ -132,7 +136,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
         "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
-        "cache_dtype": cache_dtype, "thaw": thaw, "thaw_from": thaw_from,
+        "cache_dtype": cache_dtype, "engine": engine, "thaw": thaw, "thaw_from": thaw_from,
         **dataclasses.asdict(thaw_training), "export": list(export),
     }
     run_dir = None
