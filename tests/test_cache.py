@@ -94,7 +94,7 @@ def test_corrupt_shard_is_found_by_verify_and_extracted_again(tmp_path, capsys):
     shard = test.path / test.manifest["shards"][2]["features"]
     original = shard.read_bytes()
     shard.write_bytes(original[:-8] + b"\x00" * 8)
-    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 1
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 3  # corrupt: neither a bug nor a user error
     captured = capsys.readouterr()
     assert f"entry {test.key}: corrupt or missing shard(s) [2]" in captured.err and "CORRUPT [2]" in captured.out
     _, repaired = extract(tmp_path, shard_size=100)  # recomputed from the same batches: the same bytes
@@ -224,6 +224,12 @@ def test_cache_ls_and_rm(capsys, tmp_path):
     assert main(["cache", "rm", "--cache-dir", str(tmp_path), entries["train"].key]) == 0
     assert not entries["train"].path.exists() and entries["test"].path.exists()
     assert "no cache entry 'nope'" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path), "nope"])
+    assert "or --all to remove every entry" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path)])
+    assert entries["test"].path.exists()
+    assert main(["cache", "rm", "--cache-dir", str(tmp_path), "--all"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 @pytest.mark.parametrize("scale", ["none", "-1..1", "0..1"])

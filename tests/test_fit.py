@@ -83,8 +83,11 @@ def test_exports_reproduce_in_process_predictions(digits_run):
 
 def test_evaluate_and_predict_a_run(digits_run, tmp_path, capsys):
     result, _ = digits_run
-    metrics = transfer.evaluate(result.run_dir, "digits:5-9")
-    assert metrics["examples"] > 800 and metrics["accuracy"] > 0.8
+    metrics = transfer.evaluate(result.run_dir, "digits:5-9")  # the test split, as fit scored it
+    assert metrics["split"] == "test" and metrics["examples"] == result.metrics["test"]["examples"]
+    assert metrics["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+    every = transfer.evaluate(result.run_dir, "digits:5-9", split="all")
+    assert every["split"] == "all" and every["examples"] > metrics["examples"]
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -97,7 +100,7 @@ def test_evaluate_and_predict_a_run(digits_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"sevens\.npy\[0\]: \d [01]\.\d{3}", out)
     assert main(["evaluate", str(result.run_dir), "--data", "digits:5-9"]) == 0
-    assert re.search(r"accuracy 0\.\d{3} on \d+ examples", capsys.readouterr().out)
+    assert re.search(r"accuracy 0\.\d{3} on \d+ examples: the test split", capsys.readouterr().out)
 
 
 def test_logreg_probe_exports_as_the_equivalent_dense_head(tmp_path):
@@ -254,6 +257,9 @@ def test_existing_run_directory_and_bad_choices(capsys, tmp_path):
     assert "unknown optimizer 'adamm'" in fit_error(capsys, tmp_path, "--optimizer", "adamm")
     assert "unknown export format 'onnx'" in fit_error(capsys, tmp_path, "--export", "onnx")
     assert "a head trains on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
+    assert "epochs=0 (--epochs) must be an integer >= 1" in fit_error(capsys, tmp_path, "--epochs", "0")
+    assert "lr=0.0 (--lr) must be a number > 0" in fit_error(capsys, tmp_path, "--lr", "0")
+    assert "batch_size=0 (--batch-size) must be an integer >= 1" in fit_error(capsys, tmp_path, "--batch-size", "0")
 
 
 def test_run_directory_is_removed_when_writing_fails(tmp_path):

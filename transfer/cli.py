@@ -13,7 +13,8 @@ from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
-ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
+ENGINES = ("tf", "onnxruntime", "auto")
+CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)  # transfer.engines.ENGINES, named here without importing TensorFlow
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
             "--data 'digits:5-9?per_class=10' --epochs 60 --lr 0.01")
@@ -128,6 +129,9 @@ def cmd_cache(args) -> int:
     from transfer.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
+    if args.action == "rm" and not args.keys and not args.all:
+        raise TransferError(f"cache rm: give the keys of the entries to remove (`transfer cache ls` lists them), "
+                            f"or --all to remove every entry of {cache.root}")
     entries = [cache.open(key) for key in args.keys] if args.keys else cache.entries()
     if args.action == "rm":
         for entry in entries:
@@ -145,7 +149,7 @@ def cmd_cache(args) -> int:
     for row in bad:
         print(f"entry {row['key']}: corrupt or missing shard(s) {row['bad_shards']}; the next extract or fit "
               f"with this cache re-extracts them", file=sys.stderr)
-    return 1 if bad else 0
+    return CORRUPT_CACHE if bad else 0
 
 
 def _entry_row(entry, verify: bool = False) -> dict:
@@ -212,11 +216,13 @@ def _choices(cast):
 def cmd_evaluate(args) -> int:
     from transfer.prediction import evaluate
 
-    metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size)
+    metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size, split=args.split)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} examples")
+    which = "the test split" if metrics["split"] == "test" else (
+        "every example" + (" (the data has no test split)" if args.split == "test" else ""))
+    print(f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} examples: {which}")
     report = metrics["report"]
     rows = [(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1-score']:.3f}", str(int(v["support"])))
             for name, v in report.items() if isinstance(v, dict)]
@@ -286,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="linear, mlp, conv, attention, logreg, or module:Class (default: linear)")
     fit.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="a head option, e.g. hidden=256,128 or pooling=flatten (repeatable)")
-    fit.add_argument("--epochs", type=int, default=20)
-    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--epochs", type=int, default=20, help="training epochs, >= 1 (default 20)")
+    fit.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
     fit.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     fit.add_argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop, nadam")
     fit.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; the best "
@@ -346,11 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = _command(commands, "cache", cmd_cache, "list, verify or remove feature-cache entries")
     actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, summary in (("ls", "list entries"), ("verify", "check every shard's checksum (exit 1 if any "
-                            "is corrupt)"), ("rm", "remove entries")):
+    for action, summary in (("ls", "list entries"), ("verify", f"check every shard's checksum (exit "
+                            f"{CORRUPT_CACHE} if any is corrupt)"), ("rm", "remove the given entries, or all with --all")):
         sub = actions.add_parser(action, help=summary, description=summary)
-        sub.add_argument("keys", nargs="*" if action != "rm" else "+", metavar="KEY",
-                         help="entries" + (" (default: all)" if action != "rm" else ""))
+        sub.add_argument("keys", nargs="*", metavar="KEY", help="entries (default: all" +
+                         ("; rm needs --all for that)" if action == "rm" else ")"))
+        if action == "rm":
+            sub.add_argument("--all", action="store_true", help="remove every entry of the cache directory")
         sub.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
         sub.add_argument("--json", action="store_true", help="print the entries as JSON")
 
@@ -359,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="SPEC", help="labelled data, as for fit")
     evaluate.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data directory")
     evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--split", choices=["test", "all"], default="test",
+                          help="score the data's test split (default; every example if it has none) or all of it")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     predict = _command(commands, "predict", cmd_predict, "top-k classes of images (or arrays) with a fit run")

@@ -34,24 +34,45 @@ def load_run(run_dir) -> tuple[keras.Model, dict]:
     return keras.models.load_model(model_path), config
 
 
-def evaluate(run_dir, data, data_dir=None, batch_size: int = 32) -> dict:
-    """Accuracy, per-class report and confusion matrix on every example of `data`."""
+EVALUATED_SPLITS = ("test", "all")
+
+
+def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "test") -> dict:
+    """Accuracy, per-class report and confusion matrix on the data's test split (`split="test"`,
+    the default: training and validation examples would flatter the run), or on every example
+    (`"all"`, also what a test split that the data lacks falls back to); `metrics["split"]` says which."""
+    if split not in EVALUATED_SPLITS:
+        raise TransferError(f"unknown split {split!r} to evaluate; valid: {', '.join(EVALUATED_SPLITS)}")
     model, config = load_run(run_dir)
-    splits = datasets.load(data, data_dir=data_dir, validation_split=0.0)
+    splits = _as_split_for_the_run(data, data_dir, config)
     if splits.class_names != config["class_names"]:
         raise TransferError(f"data {data!r} has classes {splits.class_names}; the run was trained on "
                             f"{config['class_names']} (same names, same order)")
     kind = input_kind.from_config(config)
     kind.check(splits.example_shape, splits.example_dtype, repr(data))
     batches = Batches(splits, kind, batch_size, 0, None)
+    scored = "test" if split == "test" and splits.test is not None else "all"
     probabilities, labels = [], []
-    for role in ("train", "validation", "test"):
+    for role in ("test",) if scored == "test" else ("train", "validation", "test"):
         dataset = batches.evaluation(role)
         if dataset is not None:
             outputs, y = predict_batches(model, dataset)
             probabilities.append(outputs)
             labels.append(y)
-    return classification_metrics(np.concatenate(labels), np.concatenate(probabilities), splits.class_names)
+    metrics = classification_metrics(np.concatenate(labels), np.concatenate(probabilities), splits.class_names)
+    return {**metrics, "split": scored}
+
+
+def _as_split_for_the_run(data, data_dir, config):
+    """The run's own data is split as the run split it, so that its test split holds only the
+    examples the run neither trained nor validated on; other data keep their own test split."""
+    used = (config.get("data_identity") or {}).get("split") or {}
+    settings = {key: used.get(key) for key in ("validation_split", "per_class", "seed")}
+    if settings["validation_split"] is not None and settings["seed"] is not None:
+        splits = datasets.load(data, data_dir=data_dir, **settings)
+        if splits.identity == config.get("data_identity"):
+            return splits
+    return datasets.load(data, data_dir=data_dir, validation_split=0.0)
 
 
 def predict(run_dir, paths, top_k: int = 3) -> list[dict]:

@@ -426,8 +426,11 @@ def _accuracy_text(value) -> str:
 
 
 def _mean_std(row: dict, split: str) -> str:
+    """`0.912 ± 0.004` over repeats; a single run has no spread to show."""
     mean, std = row[f"{split}_accuracy_mean"], row[f"{split}_accuracy_std"]
-    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if row["repeats"] > 1 else f"{mean:.3f}"
 
 
 # --- the command -----------------------------------------------------------------------------------

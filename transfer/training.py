@@ -17,7 +17,7 @@ import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
-from transfer.errors import TransferError
+from transfer.errors import TransferError, check_number
 from transfer.export import FORMATS, export_all
 from transfer.model import build_classifier, head_model, probe_as_head
 from transfer.pipeline import open_inputs, predict_batches
@@ -64,6 +64,9 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_number("epochs", epochs, 1, integer=True, flag="--epochs")  # 0 would write an untrained model
+    check_number("batch_size", batch_size, 1, integer=True, flag="--batch-size")
+    check_number("lr", lr, 0, above=True, flag="--lr")
     thawing = thaw is not None or thaw_from is not None
     thaw_training = ThawTraining(thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs,
                                  thaw_epochs).check(thawing=thawing)
