@@ -4,6 +4,10 @@ import json
 import numpy as np
 import pytest
 
+import transfer  # noqa: F401  (pins the Keras backend)
+import keras
+import tensorflow as tf
+
 from transfer import Backbone
 from transfer.loading import load_graph
 from test_cli import assert_user_error, run_cli
@@ -84,3 +88,40 @@ def test_inspect_says_it_used_the_hub_default_signature(capsys, hub_module):
     report = json.loads(out)
     assert report["signature"] == "image_feature_vector" and report["signature_note"] is None
     assert [(o["key"], o["tensor"]) for o in report["outputs"]] == [("default", "feature_vector:0")]
+
+
+def test_a_keras3_saved_model_that_only_the_tf1_loader_reads_freezes_with_its_trained_values(tmp_path):
+    """Keras 3 saves each variable twice (the layers read one handle, the checkpoint restores
+    another); the TF1 loader restores only the second, so its readers are pointed at it."""
+    from collections import deque
+
+    from conftest import break_object_graph
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    keras.utils.set_random_seed(3)
+    audio = keras.Input((40, 8), name="audio")
+    trunk = keras.layers.Conv1D(16, 3, padding="same", activation="relu", name="trunk")(audio)
+    model = keras.Model(audio, {"note": keras.layers.Dense(5, activation="sigmoid", name="note")(trunk),
+                                "contour": keras.layers.Dense(12, activation="sigmoid", name="contour")(trunk)})
+    module = tf.Module()
+    module.model = model
+    module.optimizer_state = tf.Module()
+    module.optimizer_state.slot = tf.Variable(tf.zeros([16, 12]), name="slot")
+    module.serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, 40, 8], tf.float32, "audio")])
+    path = tmp_path / "keras3_saved_model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    nodes = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0] \
+        .object_graph_def.nodes
+    queue, seen, variable = deque([(0, "")]), {0}, None
+    while queue and variable is None:  # the dotted object path of one of the model's variables
+        node_id, dotted = queue.popleft()
+        if nodes[node_id].WhichOneof("kind") == "variable" and dotted.startswith("model."):
+            variable = dotted
+        for child in nodes[node_id].children:
+            if child.node_id not in seen:
+                seen.add(child.node_id)
+                queue.append((child.node_id, f"{dotted}.{child.local_name}".strip(".")))
+    break_object_graph(path, "optimizer_state", variable, "slot")  # tf.saved_model.load now fails
+    inputs = np.random.default_rng(8).normal(size=(3, 40, 8)).astype("float32")
+    backbone = Backbone.load(path, cut="note")
+    np.testing.assert_allclose(backbone(inputs), model(inputs)["note"], rtol=1e-5, atol=1e-6)

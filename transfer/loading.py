@@ -259,12 +259,43 @@ def _load_signatures(path: Path, tags: list[str]):
         from tensorflow.python.saved_model import load_v1_in_v2
 
         try:
-            loaded = load_v1_in_v2.load(str(path), tags=tags)
+            loader = load_v1_in_v2._EagerSavedModelLoader(str(path))
+            read_restored_variables(loader.get_meta_graph_def_from_tags(tags))  # edited in place
+            loaded = loader.load(tags=tags)
         except Exception as error:  # noqa: BLE001
             raise TransferError(
                 f"SavedModel {path} does not load: {_first_line(first_error)}; "
                 f"TF1 loader: {_first_line(error)}") from None
     return loaded
+
+
+def read_restored_variables(meta_graph) -> None:
+    """Keras 3 saves each variable twice: the layers' functions read one handle (`note/bias`), the
+    checkpoint restores another (`Variable_3`) whose TF1 initializer copies the first. The TF2
+    loader makes them one object; the TF1 loader restores only the second, so point every reader
+    of the first at the second (found by that initializer: `V/Assign(V, V/Initializer/Read(H))`,
+    where the saver restores V and not H)."""
+    graph_def = meta_graph.graph_def
+    nodes = {node.name: node for node in graph_def.node}
+    restored = {name.lstrip("^").split(":")[0] for name in nodes[meta_graph.saver_def.restore_op_name].input} \
+        if meta_graph.saver_def.restore_op_name in nodes else set()
+    aliases = {}
+    for node in graph_def.node:
+        if node.op != "AssignVariableOp" or node.name != f"{node.input[0]}/Assign":
+            continue
+        initial = nodes.get(node.input[1].split(":")[0])
+        if initial is not None and initial.name == f"{node.input[0]}/Initializer/ReadVariableOp":
+            source = initial.input[0].split(":")[0]
+            if (nodes.get(source) is not None and nodes[source].op == "VarHandleOp" and source not in restored
+                    and node.input[0] in restored):
+                aliases[source] = node.input[0]
+    for node in graph_def.node:
+        if node.name.endswith("/Initializer/ReadVariableOp"):
+            continue
+        for index, name in enumerate(node.input):
+            base = name.split(":")[0]
+            if base in aliases:
+                node.input[index] = name.replace(base, aliases[base], 1)
 
 
 # -- Keras model files -----------------------------------------------------------------------
