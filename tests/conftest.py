@@ -318,7 +318,8 @@ def _hub_graph(training: bool):
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
-        kernel = tf.compat.v1.get_variable("conv/weights", initializer=rng.normal(0, 0.5, (3, 3, 3, 6)).astype("float32"),
+        kernel = tf.compat.v1.get_variable("conv/weights",
+                                           initializer=rng.normal(0, 0.5, (3, 3, 3, 6)).astype("float32"),
                                            use_resource=False)
         features = tf.nn.relu(tf.nn.conv2d(images, kernel, 2, "SAME"), name="conv/Relu")
         if training:
@@ -370,7 +371,8 @@ def build_detection_graph(num_classes: int = 3, max_detections: int = 5) -> tf.c
         with graph.as_default():
             image = tf.compat.v1.placeholder(tf.uint8, [None, None, None, 3], name="image_tensor")
             with tf.compat.v1.name_scope("Preprocessor"):
-                resized = tf.map_fn(lambda one: tf.compat.v1.image.resize_bilinear(tf.cast(one, tf.float32)[None], [32, 32])[0],
+                resize = lambda one: tf.compat.v1.image.resize_bilinear(tf.cast(one, tf.float32)[None], [32, 32])[0]  # noqa: E731
+                resized = tf.map_fn(resize,
                                     image, fn_output_signature=tf.TensorSpec([32, 32, 3], tf.float32))
                 x = resized * (2.0 / 255.0) - 1.0
             feature_maps = []
@@ -384,7 +386,8 @@ def build_detection_graph(num_classes: int = 3, max_detections: int = 5) -> tf.c
                 with tf.compat.v1.name_scope(f"BoxPredictor_{i}"):
                     channels = feature_map.shape[-1]
                     box = tf.nn.conv2d(feature_map, const(1, 1, channels, 4), 1, "SAME", name="BoxEncodingPredictor")
-                    cls = tf.nn.conv2d(feature_map, const(1, 1, channels, num_classes), 1, "SAME", name="ClassPredictor")
+                    cls = tf.nn.conv2d(feature_map, const(1, 1, channels, num_classes), 1, "SAME",
+                                       name="ClassPredictor")
                     encodings.append(tf.reshape(box, [tf.shape(box)[0], -1, 4]))
                     logits.append(tf.reshape(cls, [tf.shape(cls)[0], -1, num_classes]))
             anchors = sum(int(m.shape[1]) * int(m.shape[2]) for m in feature_maps)
@@ -418,7 +421,8 @@ def detection_graph(graphs_dir) -> Fixture:
     path = graphs_dir / "detection.pb"
     path.write_bytes(build_detection_graph().SerializeToString())
     return Fixture(path, extra={"feature_extractor_output": "FeatureExtractor/stage1/Relu:0",
-                                "box_predictor_inputs": ["FeatureExtractor/stage0/Relu:0", "FeatureExtractor/stage1/Relu:0"]})
+                                "box_predictor_inputs": ["FeatureExtractor/stage0/Relu:0",
+                                                         "FeatureExtractor/stage1/Relu:0"]})
 
 
 def audio_net() -> keras.Model:

@@ -130,7 +130,8 @@ def test_uint8_input_of_any_size_is_fed_as_the_graph_wants(graphs_dir):
         features = backbone(np.full([1, height, width, 3], 255, "uint8"))
         assert features.shape == (1, height, width, 2)
         assert features.numpy()[0, height // 2, width // 2, 0] == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(backbone(np.full([1, 5, 5, 3], 255.0, "float32")), backbone(np.full([1, 5, 5, 3], 255, "uint8")))
+    np.testing.assert_allclose(backbone(np.full([1, 5, 5, 3], 255.0, "float32")),
+                               backbone(np.full([1, 5, 5, 3], 255, "uint8")))
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,8 @@ def test_killed_extraction_resumes_to_the_same_result(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-1000:]
     resumed, clean = _read_json(manifest), _read_json(clean_dir / manifest.parent.name / "manifest.json")
-    assert resumed["complete"] and [s["features_sha256"] for s in resumed["shards"]][:len(finished_before)] == finished_before
+    assert resumed["complete"]
+    assert [s["features_sha256"] for s in resumed["shards"]][:len(finished_before)] == finished_before
     assert [(s["features_sha256"], s["labels_sha256"]) for s in resumed["shards"]] == \
         [(s["features_sha256"], s["labels_sha256"]) for s in clean["shards"]]
     assert sum(s["count"] for s in resumed["shards"]) == 1797
@@ -196,7 +197,8 @@ def test_corrupt_manifest(capsys, tmp_path):
     entry = entries["train"]
     (entry.path / "manifest.json").write_text("{ not json")
     err = cli_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path)])
-    assert f"cache manifest {entry.path / 'manifest.json'} is corrupt" in err and f"transfer cache rm {entry.key}" in err
+    assert f"cache manifest {entry.path / 'manifest.json'} is corrupt" in err
+    assert f"transfer cache rm {entry.key}" in err
     assert list(entry.path.glob("features-*.npy")), "shards are kept"
 
 

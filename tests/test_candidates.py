@@ -90,7 +90,8 @@ def test_detection_graph_auto_is_the_feature_extractor_output(capsys, detection_
     report = inspect_json(capsys, str(detection_graph.path))
     wanted = detection_graph.extra["feature_extractor_output"]
     assert report["auto"]["tensor"] == wanted
-    assert "feature extractor's last output" in report["auto"]["reason"] and "BoxPredictor_1" in report["auto"]["reason"]
+    reason = report["auto"]["reason"]
+    assert "feature extractor's last output" in reason and "BoxPredictor_1" in reason
     assert [c["tensor"] for c in report["candidates"] if c["auto"]] == [wanted]
     assert by_suffix(report, wanted)["channels"] == 16
     assert by_suffix(report, wanted)["stride"] == 4  # from the 32x32 the preprocessing resizes to
@@ -102,7 +103,8 @@ def test_detection_graph_auto_is_the_feature_extractor_output(capsys, detection_
 def test_detection_backbone_runs_on_uint8_batches_of_any_size(detection_graph):
     backbone = Backbone.load(detection_graph.path)
     assert backbone.cuts[0].name == detection_graph.extra["feature_extractor_output"]
-    assert backbone.input_specs[0].dtype == tf.uint8 and backbone.input_specs[0].shape.as_list() == [None, None, None, 3]
+    spec = backbone.input_specs[0]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
     graph_def = tf.compat.v1.GraphDef.FromString(detection_graph.path.read_bytes())
     rng = np.random.default_rng(9)
     for shape in [(2, 20, 30, 3), (1, 64, 48, 3)]:

@@ -111,7 +111,8 @@ def test_directory_that_is_no_saved_model(capsys, tmp_path):
 def test_truncated_pb(capsys, tiny, tmp_path):
     truncated = tmp_path / "truncated.pb"
     truncated.write_bytes(tiny.path.read_bytes()[: tiny.path.stat().st_size // 2])
-    assert_user_error(capsys, ["inspect", str(truncated)], r"truncated\.pb is not a TensorFlow GraphDef \(truncated or corrupt\?\)")
+    assert_user_error(capsys, ["inspect", str(truncated)],
+                      r"truncated\.pb is not a TensorFlow GraphDef \(truncated or corrupt\?\)")
 
 
 def test_image_file_is_not_a_graph(capsys, tmp_path):
@@ -255,6 +256,7 @@ def test_the_command_answers_without_importing_tensorflow(argv, tmp_path):
     script = Path(sys.executable).parent / "transfer"
     result = subprocess.run([sys.executable, "-X", "importtime", str(script), *argv], capture_output=True, text=True,
                             env={**os.environ, "TRANSFER_CACHE": str(tmp_path)}, timeout=120)
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time")]
     assert imported and not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
     assert result.returncode == (2 if argv == ["fit", "--backbone", "x.pb"] else 0)

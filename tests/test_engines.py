@@ -17,8 +17,8 @@ from transfer.errors import TransferWarning
 
 
 @pytest.fixture()
-def images(rng=np.random.default_rng(0)):
-    return rng.normal(size=(8, 16, 16, 3)).astype("float32")
+def images():
+    return np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
 
 
 def test_onnxruntime_features_agree_with_tensorflow_and_the_conversion_is_kept(tiny, images, tmp_path):
@@ -75,7 +75,8 @@ def test_an_op_onnx_cannot_run_falls_back_to_tensorflow(tmp_path):
 def test_missing_onnxruntime_is_one_line_saying_what_to_install(tiny, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it raises
     backbone = Backbone.load(tiny.path, cut="gap")
-    with pytest.raises(TransferError, match=r"needs onnxruntime and tf2onnx; install them: pip install 'transfer\[onnx\]'"):
+    with pytest.raises(TransferError,
+                       match=r"needs onnxruntime and tf2onnx; install them: pip install 'transfer\[onnx\]'"):
         choose_engine(backbone, "onnxruntime", cache_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

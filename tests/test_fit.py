@@ -63,7 +63,8 @@ def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
     assert config["head"] == "linear" and config["head_options"] == FLATTEN and config["data"] == DIGITS
     assert config["class_names"] == ["5", "6", "7", "8", "9"] and config["exports"]["pb"] == "export/model.pb"
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert len(rows) == len(result.history["loss"]) and float(rows[0]["loss"]) == pytest.approx(result.history["loss"][0], rel=1e-4)
+    assert len(rows) == len(result.history["loss"])
+    assert float(rows[0]["loss"]) == pytest.approx(result.history["loss"][0], rel=1e-4)
     assert (run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not run.with_name(run.name + ".partial").exists()
 
@@ -344,8 +345,9 @@ def test_fit_leaves_nothing_holding_the_backbone_graph():
     assert graph() is None
 
 
-def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit(images=np.zeros((8, 8, 8, 1), "float32")):
+def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit():
     """The same TF bug in a user's own script: the callback drops what the trace registered."""
+    images = np.zeros((8, 8, 8, 1), "float32")
     backbone = Backbone.load("example:digits", cut="block2_out")
     graph = weakref.ref(backbone._function.graph)
     inputs = keras.Input((8, 8, 1))

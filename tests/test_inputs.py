@@ -184,7 +184,8 @@ def test_a_refused_op_before_the_image_says_where_to_feed_past_it(tmp_path):
         tf.nn.relu(tf.nn.conv2d(scaled, tf.ones([3, 3, 3, 2]), 1, "SAME"), name="features")
     path = tmp_path / "reads.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
-    with pytest.raises(TransferError, match=r"--allow-op ReadFile \(allow_ops=\['ReadFile'\]\); or input 'contents' is a string scalar .*"
+    with pytest.raises(TransferError, match=r"--allow-op ReadFile \(allow_ops=\['ReadFile'\]\); "
+                                            r"or input 'contents' is a string scalar .*"
                                             r"--inputs scaled") as caught:
         Backbone.load(path, cut="features")
     assert "\n" not in str(caught.value)

@@ -153,7 +153,8 @@ def test_allowed_unsafe_ops_need_safe_mode_off(tmp_path):
 
 
 def test_wrong_input_shape_is_caught_when_building_the_model(tiny):
-    with pytest.raises(TransferError, match=r"input 'image' expects shape \(None, 16, 16, 3\), got \(None, 32, 32, 3\)"):
+    with pytest.raises(TransferError,
+                       match=r"input 'image' expects shape \(None, 16, 16, 3\), got \(None, 32, 32, 3\)"):
         FeatureLayer(tiny.path)(keras.Input((32, 32, 3)))
     with pytest.raises(TransferError, match=r"expects shape \(None, 16, 16, 3\), got \(None, 16, 3\)"):
         FeatureLayer(tiny.path)(keras.Input((16, 3)))

@@ -81,7 +81,8 @@ def test_predict_and_evaluate_a_waveform_run(audio_run, tmp_path, capsys):
     np.save(tmp_path / "many.npy", x[:3])
     assert main(["predict", str(out), str(tmp_path / "one.npy"), str(tmp_path / "many.npy"), "--json"]) == 0
     predictions = json.loads(capsys.readouterr().out)
-    assert [p["image"] for p in predictions] == [str(tmp_path / "one.npy")] + [f"{tmp_path / 'many.npy'}[{i}]" for i in range(3)]
+    expected = [str(tmp_path / "one.npy")] + [f"{tmp_path / 'many.npy'}[{i}]" for i in range(3)]
+    assert [p["image"] for p in predictions] == expected
     assert predictions[0]["top"] == predictions[1]["top"]
     assert main(["evaluate", str(out), "--data", data, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 48

@@ -139,7 +139,8 @@ def test_a_graph_that_writes_a_file_is_refused_and_writes_nothing(tmp_path, atta
     build, op_type = WRITING_ATTACKS[attack]
     canary = tmp_path / "canary.txt"
     path = write_graph(tmp_path / "hostile.pb", build(canary))
-    with pytest.raises(TransferError, match=rf"of type {op_type}\b.*not on transfer's allow-list.*--allow-op {op_type}"):
+    with pytest.raises(TransferError,
+                       match=rf"of type {op_type}\b.*not on transfer's allow-list.*--allow-op {op_type}"):
         Backbone.load(path, cut="out")(BATCH)
     assert not canary.exists()
     # The same graph, allowed, really writes: the fixture is an attack, not a broken graph.
@@ -378,7 +379,8 @@ def splat_graph(path, count: int) -> str:
 node {{ name: "image" op: "Placeholder" attr {{ key: "dtype" value {{ type: DT_FLOAT }} }}
   attr {{ key: "shape" value {{ shape {{ dim {{ size: -1 }} dim {{ size: {count} }} }} }} }} }}
 node {{ name: "big" op: "Const" attr {{ key: "dtype" value {{ type: DT_FLOAT }} }}
-  attr {{ key: "value" value {{ tensor {{ dtype: DT_FLOAT tensor_shape {{ dim {{ size: {count} }} }} float_val: 1 }} }} }} }}
+  attr {{ key: "value" value {{ tensor {{ dtype: DT_FLOAT
+    tensor_shape {{ dim {{ size: {count} }} }} float_val: 1 }} }} }} }}
 node {{ name: "out" op: "Mul" input: "image" input: "big" attr {{ key: "T" value {{ type: DT_FLOAT }} }} }}
 """)
     return str(path)

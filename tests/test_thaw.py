@@ -140,7 +140,8 @@ def test_suffix_on_cached_prefix_outputs_equals_the_whole_layer(tmp_path):
     whole = inputs.feature_model(layer)
     suffix = layer.suffix()
     np.testing.assert_allclose(suffix([shortcut, branch]), whole(images), rtol=1e-5, atol=1e-5)
-    for expected, got in zip(suffix_gradients(whole, layer, images), suffix_gradients(suffix, layer, [shortcut, branch])):
+    pairs = zip(suffix_gradients(whole, layer, images), suffix_gradients(suffix, layer, [shortcut, branch]))
+    for expected, got in pairs:
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     streamed = next(iter(entries["test"].dataset().batch(4)))
     assert [tuple(t.shape) for t in streamed[0]] == [(4, 4, 4, 32), (4, 4, 4, 32)]
@@ -232,12 +233,14 @@ def test_an_op_without_gradient_between_the_thawed_layers_and_the_cut_is_named_u
     with graph.as_default():
         image = tf.compat.v1.placeholder(tf.float32, (None, 8, 8, 3), name="image")
         rng = np.random.default_rng(0)
-        x = tf.nn.conv2d(image, tf.constant(rng.normal(size=(3, 3, 3, 4)).astype("float32")), 1, "SAME", name="block1/conv")
+        kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)).astype("float32"))
+        x = tf.nn.conv2d(image, kernel, 1, "SAME", name="block1/conv")
         x = tf.raw_ops.ResizeArea(images=x, size=[4, 4], name="shrink")
         tf.nn.conv2d(x, tf.constant(rng.normal(size=(3, 3, 4, 4)).astype("float32")), 1, "SAME", name="block2/conv")
     path = tmp_path / "resize_area.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
-    with pytest.raises(TransferError, match=r"cannot thaw through op 'shrink' \(ResizeArea\): TensorFlow has no gradient"):
+    with pytest.raises(TransferError,
+                       match=r"cannot thaw through op 'shrink' \(ResizeArea\): TensorFlow has no gradient"):
         thaw(path, last=2, cut="block2/conv")
     layer = thaw(path, last=1, cut="block2/conv")  # the conv after it trains
     images = tf.ones((2, 8, 8, 3))

@@ -48,6 +48,7 @@ def __getattr__(name):
 if not _run_as_the_command():
     load_tensorflow()
 
-__all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer", "PreprocessingLayer",
-           "ReleaseTracedSteps", "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw",
+__all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer",
+           "PreprocessingLayer", "ReleaseTracedSteps", "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads",
+           "inspect_graph", "predict", "thaw",
            "ThawedFeatureLayer", "__version__"]

@@ -142,14 +142,16 @@ class Backbone:
         if isinstance(inputs, dict):
             missing = [n for n in self._input_keys if n not in inputs]
             if missing:
-                raise TransferError(f"missing input(s) {', '.join(missing)}; the backbone takes {', '.join(self._input_keys)}")
+                raise TransferError(f"missing input(s) {', '.join(missing)}; "
+                                    f"the backbone takes {', '.join(self._input_keys)}")
             values = [inputs[n] for n in self._input_keys]
         elif isinstance(inputs, (list, tuple)) and len(self.inputs) > 1:
             values = list(inputs)
         else:
             values = [inputs]
         if len(values) != len(self.inputs):
-            raise TransferError(f"the backbone takes {len(self.inputs)} input(s) ({', '.join(self._input_keys)}), got {len(values)}")
+            raise TransferError(f"the backbone takes {len(self.inputs)} input(s) ({', '.join(self._input_keys)}), "
+                                f"got {len(values)}")
         return values
 
     @property
@@ -272,7 +274,8 @@ def feature_dtype(cut) -> tf.DType:
     if dtype.is_floating:
         return dtype
     if (dtype.is_integer and not dtype.is_quantized) or dtype == tf.bool:
-        warnings.warn(f"cut {cut.spec!r} ({cut.name}) is {dtype.name}; its values are cast to float32", TransferWarning)
+        warnings.warn(f"cut {cut.spec!r} ({cut.name}) is {dtype.name}; its values are cast to float32", TransferWarning,
+                      stacklevel=2)
         return tf.float32
     raise TransferError(f"cut {cut.spec!r} ({cut.name}) is a {dtype.name} tensor; features must be numbers "
                         "(float, int or bool): choose another cut (`transfer inspect` lists the candidates)")

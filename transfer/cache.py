@@ -1,9 +1,10 @@
 """Features on disk, extracted once: sharded `.npy` files plus a JSON manifest per entry.
 
 An entry holds one split's features and labels; the features can be several tensors per
-example (a thawed suffix's inputs), stored as one `.npy` file each per shard. Its key is a fingerprint of everything that
-decides the features (graph bytes, cut, inputs, preprocessing, the data's identity and split,
-the stored dtype), so a changed ingredient is a new entry, never stale features.
+example (a thawed suffix's inputs), stored as one `.npy` file each per shard. Its key is a
+fingerprint of everything that decides the features (graph bytes, cut, inputs, preprocessing,
+the data's identity and split, the stored dtype, the engine), so a changed ingredient is a new
+entry, never stale features.
 
 Crash safety: every file is written under a temporary name and renamed; the manifest lists
 only finished shards, each with a SHA-256, so a killed extraction resumes after its last
@@ -109,7 +110,8 @@ class Entry:
         shards = self.manifest["shards"]
         features = tuple(np.concatenate([np.load(self.path / s[key]) for s in shards]).astype("float32") if shards
                          else np.zeros((0, *shape), "float32") for key, shape in zip(keys, self.feature_shapes))
-        labels = np.concatenate([np.load(self.path / s["labels"]) for s in shards]) if shards else np.zeros((0,), "int32")
+        labels = (np.concatenate([np.load(self.path / s["labels"]) for s in shards]) if shards
+                  else np.zeros((0,), "int32"))
         return (features[0] if len(keys) == 1 else features), labels
 
     def dataset(self, chunk: int = 1024) -> tf.data.Dataset:

@@ -13,8 +13,8 @@ from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
-ENGINES = ("tf", "onnxruntime", "auto")
-CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)  # transfer.engines.ENGINES, named here without importing TensorFlow
+ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
+CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
             "--data 'digits:5-9?per_class=10' --epochs 60 --lr 0.01")
@@ -99,7 +99,8 @@ def cmd_fit(args) -> int:
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:
-        scores = [f"{role} accuracy {result.metrics[role]['accuracy']:.3f} ({result.metrics[role]['examples']} examples)"
+        scores = [f"{role} accuracy {result.metrics[role]['accuracy']:.3f} "
+                  f"({result.metrics[role]['examples']} examples)"
                   for role in ("validation", "test") if role in result.metrics]
         print(", ".join(scores) or "no validation or test data to score")
         print(f"run directory: {result.run_dir}")
@@ -325,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--lr", type=_choices(float), metavar="A,B", help="learning rates (default 1e-3)")
     sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help="epochs (default 20)")
     sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B", help="batch sizes (default 32)")
-    sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B", help="optimizers (default adam)")
+    sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B",
+                       help="optimizers (default adam)")
     sweep.add_argument("--thaw", type=_choices(int), metavar="A,B",
                        help="also train the last N weight layers before the cut, from cached prefix outputs "
                             "(0 = frozen; default 0)")
@@ -352,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = _command(commands, "cache", cmd_cache, "list, verify or remove feature-cache entries")
     actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, summary in (("ls", "list entries"), ("verify", f"check every shard's checksum (exit "
-                            f"{CORRUPT_CACHE} if any is corrupt)"), ("rm", "remove the given entries, or all with --all")):
+    summaries = (("ls", "list entries"), ("verify", f"check every shard's checksum (exit {CORRUPT_CACHE} if any is "
+                 "corrupt)"), ("rm", "remove the given entries, or all with --all"))
+    for action, summary in summaries:
         sub = actions.add_parser(action, help=summary, description=summary)
         sub.add_argument("keys", nargs="*", metavar="KEY", help="entries (default: all" +
                          ("; rm needs --all for that)" if action == "rm" else ")"))

@@ -58,14 +58,15 @@ def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None) -> 
             return Engine("tf", backbone, f"auto: TensorFlow (onnxruntime/tf2onnx not installed: {error.name})")
         raise TransferError(f"--engine onnxruntime needs onnxruntime and tf2onnx; install them: {INSTALL}") from None
     except ConversionFailed as failure:
-        warnings.warn(f"ONNX conversion failed, extracting with TensorFlow: {failure}", TransferWarning)
+        warnings.warn(f"ONNX conversion failed, extracting with TensorFlow: {failure}", TransferWarning, stacklevel=2)
         return Engine("tf", backbone, f"{engine}: TensorFlow (conversion failed)")
     if sample is None:
         return Engine("onnxruntime", runtime, "onnxruntime (not checked against TensorFlow: no sample batch)")
     difference = agreement(backbone, runtime, sample)
     if difference is not None:
         warnings.warn(f"ONNX Runtime's features differ from TensorFlow's by {difference:.3g} (allowed: "
-                      f"{RELATIVE:g} x max|features| + {ABSOLUTE:g}); extracting with TensorFlow", TransferWarning)
+                      f"{RELATIVE:g} x max|features| + {ABSOLUTE:g}); extracting with TensorFlow", TransferWarning,
+                      stacklevel=2)
         return Engine("tf", backbone, f"{engine}: TensorFlow (ONNX Runtime disagreed by {difference:.3g})")
     if engine == "onnxruntime":
         return Engine("onnxruntime", runtime, "onnxruntime (agrees with TensorFlow on the first batch)")

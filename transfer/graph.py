@@ -47,7 +47,8 @@ def layer_scope(name: str) -> str:
 def format_shape(shape: tf.TensorShape) -> str:
     if shape.rank is None:
         return "<unknown rank>"
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape.as_list()) + (",)" if shape.rank == 1 else ")")
+    sizes = ", ".join("None" if d is None else str(d) for d in shape.as_list())
+    return f"({sizes},)" if shape.rank == 1 else f"({sizes})"
 
 
 class GraphInfo:

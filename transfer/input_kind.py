@@ -88,7 +88,8 @@ class ArrayInput:
     def check(self, shape, dtype, where: str) -> None:
         """One line naming the input, what it expects and what the data give, unless they fit."""
         shape, dtype = tuple(shape), tf.as_dtype(dtype)
-        fits = len(shape) == len(self.shape) and all(want is None or want == got for want, got in zip(self.shape, shape))
+        fits = len(shape) == len(self.shape) and all(want is None or want == got
+                                                      for want, got in zip(self.shape, shape))
         if not (fits and _castable(dtype, self.dtype)):
             hint = "; add the channel axis (x[..., None])" if (*shape, 1) == self.shape else ""
             raise TransferError(f"input {self.input_name!r} expects {self.dtype.name} examples of shape "

@@ -136,7 +136,7 @@ def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, 
         return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
     if embedded is not None and fingerprint is not None and fingerprint != backbone.fingerprint:
         warnings.warn(f"backbone {path} changed since this layer was saved; using the graph the model file "
-                      "embeds", TransferWarning)
+                      "embeds", TransferWarning, stacklevel=2)
         return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
     return backbone
 

@@ -37,7 +37,8 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, loss_scale_factor=config.get("loss_scale_factor"), name=name)
         _untracked(self, settings=settings, groups=[_checked_group(group) for group in groups], _route={}, _members=[])
         scales = [(1.0, config.get("weight_decay"))] + [
-            (group.get("lr_scale", 1.0), group.get("weight_decay", config.get("weight_decay"))) for group in self.groups]
+            (group.get("lr_scale", 1.0), group.get("weight_decay", config.get("weight_decay")))
+            for group in self.groups]
         self.group_optimizers = [
             type(template)(**{**config, "learning_rate": _scaled(self, scale), "weight_decay": decay,
                               "name": f"{self.name}_group{index}"})

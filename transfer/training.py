@@ -103,7 +103,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     if cache_dir is None:
         source = _UncachedTraining(inputs, features)
     elif thawed is None:
-        source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0), batch_size, seed)
+        source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0),
+                                 batch_size, seed)
     else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
         source = _CachedTraining(inputs.cached_prefix(thawed, cache_dir, cache_dtype, progress=verbose != 0),
                                  batch_size, seed, suffix=thawed.suffix())

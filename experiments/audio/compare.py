@@ -82,10 +82,11 @@ def main() -> None:
     print(f"{'labels/class':>12s}  {'variant':44s} {'test accuracy':>16s} {'s/run':>6s}  per seed")
     for per_class in args.per_class:
         tasks = [write_task(work, per_class, seed) for seed in range(args.seeds)]
-        runs = {name: (lambda seed, kw=kw: run_transfer(OUT, tasks[seed], seed, kw)) for name, kw in VARIANTS.items()}
-        runs["random frozen: audio_features + logreg"] = lambda seed: run_transfer(
+        runs = {name: (lambda seed, kw=kw, tasks=tasks: run_transfer(OUT, tasks[seed], seed, kw))
+                for name, kw in VARIANTS.items()}
+        runs["random frozen: audio_features + logreg"] = lambda seed, tasks=tasks: run_transfer(
             random_frozen(work, seed), tasks[seed], seed, VARIANTS["transfer: audio_features + logreg"])
-        runs["scratch: same network, random init"] = lambda seed: scratch(tasks[seed], seed)
+        runs["scratch: same network, random init"] = lambda seed, tasks=tasks: scratch(tasks[seed], seed)
         for name, run in runs.items():
             if args.only and args.only not in name:
                 continue

@@ -114,7 +114,8 @@ def main() -> None:
                             for w in layer.weights if "moving" not in w.path]
         thawed = transfer.thaw(pb_path, from_scope=BLOCK + "1_conv", cut="avg_pool")
         print(thawed.description)
-        assert len(thawed.trainable_weights) == len(native_variables), (len(thawed.trainable_weights), len(native_variables))
+        counts = (len(thawed.trainable_weights), len(native_variables))
+        assert counts[0] == counts[1], counts
         boundary = thawed.prefix(images)
         steps = {
             "native Keras, conv5_block3 trainable": step_function(lambda x: features(x, training=False),

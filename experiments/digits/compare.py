@@ -23,8 +23,10 @@ from pretrain import build_backbone  # the same architecture as the shipped back
 VARIANTS = {  # name -> transfer.fit arguments
     "transfer: resnet_features + linear": dict(cut="resnet_features", head="linear"),
     "transfer: resnet_features + mlp": dict(cut="resnet_features", head="mlp", head_options={"hidden": (64,)}),
-    "transfer: block2_out + linear (flatten)": dict(cut="block2_out", head="linear", head_options={"pooling": "flatten"}),
-    "transfer: block1_out + logreg (flatten)": dict(cut="block1_out", head="logreg", head_options={"pooling": "flatten"}),
+    "transfer: block2_out + linear (flatten)": dict(cut="block2_out", head="linear",
+                                                    head_options={"pooling": "flatten"}),
+    "transfer: block1_out + logreg (flatten)": dict(cut="block1_out", head="logreg",
+                                                    head_options={"pooling": "flatten"}),
     "transfer + thaw 2: resnet_features + linear": dict(cut="resnet_features", head="linear", thaw=2),
     "transfer + thaw 5: resnet_features + linear": dict(cut="resnet_features", head="linear", thaw=5),
     "thaw 5, prefix from the feature cache": dict(cut="resnet_features", head="linear", thaw=5,
@@ -62,10 +64,11 @@ def main() -> None:
     print(f"{'labels/class':>12s}  {'variant':42s} {'test accuracy':>16s} {'s/run':>6s}  per seed")
     for per_class in args.per_class:
         spec = f"digits:5-9?per_class={per_class}"
-        runs = {name: (lambda seed, kw=kw: transfer.fit("example:digits", spec, epochs=100, lr=0.01, patience=10,
-                                                        seed=seed, verbose=0, **kw).metrics["test"]["accuracy"])
+        runs = {name: (lambda seed, kw=kw, spec=spec: transfer.fit(
+                    "example:digits", spec, epochs=100, lr=0.01, patience=10, seed=seed, verbose=0,
+                    **kw).metrics["test"]["accuracy"])
                 for name, kw in VARIANTS.items()}
-        runs["scratch: same network, random init"] = lambda seed: scratch(spec, seed)
+        runs["scratch: same network, random init"] = lambda seed, spec=spec: scratch(spec, seed)
         for name, run in runs.items():
             if args.only and args.only not in name:
                 continue
