@@ -202,6 +202,36 @@ def test_corrupt_manifest(capsys, tmp_path):
     assert list(entry.path.glob("features-*.npy")), "shards are kept"
 
 
+@pytest.mark.parametrize("field,value,problem", [
+    ("count", "lots", "shard 0's 'count' is 'lots', not a count"),
+    ("labels", "../../elsewhere.npy", "shard 0 names no labels file, or a file outside the entry"),
+    ("shards", {"0": 1}, "'shards' is not a list"),
+])
+def test_a_manifest_field_of_the_wrong_type_is_one_line(capsys, tmp_path, field, value, problem):
+    _, entries = extract(tmp_path)
+    path = entries["train"].path / "manifest.json"
+    manifest = _read_json(path)
+    if field == "shards":
+        manifest["shards"] = value
+    else:
+        manifest["shards"][0][field] = value
+    path.write_text(json.dumps(manifest))
+    assert problem in cli_error(capsys, ["cache", "verify", "--cache-dir", str(tmp_path)])
+
+
+def test_temporary_files_of_a_dead_extraction_are_removed_on_the_next_run(tmp_path):
+    _, entries = extract(tmp_path)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = int(finished.stdout)  # a process that has ended
+    stale = entries["train"].path / f".features-00009.npy.{dead}.tmp"
+    live = entries["train"].path / f".manifest.json.{os.getpid()}.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    extract(tmp_path)
+    assert not stale.exists() and live.exists()
+
+
 def test_entry_that_belongs_to_another_backbone(capsys, tmp_path):
     _, entries = extract(tmp_path)
     entry = entries["train"]

@@ -161,10 +161,12 @@ class FeatureCache:
             raise TransferError(f"no cache entry {key!r} in {self.root}")
         try:
             manifest = json.loads(manifest_path.read_text())
-            manifest["shards"], manifest["feature_shape"]  # noqa: B018 - the fields every entry has
-        except (ValueError, KeyError, TypeError) as error:
-            raise TransferError(f"cache manifest {manifest_path} is corrupt ({type(error).__name__}); its shards "
-                                f"are kept: `transfer cache rm {key}` to drop the entry") from None
+            problem = _manifest_problem(manifest)
+        except ValueError as error:
+            problem = f"not JSON: {error}"
+        if problem:
+            raise TransferError(f"cache manifest {manifest_path} is corrupt ({problem}); its shards are kept: "
+                                f"`transfer cache rm {key}` to drop the entry")
         if manifest.get("key") != key:
             raise TransferError(f"cache entry {key!r} holds the manifest of entry {manifest.get('key')!r}; "
                                 f"`transfer cache rm {key}` to drop it")
@@ -211,6 +213,7 @@ class FeatureCache:
         path = self.root / key
         path.mkdir(parents=True, exist_ok=True)
         with _locked(path):
+            _remove_stale_temporaries(path)
             entry = self.open(key) if (path / MANIFEST).exists() else self._new_entry(path, recipe)
             if entry.manifest["backbone_fingerprint"] != recipe["backbone"]["fingerprint"]:
                 raise TransferError(f"cache entry {key} belongs to backbone fingerprint "
@@ -305,6 +308,47 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is wrong with a manifest's structure (hand-edited, or from another program), or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' is not a list"
+    if manifest.get("feature_shape") is not None and not isinstance(manifest["feature_shape"], list):
+        return "'feature_shape' is not a list"
+    for index, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            return f"shard {index} is not an object"
+        for field in ("start", "count"):
+            if isinstance(shard.get(field), bool) or not isinstance(shard.get(field), int) or shard[field] < 0:
+                return f"shard {index}'s {field!r} is {shard.get(field)!r}, not a count"
+        names = [k for k in shard if k == "labels" or k.startswith("features")]
+        if "labels" not in names or any(not isinstance(shard[k], str) or "/" in shard[k] for k in names):
+            return f"shard {index} names no labels file, or a file outside the entry"
+    return None
+
+
+def _remove_stale_temporaries(entry_path: Path) -> None:
+    """Temporary files (`.NAME.PID.tmp`) of an extraction whose process is gone: a killed run
+    leaves them; the entry's lock is held, so no live writer of this entry owns them."""
+    for temporary in entry_path.glob(".*.tmp"):
+        pid = temporary.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> str:
