@@ -247,6 +247,7 @@ def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
     out = capsys.readouterr().out
     test_accuracy = float(re.search(r"test accuracy (\d\.\d{3})", out).group(1))
     assert test_accuracy > 0.85 and f"run directory: {tmp_path / 'run'}" in out
+    assert "Epoch 1/60" in out and "\x1b[" not in out  # not a terminal: a line per epoch, no ANSI progress bars
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["--version"], ["fit", "--backbone", "x.pb"],

@@ -45,3 +45,32 @@ def test_cache_keeps_each_array_once(tmp_path):
     assert sorted(tmp_path.rglob("*.npy")) == files and [f.stat().st_mtime_ns for f in files] == stamps
     extractor.transform(images[:10])  # other content: another entry
     assert len(sorted(tmp_path.rglob("features-*.npy"))) == 2
+
+
+def test_no_tensorflow_deprecation_or_retracing_warnings(tmp_path):
+    """The Python API stays quiet: freezing for the exports used to print extract_sub_graph's
+    deprecation notice, and cross-validating a FeatureExtractor a retracing warning per fold."""
+    import logging
+
+    from tensorflow.python.util import deprecation
+
+    import transfer
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    deprecation._PRINTED_WARNING.clear()  # each notice prints once per process: make it print again
+    try:
+        transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block2_out", head="linear",
+                     head_options={"pooling": "flatten"}, epochs=1, verbose=0, export=("pb",), out=tmp_path / "run")
+        digits = load_digits()
+        chosen = digits.target < 5
+        images, labels = digits.images[chosen][:100].astype("float32"), digits.target[chosen][:100]
+        pipeline = make_pipeline(FeatureExtractor("example:digits", cut="block2_out"), LogisticRegression(max_iter=200))
+        cross_val_score(pipeline, images, labels, cv=5)
+    finally:
+        logger.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    assert not [m for m in messages if "deprecat" in m.lower() or "retracing" in m], messages

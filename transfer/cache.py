@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -238,7 +239,9 @@ class FeatureCache:
         import keras
 
         total = batches.splits.sizes.get(role)
-        bar = keras.utils.Progbar(total, unit_name="example", verbose=1 if progress else 0)
+        # In a log file (no terminal), one line at the end: a live bar's ANSI codes would litter it.
+        verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+        bar = keras.utils.Progbar(total, unit_name="example", verbose=verbose)
         bar.update(entry.count)
         buffered, buffered_count, shard_size = [], 0, None
         for images, y in batches.evaluation(role, skip=entry.count):

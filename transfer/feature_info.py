@@ -21,7 +21,7 @@ import fractions
 
 import tensorflow as tf
 
-from transfer.graph import GraphInfo
+from transfer.graph import GraphInfo, subgraph
 
 PROBE_SIZES = (256, 512)
 _SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images
@@ -125,12 +125,12 @@ def _light_subgraph(graph_def, tensors: list[tf.Tensor]):
     """What `tensors` need, light for shape inference: weights' bytes go (a float constant's
     shape is in its proto; only integer constants, shapes and axes, are read for their values),
     and recorded `_output_shapes`, which would contradict the probe sizes, too."""
-    subgraph = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({t.op.name for t in tensors}))
-    for node in subgraph.node:
+    light = subgraph(graph_def, sorted({t.op.name for t in tensors}))
+    for node in light.node:
         if "_output_shapes" in node.attr:
             del node.attr["_output_shapes"]
         if node.op == "Const" and tf.dtypes.as_dtype(node.attr["dtype"].type).is_floating:
             value = node.attr["value"].tensor
             if len(value.tensor_content) > _LIGHT_BYTES:
                 value.ClearField("tensor_content")
-    return subgraph
+    return light

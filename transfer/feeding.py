@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import TransferError
-from transfer.graph import GraphInfo, format_shape, import_graph_def
+from transfer.graph import GraphInfo, format_shape, import_graph_def, subgraph
 
 FEEDABLE = ("Placeholder", "PlaceholderWithDefault")
 
@@ -104,7 +104,7 @@ def feed_graph_def(graph_def, placeholders: dict[str, tf.TensorSpec], constants:
             dtype = tf.as_dtype(node.attr["dtype"].type)
             _become(node, "Const", dtype=dtype)
             node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(constants[node.name], dtype))
-    return tf.compat.v1.graph_util.extract_sub_graph(rewritten, sinks)
+    return subgraph(rewritten, sinks)
 
 
 def _become(node, op_type: str, dtype: tf.DType) -> None:

@@ -10,6 +10,8 @@ import dataclasses
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer.graph import subgraph
+
 
 @dataclasses.dataclass
 class FrozenGraph:
@@ -32,7 +34,7 @@ def freeze_function(function) -> FrozenGraph:
     outputs = {key: t.name for key, t in zip(keys, frozen.outputs)}
     graph_def = frozen.graph.as_graph_def()
     keep = list(inputs.values()) + [name.split(":")[0] for name in outputs.values()]
-    graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
+    graph_def = subgraph(graph_def, keep)
     _declare_output_shapes(graph_def, frozen.graph, list(zip(frozen.outputs, function.outputs)))
     return FrozenGraph(graph_def, inputs, outputs)
 

@@ -382,6 +382,14 @@ def component_matches(pattern: str, component: str) -> bool:
     return component.startswith(pattern + "_") and component[len(pattern) + 1:].isdigit()
 
 
+def subgraph(graph_def, keep: list[str]):
+    """The nodes `keep` needs (`extract_sub_graph`, without its deprecation notice on every call)."""
+    from tensorflow.python.util import deprecation
+
+    with deprecation.silence():
+        return tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
+
+
 def import_graph_def(graph_def, source: str = "graph", wrapped: bool = True):
     """Import into a TF1-style wrapped function, whose `prune` gives the cut's callable; or, with
     `wrapped=False`, into a plain `tf.Graph` (half the time, enough for analysis alone)."""

@@ -8,6 +8,7 @@ the same order.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import keras
@@ -23,6 +24,7 @@ from transfer.layer import FeatureLayer
 from transfer.model import build_classifier
 
 SHUFFLE_BYTES = 2**30
+_TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
 
 
 @dataclasses.dataclass
@@ -32,7 +34,6 @@ class Inputs:
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.engines`)
-    _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _engine: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def feature_layer(self) -> FeatureLayer:
@@ -80,9 +81,10 @@ class Inputs:
         return (self._engine or self.backbone)(self._prepared(examples))
 
     def _prepared(self, examples):
-        if self._prepare is None:
-            self._prepare = tf.function(self.kind.prepare, reduce_retracing=True)
-        return self._prepare(examples)
+        key = json.dumps(self.kind.to_config(), sort_keys=True)
+        if key not in _TRACED_PREPARE:  # one per input setting: every FeatureExtractor fold shares it (no retracing)
+            _TRACED_PREPARE[key] = tf.function(self.kind.prepare, reduce_retracing=True)
+        return _TRACED_PREPARE[key](examples)
 
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw examples -> features as a Keras model (`feature_batch` computes the same, faster)."""

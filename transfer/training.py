@@ -63,6 +63,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     (`transfer.thaw_training`). `inputs`, `feeds`, `allow_ops`: where and with what the graph is
     fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
     """
+    if verbose == "auto" and not sys.stdout.isatty():
+        verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     check_number("epochs", epochs, 1, integer=True, flag="--epochs")  # 0 would write an untrained model
     check_number("batch_size", batch_size, 1, integer=True, flag="--batch-size")
