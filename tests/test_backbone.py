@@ -53,6 +53,7 @@ def test_specs_describe_input_and_features(tiny):
     assert backbone.feature_specs["conv2"].shape.as_list() == [None, 10, 10, 8]
 
 
+@pytest.mark.slow
 def test_resnet50_scope_cut_matches_keras(resnet50):
     images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     backbone = Backbone.load(resnet50.path, cut="conv5_block3_out")
@@ -62,6 +63,7 @@ def test_resnet50_scope_cut_matches_keras(resnet50):
     assert Backbone.load(resnet50.path).cuts[0].name == "resnet50_1/avg_pool_1/Mean:0"
 
 
+@pytest.mark.slow
 def test_pruned_function_runs_only_what_the_cut_needs(resnet50):
     backbone = Backbone.load(resnet50.path, cut="conv2_block1_out")
     ops = {node.op for f in backbone._function.graph.as_graph_def().library.function for node in f.node_def}

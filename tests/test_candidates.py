@@ -48,6 +48,7 @@ def test_stride_and_channels_on_an_input_of_unknown_size(capsys, any_size_cnn):
     assert pooled["shape"] == [None, 8]
 
 
+@pytest.mark.slow
 def test_stride_on_resnet50(capsys, resnet50):
     report = inspect_json(capsys, str(resnet50.path))
     strides = {c["tensor"]: c["stride"] for c in report["candidates"]}

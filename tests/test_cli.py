@@ -60,6 +60,7 @@ def test_inspect_all_lists_every_tensor(capsys, tiny):
     assert {"tiny_1/conv1_1/convolution:0", "image:0"} <= {t["tensor"] for t in report["tensors"]}
 
 
+@pytest.mark.slow
 def test_inspect_cut_resolves_and_reports(capsys, resnet50):
     code, out, err = run_cli(capsys, "inspect", str(resnet50.path), "--cut", "conv5_block3_out,conv4_block6_out")
     assert code == 0, err
@@ -149,6 +150,7 @@ def test_graph_without_placeholder(capsys, tmp_path):
         Backbone.load(path, cut="sum")
 
 
+@pytest.mark.slow
 def test_unknown_cut_names_the_closest(capsys, resnet50):
     assert_user_error(capsys, ["inspect", str(resnet50.path), "--cut", "conv5_blok3_out"],
                       r"unknown cut 'conv5_blok3_out'; closest: resnet50_1/conv5_block3_out_1/Relu")

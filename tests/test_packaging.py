@@ -4,12 +4,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import transfer.datasets
 import transfer.heads
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_maps_heads_and_datasets_under_transfer(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)

@@ -218,6 +218,7 @@ def test_thaw_with_the_scikit_learn_probe_is_refused(capsys, tmp_path):
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_resnet50_batch_norm_layers_keep_both_statistics_frozen(resnet50):
     """keras.applications' batch norm reshapes its statistics before use: still found."""
     rows = describe_layers(Backbone.load(resnet50.path, cut="conv5_block3_out"))

@@ -24,7 +24,8 @@ EXAMPLES = {
   transfer fit --backbone classify_image_graph_def.pb --inputs Mul --cut pool_3 --head mlp --data photos/
   transfer fit --backbone model.pb --feed keep_prob=1.0 --data photos/
   transfer fit --backbone model.pb --cut resnet_features --head mlp --head-opt hidden=256 --data photos/
-  transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets --export tflite
+  transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets \\
+      --export savedmodel,pb,tflite
   transfer fit --backbone model.pb --cut resnet_features --data photos/ --thaw 2 --thaw-lr-scale 0.1 \\
       --head-epochs 5 --thaw-epochs 10""",
     "sweep": """examples:
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: no cache)", "--cache")
     fit.add_argument("--out", metavar="DIR", help="run directory (default: runs/fit-<timestamp>)")
     fit.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
-                     help="savedmodel, pb, tflite, comma-separated, or none (default: savedmodel,pb)")
+                     help="savedmodel, pb, tflite, comma-separated, or none; the list replaces the default "
+                     "savedmodel,pb")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sweep = _command(commands, "sweep", cmd_sweep, "train many heads and settings on features extracted once; "
