@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from transfer.errors import TransferError
-from transfer.files import write_atomic
+from transfer.files import update_with_file, write_atomic
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -359,13 +359,7 @@ def _write_atomic(path: Path, data: bytes) -> str:
 
 
 def _sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return update_with_file(hashlib.sha256(), path).hexdigest() if path.is_file() else None
 
 
 @contextlib.contextmanager

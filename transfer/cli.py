@@ -245,8 +245,9 @@ def cmd_predict(args) -> int:
 
 
 def _table(rows) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    from transfer.tables import format_table
+
+    return "\n".join(format_table(rows))
 
 
 def _key_value(text: str):

@@ -28,3 +28,12 @@ def write_atomic(path: Path, data: bytes, full_disk_hint: str = "") -> str:
                                 + (f"; {full_disk_hint}" if full_disk_hint else "")) from None
         raise TransferError(f"cannot write {path}: {error.strerror}") from None
     return hashlib.sha256(data).hexdigest()
+
+
+def update_with_file(digest, path: Path):
+    """Feed a file's bytes to a hashlib digest in 1 MiB blocks (a large graph never sits in memory
+    twice); return the digest."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest

@@ -10,6 +10,7 @@ from transfer import cuts as cut_lib
 from transfer.backbone import Backbone
 from transfer.feature_info import batch_mixed, feature_info
 from transfer.graph import GraphInfo, format_shape, import_graph_def
+from transfer.tables import format_table
 from transfer.loading import DEFAULT_SIGNATURE, HUB_SIGNATURE, load_graph
 
 TOP_OPS = 12
@@ -133,6 +134,4 @@ def _blank(value) -> str:
 
 
 def _table(rows) -> list[str]:
-    rows = [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
-    return ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return format_table(rows, indent="  ")

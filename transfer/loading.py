@@ -14,6 +14,7 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 
 from transfer.errors import TransferError
+from transfer.files import update_with_file
 from transfer.freezing import FrozenGraph, freeze_function, freeze_keras_model
 from transfer.safety import check_constants, check_memory, check_meta_graph
 
@@ -121,9 +122,7 @@ def fingerprint_path(path: Path) -> str:
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, file)
     return digest.hexdigest()
 
 

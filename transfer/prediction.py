@@ -14,11 +14,10 @@ import tensorflow as tf
 
 from transfer import datasets, input_kind
 from transfer.errors import TransferError
-from transfer.reporting import classification_metrics
+from transfer.datasets.folder import IMAGE_SUFFIXES
+from transfer.reporting import MODEL_FILE, classification_metrics
 from transfer.pipeline import Batches, predict_batches
-from transfer.training import MODEL_FILE
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 
 
 def load_run(run_dir) -> tuple[keras.Model, dict]:

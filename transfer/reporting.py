@@ -12,6 +12,8 @@ import numpy as np
 
 from transfer.errors import TransferError
 
+MODEL_FILE = "model.keras"  # a run directory's trained model (config.json beside it)
+
 
 def check_new_run_dir(out) -> Path:
     """A run never overwrites another: refuse an existing directory (before any slow work)."""

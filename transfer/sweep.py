@@ -33,6 +33,7 @@ from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
 from transfer.thaw_training import ThawTraining
 from transfer.training import OPTIMIZERS, train_keras
+from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
 # head has no training loop of its own (the scikit-learn probe).
@@ -350,9 +351,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [(str(row["rank"]), row["head"], _show(row["lr"]) or "-",
               _describe(row["setting"], [*training, *row["head_options"]]) or "-",
               _mean_std(row, "val"), _mean_std(row, "test"), f"{row['seconds_mean']:.1f}") for row in rows]
-    widths = [max(map(len, column)) for column in zip(header, *lines)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                     for line in (header, *lines))
+    return "\n".join(tables.format_table([header, *lines]))
 
 
 @contextlib.contextmanager

@@ -21,14 +21,13 @@ from transfer.errors import TransferError, check_number
 from transfer.export import FORMATS, export_all
 from transfer.model import build_classifier, head_model, probe_as_head
 from transfer.pipeline import open_inputs, predict_batches
-from transfer.reporting import (check_new_run_dir, classification_metrics, plot_confusion_matrix,
+from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 from transfer.thaw_training import ThawTraining
 from transfer.trace_memory import forgetting_step_gradients
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 CLASS_WEIGHTS = (None, "balanced")
-MODEL_FILE = "model.keras"
 
 
 @dataclasses.dataclass
