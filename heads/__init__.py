@@ -6,7 +6,7 @@
 Keras heads return class probabilities (`logits=True` for logits); the `logreg` probe is a
 scikit-learn estimator (`is_keras = False`).
 """
-import transfer.errors  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+import transfer.errors  # noqa: F401  (runs transfer/__init__, which pins KERAS_BACKEND before keras is imported)
 
 from .attention import AttentionHead
 from .base import Head

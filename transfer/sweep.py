@@ -4,7 +4,9 @@ The backbone is the slow part of transfer learning and does not change between h
 so a sweep trains every setting on the same feature datasets (from the feature cache or any
 tf.data source) and leaves a ranked table, `sweep.csv`, `sweep.json` and a bar chart. Settings
 are ranked by validation accuracy; test accuracy only breaks exact ties, since choosing by it
-would fit the test split. This module knows nothing of backbones, caches or the CLI.
+would fit the test split. `run_sweep` trains settings on any `FeatureSplits`; `sweep` adds what
+the command needs around it: the backbone and data, the feature cache, thawed layers, the files,
+and the best setting retrained into a full `transfer fit` run.
 """
 from __future__ import annotations
 
