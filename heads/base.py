@@ -8,7 +8,7 @@ import numbers
 
 import keras
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, check_int
 
 
 def check_choice(owner, option, value, choices):
@@ -17,13 +17,6 @@ def check_choice(owner, option, value, choices):
         valid = ", ".join(map(repr, choices))
         raise TransferError(f"{owner}: {option}={value!r} is not one of {valid}")
     return value
-
-
-def check_int(owner, option, value, minimum=1):
-    """`value` if it is an int >= `minimum`, else a one-line error naming owner and option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise TransferError(f"{owner}: {option}={value!r} must be an integer >= {minimum}")
-    return int(value)
 
 
 def check_sizes(owner, option, value):

@@ -67,3 +67,27 @@ class LogRegProbe(ClassifierMixin, BaseEstimator):
     def _pool(self, X):
         check_pooling(self._owner, self.pooling)
         return pool_array(X, self.pooling) if getattr(X, "ndim", 2) > 2 else X
+
+
+def probe_as_head(probe, feature_shape):
+    """A fitted scikit-learn logistic regression as the equivalent Keras `linear` head.
+
+    Multinomial logistic regression is softmax(x W + b): exactly a Dense layer, so the probe
+    exports like any other head. A binary probe's single logit z becomes the pair (0, z).
+    Classes absent from training get a bias of -1e9 (probability 0), as `predict_proba` has.
+    """
+    from .linear import LinearHead
+
+    head = LinearHead(num_classes=len(probe.classes_), pooling=probe.pooling)
+    head.build((None, *feature_shape[1:]))
+    coef, intercept = probe.model_.coef_, probe.model_.intercept_
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    kernel = np.zeros((coef.shape[1], len(probe.classes_)), "float32")
+    bias = np.full(len(probe.classes_), -1e9, "float32")
+    columns = np.searchsorted(probe.classes_, probe.model_.classes_)
+    kernel[:, columns] = coef.T
+    bias[columns] = intercept
+    head.classifier.set_weights([kernel, bias])
+    return head

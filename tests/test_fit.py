@@ -13,7 +13,7 @@ import keras
 import transfer
 from transfer import Backbone, FeatureLayer, heads
 from transfer.cli import main
-from transfer.model import probe_as_head
+from transfer.heads.sklearn_probe import probe_as_head
 from transfer.reporting import run_directory
 from transfer.pipeline import resolve_preprocessing
 

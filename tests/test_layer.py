@@ -160,8 +160,8 @@ def test_wrong_input_shape_is_caught_when_building_the_model(tiny):
         FeatureLayer(tiny.path)(keras.Input((16, 3)))
 
 
-def test_backbone_as_layer(tiny, images16):
+def test_a_loaded_backbone_as_a_layer(tiny, images16):
     backbone = Backbone.load(tiny.path, cut="dw")
-    layer = backbone.as_layer(name="features")
+    layer = FeatureLayer(backbone, name="features")  # the graph is not loaded again
     assert layer.name == "features" and layer.backbone is backbone
     np.testing.assert_allclose(layer(images16), backbone(images16))

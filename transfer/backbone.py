@@ -113,12 +113,6 @@ class Backbone:
         cuts = ", ".join(f"{c.spec}={c.name} {format_shape(c.tensor.shape)}" for c in self.cuts)
         return f"Backbone({str(self.path)!r}, cuts: {cuts})"
 
-    def as_layer(self, **kwargs):
-        """This backbone as a non-trainable Keras layer (`transfer.FeatureLayer`)."""
-        from transfer.layer import FeatureLayer
-
-        return FeatureLayer(self, **kwargs)
-
     # -- running ---------------------------------------------------------------------------
 
     def __call__(self, inputs):

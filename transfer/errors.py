@@ -17,6 +17,13 @@ class TransferWarning(UserWarning):
     The CLI prints these as one line each."""
 
 
+def check_int(owner, option, value, minimum=1) -> int:
+    """`value` if it is an int >= `minimum`, else a one-line error naming owner and option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise TransferError(f"{owner}: {option}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
 def check_number(name: str, value, minimum, *, above: bool = False, integer: bool = False, maximum=None,
                  flag: str | None = None) -> None:
     """A `TransferError` naming `value` and the valid range unless minimum <= value (< if `above`) <= maximum."""

@@ -7,7 +7,6 @@ SavedModel and frozen `.pb` need no separate preprocessing step.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from transfer.datasets.preprocessing import Preprocessing
@@ -61,27 +60,3 @@ def model_parts(model: keras.Model):
     """(preprocessing, feature layer, head) of a model made by `build_classifier`."""
     _, preprocessing, features, head = model.layers
     return preprocessing, features, head
-
-
-def probe_as_head(probe, feature_shape):
-    """A fitted scikit-learn logistic regression as the equivalent Keras `linear` head.
-
-    Multinomial logistic regression is softmax(x W + b): exactly a Dense layer, so the probe
-    exports like any other head. A binary probe's single logit z becomes the pair (0, z).
-    Classes absent from training get a bias of -1e9 (probability 0), as `predict_proba` has.
-    """
-    from transfer.heads import get
-
-    head = get("linear", num_classes=len(probe.classes_), pooling=probe.pooling)
-    head.build((None, *feature_shape[1:]))
-    coef, intercept = probe.model_.coef_, probe.model_.intercept_
-    if coef.shape[0] == 1:
-        coef = np.concatenate([np.zeros_like(coef), coef])
-        intercept = np.concatenate([np.zeros_like(intercept), intercept])
-    kernel = np.zeros((coef.shape[1], len(probe.classes_)), "float32")
-    bias = np.full(len(probe.classes_), -1e9, "float32")
-    columns = np.searchsorted(probe.classes_, probe.model_.classes_)
-    kernel[:, columns] = coef.T
-    bias[columns] = intercept
-    head.classifier.set_weights([kernel, bias])
-    return head

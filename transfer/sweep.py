@@ -28,8 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import heads as registry
-from transfer.errors import TransferError
-from transfer.heads.base import check_int
+from transfer.errors import TransferError, check_int
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits

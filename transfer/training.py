@@ -19,7 +19,8 @@ from transfer import heads
 from transfer._version import __version__
 from transfer.errors import TransferError, check_number
 from transfer.export import FORMATS, export_all
-from transfer.model import build_classifier, head_model, probe_as_head
+from transfer.heads.sklearn_probe import probe_as_head
+from transfer.model import build_classifier, head_model
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
