@@ -3,6 +3,7 @@ import csv
 import gc
 import json
 import re
+import warnings
 import weakref
 
 import numpy as np
@@ -363,3 +364,23 @@ def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit():
 def test_cache_and_augmentation_do_not_mix(capsys, tmp_path):
     err = fit_error(capsys, tmp_path, "--augment", "--cache-dir", str(tmp_path / "cache"))
     assert "augmentation changes the images every epoch, cached features cannot" in err
+
+
+def test_inputs_on_another_scale_than_the_training_data_are_warned_about(digits_run, tmp_path):
+    """Digits are 0..16: the same images saved as 0..255 would be classified with confidence, wrongly."""
+    from sklearn.datasets import load_digits
+
+    from transfer.errors import TransferWarning
+
+    result, _ = digits_run
+    low, high = json.loads((result.run_dir / "config.json").read_text())["input_range"]
+    assert low == 0.0 and high == 16.0
+    sevens = load_digits().images[load_digits().target == 7][:2].astype("float32")
+    np.save(tmp_path / "as_trained.npy", sevens)
+    np.save(tmp_path / "as_png.npy", sevens * 255 / 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TransferWarning)
+        transfer.predict(result.run_dir, [tmp_path / "as_trained.npy"])
+    with pytest.warns(TransferWarning, match=r"as_png\.npy: inputs range 0\.\.255, but the run was trained on "
+                                             r"inputs in 0\.\.16"):
+        transfer.predict(result.run_dir, [tmp_path / "as_png.npy"])

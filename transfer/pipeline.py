@@ -55,6 +55,15 @@ class Inputs:
         prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)  # its own engine, chosen anew
         return prefix.cached_features(cache_dir, dtype, progress=progress)
 
+    def input_range(self, batches: int = 64) -> list[float]:
+        """[min, max] of the raw training examples (up to `batches` batches, before scaling): what
+        a run records so that predict/evaluate can say when inputs are on another scale."""
+        low, high = np.inf, -np.inf
+        for examples, _ in self.batches.evaluation("train").take(batches):
+            values = np.asarray(examples, np.float64)
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+        return [low, high]
+
     def extraction_engine(self, cache_dir=None):
         """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.engines`;
         ONNX Runtime is checked against TensorFlow, and timed for `auto`, on the first batch)."""

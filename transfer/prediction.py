@@ -6,6 +6,7 @@ or the backbone's own arrays, checked for shape and dtype.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import keras
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import datasets, input_kind
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 from transfer.datasets.folder import IMAGE_SUFFIXES
 from transfer.reporting import MODEL_FILE, classification_metrics
 from transfer.pipeline import Batches, predict_batches
@@ -55,6 +56,8 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "t
     for role in ("test",) if scored == "test" else ("train", "validation", "test"):
         dataset = batches.evaluation(role)
         if dataset is not None:
+            for examples, _ in dataset.take(1):
+                warn_if_out_of_range(examples.numpy(), config, repr(data))
             outputs, y = predict_batches(model, dataset)
             probabilities.append(outputs)
             labels.append(y)
@@ -81,12 +84,28 @@ def predict(run_dir, paths, top_k: int = 3) -> list[dict]:
     top_k = max(1, min(top_k, len(config["class_names"])))
     results = []
     for path in map(Path, paths):
-        probabilities = np.asarray(model.predict_on_batch(kind.conform(_read(path, kind.images), str(path))))
+        examples = _read(path, kind.images)
+        warn_if_out_of_range(examples, config, str(path))
+        probabilities = np.asarray(model.predict_on_batch(kind.conform(examples, str(path))))
         for index, row in enumerate(probabilities):
             best = np.argsort(row)[::-1][:top_k]
             results.append({"image": str(path) if len(probabilities) == 1 else f"{path}[{index}]",
                             "top": [{"class": config["class_names"][i], "probability": float(row[i])} for i in best]})
     return results
+
+
+def warn_if_out_of_range(examples, config: dict, where: str) -> None:
+    """A TransferWarning when inputs lie far outside the range the run was trained on (a PNG of
+    0..255 given to a model trained on digits of 0..16 is confidently wrong)."""
+    if not config.get("input_range") or not np.size(examples):
+        return
+    low, high = config["input_range"]
+    margin = 0.5 * max(high - low, 1e-6)
+    got_low, got_high = float(np.min(examples)), float(np.max(examples))
+    if got_low < low - margin or got_high > high + margin:
+        warnings.warn(f"{where}: inputs range {got_low:g}..{got_high:g}, but the run was trained on inputs in "
+                      f"{low:g}..{high:g}; predictions may be wrong: scale them as the training data were",
+                      TransferWarning, stacklevel=3)
 
 
 def _read(path: Path, images: bool) -> np.ndarray:

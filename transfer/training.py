@@ -138,6 +138,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
         "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
         "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
+        "input_range": inputs.input_range(),
         "head": head, "head_options": head_options, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
         "class_weight": class_weight, "seed": seed, "augment": augment,
