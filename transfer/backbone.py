@@ -125,14 +125,16 @@ class Backbone:
 
     def check_input_shapes(self, inputs) -> None:
         """Raise if any input (tensor-like with `.shape`) cannot feed its placeholder."""
-        for placeholder, value in zip(self.inputs, self._ordered(inputs)):
+        for placeholder, value in zip(self.inputs, self.ordered_inputs(inputs)):
             check_shape(placeholder.op.name, placeholder.shape, tf.TensorShape(value.shape))
 
     def _feeds(self, inputs) -> list[tf.Tensor]:
-        return [self._conform(placeholder, value) for placeholder, value in zip(self.inputs, self._ordered(inputs))]
+        return [self._conform(placeholder, value)
+                for placeholder, value in zip(self.inputs, self.ordered_inputs(inputs))]
 
-    def _ordered(self, inputs) -> list:
-        """The inputs as a list in placeholder order, from a tensor, a list or a dict by name."""
+    def ordered_inputs(self, inputs) -> list:
+        """The inputs as a list in placeholder order, from a tensor, a list or a dict by name
+        (what any engine running this backbone's graph is fed)."""
         if isinstance(inputs, dict):
             missing = [n for n in self._input_keys if n not in inputs]
             if missing:

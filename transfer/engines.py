@@ -71,7 +71,7 @@ def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None) -> 
     if engine == "onnxruntime":
         return Engine("onnxruntime", runtime, "onnxruntime (agrees with TensorFlow on the first batch)")
     speedup = _seconds(backbone, sample) / _seconds(runtime, sample)
-    batch = len(np.asarray(_first(sample)))
+    batch = len(np.asarray(backbone.ordered_inputs(sample)[0]))
     if speedup > 1:
         return Engine("onnxruntime", runtime, f"auto: onnxruntime, {speedup:.2f}x TensorFlow at batch {batch}")
     return Engine("tf", backbone, f"auto: TensorFlow, ONNX Runtime is {speedup:.2f}x at batch {batch}")
@@ -84,11 +84,13 @@ class ConversionFailed(Exception):
 class OnnxRuntime:
     """The backbone's pruned graph converted to ONNX, run by an ONNX Runtime session."""
 
-    def __init__(self, model_path: Path, multi_cut_keys: list[str] | None, dtypes: list):
+    def __init__(self, model_path: Path, backbone):
         self.session = _session(str(model_path))
         self.inputs = [(i.name, _numpy_dtype(i.type)) for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.keys, self.dtypes = multi_cut_keys, dtypes  # the backbone's: int/bool cuts are cast to float
+        self.ordered = backbone.ordered_inputs  # fed as the backbone is: by name, in its input order
+        self.keys = [c.spec for c in backbone.cuts] if backbone.multi_cut else None
+        self.dtypes = [spec.dtype for spec in backbone.feature_specs.values()]  # int/bool cuts become float
         self.path = model_path
 
     @classmethod
@@ -108,13 +110,10 @@ class OnnxRuntime:
             _session(model)  # tf2onnx passes ops it cannot convert through; ONNX Runtime refuses them
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, model)
-        return cls(path, [c.spec for c in backbone.cuts] if backbone.multi_cut else None,
-                   [spec.dtype for spec in backbone.feature_specs.values()])
+        return cls(path, backbone)
 
     def __call__(self, inputs):
-        values = list(inputs.values()) if isinstance(inputs, dict) else (
-            list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
-        feeds = {name: np.asarray(value, dtype) for (name, dtype), value in zip(self.inputs, values)}
+        feeds = {name: np.asarray(value, dtype) for (name, dtype), value in zip(self.inputs, self.ordered(inputs))}
         results = [tf.cast(r, dtype) for r, dtype in zip(self.session.run(self.outputs, feeds), self.dtypes)]
         return dict(zip(self.keys, results)) if self.keys else results[0]
 
@@ -156,11 +155,6 @@ def agreement(backbone, runtime, sample) -> float | None:
 def _flat(features) -> list[np.ndarray]:
     values = [features[k] for k in sorted(features)] if isinstance(features, dict) else [features]
     return [np.asarray(v, np.float64) for v in values]
-
-
-def _first(inputs):
-    return next(iter(inputs.values())) if isinstance(inputs, dict) else (
-        inputs[0] if isinstance(inputs, (list, tuple)) else inputs)
 
 
 def _seconds(run, sample, repeats: int = 3) -> float:
