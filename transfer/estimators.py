@@ -51,7 +51,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
         self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
                                        feeds=self.feeds, allow_ops=self.allow_ops)
-        self.input_kind_ = input_kind(self.backbone_, _splits(_examples(X)), scale=self.scale, where="X")
+        splits = _splits(_examples(X))
+        self.input_kind_ = input_kind(self.backbone_, splits, scale=self.scale, where="X")
+        self.engine_ = self._inputs(splits).extraction_engine(self.cache_dir)  # checked and timed on X, once
         self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
         return self
 
@@ -60,10 +62,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         examples = _examples(X)
         splits = _splits(examples)
         self.input_kind_.check(splits.example_shape, splits.example_dtype, "X")
-        inputs = Inputs(self.backbone_, splits, self.input_kind_,
-                        Batches(splits, self.input_kind_, self.batch_size, 0, None), self.engine)
+        inputs = self._inputs(splits, self.engine_)
         if self.cache_dir is None:
-            inputs.extraction_engine()
             batches = inputs.batches.evaluation("train")
             features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
         else:
@@ -73,6 +73,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             features, _ = entries["train"].arrays()
         features = pool_array(features, self.pooling) if features.ndim > 2 else features
         return features.reshape(len(examples), -1)
+
+    def _inputs(self, splits: DataSplits, engine=None) -> Inputs:
+        return Inputs(self.backbone_, splits, self.input_kind_,
+                      Batches(splits, self.input_kind_, self.batch_size, 0, None), self.engine, engine)
 
 
 def _examples(X) -> np.ndarray:

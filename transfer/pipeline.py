@@ -34,7 +34,8 @@ class Inputs:
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.engines`)
-    _engine: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
+    _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
@@ -67,14 +68,14 @@ class Inputs:
     def extraction_engine(self, cache_dir=None):
         """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.engines`;
         ONNX Runtime is checked against TensorFlow, and timed for `auto`, on the first batch)."""
-        if self._engine is None:
+        if self.chosen_engine is None:
             from transfer.engines import choose_engine
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None
-            self._engine = choose_engine(self.backbone, self.engine, self._prepared(sample) if sample is not None
+            self.chosen_engine = choose_engine(self.backbone, self.engine, self._prepared(sample) if sample is not None
                                          else None, cache_dir)
-        return self._engine
+        return self.chosen_engine
 
     def feature_batch(self, examples):
         """Features of one batch of raw examples (a dict keyed by cut spec when several cuts): what
@@ -87,13 +88,15 @@ class Inputs:
         pruned function. The preprocessing is a graph, not eager ops, because grappler rewrites
         it as in the Keras model (x / 255 becomes x * (1 / 255): not the same last bit).
         """
-        return (self._engine or self.backbone)(self._prepared(examples))
+        return (self.chosen_engine or self.backbone)(self._prepared(examples))
 
     def _prepared(self, examples):
-        key = json.dumps(self.kind.to_config(), sort_keys=True)
-        if key not in _TRACED_PREPARE:  # one per input setting: every FeatureExtractor fold shares it (no retracing)
-            _TRACED_PREPARE[key] = tf.function(self.kind.prepare, reduce_retracing=True)
-        return _TRACED_PREPARE[key](examples)
+        if self._prepare is None:  # one per input setting: every FeatureExtractor fold shares it (no retracing)
+            key = json.dumps(self.kind.to_config(), sort_keys=True)
+            if key not in _TRACED_PREPARE:
+                _TRACED_PREPARE[key] = tf.function(self.kind.prepare, reduce_retracing=True)
+            self._prepare = _TRACED_PREPARE[key]
+        return self._prepare(examples)
 
     def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
         """Raw examples -> features as a Keras model (`feature_batch` computes the same, faster)."""
