@@ -5,6 +5,7 @@ runs only the ops the features need (DESIGN: "Frozen graph as a TF2 callable").
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import tensorflow as tf
@@ -63,7 +64,7 @@ class Backbone:
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
 
-    @property
+    @functools.cached_property
     def outputs(self) -> dict[str, tf.Tensor]:
         """The graph's outputs by name: the signature's (by output key) when the file names
         them, else the unconsumed ops' (by op name); when fed at `inputs`, those computed from
