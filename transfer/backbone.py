@@ -134,22 +134,9 @@ class Backbone:
                 for placeholder, value in zip(self.inputs, self.ordered_inputs(inputs))]
 
     def ordered_inputs(self, inputs) -> list:
-        """The inputs as a list in placeholder order, from a tensor, a list or a dict by name
-        (what any engine running this backbone's graph is fed)."""
-        if isinstance(inputs, dict):
-            missing = [n for n in self._input_keys if n not in inputs]
-            if missing:
-                raise TransferError(f"missing input(s) {', '.join(missing)}; "
-                                    f"the backbone takes {', '.join(self._input_keys)}")
-            values = [inputs[n] for n in self._input_keys]
-        elif isinstance(inputs, (list, tuple)) and len(self.inputs) > 1:
-            values = list(inputs)
-        else:
-            values = [inputs]
-        if len(values) != len(self.inputs):
-            raise TransferError(f"the backbone takes {len(self.inputs)} input(s) ({', '.join(self._input_keys)}), "
-                                f"got {len(values)}")
-        return values
+        """The inputs as a list in placeholder order (what any engine running this backbone's
+        graph is fed)."""
+        return order_inputs(inputs, self._input_keys)
 
     @property
     def _input_keys(self) -> list[str]:
@@ -276,6 +263,22 @@ def feature_dtype(cut) -> tf.DType:
         return tf.float32
     raise TransferError(f"cut {cut.spec!r} ({cut.name}) is a {dtype.name} tensor; features must be numbers "
                         "(float, int or bool): choose another cut (`transfer inspect` lists the candidates)")
+
+
+def order_inputs(inputs, names: list[str]) -> list:
+    """A tensor, a list, or a dict by input name as a list in the order of `names`."""
+    if isinstance(inputs, dict):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise TransferError(f"missing input(s) {', '.join(missing)}; the backbone takes {', '.join(names)}")
+        values = [inputs[n] for n in names]
+    elif isinstance(inputs, (list, tuple)) and len(names) > 1:
+        values = list(inputs)
+    else:
+        values = [inputs]
+    if len(values) != len(names):
+        raise TransferError(f"the backbone takes {len(names)} input(s) ({', '.join(names)}), got {len(values)}")
+    return values
 
 
 def check_shape(name: str, expected: tf.TensorShape, got: tf.TensorShape) -> None:

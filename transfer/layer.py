@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import keras
 import tensorflow as tf
 
-from transfer.backbone import Backbone, check_shape
+from transfer.backbone import Backbone, check_shape, order_inputs
 from transfer.errors import TransferError, TransferWarning
 from transfer.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
 
@@ -164,9 +164,7 @@ class _AwaitedBackbone:
         self.loaded = SimpleNamespace(source=str(path), signature=signature)
 
     def check_input_shapes(self, inputs) -> None:
-        values = list(inputs.values()) if isinstance(inputs, dict) else (
-            list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
-        for spec, value in zip(self.input_specs, values):
+        for spec, value in zip(self.input_specs, order_inputs(inputs, [s.name for s in self.input_specs])):
             check_shape(spec.name, spec.shape, tf.TensorShape(value.shape))
 
     def __call__(self, inputs):
