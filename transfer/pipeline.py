@@ -53,7 +53,7 @@ class Inputs:
     def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
         what its thawed suffix trains on."""
-        prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone)  # its own engine, chosen anew
+        prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone, chosen_engine=None)  # its own engine
         return prefix.cached_features(cache_dir, dtype, progress=progress)
 
     def input_range(self, batches: int = 64) -> list[float]:
