@@ -53,6 +53,29 @@ def test_user_callbacks_see_the_usual_logs(digits_run):
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(seen[0])
 
 
+def test_the_run_says_which_epoch_early_stopping_kept(digits_run):
+    result, _ = digits_run
+    training, val_loss = result.metrics["training"], result.history["val_loss"]
+    assert training["epochs_run"] == len(val_loss)
+    assert training["kept_epoch"] == int(np.argmin(val_loss)) + 1  # restore_best_weights on val_loss
+    assert training["stopped_early"] == (len(val_loss) < 25)
+    assert f"kept the weights of epoch {training['kept_epoch']}" in training["summary"]
+    saved = json.loads((result.run_dir / "metrics.json").read_text())["training"]
+    assert saved == training
+
+
+def test_early_stopping_is_reported_when_it_ends_the_run(tmp_path, capsys):
+    # lr 3 with SGD overshoots after the first epochs: val_loss cannot improve for 40 epochs
+    code = main(["fit", "--backbone", "example:digits", "--data", DIGITS, "--cut", "block2_out",
+                 "--head-opt", "pooling=flatten", "--epochs", "40", "--patience", "2", "--optimizer", "sgd",
+                 "--lr", "3", "--out", str(tmp_path / "run")])
+    assert code == 0
+    training = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
+    assert training["stopped_early"] and training["epochs_run"] < 40
+    assert f"early stopping after epoch {training['epochs_run']}; kept the weights of epoch " \
+           f"{training['kept_epoch']}" in capsys.readouterr().out
+
+
 def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
     result, _ = digits_run
     run = result.run_dir

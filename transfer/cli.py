@@ -103,6 +103,8 @@ def cmd_fit(args) -> int:
         scores = [f"{role} accuracy {result.metrics[role]['accuracy']:.3f} "
                   f"({result.metrics[role]['examples']} examples)"
                   for role in ("validation", "test") if role in result.metrics]
+        if "training" in result.metrics:
+            print(result.metrics["training"]["summary"])
         print(", ".join(scores) or "no validation or test data to score")
         print(f"run directory: {result.run_dir}")
     return 0

@@ -86,13 +86,16 @@ def pyplot():
     return plt
 
 
-def plot_learning_curves(path: Path, history: dict) -> None:
+def plot_learning_curves(path: Path, history: dict, kept_epoch: int | None = None) -> None:
+    """Loss and accuracy per epoch; a dotted line marks the epoch whose weights were kept."""
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
                 axis.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        if kept_epoch is not None:
+            axis.axvline(kept_epoch, color="gray", linestyle=":", label=f"kept (epoch {kept_epoch})")
         axis.set_xlabel("epoch")
         axis.set_title(metric)
         axis.grid(alpha=0.3)

@@ -221,10 +221,10 @@ def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patienc
     """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) included."""
     plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
         suffix and suffix.thawed, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
-    history = train_keras(model, head, features.training(setting["batch_size"], seed),
-                          features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
-                          optimizer=plan.optimizer, patience=plan.patience, callbacks=plan.callbacks)
-    return len(history["loss"])
+    log = train_keras(model, head, features.training(setting["batch_size"], seed),
+                      features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
+                      optimizer=plan.optimizer, patience=plan.patience, callbacks=plan.callbacks)
+    return log.epochs_run
 
 
 @contextlib.contextmanager

@@ -117,18 +117,21 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
         validation = source.split("validation")
         plan = thaw_training.plan(features, optimizer, lr, epochs, patience, validated=validation is not None)
-        history = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
-                              optimizer=plan.optimizer, patience=plan.patience, callbacks=[*plan.callbacks, *callbacks],
-                              class_weight=weights, verbose=verbose)
+        log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
+                          optimizer=plan.optimizer, patience=plan.patience, callbacks=[*plan.callbacks, *callbacks],
+                          class_weight=weights, verbose=verbose)
     else:
         probe = heads.get(head, num_classes=splits.num_classes, **head_options)
         x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
         head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
-        trained, history = source.model(head_layer), {}
+        trained, log = source.model(head_layer), TrainingLog({})
     model = build_classifier(features, head_layer, inputs.kind)
     seconds = time.perf_counter() - started
     metrics = evaluate_splits(trained, source, splits.class_names)
     metrics["train_seconds"] = round(seconds, 2)
+    if log.history:
+        metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
+                               "kept_epoch": log.kept_epoch, "summary": log.summary()}
     config = {
         "transfer_version": __version__,
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
@@ -149,9 +152,9 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     run_dir = None
     if out is not None:
         with run_directory(out) as directory:
-            _write_run(directory, model, config, metrics, history, splits.class_names, export)
+            _write_run(directory, model, config, metrics, log, splits.class_names, export)
         run_dir = Path(out)
-    return FitResult(model, history, metrics, run_dir, splits.class_names)
+    return FitResult(model, log.history, metrics, run_dir, splits.class_names)
 
 
 def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
@@ -194,22 +197,46 @@ class _CachedTraining:
         return self.features.evaluation(role, self.batch_size)
 
 
+@dataclasses.dataclass
+class TrainingLog:
+    """What `model.fit` did: the history, and which epoch's weights the model ended with."""
+
+    history: dict  # metric name -> one value per epoch
+    stopped_early: bool = False
+    kept_epoch: int | None = None  # 1-based; early stopping restored this epoch's weights (lowest val_loss)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history.get("loss", ()))
+
+    def summary(self) -> str:
+        """One line for the user, e.g. "early stopping after epoch 14 of 20; kept epoch 9 (lowest val_loss)"."""
+        if self.kept_epoch is None:
+            return f"trained {self.epochs_run} epochs"
+        ended = f"early stopping after epoch {self.epochs_run}" if self.stopped_early else \
+            f"trained {self.epochs_run} epochs"
+        return f"{ended}; kept the weights of epoch {self.kept_epoch} (lowest val_loss)"
+
+
 def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer, patience,
-                callbacks=(), class_weight=None, verbose=0) -> dict:
-    """Compile and `model.fit` with early stopping on val_loss (best epoch restored); the history."""
+                callbacks=(), class_weight=None, verbose=0) -> TrainingLog:
+    """Compile and `model.fit` with early stopping on val_loss (best epoch restored)."""
     if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
         optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}})
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=getattr(head, "logits", False)),
                   metrics=["accuracy"])
-    callbacks = list(callbacks)
+    callbacks, stopper = list(callbacks), None
     if patience is not None and validation is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                       restore_best_weights=True))
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+        callbacks.append(stopper)
     with forgetting_step_gradients():
         history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
                             class_weight=class_weight, shuffle=False, verbose=verbose)  # tf.data shuffles
-    return {key: [float(v) for v in values] for key, values in history.history.items()}
+    log = TrainingLog({key: [float(v) for v in values] for key, values in history.history.items()})
+    if stopper is not None and stopper.best_weights is not None:  # Keras restores them at the end of training
+        log.stopped_early, log.kept_epoch = stopper.stopped_epoch > 0, stopper.best_epoch + 1
+    return log
 
 
 def _class_weights(train) -> dict:
@@ -232,16 +259,16 @@ def evaluate_splits(model, source, class_names) -> dict:
     return metrics
 
 
-def _write_run(directory: Path, model, config, metrics, history, class_names, export) -> None:
+def _write_run(directory: Path, model, config, metrics, log: TrainingLog, class_names, export) -> None:
     model.save(directory / MODEL_FILE)
     if export:
         written = export_all(model, directory / "export", export)
         config["exports"] = {name: str(Path(path).relative_to(directory)) for name, path in written.items()}
     write_json(directory / "config.json", config)
     write_json(directory / "metrics.json", metrics)
-    if history:
-        write_history(directory / "history.csv", history)
-        plot_learning_curves(directory / "learning_curves.png", history)
+    if log.history:
+        write_history(directory / "history.csv", log.history)
+        plot_learning_curves(directory / "learning_curves.png", log.history, kept_epoch=log.kept_epoch)
     reported = next((role for role in ("test", "validation") if role in metrics), None)
     if reported:
         plot_confusion_matrix(directory / "confusion_matrix.png", metrics[reported]["confusion_matrix"],
