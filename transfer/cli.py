@@ -95,7 +95,7 @@ def cmd_fit(args) -> int:
                  head_epochs=args.head_epochs, thaw_epochs=args.thaw_epochs,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
-                 out=out, export=args.export,
+                 out=out, export=args.export, tensorboard=args.tensorboard,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
     if args.json:
         print(json.dumps(result.metrics, indent=2))
@@ -192,7 +192,7 @@ def cmd_sweep(args) -> int:
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
                    out=args.out or default_run_dir("sweep"),
-                   export=args.export, progress=not args.json,
+                   export=args.export, tensorboard=args.tensorboard, progress=not args.json,
                    **axes)
     if args.json:
         print(json.dumps(result.rows, indent=2))
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
                      help="savedmodel, pb, tflite, comma-separated, or none; the list replaces the default "
                      "savedmodel,pb")
+    fit.add_argument("--tensorboard", action="store_true",
+                     help="write TensorBoard logs in RUN/tensorboard (scalars per epoch, confusion matrices)")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sweep = _command(commands, "sweep", cmd_sweep, "train many heads and settings on features extracted once; "
@@ -348,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
     sweep.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
                        help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
+    sweep.add_argument("--tensorboard", action="store_true",
+                       help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
     sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
 
     extract = _command(commands, "extract", cmd_extract, "extract features once into the feature cache")

@@ -33,6 +33,7 @@ from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
 from transfer.thaw_training import ThawTraining
+from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
 from transfer.training import OPTIMIZERS, train_keras
 from transfer import tables
 
@@ -46,6 +47,7 @@ GRID_KEYS = ("heads", *SETTING_AXES, "head_options")
 CSV_COLUMNS = ("rank", "head", *SETTING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
 EVAL_BATCH = 256
+TENSORBOARD_SCORES = ("val_accuracy", "test_accuracy")  # a run's scores that the HParams dashboard shows
 
 
 # --- the grid ------------------------------------------------------------------------------------
@@ -174,13 +176,15 @@ def _key(setting: dict) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 
-def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5, thawed=None):
+def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5, thawed=None,
+                  logs: TensorBoardLogs | None = None):
     """Train one setting; return the trained head (Keras layer or fitted probe) and its metrics.
 
     Metrics: val_accuracy, test_accuracy (None without that split), epochs_run (None for the
     probe) and seconds (training only). Early stopping on val_loss restores the best epoch.
     `thawed`: thaw N -> (its prefix outputs as FeatureSplits, its ThawedFeatureLayer), for
     settings with thaw > 0; the thawed layers start from the pretrained values every time.
+    `logs`: where its TensorBoard logs go (`--tensorboard`).
     """
     features, suffix = _features_for(setting, features, thawed)
     if suffix is not None:
@@ -193,7 +197,7 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
         epochs_run, predict = None, head.predict_proba
     else:
         with _quiet_retracing():
-            epochs_run = _fit(model, head, features, setting, seed, patience, suffix)
+            epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started
     return head, {"val_accuracy": _accuracy(predict, features.validation),
@@ -217,13 +221,14 @@ def _build(features: FeatureSplits, setting: dict, suffix=None):
     return head, head_model(features.feature_shapes, head, suffix)
 
 
-def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience, suffix=None) -> int:
+def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience, suffix=None, logs=None) -> int:
     """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) included."""
     plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
         suffix and suffix.thawed, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
     log = train_keras(model, head, features.training(setting["batch_size"], seed),
                       features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
-                      optimizer=plan.optimizer, patience=plan.patience, callbacks=plan.callbacks)
+                      optimizer=plan.optimizer, patience=plan.patience,
+                      callbacks=[*plan.callbacks, *(logs.callbacks() if logs else [])])
     return log.epochs_run
 
 
@@ -265,12 +270,12 @@ def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
 
 
 def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, seed: int = 0,
-              patience: int | None = 5, progress: bool = True, thawed=None) -> list[dict]:
+              patience: int | None = 5, progress: bool = True, thawed=None, log_dir=None) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
 
     Every head is built on the features before the first run, so a bad option or a head that
     cannot read these features fails at once rather than an hour into the sweep. `thawed`: see
-    `train_setting`.
+    `train_setting`. `log_dir`: TensorBoard logs, one directory per run, with HParams summaries.
     """
     thawed = thawed or {}
     missing = sorted({s["thaw"] for s in settings if s.get("thaw")} - set(thawed))
@@ -285,11 +290,18 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
         setting_features, suffix = _features_for(setting, features, thawed)
         _build(setting_features, setting, suffix)
     shown = _varying(settings)
+    if log_dir is not None:
+        write_hparams_config(Path(log_dir), [{**s, "seed": n} for s in settings for n in range(seed, seed + repeats)],
+                             list(TENSORBOARD_SCORES))
     rows, done = [], 0
-    for setting in settings:
+    for number, setting in enumerate(settings, start=1):
         runs = []
         for run_seed in range(seed, seed + repeats):
-            runs.append(train_setting(features, setting, run_seed, patience, thawed)[1])
+            trial = f"{number:03d}" + (f"-seed{run_seed}" if repeats > 1 else "")
+            logs = TensorBoardLogs(None if log_dir is None else Path(log_dir) / trial)
+            runs.append(train_setting(features, setting, run_seed, patience, thawed, logs)[1])
+            logs.hparams({**setting, "seed": run_seed}, {name: runs[-1][name] for name in TENSORBOARD_SCORES},
+                         trial_id=trial)
             done += 1
             if progress:
                 again = f" seed={run_seed}" if repeats > 1 else ""
@@ -447,7 +459,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
           patience: int | None = 5, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
           per_class=None, preprocessing=None, scale=None, cache_dir=None, cache_dtype: str = "float32",
           inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
-          progress: bool = True, **axes) -> SweepResult:
+          tensorboard: bool = False, progress: bool = True, **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -457,7 +469,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
     the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
-    is fed, as for `Backbone.load`.
+    is fed, as for `Backbone.load`. `tensorboard`: every run's logs and the HParams summaries
+    under `out/tensorboard`, the best setting's run under `out/best/tensorboard`.
     """
     from transfer.pipeline import open_inputs
     from transfer.reporting import check_new_run_dir, run_directory
@@ -466,6 +479,10 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
 
     if out is not None:
         check_new_run_dir(out)
+    elif tensorboard:
+        raise TransferError("TensorBoard logs are written in the sweep directory: give `out` with `tensorboard`")
+    if tensorboard:
+        hparams_api()  # the tensorboard package is there, before any slow work
     spec = {"heads": heads, "head_options": head_options, **axes, **(load_grid(grid) if grid else {})}
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
@@ -477,12 +494,12 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                 if any(not s.get("thaw") for s in settings) else None)
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
               for count, layer in layers.items()}
-    rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
-                     thawed=thawed)
-    if out is None:
-        return SweepResult(rows, None, None)
-    best = rows[0]["setting"]
-    with run_directory(out) as directory:
+    with run_directory(out) if out is not None else contextlib.nullcontext() as directory:  # OUT.partial meanwhile
+        rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
+                         thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None)
+        if directory is None:
+            return SweepResult(rows, None, None)
+        best = rows[0]["setting"]
         write_sweep(directory, rows)
         write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
                                                **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
@@ -492,6 +509,6 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                     engine=engine, out=directory / "best", export=export, verbose=0)
+                     engine=engine, out=directory / "best", export=export, tensorboard=tensorboard, verbose=0)
     result.run_dir = Path(out) / "best"
     return SweepResult(rows, Path(out), result)

@@ -6,6 +6,7 @@ turned into the equivalent Dense head, so that every head exports the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import sys
@@ -24,6 +25,7 @@ from transfer.model import build_classifier, head_model
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
+from transfer.tensorboard_logs import TensorBoardLogs
 from transfer.thaw_training import ThawTraining
 from transfer.trace_memory import forgetting_step_gradients
 
@@ -51,7 +53,7 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
         thaw_lr_scale=None, thaw_weight_decay=None, unfreeze_every=None, head_epochs=None, thaw_epochs=None,
         inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
-        verbose="auto") -> FitResult:
+        tensorboard: bool = False, verbose="auto") -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
@@ -78,6 +80,8 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         _check_choice("export format", name, FORMATS)
     if out is not None:
         check_new_run_dir(out)
+    elif tensorboard:
+        raise TransferError("TensorBoard logs are written in the run directory: give `out` with `tensorboard`")
     head_options = dict(head_options or {})
     head_factory = heads.resolve(head)  # an unknown head fails before any slow work
     if thawing and not getattr(head_factory, "is_keras", True):
@@ -95,66 +99,67 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
-    thawed = None
-    if thawing:
-        from transfer.thawing import ThawedFeatureLayer
+    # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well.
+    with run_directory(out) if out is not None else contextlib.nullcontext() as directory:
+        logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
+        thawed = None
+        if thawing:
+            from transfer.thawing import ThawedFeatureLayer
 
-        features = thawed = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
-    else:
-        features = inputs.feature_layer()
-    if cache_dir is None:
-        source = _UncachedTraining(inputs, features)
-    elif thawed is None:
-        source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0),
-                                 batch_size, seed)
-    else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-        source = _CachedTraining(inputs.cached_prefix(thawed, cache_dir, cache_dtype, progress=verbose != 0),
-                                 batch_size, seed, suffix=thawed.suffix())
-    started = time.perf_counter()
-    if getattr(head_factory, "is_keras", True):
-        head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
-        trained = source.model(head_layer)
-        weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
-        validation = source.split("validation")
-        plan = thaw_training.plan(features, optimizer, lr, epochs, patience, validated=validation is not None)
-        log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
-                          optimizer=plan.optimizer, patience=plan.patience, callbacks=[*plan.callbacks, *callbacks],
-                          class_weight=weights, verbose=verbose)
-    else:
-        probe = heads.get(head, num_classes=splits.num_classes, **head_options)
-        x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
-        head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
-        trained, log = source.model(head_layer), TrainingLog({})
-    model = build_classifier(features, head_layer, inputs.kind)
-    seconds = time.perf_counter() - started
-    metrics = evaluate_splits(trained, source, splits.class_names)
-    metrics["train_seconds"] = round(seconds, 2)
-    if log.history:
-        metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
-                               "kept_epoch": log.kept_epoch, "summary": log.summary()}
-    config = {
-        "transfer_version": __version__,
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
-        "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
-        "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
-        **backbone.feeding,
-        "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
-        "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
-        "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
-        "input_range": inputs.input_range(),
-        "head": head, "head_options": head_options, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
-        "class_weight": class_weight, "seed": seed, "augment": augment,
-        "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
-        "cache_dtype": cache_dtype, "engine": engine, "thaw": thaw, "thaw_from": thaw_from,
-        **dataclasses.asdict(thaw_training), "export": list(export),
-    }
-    run_dir = None
-    if out is not None:
-        with run_directory(out) as directory:
+            features = thawed = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
+        else:
+            features = inputs.feature_layer()
+        if cache_dir is None:
+            source = _UncachedTraining(inputs, features)
+        elif thawed is None:
+            source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0),
+                                     batch_size, seed)
+        else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
+            source = _CachedTraining(inputs.cached_prefix(thawed, cache_dir, cache_dtype, progress=verbose != 0),
+                                     batch_size, seed, suffix=thawed.suffix())
+        started = time.perf_counter()
+        if getattr(head_factory, "is_keras", True):
+            head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
+            trained = source.model(head_layer)
+            weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
+            validation = source.split("validation")
+            plan = thaw_training.plan(features, optimizer, lr, epochs, patience, validated=validation is not None)
+            log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
+                              optimizer=plan.optimizer, patience=plan.patience, class_weight=weights,
+                              callbacks=[*plan.callbacks, *logs.callbacks(), *callbacks], verbose=verbose)
+        else:
+            probe = heads.get(head, num_classes=splits.num_classes, **head_options)
+            x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
+            head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
+            trained, log = source.model(head_layer), TrainingLog({})
+        model = build_classifier(features, head_layer, inputs.kind)
+        seconds = time.perf_counter() - started
+        metrics = evaluate_splits(trained, source, splits.class_names)
+        logs.confusion_matrices(metrics, step=log.epochs_run)
+        metrics["train_seconds"] = round(seconds, 2)
+        if log.history:
+            metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
+                                   "kept_epoch": log.kept_epoch, "summary": log.summary()}
+        config = {
+            "transfer_version": __version__,
+            "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
+            "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
+            "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
+            **backbone.feeding,
+            "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
+            "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
+            "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
+            "input_range": inputs.input_range(),
+            "head": head, "head_options": head_options, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
+            "class_weight": class_weight, "seed": seed, "augment": augment,
+            "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
+            "cache_dtype": cache_dtype, "engine": engine, "thaw": thaw, "thaw_from": thaw_from,
+            **dataclasses.asdict(thaw_training), "export": list(export),
+        }
+        if directory is not None:
             _write_run(directory, model, config, metrics, log, splits.class_names, export)
-        run_dir = Path(out)
-    return FitResult(model, log.history, metrics, run_dir, splits.class_names)
+    return FitResult(model, log.history, metrics, None if out is None else Path(out), splits.class_names)
 
 
 def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
