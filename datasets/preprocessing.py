@@ -17,7 +17,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, check_choice
 
 SCALES = ("none", "0..1", "-1..1", "caffe")
 DTYPES = ("float32", "uint8")
@@ -173,6 +173,4 @@ def preprocess(dataset: tf.data.Dataset, preprocessing: Preprocessing,
 
 
 def _choose(name: str, value, valid: tuple) -> None:
-    if value not in valid:
-        shown = ", ".join("None" if v is None else str(v) for v in valid)
-        raise TransferError(f"{name} {value!r} is not valid; valid: {shown}")
+    check_choice(f"preprocessing {name}", value, valid)

@@ -8,15 +8,13 @@ import numbers
 
 import keras
 
+from transfer import errors
 from transfer.errors import TransferError, check_int
 
 
 def check_choice(owner, option, value, choices):
     """Return `value` if it is one of `choices`, else a one-line error naming owner and option."""
-    if value not in choices:
-        valid = ", ".join(map(repr, choices))
-        raise TransferError(f"{owner}: {option}={value!r} is not one of {valid}")
-    return value
+    return errors.check_choice(f"{owner}: {option}", value, choices)
 
 
 def check_sizes(owner, option, value):

@@ -349,9 +349,9 @@ def test_gray_to_rgb_rgb_to_gray_resize_and_uint8():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"scale": "0-1"}, r"scale '0-1' is not valid; valid: none, 0..1, -1..1, caffe"),
-    ({"dtype": "float16"}, r"dtype 'float16' is not valid; valid: float32, uint8"),
-    ({"channels": 2}, r"channels 2 is not valid; valid: None, 1, 3"),
+    ({"scale": "0-1"}, r"preprocessing scale='0-1' must be one of none, 0\.\.1, -1\.\.1, caffe$"),
+    ({"dtype": "float16"}, r"preprocessing dtype='float16' must be one of float32, uint8$"),
+    ({"channels": 2}, r"preprocessing channels=2 must be one of none, 1, 3$"),
     ({"size": (224,)}, r"size \(224,\) is not valid; give \(height, width\)"),
     ({"dtype": "uint8", "scale": "0..1"}, r"scale '0..1' makes floats but dtype is 'uint8'"),
     ({"channels": 1, "scale": "caffe"}, r"scale 'caffe' needs 3 channels"),

@@ -279,8 +279,9 @@ def test_existing_run_directory_and_bad_choices(capsys, tmp_path):
     code = main(["fit", "--backbone", "example:digits", "--data", DIGITS, "--out", str(tmp_path / "done")])
     assert code == 2 and "already exists; choose another --out" in capsys.readouterr().err
     assert (tmp_path / "done" / "keep.txt").read_text() == "an earlier run"
-    assert "unknown optimizer 'adamm'" in fit_error(capsys, tmp_path, "--optimizer", "adamm")
-    assert "unknown export format 'onnx'" in fit_error(capsys, tmp_path, "--export", "onnx")
+    assert "optimizer='adamm' (--optimizer) must be one of adam, adamw, sgd, rmsprop, nadam" in fit_error(
+        capsys, tmp_path, "--optimizer", "adamm")
+    assert "export format='onnx' (--export) must be one of" in fit_error(capsys, tmp_path, "--export", "onnx")
     assert "a head trains on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
     assert "epochs=0 (--epochs) must be an integer >= 1" in fit_error(capsys, tmp_path, "--epochs", "0")
     assert "lr=0.0 (--lr) must be a number > 0" in fit_error(capsys, tmp_path, "--lr", "0")

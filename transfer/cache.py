@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, check_choice
 from transfer.files import update_with_file, write_atomic
 
 if TYPE_CHECKING:
@@ -194,8 +194,7 @@ class FeatureCache:
     def extract(self, inputs, dtype: str = "float32", progress: bool = True) -> dict[str, Entry]:
         """The entries of every split of `inputs` (`transfer.pipeline.Inputs`), extracting only
         what is missing or corrupt."""
-        if dtype not in DTYPES:
-            raise TransferError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        check_choice("cache dtype", dtype, DTYPES, flag="--cache-dtype")
         self.check_writable()
         engine = inputs.extraction_engine(self.root)
         if progress and engine.note:

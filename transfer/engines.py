@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from transfer.errors import TransferError, TransferWarning
+from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.files import write_atomic
 
 ENGINES = ("tf", "onnxruntime", "auto")
@@ -41,8 +41,7 @@ class Engine:
 
 
 def check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise TransferError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    check_choice("engine", engine, ENGINES, flag="--engine")
 
 
 def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None) -> Engine:

@@ -5,6 +5,7 @@ the CLI prints it and exits 2 without a traceback. Anything else escaping is a b
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -17,10 +18,20 @@ class TransferWarning(UserWarning):
     The CLI prints these as one line each."""
 
 
+# Every checked value fails in one format: `NAME=VALUE (--flag) must be ...`.
+
+
+def check_choice(name: str, value, valid, *, flag: str | None = None):
+    """`value` if it is one of `valid`, else `name=value must be one of a, b, c`."""
+    if value in valid:
+        return value
+    shown = ", ".join("none" if v is None else str(v) for v in valid)
+    raise TransferError(f"{_shown(name, value, flag)} must be one of {shown}")
+
+
 def check_int(owner, option, value, minimum=1) -> int:
     """`value` if it is an int >= `minimum`, else a one-line error naming owner and option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise TransferError(f"{owner}: {option}={value!r} must be an integer >= {minimum}")
+    check_number(f"{owner}: {option}", value, minimum, integer=True)
     return int(value)
 
 
@@ -28,9 +39,13 @@ def check_number(name: str, value, minimum, *, above: bool = False, integer: boo
                  flag: str | None = None) -> None:
     """A `TransferError` naming `value` and the valid range unless minimum <= value (< if `above`) <= maximum."""
     kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and (value > minimum if above else value >= minimum)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and (
+        value > minimum if above else value >= minimum)
     if ok and (maximum is None or value <= maximum):
         return
     valid = f"{'>' if above else '>='} {minimum}" + ("" if maximum is None else f" and <= {maximum}")
-    shown = f"{name}={value!r}" + (f" ({flag})" if flag else "")
-    raise TransferError(f"{shown} must be {'an integer' if integer else 'a number'} {valid}")
+    raise TransferError(f"{_shown(name, value, flag)} must be {'an integer' if integer else 'a number'} {valid}")
+
+
+def _shown(name: str, value, flag: str | None) -> str:
+    return f"{name}={value!r}" + (f" ({flag})" if flag else "")

@@ -12,6 +12,12 @@ import keras
 from transfer.errors import TransferError, check_number
 
 GROUP_KEYS = {"variables", "paths", "lr_scale", "weight_decay"}
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # --optimizer: Keras' names
+
+
+def optimizer_named(name: str, lr: float) -> keras.optimizers.Optimizer:
+    """A new Keras optimizer of one of `OPTIMIZERS` at learning rate `lr`."""
+    return keras.optimizers.get({"class_name": name, "config": {"learning_rate": lr}})
 
 
 @keras.saving.register_keras_serializable(package="transfer")

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import datasets, input_kind
-from transfer.errors import TransferError, TransferWarning
+from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.datasets.folder import IMAGE_SUFFIXES
 from transfer.reporting import MODEL_FILE, classification_metrics
 from transfer.pipeline import Batches, predict_batches
@@ -41,8 +41,7 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "t
     """Accuracy, per-class report and confusion matrix on the data's test split (`split="test"`,
     the default: training and validation examples would flatter the run), or on every example
     (`"all"`, also what a test split that the data lacks falls back to); `metrics["split"]` says which."""
-    if split not in EVALUATED_SPLITS:
-        raise TransferError(f"unknown split {split!r} to evaluate; valid: {', '.join(EVALUATED_SPLITS)}")
+    check_choice("split", split, EVALUATED_SPLITS, flag="--split")
     model, config = load_run(run_dir)
     splits = _as_split_for_the_run(data, data_dir, config)
     if splits.class_names != config["class_names"]:

@@ -16,8 +16,6 @@ import dataclasses
 import inspect
 import itertools
 import json
-import math
-import numbers
 import os
 import sys
 import time
@@ -28,13 +26,14 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import heads as registry
-from transfer.errors import TransferError, check_int
+from transfer.errors import TransferError, check_choice, check_int, check_number
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training import OPTIMIZERS, train_keras
+from transfer.optimizers import OPTIMIZERS
+from transfer.training import train_keras
 from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
@@ -136,16 +135,14 @@ def _axis(what: str, values) -> list:
 def _check_training_axes(training: dict) -> None:
     """Refuse bad values before the first of many runs, not in the middle of the sweep."""
     for lr in training["lr"]:
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
-            raise TransferError(f"sweep: lr={lr!r} must be a positive number")
+        check_number("sweep: lr", lr, 0, above=True)
     for key in ("epochs", "batch_size"):
         for value in training[key]:
             check_int("sweep", key, value)
     for value in training["thaw"]:
         check_int("sweep", "thaw", value, minimum=0)
     for name in training["optimizer"]:
-        if name not in OPTIMIZERS:
-            raise TransferError(f"sweep: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+        check_choice("sweep: optimizer", name, OPTIMIZERS)
 
 
 def _thaw_axes(axes: dict, thawing: bool) -> dict:

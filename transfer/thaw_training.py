@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 
 from transfer.callbacks import GradualUnfreezing, TwoStageSchedule
 from transfer.errors import TransferError, check_number
-from transfer.optimizers import GroupedOptimizer
+from transfer.optimizers import GroupedOptimizer, optimizer_named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +68,7 @@ class ThawTraining:
             group["weight_decay"] = self.thaw_weight_decay
         groups = [{**group, "variables": [w for w, i in zip(features.thawed, indices) if i == index]}
                   for index in sorted(set(indices))]
-        return GroupedOptimizer(keras.optimizers.get({"class_name": name, "config": {"learning_rate": lr}}), groups)
+        return GroupedOptimizer(optimizer_named(name, lr), groups)
 
 
 def _flag(name: str) -> str:

@@ -18,10 +18,11 @@ import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
-from transfer.errors import TransferError, check_number
+from transfer.errors import TransferError, check_choice, check_number
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.model import build_classifier, head_model
+from transfer.optimizers import OPTIMIZERS, optimizer_named
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
@@ -29,7 +30,6 @@ from transfer.tensorboard_logs import TensorBoardLogs
 from transfer.thaw_training import ThawTraining
 from transfer.trace_memory import forgetting_step_gradients
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 CLASS_WEIGHTS = (None, "balanced")
 
 
@@ -67,17 +67,18 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     """
     if verbose == "auto" and not sys.stdout.isatty():
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("optimizer", optimizer, OPTIMIZERS, flag="--optimizer")
     check_number("epochs", epochs, 1, integer=True, flag="--epochs")  # 0 would write an untrained model
     check_number("batch_size", batch_size, 1, integer=True, flag="--batch-size")
     check_number("lr", lr, 0, above=True, flag="--lr")
     thawing = thaw is not None or thaw_from is not None
     thaw_training = ThawTraining(thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs,
                                  thaw_epochs).check(thawing=thawing)
-    _check_choice("class weight", class_weight, CLASS_WEIGHTS, allow_dict=True)
+    if not isinstance(class_weight, dict):  # {class: weight} in Python
+        check_choice("class_weight", class_weight, CLASS_WEIGHTS, flag="--class-weight")
     export = tuple(export or ())
     for name in export:
-        _check_choice("export format", name, FORMATS)
+        check_choice("export format", name, FORMATS, flag="--export")
     if out is not None:
         check_new_run_dir(out)
     elif tensorboard:
@@ -162,13 +163,6 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     return FitResult(model, log.history, metrics, None if out is None else Path(out), splits.class_names)
 
 
-def _check_choice(what: str, value, valid, allow_dict: bool = False) -> None:
-    if value in valid or (allow_dict and isinstance(value, dict)):
-        return
-    shown = ", ".join("none" if v is None else str(v) for v in valid)
-    raise TransferError(f"unknown {what} {value!r}; valid: {shown}")
-
-
 class _UncachedTraining:
     """The head trains inside the whole model, on raw examples: the backbone runs every epoch."""
 
@@ -227,7 +221,7 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
                 callbacks=(), class_weight=None, verbose=0) -> TrainingLog:
     """Compile and `model.fit` with early stopping on val_loss (best epoch restored)."""
     if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
-        optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": lr}})
+        optimizer = optimizer_named(optimizer, lr)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=getattr(head, "logits", False)),
                   metrics=["accuracy"])
