@@ -105,7 +105,7 @@ def test_thaw_one_layer_of_the_audio_net(audio, tmp_path):
     thawed = result.model.get_layer("features")
     pretrained = audio.model.get_layer("conv2").get_weights()[0]
     assert thawed.description.startswith("thawed 1 layer(s)")
-    assert not np.allclose(np.asarray(thawed.thawed[0]).reshape(pretrained.shape), pretrained)  # it trained
+    assert not np.allclose(np.asarray(thawed.thawed_weights[0]).reshape(pretrained.shape), pretrained)  # it trained
     keras_out, served, frozen = exported_predictions(tmp_path / "run", x[:6])
     np.testing.assert_allclose(frozen, keras_out, rtol=1e-5, atol=1e-6)  # trained values written back
     np.testing.assert_allclose(served, keras_out, rtol=1e-5, atol=1e-6)

@@ -167,7 +167,7 @@ def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     written = {entry.key: (entry.path / "features_1-00000.npy").stat().st_mtime_ns for entry in entries}
     features = first.model.get_layer("features")
     assert any(not np.allclose(w.numpy(), c) for w, c in
-               zip(features.thawed, [tf.make_ndarray(t.op.get_attr("value")) for t in features.plan.weights]))
+               zip(features.thawed_weights, [tf.make_ndarray(t.op.get_attr("value")) for t in features.plan.weights]))
     images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
     frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
     np.testing.assert_allclose(frozen(images), first.model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)

@@ -40,7 +40,7 @@ def fresh(thawed, optimizer):
 
 
 def grouped(features, scale=1.0, weight_decay=None, lr=LR):
-    group = {"variables": features.thawed, "lr_scale": scale}
+    group = {"variables": features.thawed_weights, "lr_scale": scale}
     if weight_decay is not None:
         group["weight_decay"] = weight_decay
     return GroupedOptimizer(keras.optimizers.SGD(lr), groups=[group])
@@ -48,10 +48,10 @@ def grouped(features, scale=1.0, weight_decay=None, lr=LR):
 
 def one_step(model, features, head, images):
     """The change of (thawed weights, head weights) after one full-batch `model.fit` step."""
-    before = [w.numpy().copy() for w in features.thawed + head.weights]
+    before = [w.numpy().copy() for w in features.thawed_weights + head.weights]
     model.fit(images, LABELS, batch_size=len(images), epochs=1, shuffle=False, verbose=0)
-    deltas = [w.numpy() - b for w, b in zip(features.thawed + head.weights, before)]
-    return deltas[:len(features.thawed)], deltas[len(features.thawed):]
+    deltas = [w.numpy() - b for w, b in zip(features.thawed_weights + head.weights, before)]
+    return deltas[:len(features.thawed_weights)], deltas[len(features.thawed_weights):]
 
 
 def snapshot(layer_weights):
@@ -84,7 +84,7 @@ def test_thawed_weights_step_at_lr_times_scale_and_the_head_at_lr(thawed, images
     model, features, head = fresh(thawed, grouped(thawed[1]))
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy()(LABELS, model(images16))
-    grads = tape.gradient(loss, features.thawed + head.weights)
+    grads = tape.gradient(loss, features.thawed_weights + head.weights)
     expected = [-LR * g.numpy() for g in grads]
     thawed_at_1, head_at_1 = one_step(model, features, head, images16)
     for delta, want in zip(thawed_at_1 + head_at_1, expected):
@@ -106,7 +106,7 @@ def test_thaw_weight_decay_shrinks_only_the_thawed_weights(thawed, images16):
     on the thawed weights, and not at all on the head."""
     plain = one_step(*fresh(thawed, grouped(thawed[1], scale=0.5)), images16)
     model, features, head = fresh(thawed, grouped(thawed[1], scale=0.5, weight_decay=0.2))
-    initial = snapshot(features.thawed)
+    initial = snapshot(features.thawed_weights)
     decayed = one_step(model, features, head, images16)
     for with_decay, without, w in zip(decayed[0], plain[0], initial):
         np.testing.assert_allclose(with_decay - without, -LR * 0.5 * 0.2 * w, rtol=1e-3, atol=1e-7)
@@ -125,15 +125,15 @@ def test_learning_rate_callbacks_move_every_group_and_the_optimizer_saves(thawed
     model.save(tmp_path / "grouped.keras")
     restored = keras.models.load_model(tmp_path / "grouped.keras").optimizer
     assert isinstance(restored, GroupedOptimizer) and int(restored.iterations) == 6
-    assert restored.groups[0]["paths"] == [w.path for w in features.thawed]
+    assert restored.groups[0]["paths"] == [w.path for w in features.thawed_weights]
     assert float(restored.group_optimizers[1].learning_rate) == pytest.approx(LR / 20)
 
 
 def test_bad_groups(thawed):
     with pytest.raises(TransferError, match=r"^lr_scale=0 must be a number > 0$"):
-        GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed, "lr_scale": 0}])
+        GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed_weights, "lr_scale": 0}])
     with pytest.raises(TransferError, match=r"^unknown optimizer group key\(s\) \['lr'\]; valid: "):
-        GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed, "lr": 0.1}])
+        GroupedOptimizer("sgd", groups=[{"variables": thawed[1].thawed_weights, "lr": 0.1}])
 
 
 # -- gradual unfreezing and the two-stage schedule ----------------------------------------------
@@ -163,8 +163,8 @@ def test_bad_callback_arguments(tiny):
 
 def test_gradual_unfreezing_adds_one_layer_every_k_epochs(thawed, images16):
     model, features, _ = fresh(thawed, "adam")
-    layer1, layer2 = features.thawed[:2], features.thawed[2:]  # conv2 (nearest the cut), dw
-    recorder = EpochWeights(features.thawed)
+    layer1, layer2 = features.thawed_weights[:2], features.thawed_weights[2:]  # conv2 (nearest the cut), dw
+    recorder = EpochWeights(features.thawed_weights)
     history = model.fit(images16, LABELS, batch_size=3, epochs=3, verbose=0,
                         callbacks=[GradualUnfreezing(features, every=2, start=1), recorder])
     w = recorder.epochs  # before training, after epoch 0, 1, 2
@@ -176,7 +176,7 @@ def test_gradual_unfreezing_adds_one_layer_every_k_epochs(thawed, images16):
 
 def test_gradual_unfreezing_from_zero_trains_the_head_first(thawed, images16):
     model, features, head = fresh(thawed, grouped(thawed[1]))
-    recorder, head_weights = EpochWeights(features.thawed), EpochWeights(head.weights)
+    recorder, head_weights = EpochWeights(features.thawed_weights), EpochWeights(head.weights)
     model.fit(images16, LABELS, batch_size=3, epochs=2, verbose=0,
               callbacks=[GradualUnfreezing(features, every=1, start=0), recorder, head_weights])
     w = recorder.epochs
@@ -195,7 +195,7 @@ def test_an_optimizer_built_without_the_thawed_weights_is_a_clear_error(thawed, 
 def test_two_stage_schedule_trains_the_head_then_the_thawed_layers(thawed, images16):
     model, features, head = fresh(thawed, grouped(thawed[1]))
     schedule = TwoStageSchedule(features, head_epochs=2, thaw_epochs=1)
-    thawed_weights, head_weights = EpochWeights(features.thawed), EpochWeights(head.weights)
+    thawed_weights, head_weights = EpochWeights(features.thawed_weights), EpochWeights(head.weights)
     history = model.fit(images16, LABELS, batch_size=3, epochs=schedule.epochs, verbose=0,
                         callbacks=[schedule, thawed_weights, head_weights])
     w, h = thawed_weights.epochs, head_weights.epochs

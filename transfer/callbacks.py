@@ -21,9 +21,9 @@ def unfrozen_layers(total: int, epochs_in: int, every: int | None, start: int) -
 
 def train_layers(model, features, count: int) -> None:
     """Let the `count` thawed layers nearest the cut train; retrace the train step if that changed."""
-    before = [w.trainable for w in features.thawed]
+    before = [w.trainable for w in features.thawed_weights]
     features.set_trainable_layers(count)
-    if [w.trainable for w in features.thawed] != before:
+    if [w.trainable for w in features.thawed_weights] != before:
         model.make_train_function(force=True)
 
 
@@ -36,10 +36,10 @@ def build_optimizer(model, features) -> None:
     optimizer = model.optimizer
     if not optimizer.built:
         known = {id(v) for v in model.trainable_variables}
-        optimizer.build(model.trainable_variables + [w for w in features.thawed if id(w) not in known])
+        optimizer.build(model.trainable_variables + [w for w in features.thawed_weights if id(w) not in known])
         return
     try:
-        optimizer._check_variables_are_known(features.thawed)  # Keras' own check, before any epoch
+        optimizer._check_variables_are_known(features.thawed_weights)  # Keras' own check, before any epoch
     except ValueError:
         raise TransferError("the optimizer was built without some thawed weights, so it cannot train them: "
                             "compile again (a new optimizer) or use transfer.GroupedOptimizer") from None

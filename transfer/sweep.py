@@ -185,7 +185,7 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
     """
     features, suffix = _features_for(setting, features, thawed)
     if suffix is not None:
-        suffix.thawed.restore_pretrained()
+        suffix.whole.restore_pretrained()
     keras.utils.set_random_seed(seed)  # before the head exists: Keras draws initializer seeds at construction
     head, model = _build(features, setting, suffix)
     started = time.perf_counter()
@@ -221,7 +221,7 @@ def _build(features: FeatureSplits, setting: dict, suffix=None):
 def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience, suffix=None, logs=None) -> int:
     """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) included."""
     plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
-        suffix and suffix.thawed, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
+        suffix and suffix.whole, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
     log = train_keras(model, head, features.training(setting["batch_size"], seed),
                       features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
                       optimizer=plan.optimizer, patience=plan.patience,

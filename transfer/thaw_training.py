@@ -66,7 +66,7 @@ class ThawTraining:
         group = {"lr_scale": 1.0 if self.thaw_lr_scale is None else self.thaw_lr_scale}
         if self.thaw_weight_decay is not None:
             group["weight_decay"] = self.thaw_weight_decay
-        groups = [{**group, "variables": [w for w, i in zip(features.thawed, indices) if i == index]}
+        groups = [{**group, "variables": [w for w, i in zip(features.thawed_weights, indices) if i == index]}
                   for index in sorted(set(indices))]
         return GroupedOptimizer(optimizer_named(name, lr), groups)
 

@@ -24,7 +24,7 @@ from transfer.layer import FeatureLayer
 
 
 @dataclasses.dataclass
-class Layer:
+class WeightLayer:
     """A weight layer of the graph, as `inspect --layers` shows it."""
 
     index: int  # 1 = the last weight layer before the cut
@@ -41,7 +41,7 @@ class Layer:
         return int(sum(c.shape.num_elements() or 0 for c in self.constants))
 
 
-def layers_before(info: GraphInfo, cut: tf.Tensor) -> list[Layer]:
+def layers_before(info: GraphInfo, cut: tf.Tensor) -> list[WeightLayer]:
     """The weight layers the cut depends on, numbered backwards from the cut."""
     needed = {op.name for op in info.ancestors([cut.op])}
     found = [(scope, ops) for scope, ops in info.weight_layers if any(op.name in needed for op in ops)]
@@ -49,7 +49,7 @@ def layers_before(info: GraphInfo, cut: tf.Tensor) -> list[Layer]:
     for index, (scope, ops) in enumerate(reversed(found), start=1):
         constants = _dedupe(c for op in ops for t in info.weight_inputs(op) for c in _constant_sources(t))
         statistics = _statistics(info, ops)
-        layers.append(Layer(index, scope, ops, constants, [c for c in constants if c.name in statistics]))
+        layers.append(WeightLayer(index, scope, ops, constants, [c for c in constants if c.name in statistics]))
     return layers
 
 
@@ -98,7 +98,8 @@ def _dedupe(tensors) -> list:
     return list({t.name: t for t in tensors}.values())
 
 
-def choose_layers(layers: list[Layer], last: int | None = None, from_scope: str | None = None) -> list[Layer]:
+def choose_layers(layers: list[WeightLayer], last: int | None = None,
+                  from_scope: str | None = None) -> list[WeightLayer]:
     """The last `last` layers, or every layer from the one whose scope matches `from_scope`."""
     if not layers:
         raise TransferError("the graph has no weight layers before the cut: nothing to thaw")
@@ -120,7 +121,7 @@ def choose_layers(layers: list[Layer], last: int | None = None, from_scope: str 
 
 @dataclasses.dataclass
 class ThawPlan:
-    layers: list[Layer]
+    layers: list[WeightLayer]
     weights: list[tf.Tensor]  # Const outputs that become trainable weights
     boundary: list[tf.Tensor]  # what the frozen prefix hands to the thawed suffix
 
@@ -197,7 +198,7 @@ class ThawedFeatureLayer(FeatureLayer):
         super().__init__(backbone, cut=cut, **kwargs)
         self.trainable = True
         self._config.update({"last": last, "from_scope": from_scope, "batch_norm_statistics": batch_norm_statistics})
-        self.thawed, self._saved_values = [], None
+        self.thawed_weights, self._saved_values = [], None
         if not self.awaits_graph:  # a saved layer whose file is gone thaws once its graph is read back
             self._thaw()
 
@@ -207,7 +208,7 @@ class ThawedFeatureLayer(FeatureLayer):
         self._prefix = self.backbone.recut([t.name for t in self.plan.boundary],
                                            inputs=[t.op.name for t in self.backbone.inputs])
         self._suffix = build_suffix(self.backbone, self.plan)
-        self.thawed = [self.add_weight(shape=tuple(w.shape), name=_weight_name(w),
+        self.thawed_weights = [self.add_weight(shape=tuple(w.shape), name=_weight_name(w),
                                        initializer=keras.initializers.Constant(_value(w)), trainable=True)
                        for w in self.plan.weights]
 
@@ -225,7 +226,7 @@ class ThawedFeatureLayer(FeatureLayer):
             self._thaw()
         finally:
             self._tracker.lock()
-        for weight, value in zip(self.thawed, self._saved_values or []):
+        for weight, value in zip(self.thawed_weights, self._saved_values or []):
             weight.assign(value)
 
     def call(self, inputs):
@@ -239,13 +240,13 @@ class ThawedFeatureLayer(FeatureLayer):
 
     def from_boundary(self, boundary):
         """The thawed part: prefix outputs -> features, differentiable in the thawed weights."""
-        (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed])
+        (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed_weights])
         return features
 
     def restore_pretrained(self) -> None:
         """Set the thawed weights back to the graph's constants, all trainable (a sweep's next
         setting starts there, whatever schedule the last one ran)."""
-        for weight, constant in zip(self.thawed, self.plan.weights):
+        for weight, constant in zip(self.thawed_weights, self.plan.weights):
             weight.assign(_value(constant))
         self.set_trainable_layers(len(self.plan.layers))
 
@@ -282,32 +283,33 @@ class ThawedFeatureLayer(FeatureLayer):
         total = len(self.plan.layers)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= total:
             raise TransferError(f"cannot train {count!r} thawed layer(s): valid is 0 to {total}")
-        for weight, index in zip(self.thawed, self.weight_layer_indices):
+        for weight, index in zip(self.thawed_weights, self.weight_layer_indices):
             weight.trainable = index <= count
 
     @property
     def trainable_layer_count(self) -> int:
         """How many thawed layers, counted from the cut, train now."""
-        return max((index for w, index in zip(self.thawed, self.weight_layer_indices) if w.trainable), default=0)
+        indices = zip(self.thawed_weights, self.weight_layer_indices)
+        return max((index for weight, index in indices if weight.trainable), default=0)
 
 
 class ThawedSuffix(keras.layers.Layer):
-    """The thawed part alone (prefix outputs -> features), sharing its weights with `thawed`:
+    """The thawed part alone (prefix outputs -> features), sharing its weights with `whole`:
     a head and the thawed layers train from cached prefix outputs, the prefix never runs."""
 
-    def __init__(self, thawed: ThawedFeatureLayer, **kwargs):
+    def __init__(self, whole: ThawedFeatureLayer, **kwargs):
         super().__init__(**kwargs)
-        self.thawed = thawed
+        self.whole = whole  # the ThawedFeatureLayer this suffix is part of
 
     def build(self, input_shape):
         pass  # the weights are the thawed layer's, created with it
 
     def call(self, boundary):
-        return self.thawed.from_boundary(list(boundary) if isinstance(boundary, (list, tuple)) else [boundary])
+        return self.whole.from_boundary(list(boundary) if isinstance(boundary, (list, tuple)) else [boundary])
 
     def compute_output_spec(self, boundary):
         first = boundary[0] if isinstance(boundary, (list, tuple)) else boundary
-        cut = self.thawed.backbone.cuts[0].tensor
+        cut = self.whole.backbone.cuts[0].tensor
         return keras.KerasTensor((first.shape[0], *cut.shape[1:]), dtype=cut.dtype.name)
 
 

@@ -103,21 +103,22 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
     # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well.
     with run_directory(out) if out is not None else contextlib.nullcontext() as directory:
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
-        thawed = None
+        thawed_layer = None
         if thawing:
             from transfer.thawing import ThawedFeatureLayer
 
-            features = thawed = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
+            thawed_layer = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
+            features = thawed_layer
         else:
             features = inputs.feature_layer()
         if cache_dir is None:
             source = _UncachedTraining(inputs, features)
-        elif thawed is None:
+        elif thawed_layer is None:
             source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0),
                                      batch_size, seed)
         else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-            source = _CachedTraining(inputs.cached_prefix(thawed, cache_dir, cache_dtype, progress=verbose != 0),
-                                     batch_size, seed, suffix=thawed.suffix())
+            source = _CachedTraining(inputs.cached_prefix(thawed_layer, cache_dir, cache_dtype, progress=verbose != 0),
+                                     batch_size, seed, suffix=thawed_layer.suffix())
         started = time.perf_counter()
         if getattr(head_factory, "is_keras", True):
             head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
