@@ -91,9 +91,9 @@ def test_expand_grid_drops_duplicates_and_keeps_grid_order():
 @pytest.mark.parametrize("heads,axes,message", [
     (["linaer"], {}, "unknown head 'linaer'; did you mean 'linear'"),
     (["linear"], {"head_options": {"hiden": [[8]]}}, "option 'hiden' applies to none of the swept heads (linear: "),
-    (["linear"], {"epochs": [0]}, "sweep: epochs=0 must be an integer >= 1"),
-    (["linear"], {"lr": [-1.0]}, "sweep: lr=-1.0 must be a number > 0"),
-    (["linear"], {"optimizer": ["adamm"]}, "sweep: optimizer='adamm' must be one of adam,"),
+    (["linear"], {"epochs": [0]}, "sweep: epochs=0 (--epochs) must be an integer >= 1"),
+    (["linear"], {"lr": [-1.0]}, "sweep: lr=-1.0 (--lr) must be a number > 0"),
+    (["linear"], {"optimizer": ["adamm"]}, "sweep: optimizer='adamm' (--optimizer) must be one of adam,"),
     (["linear"], {"lr": []}, "sweep: lr has no choices"),
     (["linear"], {"momentum": [0.9]}, "unknown sweep axis 'momentum'; valid: lr, epochs,"),
 ])

@@ -17,7 +17,7 @@ _PUBLIC = {  # name -> module: the API, imported with TensorFlow
     "FeatureExtractor": "estimators", "inspect_graph": "inspection", "FeatureLayer": "layer",
     "PreprocessingLayer": "model", "GroupedOptimizer": "optimizers", "evaluate": "prediction",
     "predict": "prediction", "ThawedFeatureLayer": "thawing", "thaw": "thawing",
-    "ReleaseTracedSteps": "trace_memory", "fit": "training",
+    "ReleaseTracedSteps": "trace_memory", "fit": "training", "TrainingSettings": "settings",
 }
 
 
@@ -49,6 +49,5 @@ if not _run_as_the_command():
     load_tensorflow()
 
 __all__ = ["Backbone", "FeatureExtractor", "FeatureLayer", "GradualUnfreezing", "GroupedOptimizer",
-           "PreprocessingLayer", "ReleaseTracedSteps", "TransferError", "TwoStageSchedule", "evaluate", "fit", "heads",
-           "inspect_graph", "predict", "thaw",
-           "ThawedFeatureLayer", "__version__"]
+           "PreprocessingLayer", "ReleaseTracedSteps", "TrainingSettings", "TransferError", "TwoStageSchedule",
+           "evaluate", "fit", "heads", "inspect_graph", "predict", "thaw", "ThawedFeatureLayer", "__version__"]

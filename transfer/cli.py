@@ -11,6 +11,8 @@ import warnings
 
 from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
+from transfer.settings import FIELDS as SETTINGS
+from transfer.settings import OPTIMIZERS, TrainingSettings, default
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
@@ -86,13 +88,9 @@ def cmd_fit(args) -> int:
     from transfer.training import default_run_dir, fit
 
     out = args.out or default_run_dir("fit")
-    result = fit(args.backbone, args.data, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
-                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                 patience=args.patience, class_weight=args.class_weight, seed=args.seed, augment=args.augment,
-                 crop_padding=args.crop_padding, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-                 engine=args.engine, thaw=args.thaw, thaw_from=args.thaw_from, thaw_lr_scale=args.thaw_lr_scale,
-                 thaw_weight_decay=args.thaw_weight_decay, unfreeze_every=args.unfreeze_every,
-                 head_epochs=args.head_epochs, thaw_epochs=args.thaw_epochs,
+    settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
+    result = fit(args.backbone, args.data, settings, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
+                 cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export, tensorboard=args.tensorboard,
@@ -276,7 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"transfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_inspect_command(commands)
+    _add_fit_command(commands)
+    _add_sweep_command(commands)
+    _add_extract_command(commands)
+    _add_cache_command(commands)
+    _add_evaluate_command(commands)
+    _add_predict_command(commands)
+    return parser
 
+
+def _add_inspect_command(commands) -> None:
     inspect = _command(commands, "inspect", cmd_inspect,
                        "list a graph's inputs, outputs, ops and candidate cut points")
     inspect.add_argument("backbone_path", nargs="?", metavar="PATH",
@@ -291,22 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--all", action="store_true", help="list every tensor, not only the candidate cuts")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
+
+def _add_fit_command(commands) -> None:
     fit = _command(commands, "fit", cmd_fit, "train a head on a frozen backbone's features; write a run directory")
     _add_input_arguments(fit)
     fit.add_argument("--head", default="linear", metavar="NAME",
                      help="linear, mlp, conv, attention, logreg, or module:Class (default: linear)")
     fit.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="a head option, e.g. hidden=256,128 or pooling=flatten (repeatable)")
-    fit.add_argument("--epochs", type=int, default=20, help="training epochs, >= 1 (default 20)")
-    fit.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
-    fit.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    fit.add_argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop, nadam")
-    fit.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; the best "
-                     "epoch's weights are restored (default 5)")
-    fit.add_argument("--class-weight", choices=["balanced"], help="weight classes against imbalance")
-    fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
-    fit.add_argument("--crop-padding", type=int, default=0, metavar="N",
-                     help="random shifts during training: pad by N pixels, crop back (default 0: off)")
+    _add_training_arguments(fit)
     thaw = fit.add_mutually_exclusive_group()
     thaw.add_argument("--thaw", type=int, metavar="N", help="also train the last N weight layers before the cut "
                       "(`transfer inspect --cut CUT --layers` lists them)")
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write TensorBoard logs in RUN/tensorboard (scalars per epoch, confusion matrices)")
     fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+
+def _add_sweep_command(commands) -> None:
     sweep = _command(commands, "sweep", cmd_sweep, "train many heads and settings on features extracted once; "
                      "rank them; export the best")
     _add_input_arguments(sweep)
@@ -330,11 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=A,B",
                        help="a head option's choices, e.g. pooling=avg,flatten or 'hidden=[[64],[128,64]]' "
                        "(applies to the heads that take it; repeatable)")
-    sweep.add_argument("--lr", type=_choices(float), metavar="A,B", help="learning rates (default 1e-3)")
-    sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help="epochs (default 20)")
-    sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B", help="batch sizes (default 32)")
+    sweep.add_argument("--lr", type=_choices(float), metavar="A,B", help=f"learning rates (default {default('lr')})")
+    sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help=f"epochs (default {default('epochs')})")
+    sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B",
+                       help=f"batch sizes (default {default('batch_size')})")
     sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B",
-                       help="optimizers (default adam)")
+                       help=f"optimizers (default {default('optimizer')})")
     sweep.add_argument("--thaw", type=_choices(int), metavar="A,B",
                        help="also train the last N weight layers before the cut, from cached prefix outputs "
                             "(0 = frozen; default 0)")
@@ -345,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         sweep.add_argument(flag, type=_choices(cast), metavar="A,B", help=f"{meaning} (settings with thaw > 0)")
     sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
     sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
-    sweep.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    sweep.add_argument("--patience", type=int, default=default("patience"),
+                       help=f"early-stopping patience (default {default('patience')})")
     _add_cache_arguments(sweep, CACHE_HELP)
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
     sweep.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
@@ -354,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
     sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
 
+
+def _add_extract_command(commands) -> None:
     extract = _command(commands, "extract", cmd_extract, "extract features once into the feature cache")
     _add_input_arguments(extract)
     _add_cache_arguments(extract, CACHE_HELP)
@@ -361,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
     extract.add_argument("--json", action="store_true", help="print the entries as JSON")
 
+
+def _add_cache_command(commands) -> None:
     cache = _command(commands, "cache", cmd_cache, "list, verify or remove feature-cache entries")
     actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
     summaries = (("ls", "list entries"), ("verify", f"check every shard's checksum (exit {CORRUPT_CACHE} if any is "
@@ -374,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
         sub.add_argument("--json", action="store_true", help="print the entries as JSON")
 
+
+def _add_evaluate_command(commands) -> None:
     evaluate = _command(commands, "evaluate", cmd_evaluate, "score a fit run on labelled data")
     evaluate.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
     evaluate.add_argument("--data", required=True, metavar="SPEC", help="labelled data, as for fit")
@@ -383,13 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score the data's test split (default; every example if it has none) or all of it")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+
+def _add_predict_command(commands) -> None:
     predict = _command(commands, "predict", cmd_predict, "top-k classes of images (or arrays) with a fit run")
     predict.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or .npy arrays of images or "
                          "of what a non-image backbone takes (one example or a batch)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    return parser
+
+
+def _add_training_arguments(fit) -> None:
+    """How the head trains: the flags of `TrainingSettings`, with its defaults."""
+    fit.add_argument("--epochs", type=int, default=default("epochs"),
+                     help=f"training epochs, >= 1 (default {default('epochs')})")
+    fit.add_argument("--batch-size", type=int, default=default("batch_size"),
+                     help=f"examples per batch (default {default('batch_size')})")
+    fit.add_argument("--lr", type=float, default=default("lr"), help=f"learning rate (default {default('lr')})")
+    fit.add_argument("--optimizer", default=default("optimizer"),
+                     help=f"{', '.join(OPTIMIZERS)} (default {default('optimizer')})")
+    fit.add_argument("--patience", type=int, default=default("patience"), help="early-stopping patience in "
+                     f"epochs; the best epoch's weights are restored (default {default('patience')})")
+    fit.add_argument("--class-weight", choices=["balanced"], help="weight classes against imbalance")
+    fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
+    fit.add_argument("--crop-padding", type=int, default=default("crop_padding"), metavar="N",
+                     help="random shifts during training: pad by N pixels, crop back (default 0: off)")
 
 
 def _add_thaw_training_arguments(fit) -> None:
@@ -418,7 +447,7 @@ def _add_input_arguments(parser) -> None:
     parser.add_argument("--validation-split", type=float, default=0.2, metavar="F",
                         help="share of each class held out when the data has no validation split (default 0.2)")
     parser.add_argument("--per-class", type=int, metavar="N", help="train on N labelled examples per class")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split (and training)")
+    parser.add_argument("--seed", type=int, default=default("seed"), help="seeds the split (and training)")
     parser.add_argument("--scale", help="input scaling: none, 0..1, -1..1, caffe (default: from the "
                         "preprocessing JSON beside the backbone, else none)")
     parser.add_argument("--preprocessing", metavar="JSON", help="preprocessing settings file")

@@ -47,5 +47,10 @@ def check_number(name: str, value, minimum, *, above: bool = False, integer: boo
     raise TransferError(f"{_shown(name, value, flag)} must be {'an integer' if integer else 'a number'} {valid}")
 
 
+def flag_of(name: str) -> str:
+    """The CLI flag of a Python name: thaw_lr_scale -> --thaw-lr-scale."""
+    return "--" + name.replace("_", "-")
+
+
 def _shown(name: str, value, flag: str | None) -> str:
     return f"{name}={value!r}" + (f" ({flag})" if flag else "")

@@ -12,7 +12,6 @@ import keras
 from transfer.errors import TransferError, check_number
 
 GROUP_KEYS = {"variables", "paths", "lr_scale", "weight_decay"}
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # --optimizer: Keras' names
 
 
 def optimizer_named(name: str, lr: float) -> keras.optimizers.Optimizer:

@@ -26,19 +26,19 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import heads as registry
-from transfer.errors import TransferError, check_choice, check_int, check_number
+from transfer.errors import TransferError, check_int
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
+from transfer.settings import check_setting, default
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.optimizers import OPTIMIZERS
 from transfer.training import train_keras
 from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
 # head has no training loop of its own (the scikit-learn probe).
-TRAINING_AXES = {"lr": (1e-3,), "epochs": (20,), "batch_size": (32,), "optimizer": ("adam",), "thaw": (0,)}
+TRAINING_AXES = {**{name: (default(name),) for name in ("lr", "epochs", "batch_size", "optimizer")}, "thaw": (0,)}
 # How thawed layers train (`transfer.thaw_training`): axes of the settings with thaw > 0 only.
 THAW_AXES = {name: (None,) for name in ThawTraining.__dataclass_fields__ if name != "thaw_epochs"}
 SETTING_AXES = {**TRAINING_AXES, **THAW_AXES}
@@ -134,15 +134,12 @@ def _axis(what: str, values) -> list:
 
 def _check_training_axes(training: dict) -> None:
     """Refuse bad values before the first of many runs, not in the middle of the sweep."""
-    for lr in training["lr"]:
-        check_number("sweep: lr", lr, 0, above=True)
-    for key in ("epochs", "batch_size"):
-        for value in training[key]:
-            check_int("sweep", key, value)
-    for value in training["thaw"]:
-        check_int("sweep", "thaw", value, minimum=0)
-    for name in training["optimizer"]:
-        check_choice("sweep: optimizer", name, OPTIMIZERS)
+    for key, values in training.items():
+        for value in values:
+            if key == "thaw":  # 0: frozen, a setting of the sweep (fit's thaw is None or >= 1)
+                check_int("sweep", "thaw", value, minimum=0)
+            else:
+                check_setting(key, value, owner="sweep")
 
 
 def _thaw_axes(axes: dict, thawing: bool) -> dict:
@@ -173,8 +170,8 @@ def _key(setting: dict) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 
-def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = 5, thawed=None,
-                  logs: TensorBoardLogs | None = None):
+def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patience: int | None = default("patience"),
+                  thawed=None, logs: TensorBoardLogs | None = None):
     """Train one setting; return the trained head (Keras layer or fitted probe) and its metrics.
 
     Metrics: val_accuracy, test_accuracy (None without that split), epochs_run (None for the
@@ -267,7 +264,8 @@ def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
 
 
 def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, seed: int = 0,
-              patience: int | None = 5, progress: bool = True, thawed=None, log_dir=None) -> list[dict]:
+              patience: int | None = default("patience"), progress: bool = True, thawed=None,
+              log_dir=None) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
 
     Every head is built on the features before the first run, so a bad option or a head that
@@ -453,10 +451,10 @@ class SweepResult:
 
 
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
-          patience: int | None = 5, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
-          per_class=None, preprocessing=None, scale=None, cache_dir=None, cache_dtype: str = "float32",
-          inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
-          tensorboard: bool = False, progress: bool = True, **axes) -> SweepResult:
+          patience: int | None = default("patience"), cut="auto", signature=None, data_dir=None,
+          validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
+          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None,
+          export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).

@@ -8,7 +8,7 @@ import dataclasses
 
 
 from transfer.callbacks import GradualUnfreezing, TwoStageSchedule
-from transfer.errors import TransferError, check_number
+from transfer.errors import TransferError, check_number, flag_of
 from transfer.optimizers import GroupedOptimizer, optimizer_named
 
 
@@ -36,13 +36,13 @@ class ThawTraining:
         given = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
         if given and not thawing:
             name, value = next(iter(given.items()))
-            raise TransferError(f"{name}={value!r} ({_flag(name)}) shapes how thawed layers train: "
+            raise TransferError(f"{name}={value!r} ({flag_of(name)}) shapes how thawed layers train: "
                                 f"add --thaw N or --thaw-from SCOPE")
         for name, minimum, above, integer in (("thaw_lr_scale", 0, True, False), ("thaw_weight_decay", 0, False, False),
                                               ("unfreeze_every", 1, False, True), ("head_epochs", 0, False, True),
                                               ("thaw_epochs", 0, False, True)):
             if name in given:
-                check_number(name, given[name], minimum, above=above, integer=integer, flag=_flag(name))
+                check_number(name, given[name], minimum, above=above, integer=integer, flag=flag_of(name))
         return self
 
     def plan(self, features, optimizer: str, lr: float, epochs: int, patience, validated: bool) -> TrainingPlan:
@@ -69,7 +69,3 @@ class ThawTraining:
         groups = [{**group, "variables": [w for w, i in zip(features.thawed_weights, indices) if i == index]}
                   for index in sorted(set(indices))]
         return GroupedOptimizer(optimizer_named(name, lr), groups)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")

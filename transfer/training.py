@@ -18,19 +18,18 @@ import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
-from transfer.errors import TransferError, check_choice, check_number
+from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.model import build_classifier, head_model
-from transfer.optimizers import OPTIMIZERS, optimizer_named
+from transfer.optimizers import optimizer_named
+from transfer.settings import TrainingSettings
 from transfer.pipeline import open_inputs, predict_batches
 from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 from transfer.tensorboard_logs import TensorBoardLogs
-from transfer.thaw_training import ThawTraining
 from transfer.trace_memory import forgetting_step_gradients
 
-CLASS_WEIGHTS = (None, "balanced")
 
 
 @dataclasses.dataclass
@@ -46,36 +45,25 @@ def default_run_dir(command: str = "fit") -> Path:
     return Path("runs") / f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs: int = 20,
-        batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", patience: int | None = 5,
-        class_weight=None, seed: int = 0, augment: bool = False, crop_padding: int = 0, preprocessing=None, scale=None,
-        signature=None, data_dir=None, validation_split: float = 0.2, per_class=None, callbacks=(),
-        cache_dir=None, cache_dtype: str = "float32", thaw: int | None = None, thaw_from: str | None = None,
-        thaw_lr_scale=None, thaw_weight_decay=None, unfreeze_every=None, head_epochs=None, thaw_epochs=None,
-        inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"),
-        tensorboard: bool = False, verbose="auto") -> FitResult:
+def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto", head="linear", head_options=None,
+        preprocessing=None, scale=None, signature=None, data_dir=None, validation_split: float = 0.2,
+        per_class=None, callbacks=(), cache_dir=None, cache_dtype: str = "float32", inputs=None, feeds=None,
+        allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"), tensorboard: bool = False,
+        verbose="auto", **training) -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
-    or `DataSplits`. With `out`, a run directory is written (config, metrics, history, plots,
-    model.keras and the exports); without, nothing touches the disk. With `cache_dir`, the
-    head trains on features from the feature cache (extracted once, reused by later runs).
-    With `thaw=N` (or `thaw_from=SCOPE`), the last N weight layers before the cut train too;
-    `thaw_lr_scale`, `thaw_weight_decay`, `unfreeze_every`, `head_epochs`/`thaw_epochs` shape how
-    (`transfer.thaw_training`). `inputs`, `feeds`, `allow_ops`: where and with what the graph is
-    fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
+    or `DataSplits`. How it trains: `settings` (`TrainingSettings`) or its fields as keyword
+    arguments (epochs, batch_size, lr, optimizer, patience, class_weight, seed, augment,
+    crop_padding, thaw=N or thaw_from=SCOPE with the thaw options). With `out`, a run directory
+    is written (config, metrics, history, plots, model.keras and the exports); without, nothing
+    touches the disk. With `cache_dir`, the head trains on features from the feature cache
+    (extracted once, reused by later runs). `inputs`, `feeds`, `allow_ops`: where and with what
+    the graph is fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
     """
+    settings = TrainingSettings.of(settings, **training)
     if verbose == "auto" and not sys.stdout.isatty():
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
-    check_choice("optimizer", optimizer, OPTIMIZERS, flag="--optimizer")
-    check_number("epochs", epochs, 1, integer=True, flag="--epochs")  # 0 would write an untrained model
-    check_number("batch_size", batch_size, 1, integer=True, flag="--batch-size")
-    check_number("lr", lr, 0, above=True, flag="--lr")
-    thawing = thaw is not None or thaw_from is not None
-    thaw_training = ThawTraining(thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs,
-                                 thaw_epochs).check(thawing=thawing)
-    if not isinstance(class_weight, dict):  # {class: weight} in Python
-        check_choice("class_weight", class_weight, CLASS_WEIGHTS, flag="--class-weight")
     export = tuple(export or ())
     for name in export:
         check_choice("export format", name, FORMATS, flag="--export")
@@ -85,83 +73,102 @@ def fit(backbone, data, *, cut="auto", head="linear", head_options=None, epochs:
         raise TransferError("TensorBoard logs are written in the run directory: give `out` with `tensorboard`")
     head_options = dict(head_options or {})
     head_factory = heads.resolve(head)  # an unknown head fails before any slow work
-    if thawing and not getattr(head_factory, "is_keras", True):
+    if settings.thawing and not getattr(head_factory, "is_keras", True):
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(settings.seed)
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
-                         validation_split=validation_split, per_class=per_class, seed=seed,
-                         preprocessing=preprocessing, scale=scale, batch_size=batch_size, augment=augment,
-                         crop_padding=crop_padding, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine)
-    backbone, splits = inputs.backbone, inputs.splits
+                         validation_split=validation_split, per_class=per_class, seed=settings.seed,
+                         preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
+                         augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
+                         allow_ops=allow_ops, engine=engine)
     if cache_dir is None and engine != "tf":
         raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
                             "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
+    config = {"transfer_version": __version__,
+              "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
+              **_source_config(inputs, data, data_dir, validation_split, per_class),
+              "head": head, "head_options": head_options, **settings.to_config(),
+              "cache_dir": None if cache_dir is None else str(cache_dir), "cache_dtype": cache_dtype,
+              "engine": engine, "export": list(export)}
     # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well.
     with run_directory(out) if out is not None else contextlib.nullcontext() as directory:
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
-        thawed_layer = None
-        if thawing:
-            from transfer.thawing import ThawedFeatureLayer
-
-            thawed_layer = ThawedFeatureLayer(inputs.backbone, last=thaw, from_scope=thaw_from, name="features")
-            features = thawed_layer
-        else:
-            features = inputs.feature_layer()
-        if cache_dir is None:
-            source = _UncachedTraining(inputs, features)
-        elif thawed_layer is None:
-            source = _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=verbose != 0),
-                                     batch_size, seed)
-        else:  # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-            source = _CachedTraining(inputs.cached_prefix(thawed_layer, cache_dir, cache_dtype, progress=verbose != 0),
-                                     batch_size, seed, suffix=thawed_layer.suffix())
+        features = _feature_layer(inputs, settings)
+        source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0)
         started = time.perf_counter()
-        if getattr(head_factory, "is_keras", True):
-            head_layer = heads.get(head, num_classes=splits.num_classes, **head_options)
-            trained = source.model(head_layer)
-            weights = _class_weights(source.split("train")) if class_weight == "balanced" else class_weight
-            validation = source.split("validation")
-            plan = thaw_training.plan(features, optimizer, lr, epochs, patience, validated=validation is not None)
-            log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=lr,
-                              optimizer=plan.optimizer, patience=plan.patience, class_weight=weights,
-                              callbacks=[*plan.callbacks, *logs.callbacks(), *callbacks], verbose=verbose)
-        else:
-            probe = heads.get(head, num_classes=splits.num_classes, **head_options)
-            x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
-            head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
-            trained, log = source.model(head_layer), TrainingLog({})
+        head_layer, trained, log = _train_head(source, features, settings, head, head_options,
+                                               [*logs.callbacks(), *callbacks], verbose)
         model = build_classifier(features, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
-        metrics = evaluate_splits(trained, source, splits.class_names)
+        metrics = evaluate_splits(trained, source, inputs.splits.class_names)
         logs.confusion_matrices(metrics, step=log.epochs_run)
         metrics["train_seconds"] = round(seconds, 2)
         if log.history:
             metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
                                    "kept_epoch": log.kept_epoch, "summary": log.summary()}
-        config = {
-            "transfer_version": __version__,
-            "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
-            "backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
-            "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec, "cut_tensor": backbone.cuts[0].name,
-            **backbone.feeding,
+        if directory is not None:
+            _write_run(directory, model, config, metrics, log, inputs.splits.class_names, export)
+    return FitResult(model, log.history, metrics, None if out is None else Path(out), inputs.splits.class_names)
+
+
+def _source_config(inputs, data, data_dir, validation_split, per_class) -> dict:
+    """What a run records of its backbone, cut, data and inputs: enough to repeat it."""
+    backbone, splits = inputs.backbone, inputs.splits
+    return {"backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
+            "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec,
+            "cut_tensor": backbone.cuts[0].name, **backbone.feeding,
             "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
             "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
             "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
-            "input_range": inputs.input_range(),
-            "head": head, "head_options": head_options, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience,
-            "class_weight": class_weight, "seed": seed, "augment": augment,
-            "crop_padding": crop_padding, "cache_dir": None if cache_dir is None else str(cache_dir),
-            "cache_dtype": cache_dtype, "engine": engine, "thaw": thaw, "thaw_from": thaw_from,
-            **dataclasses.asdict(thaw_training), "export": list(export),
-        }
-        if directory is not None:
-            _write_run(directory, model, config, metrics, log, splits.class_names, export)
-    return FitResult(model, log.history, metrics, None if out is None else Path(out), splits.class_names)
+            "input_range": inputs.input_range()}
+
+
+def _feature_layer(inputs, settings: TrainingSettings):
+    """The frozen FeatureLayer, or with a thaw the ThawedFeatureLayer whose last layers train."""
+    if not settings.thawing:
+        return inputs.feature_layer()
+    from transfer.thawing import ThawedFeatureLayer
+
+    return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
+
+
+def _training_source(inputs, features, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool):
+    """Where the head's examples come from: raw examples through the backbone, or the cache."""
+    if cache_dir is None:
+        return _UncachedTraining(inputs, features)
+    if not settings.thawing:
+        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress),
+                               settings.batch_size, settings.seed)
+    # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
+    return _CachedTraining(inputs.cached_prefix(features, cache_dir, cache_dtype, progress=progress),
+                           settings.batch_size, settings.seed, suffix=features.suffix())
+
+
+def _train_head(source, features, settings: TrainingSettings, head, head_options, callbacks, verbose):
+    """A Keras head trained with `model.fit`, or the scikit-learn probe fitted on extracted
+    features and turned into the equivalent Dense head: (head layer, trained model, log)."""
+    num_classes = source.num_classes
+    if not getattr(heads.resolve(head), "is_keras", True):
+        probe = heads.get(head, num_classes=num_classes, **head_options)
+        x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
+        head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
+        return head_layer, source.model(head_layer), TrainingLog({})
+    head_layer = heads.get(head, num_classes=num_classes, **head_options)
+    trained = source.model(head_layer)
+    class_weight = settings.class_weight
+    if class_weight == "balanced":
+        class_weight = _class_weights(source.split("train"))
+    validation = source.split("validation")
+    plan = settings.thaw_training.plan(features, settings.optimizer, settings.lr, settings.epochs,
+                                       settings.patience, validated=validation is not None)
+    log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=settings.lr,
+                      optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
+                      callbacks=[*plan.callbacks, *callbacks], verbose=verbose)
+    return head_layer, trained, log
 
 
 class _UncachedTraining:
@@ -169,6 +176,7 @@ class _UncachedTraining:
 
     def __init__(self, inputs, features):
         self.inputs, self.features = inputs, features
+        self.num_classes = inputs.splits.num_classes
 
     def model(self, head):
         return build_classifier(self.features, head, self.inputs.kind)
@@ -186,6 +194,7 @@ class _CachedTraining:
 
     def __init__(self, features, batch_size: int, seed: int, suffix=None):
         self.features, self.batch_size, self.seed, self.suffix = features, batch_size, seed, suffix
+        self.num_classes = len(features.class_names)
 
     def model(self, head):
         return head_model(self.features.feature_shapes, head, self.suffix)
