@@ -38,6 +38,15 @@ def freeze_to_pb(model, path: Path, input_name: str = "image") -> Path:
     return path
 
 
+def feature_model(inputs, features=None) -> keras.Model:
+    """Raw examples -> features as a Keras model (preprocessing + FeatureLayer): the reference
+    that extraction (`Inputs.feature_batch`) must match."""
+    from transfer.model import build_classifier
+
+    return build_classifier(features or inputs.feature_layer(), keras.layers.Identity(), inputs.kind,
+                            name="feature_extractor")
+
+
 def randomize_batch_norm(model, seed: int = 0) -> None:
     """Give batch-norm layers non-trivial statistics so a wrong cut cannot pass by accident."""
     rng = np.random.default_rng(seed)

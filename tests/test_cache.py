@@ -14,25 +14,29 @@ import pytest
 from transfer import cache as cache_module
 from transfer.cache import FeatureCache
 from transfer.cli import main
+from transfer.errors import TransferError
 from transfer.pipeline import open_inputs
+
+from conftest import feature_model
 
 DATA = "digits:5-9?per_class=10"
 
 
 def extract(cache_dir, cut="block2_out", data=DATA, dtype="float32", shard_size=None, **options):
     inputs = open_inputs("example:digits", data, cut=cut, **options)
-    return inputs, FeatureCache(cache_dir, shard_size=shard_size).extract(inputs, dtype=dtype, progress=False)
+    entries = inputs.extract(cache_dir, dtype=dtype, shard_size=shard_size, progress=False)
+    return inputs, {role: listed[0] for role, listed in entries.items()}  # one cut: one entry per split
 
 
 def test_extract_writes_features_equal_to_the_backbone_and_labels(tmp_path):
     inputs, entries = extract(tmp_path, shard_size=64)
     assert set(entries) == {"train", "validation", "test"}
     test = entries["test"]
-    assert test.complete and test.count == inputs.splits.sizes["test"] and test.feature_shape == (4, 4, 32)
+    assert test.complete and test.count == inputs.splits.sizes["test"] and test.feature_shapes == [(4, 4, 32)]
     assert len(test.manifest["shards"]) == -(-test.count // 64)  # ceil: shards of 64 examples
     features, labels = test.arrays()
     images = np.stack([x for x, _ in inputs.splits.test.take(70)])
-    expected = inputs.feature_model().predict(images, verbose=0)
+    expected = feature_model(inputs).predict(images, verbose=0)
     np.testing.assert_allclose(features[:70], expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(labels[:70], [y for _, y in inputs.splits.test.take(70).as_numpy_iterator()])
     streamed = np.concatenate([f for f, _ in test.dataset(chunk=50).batch(100).as_numpy_iterator()])
@@ -68,20 +72,20 @@ def test_changed_backbone_file_is_a_new_entry(tmp_path):
 
     copy = tmp_path / "digits.pb"
     shutil.copy(EXAMPLES_DIR / "digits.pb", copy)
-    one = FeatureCache(tmp_path / "c").extract(open_inputs(copy, DATA, cut="block2_out"), progress=False)
+    one = open_inputs(copy, DATA, cut="block2_out").extract(tmp_path / "c", progress=False)
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef.FromString(copy.read_bytes())
     graph_def.node.add(name="unused", op="NoOp")  # same features, other bytes: another fingerprint
     copy.write_bytes(graph_def.SerializeToString())
-    two = FeatureCache(tmp_path / "c").extract(open_inputs(copy, DATA, cut="block2_out"), progress=False)
-    assert one["train"].key != two["train"].key
+    two = open_inputs(copy, DATA, cut="block2_out").extract(tmp_path / "c", progress=False)
+    assert one["train"][0].key != two["train"][0].key
 
 
 def test_float16_storage_halves_the_disk_and_stays_close(tmp_path):
     _, full = extract(tmp_path / "f32", cut="resnet_features")
     _, half = extract(tmp_path / "f16", cut="resnet_features", dtype="float16")
-    assert full["test"].feature_shape == (32,)  # 2-D features too
+    assert full["test"].feature_shapes == [(32,)]  # 2-D features too
     assert np.load(half["test"].path / half["test"].manifest["shards"][0]["features"]).dtype == np.float16
     assert half["test"].size_bytes() < 0.6 * full["test"].size_bytes()
     np.testing.assert_allclose(half["test"].arrays()[0], full["test"].arrays()[0], rtol=2e-3, atol=2e-3)
@@ -271,8 +275,72 @@ def test_extraction_computes_the_feature_model_features(scale):
     graph, folds the scale (x * (1 / 255)) straight into the first conv's weights: ~2 ulp."""
     inputs = open_inputs("example:digits", DATA, cut="block2_out", scale=scale)
     images, _ = next(iter(inputs.batches.evaluation("test")))
-    features, expected = np.asarray(inputs.feature_batch(images)), inputs.feature_model().predict_on_batch(images)
+    features, expected = np.asarray(inputs.feature_batch(images)), feature_model(inputs).predict_on_batch(images)
     if scale == "0..1":
         np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
     else:
         np.testing.assert_array_equal(features, expected)
+
+
+# -- several cuts: one pass, one entry per cut ------------------------------------------------------
+
+
+def test_several_cuts_are_one_pass_with_one_entry_per_cut(tmp_path):
+    """The entries of a multi-cut extraction are the single-cut entries (same keys), with the same
+    features; a cut added later is the only one extracted."""
+    inputs, _ = extract(tmp_path / "single", cut="block1_out")
+    _, single2 = extract(tmp_path / "single", cut="block2_out")
+    single1 = {role: listed[0] for role, listed in inputs.extract(tmp_path / "single", progress=False).items()}
+    both = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    several = both.extract(tmp_path / "both", progress=False)
+    for role, (first, second) in several.items():
+        assert (first.key, second.key) == (single1[role].key, single2[role].key)
+        assert first.output == single1[role].output and first.feature_shapes == [(8, 8, 16)]
+        np.testing.assert_allclose(first.arrays()[0], single1[role].arrays()[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(second.arrays()[0], single2[role].arrays()[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(first.arrays()[1], second.arrays()[1])
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "both").rglob("*.npy")}
+    three = open_inputs("example:digits", DATA, cut="block1_out,block2_out,resnet_features")
+    added = three.extract(tmp_path / "both", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "both").rglob("*.npy") if p in stamps} == stamps
+    assert [entry.feature_shapes for entry in added["test"]] == [[(8, 8, 16)], [(4, 4, 32)], [(32,)]]
+    features = three.cached_features(tmp_path / "both", progress=False)
+    assert features.feature_shapes == [(8, 8, 16), (4, 4, 32), (32,)]
+    (block1, block2, pooled), labels = next(iter(features.test.batch(5)))
+    assert block1.shape == (5, 8, 8, 16) and pooled.shape == (5, 32) and labels.shape == (5,)
+    by_cut = three.cached_features_by_cut(tmp_path / "both", progress=False)
+    assert list(by_cut) == ["block1_out", "block2_out", "resnet_features"]
+    assert by_cut["block2_out"].feature_shapes == [(4, 4, 32)]
+
+
+def test_pooled_extraction_stores_a_vector_per_cut(tmp_path, capsys):
+    inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    pooled = inputs.extract(tmp_path, pool="avg", progress=False)
+    full = inputs.extract(tmp_path, progress=False)
+    for listed_pooled, listed_full in zip(pooled["test"], full["test"]):
+        assert listed_pooled.key != listed_full.key
+        assert listed_pooled.feature_shapes[0] == listed_full.feature_shapes[0][-1:]
+        np.testing.assert_allclose(listed_pooled.arrays()[0], listed_full.arrays()[0].mean(axis=(1, 2)), rtol=1e-5,
+                                   atol=1e-6)
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    cuts = [cut.name for cut in inputs.backbone.cuts]
+    assert len(rows) == 12 and sorted({(row["cut"], row["pool"]) for row in rows}) == sorted(
+        (cut, pool) for cut in cuts for pool in ("avg", "none"))
+    with pytest.raises(TransferError, match=r"pool='mean' \(--pool\) must be one of"):
+        inputs.extract(tmp_path, pool="mean")
+
+
+def test_a_resumed_entry_keeps_its_extraction_batch(tmp_path):
+    """Completed with another --batch-size, an entry's shards are still computed from the batches it
+    was started with: the same bytes as an uninterrupted extraction."""
+    _, whole = extract(tmp_path / "whole", shard_size=20, batch_size=10)
+    _, cut_short = extract(tmp_path / "resumed", shard_size=20, batch_size=10)
+    entry = cut_short["test"]
+    manifest = _read_json(entry.path / "manifest.json")
+    manifest["shards"], manifest["complete"] = manifest["shards"][:3], False  # as if killed after 3 shards
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    _, resumed = extract(tmp_path / "resumed", shard_size=64, batch_size=32)
+    assert resumed["test"].manifest["batch_size"] == 10 and resumed["test"].manifest["shard_size"] == 20
+    assert [s["features_sha256"] for s in resumed["test"].manifest["shards"]] == \
+        [s["features_sha256"] for s in whole["test"].manifest["shards"]]

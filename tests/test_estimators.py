@@ -9,6 +9,8 @@ from sklearn.pipeline import make_pipeline
 from transfer.estimators import FeatureExtractor
 from transfer.pipeline import open_inputs
 
+from conftest import feature_model
+
 
 def digits_5_to_9(count=200):
     digits = load_digits()
@@ -29,7 +31,7 @@ def test_features_equal_the_backbone_and_params_follow_sklearn_rules():
     assert extractor.get_params()["cut"] == "block2_out" and not hasattr(extractor, "backbone_")
     features = extractor.fit(images).transform(images)
     inputs = open_inputs("example:digits", "digits", cut="block2_out")
-    expected = inputs.feature_model().predict(images[..., None], verbose=0).mean(axis=(1, 2))
+    expected = feature_model(inputs).predict(images[..., None], verbose=0).mean(axis=(1, 2))
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
     flat = clone(extractor).set_params(pooling="flatten").fit(images).transform(images)
     assert features.shape == (20, 32) and flat.shape == (20, 4 * 4 * 32)

@@ -282,7 +282,7 @@ def test_existing_run_directory_and_bad_choices(capsys, tmp_path):
     assert "optimizer='adamm' (--optimizer) must be one of adam, adamw, sgd, rmsprop, nadam" in fit_error(
         capsys, tmp_path, "--optimizer", "adamm")
     assert "export format='onnx' (--export) must be one of" in fit_error(capsys, tmp_path, "--export", "onnx")
-    assert "a head trains on one cut" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
+    assert "trains on one cut; got 2 cuts" in fit_error(capsys, tmp_path, "--cut", "block1_out,block2_out")
     assert "epochs=0 (--epochs) must be an integer >= 1" in fit_error(capsys, tmp_path, "--epochs", "0")
     assert "lr=0.0 (--lr) must be a number > 0" in fit_error(capsys, tmp_path, "--lr", "0")
     assert "batch_size=0 (--batch-size) must be an integer >= 1" in fit_error(capsys, tmp_path, "--batch-size", "0")

@@ -26,7 +26,7 @@ def make_splits(shape, sample, test=True, seed=0) -> FeatureSplits:
     for split, size in SIZES.items():
         labels = np.arange(size, dtype="int32") % len(CLASSES)
         data[split] = tf.data.Dataset.from_tensor_slices((sample(labels, rng).astype("float32"), labels))
-    return FeatureSplits(data["train"], data["validation"], data["test"] if test else None, shape, CLASSES)
+    return FeatureSplits(data["train"], data["validation"], data["test"] if test else None, [shape], CLASSES)
 
 
 def blobs(test=True) -> FeatureSplits:
@@ -161,10 +161,10 @@ def test_train_setting_learns_separable_features(features, head, options):
     assert metrics["seconds"] > 0
     if head == "logreg":
         assert metrics["epochs_run"] is None
-        assert trained.predict_proba(np.zeros((2, *splits.feature_shape))).shape == (2, 3)
+        assert trained.predict_proba(np.zeros((2, *splits.feature_shapes[0]))).shape == (2, 3)
     else:
         assert 1 <= metrics["epochs_run"] <= GOOD["epochs"]
-        assert trained(np.zeros((2, *splits.feature_shape), "float32")).shape == (2, 3)
+        assert trained(np.zeros((2, *splits.feature_shapes[0]), "float32")).shape == (2, 3)
 
 
 def test_train_setting_without_a_test_split_reports_none():

@@ -1,7 +1,9 @@
 """`transfer sweep` end to end: extract once, train every setting, rank, export the best."""
+import contextlib
 import json
 
 import numpy as np
+import pytest
 
 import transfer
 from transfer import Backbone
@@ -72,7 +74,7 @@ def test_sweep_thaw_trains_thawed_layers_from_cached_prefix_outputs(tmp_path, ca
     best = json.loads((out / "best/config.json").read_text())
     assert best["thaw"] == 2
     shapes = sorted(len(entry.feature_shapes) for entry in FeatureCache(cache_dir).entries())
-    assert shapes == [1, 1, 1, 2, 2, 2]  # frozen features, and the prefix outputs of thaw 2 (two tensors)
+    assert shapes == [1] * 9  # frozen features, and the two prefix outputs of thaw 2, an entry per tensor and split
     best_metrics = json.loads((out / "best/metrics.json").read_text())
     assert best_metrics["test"]["accuracy"] == rows[0]["test_accuracy_mean"]  # same seed, same cached inputs
 
@@ -104,3 +106,59 @@ def test_sweep_thaw_options_are_axes_of_the_thawed_settings(tmp_path, capsys):
     assert (best["thaw"] or 0, best["thaw_lr_scale"], best["head_epochs"]) == (
         best_row["thaw"], best_row["thaw_lr_scale"], best_row["head_epochs"])
     assert json.loads((out / "best/metrics.json").read_text())["test"]["accuracy"] == best_row["test_accuracy_mean"]
+
+
+def test_sweep_over_cuts_extracts_once_and_ranks_every_cut(tmp_path, capsys):
+    out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
+    code = main(["sweep", "--backbone", "example:digits", "--cuts", "block2_out,block1_out", "--data", DATA,
+                 "--heads", "logreg,linear", "--epochs", "5", "--lr", "0.01", "--cache-dir", str(cache_dir),
+                 "--out", str(out), "--export", "none"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads((out / "sweep.json").read_text())
+    assert sorted((row["cut"], row["head"]) for row in rows) == [
+        ("block1_out", "linear"), ("block1_out", "logreg"), ("block2_out", "linear"), ("block2_out", "logreg")]
+    assert "averaged over positions before they are cached" in printed.err
+    table = printed.out[printed.out.index("rank "):].splitlines()
+    assert table[0].split()[:3] == ["rank", "cut", "head"] and len(table) == 6  # header, 4 rows, the directory
+    header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["rank", "cut", "head"]
+    assert (out / "sweep_cuts.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((out / "config.json").read_text())
+    assert config["cuts"] == ["block2_out", "block1_out"] and config["pool"] == "avg"
+    pooled = [entry for entry in FeatureCache(cache_dir).entries() if entry.manifest["ingredients"].get("pool")]
+    assert sorted(entry.feature_shapes[0] for entry in pooled) == [(16,)] * 3 + [(32,)] * 3  # one pass, per cut
+    best = json.loads((out / "best/config.json").read_text())
+    assert best["cut"] == rows[0]["cut"] and best["head"] == rows[0]["head"]
+    assert best["head_options"].get("pooling") == "avg"  # retrained on the full cut, averaged as in the sweep
+
+
+def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('heads = ["logreg"]\ncuts = "candidates"\n')
+    assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--grid", str(grid), "--pool", "max",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--export", "none",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    backbone = Backbone.load("example:digits", cut="candidates")
+    assert sorted(row["cut"] for row in rows) == sorted(c.spec for c in backbone.cuts) and len(rows) == 22
+    from transfer.sweep import best_per_cut
+
+    order = json.loads((tmp_path / "sweep/config.json").read_text())["cuts"]
+    assert order[0].endswith("scale_1/add:0") and order[-1] == "Identity:0"
+    assert [row["cut"] for row in best_per_cut(rows, order)["logreg"]] == order
+
+
+def test_sweep_cuts_bad_input(tmp_path, capsys):
+    base = ["sweep", "--backbone", "example:digits", "--data", DATA, "--out", str(tmp_path / "sweep"),
+            "--cache-dir", str(tmp_path / "cache")]
+    cases = [(["--cut", "block1_out", "--cuts", "block2_out"], "give one cut (--cut block1_out) or the cuts"),
+             (["--cuts", "block1_out,nope"], "unknown cut 'nope'"),
+             (["--cuts", "block1_out,block2_out", "--thaw", "0,1"], "thaw trains the layers before one cut"),
+             (["--cuts", "block1_out,block2_out", "--pool", "sum"], "invalid choice: 'sum'")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) if "invalid choice" in message else contextlib.nullcontext():
+            assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and (len(err.splitlines()) == 1 or "invalid choice" in message), err
+    assert not (tmp_path / "sweep").exists()

@@ -15,6 +15,8 @@ from transfer.export import export_frozen_graph
 from transfer.pipeline import open_inputs
 from transfer.thawing import describe_layers, thaw
 
+from conftest import feature_model
+
 
 def gradients(layer, images):
     with tf.GradientTape() as tape:
@@ -131,19 +133,19 @@ def test_suffix_on_cached_prefix_outputs_equals_the_whole_layer(tmp_path):
     layer = thaw("example:digits", last=2, cut="resnet_features")
     inputs = open_inputs(layer.backbone, "digits:5-9?per_class=10", batch_size=16)
     prefix = dataclasses.replace(inputs, backbone=layer.prefix_backbone)
-    entries = FeatureCache(tmp_path).extract(prefix, progress=False)
-    assert entries["test"].feature_shapes == [(4, 4, 32), (4, 4, 32)]
-    (shortcut, branch), labels = entries["test"].arrays()
+    entries = prefix.extract(tmp_path, progress=False)  # one entry per boundary tensor, from one pass
+    assert [entry.feature_shapes for entry in entries["test"]] == [[(4, 4, 32)], [(4, 4, 32)]]
+    (shortcut, labels), (branch, _) = [entry.arrays() for entry in entries["test"]]
     batches = list(inputs.batches.evaluation("test").as_numpy_iterator())
     images, image_labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
     np.testing.assert_array_equal(labels, image_labels)
-    whole = inputs.feature_model(layer)
+    whole = feature_model(inputs, layer)
     suffix = layer.suffix()
     np.testing.assert_allclose(suffix([shortcut, branch]), whole(images), rtol=1e-5, atol=1e-5)
     pairs = zip(suffix_gradients(whole, layer, images), suffix_gradients(suffix, layer, [shortcut, branch]))
     for expected, got in pairs:
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    streamed = next(iter(entries["test"].dataset().batch(4)))
+    streamed = next(iter(prefix.cached_features(tmp_path, progress=False).test.batch(4)))
     assert [tuple(t.shape) for t in streamed[0]] == [(4, 4, 4, 32), (4, 4, 4, 32)]
 
 
@@ -163,8 +165,8 @@ def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     first = transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=4, lr=0.01,
                          out=tmp_path / "run", export=("pb",), verbose=0)
     entries = FeatureCache(cache).entries()
-    assert len(entries) == 3 and all(len(entry.feature_shapes) == 2 for entry in entries)
-    written = {entry.key: (entry.path / "features_1-00000.npy").stat().st_mtime_ns for entry in entries}
+    assert len(entries) == 6 and all(entry.feature_shapes == [(4, 4, 32)] for entry in entries)  # 2 tensors x 3 splits
+    written = {entry.key: (entry.path / "features-00000.npy").stat().st_mtime_ns for entry in entries}
     features = first.model.get_layer("features")
     assert any(not np.allclose(w.numpy(), c) for w, c in
                zip(features.thawed_weights, [tf.make_ndarray(t.op.get_attr("value")) for t in features.plan.weights]))
@@ -173,7 +175,7 @@ def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     np.testing.assert_allclose(frozen(images), first.model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
     transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=1, verbose=0)
     again = FeatureCache(cache).entries()
-    assert {e.key: (e.path / "features_1-00000.npy").stat().st_mtime_ns for e in again} == written  # reused
+    assert {e.key: (e.path / "features-00000.npy").stat().st_mtime_ns for e in again} == written  # reused
 
 
 def test_inspect_layers(capsys):

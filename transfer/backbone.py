@@ -35,7 +35,7 @@ class Backbone:
         fed = _fed or feed_graph(loaded.graph_def, str(loaded.path), self.requested_inputs, feeds, loaded.inputs)
         self.graph_def, self.info, self.feeds = fed.graph_def, fed.info, fed.feeds
         self.info.require_placeholder(str(loaded.path))
-        self.cuts = [self._resolve_cut(spec) for spec in cut_lib.split_cut_specs(cut)]
+        self.cuts = self._resolve_cuts(cut_lib.split_cut_specs(cut))
         self._feature_dtypes = [feature_dtype(c) for c in self.cuts]
         self.inputs = self._resolve_inputs(self.requested_inputs)
         for c in self.cuts:
@@ -150,6 +150,34 @@ class Backbone:
         return value if value.dtype == placeholder.dtype else tf.cast(value, placeholder.dtype)
 
     # -- resolving inputs ------------------------------------------------------------------
+
+    def _resolve_cuts(self, specs: list[str]) -> list[cut_lib.Cut]:
+        """The cuts in the order given, `candidates` expanded in graph order; a tensor named twice
+        (by two spellings) is cut once."""
+        cuts = {}
+        for spec in specs:
+            for name in (self.candidate_cuts() if spec == cut_lib.CANDIDATES else [spec]):
+                cut = self._resolve_cut(name)
+                cuts.setdefault(cut.tensor.name, cut)
+        return list(cuts.values())
+
+    def candidate_cuts(self) -> list[str]:
+        """The tensor names `transfer inspect` lists as candidate cuts, in graph order, that the
+        fed inputs reach and that take batches: what `--cut candidates` expands to."""
+        from transfer.feature_info import batch_mixed
+
+        aliases = {self.loaded.inputs.get(name, name) for name in self.requested_inputs or ()}
+        fed = [op for op in self.info.placeholders if not aliases or op.name in aliases]
+        fed_names = {op.name for op in fed}
+        tensors = self.info.candidate_cuts
+        mixed = batch_mixed(self.graph_def, self.info, tensors)
+        found = [t.name for t in tensors if t.name not in mixed
+                 and {op.name for op in self.info.placeholders_needed([t.op])} <= fed_names
+                 and not self.info.batch_fixing_op([op.outputs[0] for op in fed], t)]
+        if not found:
+            raise TransferError(f"cut {cut_lib.CANDIDATES!r}: the graph has no candidate cut that its inputs reach "
+                                "(`transfer inspect --all` lists every tensor)")
+        return found
 
     def _resolve_cut(self, spec: str) -> cut_lib.Cut:
         try:

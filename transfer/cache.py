@@ -1,10 +1,15 @@
 """Features on disk, extracted once: sharded `.npy` files plus a JSON manifest per entry.
 
-An entry holds one split's features and labels; the features can be several tensors per
-example (a thawed suffix's inputs), stored as one `.npy` file each per shard. Its key is a
-fingerprint of everything that decides the features (graph bytes, cut, inputs, preprocessing,
-the data's identity and split, the stored dtype, the engine), so a changed ingredient is a new
-entry, never stale features.
+An entry holds one cut's features of one split, and the labels. Its key is a fingerprint of
+everything that decides the features (graph bytes, cut, inputs, preprocessing, pooling, the
+data's identity and split, the stored dtype, the engine), so a changed ingredient is a new
+entry, never stale features; several cuts extracted in one pass are one entry each, so adding a
+cut later extracts only that cut. What to extract comes from an extractor
+(`transfer.extraction.Extraction`): this module knows files, not backbones.
+
+Batch-size independence: an entry records the extraction batch it was started with and keeps
+it when resumed or repaired, so its shards are computed from the same batches whatever the
+`--batch-size` of the run that completes it (batch composition can change the last float bit).
 
 Crash safety: every file is written under a temporary name and renamed; the manifest lists
 only finished shards, each with a SHA-256, so a killed extraction resumes after its last
@@ -37,7 +42,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16")
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
-ROLES = ("train", "validation", "test")
 
 
 def default_cache_dir() -> Path:
@@ -48,22 +52,6 @@ def entry_key(ingredients: dict) -> str:
     """A stable fingerprint of the ingredients (JSON with sorted keys)."""
     text = json.dumps({"format": FORMAT_VERSION, **ingredients}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def ingredients(backbone, input_kind, identity: dict, role: str, dtype: str, engine: str = "tf") -> dict:
-    """What decides the features of one split: the key is made from exactly this (the engine
-    only when it is not TensorFlow, so that older keys stay valid)."""
-    return {
-        **({"engine": engine} if engine != "tf" else {}),
-        "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
-                     "inputs": [t.name for t in backbone.inputs],
-                     "cut": [c.name for c in backbone.cuts] if backbone.multi_cut else backbone.cuts[0].name,
-                     **({"feeds": backbone.feed_values} if backbone.feeds else {})},  # old keys stay valid
-        "input": input_kind.recipe(),  # the preprocessing of images; arrays go in as they are
-        "data": identity,
-        "role": role,
-        "dtype": dtype,
-    }
 
 
 @dataclasses.dataclass
@@ -86,14 +74,17 @@ class Entry:
         return sum(shard["count"] for shard in self.manifest["shards"])
 
     @property
-    def feature_shape(self) -> tuple:
-        """One example's feature shape; a list of shapes when each example holds several tensors."""
-        shapes = self.feature_shapes
-        return shapes[0] if len(shapes) == 1 else shapes
+    def feature_shapes(self) -> list[tuple]:
+        """One example's shape per feature tensor: one, or several in entries written before each
+        cut had its own entry (a thaw's prefix outputs); `feature_shape` in older manifests."""
+        shapes = self.manifest.get("feature_shapes") or [self.manifest.get("feature_shape")]
+        return [tuple(shape) for shape in shapes if shape is not None]
 
     @property
-    def feature_shapes(self) -> list[tuple]:
-        return [tuple(shape) for shape in self.manifest.get("feature_shapes") or [self.manifest["feature_shape"]]]
+    def output(self) -> str | None:
+        """The cut this entry holds, as its extraction named it."""
+        cut = self.manifest.get("ingredients", {}).get("backbone", {}).get("cut")
+        return cut if isinstance(cut, str) else None
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("*.npy"))
@@ -191,80 +182,91 @@ class FeatureCache:
 
     # -- extraction ----------------------------------------------------------------------------
 
-    def extract(self, inputs, dtype: str = "float32", progress: bool = True) -> dict[str, Entry]:
-        """The entries of every split of `inputs` (`transfer.pipeline.Inputs`), extracting only
-        what is missing or corrupt."""
+    def extract(self, extractor, dtype: str = "float32", progress: bool = True) -> dict[str, list[Entry]]:
+        """Every split's entries, one per output of `extractor`, extracting only what is missing
+        or corrupt: the missing outputs of a split in one pass.
+
+        `extractor` (`transfer.extraction.Extraction` is one) has `outputs` (names, one entry
+        each), `roles` (the splits), `batch_size`, `note` (said before extracting), `size(role)`
+        (examples, or None), `recipe(role, output, dtype)` (the entry's ingredients: its key) and
+        `batches(role, outputs, batch_size, skip, take)` (([one float array per output], int32
+        labels) per batch).
+        """
         check_choice("cache dtype", dtype, DTYPES, flag="--cache-dtype")
         self.check_writable()
-        engine = inputs.extraction_engine(self.root)
-        if progress and engine.note:
-            print(f"engine: {engine.note}", flush=True)
-        extractor = _ListedOutputs(inputs.feature_batch, [c.spec for c in inputs.backbone.cuts])
+        if progress and extractor.note:
+            print(f"engine: {extractor.note}", flush=True)
         entries = {}
-        for role in ROLES:
-            if getattr(inputs.splits, role) is None:
-                continue
-            recipe = ingredients(inputs.backbone, inputs.kind, inputs.splits.identity, role, dtype, engine.name)
-            entries[role] = self._fill(entry_key(recipe), recipe, extractor, inputs.batches, role, dtype,
-                                       progress)
+        for role in extractor.roles:
+            recipes = {output: extractor.recipe(role, output, dtype) for output in extractor.outputs}
+            paths = {output: self.root / entry_key(recipe) for output, recipe in recipes.items()}
+            for path in paths.values():
+                path.mkdir(parents=True, exist_ok=True)
+            with contextlib.ExitStack() as locks:
+                for path in sorted(set(paths.values())):  # one order for every process: no deadlock
+                    locks.enter_context(_locked(path))
+                group = {output: self._opened(paths[output], recipe) for output, recipe in recipes.items()}
+                for output, entry in group.items():
+                    self._repair(entry, extractor, role, output, dtype)
+                for layout, pending in _by_layout(group).items():
+                    self._extract_rest(pending, extractor, role, dtype, layout, progress)
+            entries[role] = list(group.values())
         return entries
 
-    def _fill(self, key, recipe, extractor, batches, role, dtype, progress) -> Entry:
-        path = self.root / key
-        path.mkdir(parents=True, exist_ok=True)
-        with _locked(path):
-            _remove_stale_temporaries(path)
-            entry = self.open(key) if (path / MANIFEST).exists() else self._new_entry(path, recipe)
-            if entry.manifest["backbone_fingerprint"] != recipe["backbone"]["fingerprint"]:
-                raise TransferError(f"cache entry {key} belongs to backbone fingerprint "
-                                    f"{entry.manifest['backbone_fingerprint'][:12]}, not "
-                                    f"{recipe['backbone']['fingerprint'][:12]}; `transfer cache rm {key}`")
-            for index in entry.bad_shards():
-                shard = entry.manifest["shards"][index]
-                dataset = batches.evaluation(role, skip=shard["start"], take=shard["count"])
-                self._write_shard(entry, index, *_joined([extractor.batch(images, y, dtype) for images, y in dataset]))
-            if not entry.complete:
-                self._extract_rest(entry, extractor, batches, role, dtype, progress)
+    def _opened(self, path: Path, recipe: dict) -> Entry:
+        _remove_stale_temporaries(path)
+        entry = self.open(path.name) if (path / MANIFEST).exists() else _new_entry(path, recipe)
+        if entry.manifest["backbone_fingerprint"] != recipe["backbone"]["fingerprint"]:
+            raise TransferError(f"cache entry {path.name} belongs to backbone fingerprint "
+                                f"{entry.manifest['backbone_fingerprint'][:12]}, not "
+                                f"{recipe['backbone']['fingerprint'][:12]}; `transfer cache rm {path.name}`")
         return entry
 
-    def _new_entry(self, path: Path, recipe: dict) -> Entry:
-        manifest = {"key": path.name, "format": FORMAT_VERSION, "complete": False, "role": recipe["role"],
-                    "dtype": recipe["dtype"], "backbone_fingerprint": recipe["backbone"]["fingerprint"],
-                    "ingredients": recipe, "feature_shape": None, "shards": []}
-        return Entry(path, manifest)
+    def _repair(self, entry: Entry, extractor, role: str, output: str, dtype: str) -> None:
+        """Shards whose files are missing or corrupt, extracted again from the same batches."""
+        batch_size = entry.manifest.get("batch_size") or extractor.batch_size
+        for index in entry.bad_shards():
+            shard = entry.manifest["shards"][index]
+            batches = extractor.batches(role, [output], batch_size, skip=shard["start"], take=shard["count"])
+            self._write_shard(entry, index, *_joined([_stored(f, y, dtype) for f, y in batches]))
 
-    def _extract_rest(self, entry: Entry, extractor, batches, role, dtype, progress: bool) -> None:
-        """Stream the examples after the finished shards; a shard is written whenever it fills."""
+    def _extract_rest(self, pending: dict[str, Entry], extractor, role: str, dtype: str, layout: tuple,
+                      progress: bool) -> None:
+        """One pass over the examples after the finished shards, for every pending output; an
+        entry's shard is written whenever it fills. Entries of one layout (extraction batch and
+        shard size) hold shards of the same examples, so a pass serves them all."""
         import keras
 
-        total = batches.splits.sizes.get(role)
+        batch_size, shard_size = layout
+        batch_size = batch_size or extractor.batch_size
+        start = min(entry.count for entry in pending.values())
         # In a log file (no terminal), one line at the end: a live bar's ANSI codes would litter it.
         verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
-        bar = keras.utils.Progbar(total, unit_name="example", verbose=verbose)
-        bar.update(entry.count)
-        buffered, buffered_count, shard_size = [], 0, None
-        for images, y in batches.evaluation(role, skip=entry.count):
-            features, labels = extractor.batch(images, y, dtype)
-            if shard_size is None:
-                shapes = [list(f.shape[1:]) for f in features]
-                entry.manifest["feature_shape"], entry.manifest["feature_shapes"] = shapes[0], shapes
-                example_bytes = sum(f[0].nbytes for f in features)
-                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batches.batch_size)
-            buffered.append((features, labels))
-            buffered_count += len(labels)
-            while buffered_count >= shard_size:
-                features, labels = _joined(buffered)
-                self._write_shard(entry, len(entry.manifest["shards"]), [f[:shard_size] for f in features],
-                                  labels[:shard_size])
-                buffered = [([f[shard_size:] for f in features], labels[shard_size:])]
-                buffered_count -= shard_size
-            bar.update(entry.count + buffered_count)
-        if buffered_count:
-            self._write_shard(entry, len(entry.manifest["shards"]), *_joined(buffered))
-        if entry.manifest["feature_shape"] is None:
-            raise TransferError(f"no examples to extract for the {role} split")
-        entry.manifest["complete"] = True
-        _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+        bar = keras.utils.Progbar(extractor.size(role), unit_name="example", verbose=verbose)
+        done = start
+        bar.update(done)
+        buffers = {output: _ShardBuffer(entry, start) for output, entry in pending.items()}
+        for features, labels in extractor.batches(role, list(pending), batch_size, skip=start):
+            if shard_size is None:  # a new layout: ~64 MiB shards of the largest output, whole batches
+                example_bytes = max(f[0].astype(dtype).nbytes for f in features)
+                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batch_size)
+            for buffer, array in zip(buffers.values(), features):
+                buffer.add(array.astype(dtype), labels)
+                for shard_features, shard_labels in buffer.full_shards(shard_size):
+                    _describe_layout(buffer.entry, shard_features, batch_size, shard_size)
+                    self._write_shard(buffer.entry, len(buffer.entry.manifest["shards"]), [shard_features],
+                                      shard_labels)
+            done += len(labels)
+            bar.update(done)
+        for buffer in buffers.values():
+            rest = buffer.rest()
+            if rest is not None:
+                _describe_layout(buffer.entry, rest[0], batch_size, shard_size)
+                self._write_shard(buffer.entry, len(buffer.entry.manifest["shards"]), [rest[0]], rest[1])
+            if not buffer.entry.manifest.get("feature_shapes"):
+                raise TransferError(f"no examples to extract for the {role} split")
+            buffer.entry.manifest["complete"] = True
+            _write_atomic(buffer.entry.path / MANIFEST, json.dumps(buffer.entry.manifest, indent=1).encode())
 
     def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray) -> None:
         shards = entry.manifest["shards"]
@@ -281,17 +283,63 @@ class FeatureCache:
         _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
 
 
-class _ListedOutputs:
-    """The features of one batch (`Inputs.feature_batch`) as a list of arrays, in cut order
-    (several cuts come as a dict keyed by cut)."""
+class _ShardBuffer:
+    """One pending entry's features of a pass, cut into shards as they fill; the batches before
+    the entry's finished shards (another entry of the pass needed them) are dropped."""
 
-    def __init__(self, features, cut_specs: list[str]):
-        self.features, self.cut_specs = features, cut_specs
+    def __init__(self, entry: Entry, position: int):
+        self.entry, self.position = entry, position
+        self.features, self.labels = [], []
 
-    def batch(self, images, labels, dtype: str) -> tuple[list[np.ndarray], np.ndarray]:
-        outputs = self.features(images)
-        outputs = [outputs[spec] for spec in self.cut_specs] if isinstance(outputs, dict) else [outputs]
-        return [np.asarray(o).astype(dtype) for o in outputs], labels.numpy().astype("int32")
+    def add(self, features: np.ndarray, labels: np.ndarray) -> None:
+        drop = max(0, min(len(labels), self.entry.count - self.position))
+        self.position += len(labels)
+        if drop < len(labels):
+            self.features.append(features[drop:])
+            self.labels.append(labels[drop:])
+
+    def full_shards(self, shard_size: int):
+        while sum(map(len, self.labels)) >= shard_size:
+            features, labels = np.concatenate(self.features), np.concatenate(self.labels)
+            self.features, self.labels = [features[shard_size:]], [labels[shard_size:]]
+            yield features[:shard_size], labels[:shard_size]
+
+    def rest(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.labels or not sum(map(len, self.labels)):
+            return None
+        return np.concatenate(self.features), np.concatenate(self.labels)
+
+
+def _new_entry(path: Path, recipe: dict) -> Entry:
+    manifest = {"key": path.name, "format": FORMAT_VERSION, "complete": False, "role": recipe["role"],
+                "dtype": recipe["dtype"], "backbone_fingerprint": recipe["backbone"]["fingerprint"],
+                "ingredients": recipe, "batch_size": None, "shard_size": None, "feature_shapes": None,
+                "shards": []}
+    return Entry(path, manifest)
+
+
+def _by_layout(group: dict[str, Entry]) -> dict[tuple, dict[str, Entry]]:
+    """The incomplete entries by (extraction batch, shard size): a resumed entry keeps the
+    layout it was started with (batch composition can change the last float bit), new ones
+    share whatever the pass chooses (None, None)."""
+    layouts = {}
+    for output, entry in group.items():
+        if not entry.complete:
+            layout = (entry.manifest.get("batch_size"), entry.manifest.get("shard_size"))
+            layouts.setdefault(layout, {})[output] = entry
+    return layouts
+
+
+def _describe_layout(entry: Entry, features: np.ndarray, batch_size: int, shard_size: int) -> None:
+    """What the first shard tells the manifest: the feature shape, and the layout a resumed
+    extraction must keep."""
+    if not entry.manifest.get("feature_shapes"):
+        entry.manifest.update(feature_shapes=[list(features.shape[1:])], batch_size=batch_size,
+                              shard_size=shard_size)
+
+
+def _stored(features: list, labels: np.ndarray, dtype: str) -> tuple[list, np.ndarray]:
+    return [f.astype(dtype) for f in features], labels
 
 
 def _joined(batches: list) -> tuple[list[np.ndarray], np.ndarray]:
@@ -319,8 +367,9 @@ def _manifest_problem(manifest) -> str | None:
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         return "'shards' is not a list"
-    if manifest.get("feature_shape") is not None and not isinstance(manifest["feature_shape"], list):
-        return "'feature_shape' is not a list"
+    for field in ("feature_shape", "feature_shapes", "batch_size", "shard_size"):
+        if manifest.get(field) is not None and not isinstance(manifest[field], (list if "shape" in field else int)):
+            return f"{field!r} is {manifest[field]!r}, not a {'list' if 'shape' in field else 'count'}"
     for index, shard in enumerate(shards):
         if not isinstance(shard, dict):
             return f"shard {index} is not an object"

@@ -21,9 +21,9 @@ def unfrozen_layers(total: int, epochs_in: int, every: int | None, start: int) -
 
 def train_layers(model, features, count: int) -> None:
     """Let the `count` thawed layers nearest the cut train; retrace the train step if that changed."""
-    before = [w.trainable for w in features.thawed_weights]
+    before = features.trainable_layer_count
     features.set_trainable_layers(count)
-    if [w.trainable for w in features.thawed_weights] != before:
+    if features.trainable_layer_count != before:
         model.make_train_function(force=True)
 
 

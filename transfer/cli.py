@@ -33,11 +33,13 @@ EXAMPLES = {
     "sweep": """examples:
   transfer sweep --backbone example:digits --cut block2_out --data 'digits:5-9?per_class=10' \\
       --heads linear,mlp,logreg --head-opt pooling=avg,flatten --lr 1e-3,1e-2 --epochs 40 --repeats 3
-  transfer sweep --backbone model.pb --cut resnet_features --data photos/ --grid grid.toml""",
+  transfer sweep --backbone model.pb --cut resnet_features --data photos/ --grid grid.toml
+  transfer sweep --backbone example:digits --cuts candidates --heads logreg --data 'digits:5-9?per_class=10'""",
     "extract": """examples:
   transfer extract --backbone example:digits --cut block2_out --data digits:5-9 --cache-dir features/
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16
-  transfer extract --backbone model.pb --cut resnet_features --data photos/ --engine onnxruntime""",
+  transfer extract --backbone model.pb --cut resnet_features --data photos/ --engine onnxruntime
+  transfer extract --backbone model.pb --cut candidates --pool avg --data photos/   # every cut, one pass""",
     "cache": """examples:
   transfer cache ls --cache-dir features/
   transfer cache verify
@@ -109,20 +111,21 @@ def cmd_fit(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from transfer.cache import FeatureCache
     from transfer.pipeline import open_inputs
 
     inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
                          validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
                          preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size,
                          engine=args.engine, **_graph_options(args))
-    cache = FeatureCache(args.cache_dir, shard_size=args.shard_size)
-    entries = cache.extract(inputs, dtype=args.cache_dtype, progress=not args.json)
-    rows = [_entry_row(entry) for entry in entries.values()]
+    entries = inputs.extract(args.cache_dir, dtype=args.cache_dtype, shard_size=args.shard_size,
+                             progress=not args.json, pool=args.pool)
+    rows = [_entry_row(entry) for listed in entries.values() for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"cache {cache.root}:")
+        from transfer.cache import FeatureCache
+
+        print(f"cache {FeatureCache(args.cache_dir).root}:")
         print(_entry_table(rows))
     return 0
 
@@ -156,8 +159,10 @@ def cmd_cache(args) -> int:
 
 def _entry_row(entry, verify: bool = False) -> dict:
     recipe = entry.manifest.get("ingredients", {})
-    row = {"key": entry.key, "role": entry.manifest.get("role"), "examples": entry.count,
-           "shape": entry.manifest["feature_shape"], "dtype": entry.manifest.get("dtype"),
+    shapes = [list(shape) for shape in entry.feature_shapes]
+    row = {"key": entry.key, "path": str(entry.path), "role": entry.manifest.get("role"), "examples": entry.count,
+           "shape": shapes[0] if len(shapes) == 1 else shapes or None, "dtype": entry.manifest.get("dtype"),
+           "pool": recipe.get("pool", "none"),
            "shards": len(entry.manifest["shards"]), "complete": entry.complete,
            "megabytes": round(entry.size_bytes() / 1e6, 2),
            "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source")}
@@ -184,7 +189,8 @@ def cmd_sweep(args) -> int:
             if getattr(args, key) is not None}
     result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
-                   repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut,
+                   repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut, cuts=args.cuts,
+                   pool=args.pool,
                    signature=args.signature, **_graph_options(args),
                    data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
@@ -328,6 +334,10 @@ def _add_sweep_command(commands) -> None:
     sweep = _command(commands, "sweep", cmd_sweep, "train many heads and settings on features extracted once; "
                      "rank them; export the best")
     _add_input_arguments(sweep)
+    sweep.add_argument("--cuts", metavar="A,B|candidates",
+                       help="cuts to sweep, all extracted in one pass; 'candidates': every candidate cut that "
+                       "`transfer inspect` lists (default: the one --cut)")
+    _add_pool_argument(sweep)
     sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
                        help="heads to sweep, e.g. linear,mlp,logreg (default: linear)")
     sweep.add_argument("--head-opt", type=_key_value, action="append", default=[], metavar="KEY=A,B",
@@ -366,6 +376,7 @@ def _add_extract_command(commands) -> None:
     _add_cache_arguments(extract, CACHE_HELP)
     extract.add_argument("--batch-size", type=int, default=32)
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
+    _add_pool_argument(extract)
     extract.add_argument("--json", action="store_true", help="print the entries as JSON")
 
 
@@ -482,6 +493,13 @@ def _add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
                         help="what runs the frozen backbone when features are extracted: tf, onnxruntime (converted "
                         "once, checked against tf on the first batch) or auto (onnxruntime where installed and faster, "
                         "measured); training stays in TensorFlow (default: tf)")
+
+
+def _add_pool_argument(parser) -> None:
+    parser.add_argument("--pool", choices=["none", "avg", "max"], default=None,
+                        help="pool spatial features over every position before they are cached: one vector per "
+                        "example and cut (default: none; on a sweep over several cuts, avg when every swept head "
+                        "averages positions anyway)")
 
 
 def _export_formats(text: str) -> tuple:

@@ -1,9 +1,10 @@
 """Turn what a user writes as a cut into a tensor of the graph.
 
-Accepted, in order: `auto`; a tensor name (`op:1`); a signature's output key (`note`); an op
-name; a unique path suffix
-(`conv5_block3_out/Relu`); a unique name scope (`conv5_block3_out` finds the op that leaves
-`resnet50_1/conv5_block3_out_1/`). TF's uniquifying suffixes (`_1`) may be left out.
+Accepted, in order: `auto`; `candidates` (every candidate cut `transfer inspect` lists, for a
+cut sweep or a multi-layer head; expanded by the backbone); a tensor name (`op:1`); a
+signature's output key (`note`); an op name; a unique path suffix (`conv5_block3_out/Relu`); a
+unique name scope (`conv5_block3_out` finds the op that leaves `resnet50_1/conv5_block3_out_1/`).
+TF's uniquifying suffixes (`_1`) may be left out.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from transfer.errors import TransferError
 from transfer.graph import GraphInfo, component_matches, find_penultimate
 
 AUTO = "auto"
+CANDIDATES = "candidates"
 _TENSOR_NAME = re.compile(r"^(?P<op>.+):(?P<index>\d+)$")
 _UNIQUIFIER = re.compile(r"_\d+$")
 

@@ -67,10 +67,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             batches = inputs.batches.evaluation("train")
             features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
         else:
-            from transfer.cache import FeatureCache
-
-            entries = FeatureCache(self.cache_dir).extract(inputs, progress=False)
-            features, _ = entries["train"].arrays()
+            features, _ = inputs.extract(self.cache_dir, progress=False)["train"][0].arrays()
         features = pool_array(features, self.pooling) if features.ndim > 2 else features
         return features.reshape(len(examples), -1)
 

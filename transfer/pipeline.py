@@ -11,7 +11,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -21,7 +20,6 @@ from transfer.datasets.preprocessing import Augmentation, Preprocessing
 from transfer.errors import TransferError
 from transfer.input_kind import ArrayInput, ImageInput, InputKind
 from transfer.layer import FeatureLayer
-from transfer.model import build_classifier
 
 SHUFFLE_BYTES = 2**30
 _TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
@@ -40,15 +38,30 @@ class Inputs:
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
 
-    def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None,
-                        progress: bool = True) -> FeatureSplits:
-        """Every split's features from the feature cache, extracting what is not there yet."""
+    def extract(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
+                pool: str | None = None) -> dict:
+        """Every split's cache entries, one per cut (`{role: [Entry, ...]}`), extracting what is
+        not there yet in one pass (`transfer.cache`, `transfer.extraction`)."""
         from transfer.cache import FeatureCache
+        from transfer.extraction import Extraction
 
-        entries = FeatureCache(cache_dir, shard_size=shard_size).extract(self, dtype=dtype, progress=progress)
-        streams = {role: entry.dataset() for role, entry in entries.items()}
-        return FeatureSplits(streams["train"], streams.get("validation"), streams.get("test"),
-                             entries["train"].feature_shape, self.splits.class_names)
+        cache = FeatureCache(cache_dir, shard_size=shard_size)
+        return cache.extract(Extraction(self, cache.root, pool), dtype=dtype, progress=progress)
+
+    def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
+                        pool: str | None = None) -> FeatureSplits:
+        """Every split's features from the feature cache, extracting what is not there yet; with
+        several cuts, each example holds one tensor per cut (in cut order)."""
+        entries = self.extract(cache_dir, dtype, shard_size, progress, pool)
+        return FeatureSplits.of_entries(entries, self.splits.class_names)
+
+    def cached_features_by_cut(self, cache_dir=None, dtype: str = "float32", progress: bool = True,
+                               pool: str | None = None) -> dict[str, FeatureSplits]:
+        """Each cut's features on their own (a sweep over cuts), all extracted in one pass."""
+        entries = self.extract(cache_dir, dtype, progress=progress, pool=pool)
+        return {cut.spec: FeatureSplits.of_entries({role: [listed[index]] for role, listed in entries.items()},
+                                                   self.splits.class_names)
+                for index, cut in enumerate(self.backbone.cuts)}
 
     def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
@@ -79,8 +92,8 @@ class Inputs:
 
     def feature_batch(self, examples):
         """Features of one batch of raw examples (a dict keyed by cut spec when several cuts): what
-        extraction runs, and what `feature_model()` computes, bit for bit except where the scale
-        feeds a conv directly (in the Keras model grappler folds it into the weights: ~2 ulp).
+        extraction runs, and what the Keras model of the same FeatureLayer computes, bit for bit
+        except where the scale feeds a conv directly (grappler folds it into the weights: ~2 ulp).
 
         The preprocessing runs as a small tf.function, then the backbone's pruned function is
         called: no Keras model is built and nothing is traced over the whole graph, so the graph
@@ -98,11 +111,6 @@ class Inputs:
             self._prepare = _TRACED_PREPARE[key]
         return self._prepare(examples)
 
-    def feature_model(self, features: FeatureLayer | None = None) -> keras.Model:
-        """Raw examples -> features as a Keras model (`feature_batch` computes the same, faster)."""
-        return build_classifier(features or self.feature_layer(), keras.layers.Identity(), self.kind,
-                                name="feature_extractor")
-
 
 @dataclasses.dataclass
 class FeatureSplits:
@@ -112,13 +120,15 @@ class FeatureSplits:
     train: tf.data.Dataset  # unbatched (features, int32 label) pairs
     validation: tf.data.Dataset | None
     test: tf.data.Dataset | None
-    feature_shape: tuple  # one example's feature shape, e.g. (32,) or (4, 4, 32); a list of shapes
-    class_names: list     # when each example holds several tensors (a thawed suffix's inputs)
+    feature_shapes: list  # one example's shape per tensor, e.g. [(4, 4, 32)]; several: one per cut, or
+    class_names: list     # a thawed suffix's inputs (each example is then a tuple of tensors)
 
-    @property
-    def feature_shapes(self) -> list[tuple]:
-        several = bool(self.feature_shape) and isinstance(self.feature_shape[0], (tuple, list))
-        return [tuple(shape) for shape in self.feature_shape] if several else [tuple(self.feature_shape)]
+    @classmethod
+    def of_entries(cls, entries: dict, class_names: list) -> FeatureSplits:
+        """`{role: [Entry, ...]}` (one entry per tensor, `FeatureCache.extract`) as streamed splits."""
+        streams = {role: _zipped([entry.dataset() for entry in listed]) for role, listed in entries.items()}
+        shapes = [shape for entry in entries["train"] for shape in entry.feature_shapes]
+        return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names)
 
     def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
         """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
@@ -130,6 +140,13 @@ class FeatureSplits:
         stream = getattr(self, role)
         return None if stream is None else stream.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+
+
+def _zipped(streams: list) -> tf.data.Dataset:
+    """(features, label) streams of the same examples as one stream of ((features, ...), label)."""
+    if len(streams) == 1:
+        return streams[0]
+    return tf.data.Dataset.zip(tuple(streams)).map(lambda *pairs: (tuple(f for f, _ in pairs), pairs[0][1]))
 
 
 def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
@@ -145,9 +162,6 @@ def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, va
     if not isinstance(backbone, Backbone):
         backbone = Backbone.load(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
                                  allow_ops=allow_ops)
-    if backbone.multi_cut:
-        raise TransferError(f"a head trains on one cut; got {len(backbone.cuts)} cuts "
-                            f"({', '.join(c.spec for c in backbone.cuts)})")
     splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
         data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
     if splits.num_classes < 2:
@@ -239,13 +253,15 @@ class Batches:
         stream = self.splits.train.shuffle(min(size, 10_000), seed=self.seed, reshuffle_each_iteration=True)
         return self._batched(stream, self.augmentation)
 
-    def evaluation(self, role: str, skip: int = 0, take: int = -1) -> tf.data.Dataset | None:
-        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only."""
+    def evaluation(self, role: str, skip: int = 0, take: int = -1, batch_size: int | None = None):
+        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only, of
+        this pipeline's batch size or `batch_size`."""
         stream = getattr(self.splits, role)
-        return None if stream is None else self._batched(stream.skip(skip).take(take), None)
+        return None if stream is None else self._batched(stream.skip(skip).take(take), None, batch_size)
 
-    def _batched(self, stream, augmentation) -> tf.data.Dataset:
-        return self.kind.batchable(stream, augmentation).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+    def _batched(self, stream, augmentation, batch_size: int | None = None) -> tf.data.Dataset:
+        batched = self.kind.batchable(stream, augmentation).batch(batch_size or self.batch_size)
+        return batched.prefetch(tf.data.AUTOTUNE)
 
 
 def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:

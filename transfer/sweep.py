@@ -42,8 +42,8 @@ TRAINING_AXES = {**{name: (default(name),) for name in ("lr", "epochs", "batch_s
 # How thawed layers train (`transfer.thaw_training`): axes of the settings with thaw > 0 only.
 THAW_AXES = {name: (None,) for name in ThawTraining.__dataclass_fields__ if name != "thaw_epochs"}
 SETTING_AXES = {**TRAINING_AXES, **THAW_AXES}
-GRID_KEYS = ("heads", *SETTING_AXES, "head_options")
-CSV_COLUMNS = ("rank", "head", *SETTING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
+GRID_KEYS = ("heads", "cuts", *SETTING_AXES, "head_options")
+CSV_COLUMNS = ("rank", "cut", "head", *SETTING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
 EVAL_BATCH = 256
 TENSORBOARD_SCORES = ("val_accuracy", "test_accuracy")  # a run's scores that the HParams dashboard shows
@@ -62,7 +62,7 @@ def expand_grid(heads, *, head_options=None, **axes) -> list[dict]:
     """
     unknown = sorted(set(axes) - set(SETTING_AXES))
     if unknown:
-        raise TransferError(f"unknown sweep axis {unknown[0]!r}; valid: {', '.join(GRID_KEYS[1:])}")
+        raise TransferError(f"unknown sweep axis {unknown[0]!r}; valid: {', '.join(GRID_KEYS[2:])}")
     training = {key: _axis(key, axes.get(key, default)) for key, default in TRAINING_AXES.items()}
     _check_training_axes(training)
     thawing = _thaw_axes({key: _axis(key, axes.get(key, default)) for key, default in THAW_AXES.items()},
@@ -199,10 +199,11 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
                   "epochs_run": epochs_run, "seconds": seconds}
 
 
-def _features_for(setting: dict, features: FeatureSplits, thawed) -> tuple:
-    """What a setting trains on: the features, or for a thaw its prefix outputs and suffix."""
+def _features_for(setting: dict, features, thawed) -> tuple:
+    """What a setting trains on: the features (of its cut, when `features` is a dict by cut), or
+    for a thaw its prefix outputs and suffix."""
     if not setting.get("thaw"):
-        return features, None
+        return (features[setting["cut"]] if isinstance(features, dict) else features), None
     prefix_outputs, layer = thawed[setting["thaw"]]
     return prefix_outputs, layer.suffix()
 
@@ -263,11 +264,13 @@ def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
 # --- the sweep -----------------------------------------------------------------------------------
 
 
-def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, seed: int = 0,
+def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int = 1, seed: int = 0,
               patience: int | None = default("patience"), progress: bool = True, thawed=None,
               log_dir=None) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
 
+    `features`: one FeatureSplits, or a dict of them by cut when the settings name a `cut` each
+    (a sweep over cuts).
     Every head is built on the features before the first run, so a bad option or a head that
     cannot read these features fails at once rather than an hour into the sweep. `thawed`: see
     `train_setting`. `log_dir`: TensorBoard logs, one directory per run, with HParams summaries.
@@ -276,15 +279,16 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
     missing = sorted({s["thaw"] for s in settings if s.get("thaw")} - set(thawed))
     if missing:
         raise TransferError(f"sweep: no thawed layer given for thaw={missing[0]}")
-    if any(f is not None and f.validation is None for f in (features, *(f for f, _ in thawed.values()))):
+    splits = list(features.values()) if isinstance(features, dict) else [features]
+    if any(f is not None and f.validation is None for f in (*splits, *(f for f, _ in thawed.values()))):
         raise TransferError("a sweep ranks settings by validation accuracy; these features have no validation split")
     if not settings:
         raise TransferError("a sweep needs at least one setting")
     repeats = check_int("sweep", "repeats", repeats)
-    for setting in {_key((s["head"], s["head_options"], s.get("thaw"))): s for s in settings}.values():
+    for setting in {_key((s["head"], s["head_options"], s.get("thaw"), s.get("cut"))): s for s in settings}.values():
         setting_features, suffix = _features_for(setting, features, thawed)
         _build(setting_features, setting, suffix)
-    shown = _varying(settings)
+    shown, cut_names = _varying(settings), short_cut_names([s.get("cut") for s in settings])
     if log_dir is not None:
         write_hparams_config(Path(log_dir), [{**s, "seed": n} for s in settings for n in range(seed, seed + repeats)],
                              list(TENSORBOARD_SCORES))
@@ -300,7 +304,7 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
             done += 1
             if progress:
                 again = f" seed={run_seed}" if repeats > 1 else ""
-                print(f"[{done}/{len(settings) * repeats}] {_label(setting, shown)}{again}: "
+                print(f"[{done}/{len(settings) * repeats}] {_label(setting, shown, cut_names)}{again}: "
                       f"val {_accuracy_text(runs[-1]['val_accuracy'])} ({runs[-1]['seconds']:.1f} s)",
                       file=sys.stderr, flush=True)
         rows.append(_row(setting, runs))
@@ -311,7 +315,7 @@ def run_sweep(features: FeatureSplits, settings: list[dict], repeats: int = 1, s
 def _row(setting: dict, runs: list[dict]) -> dict:
     val = [run["val_accuracy"] for run in runs]
     test = [run["test_accuracy"] for run in runs]
-    return {"head": setting["head"], **{key: setting.get(key) for key in SETTING_AXES},
+    return {"cut": setting.get("cut"), "head": setting["head"], **{key: setting.get(key) for key in SETTING_AXES},
             "head_options": setting["head_options"],
             "val_accuracy_mean": _mean(val), "val_accuracy_std": _std(val),
             "test_accuracy_mean": _mean(test), "test_accuracy_std": _std(test),
@@ -335,8 +339,9 @@ def _score(value) -> float:
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def write_sweep(directory, rows: list[dict]) -> None:
-    """`sweep.csv`, `sweep.json` and `sweep.png` in `directory`, each written whole or not at all."""
+def write_sweep(directory, rows: list[dict], cut_order: list | None = None) -> None:
+    """`sweep.csv`, `sweep.json` and `sweep.png` in `directory`, each written whole or not at all;
+    with several cuts also `sweep_cuts.png`, accuracy per cut in `cut_order` (graph order)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with _replacing(directory / "sweep.csv") as path, open(path, "w", newline="") as handle:
@@ -347,6 +352,46 @@ def write_sweep(directory, rows: list[dict]) -> None:
         write_json(path, rows)
     with _replacing(directory / "sweep.png") as path:
         _plot(path, rows)
+    cuts = cut_order or list(dict.fromkeys(row["cut"] for row in rows))
+    if len(cuts) > 1:
+        with _replacing(directory / "sweep_cuts.png") as path:
+            _plot_cuts(path, rows, cuts)
+
+
+def best_per_cut(rows: list[dict], cuts: list) -> dict:
+    """head -> [the best row of that head at each cut (None where it was not trained)]."""
+    best = {}
+    for row in rows:  # ranked: the first row of a (head, cut) is its best
+        per_cut = best.setdefault(row["head"], dict.fromkeys(cuts))
+        if per_cut.get(row["cut"]) is None:
+            per_cut[row["cut"]] = row
+    return {head: [per_cut[cut] for cut in cuts] for head, per_cut in best.items()}
+
+
+def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
+    """Validation (solid) and test (dotted) accuracy per cut, deepest on the right: where the
+    features transfer. One line per head, its best setting at each cut."""
+    plt = pyplot()
+    names = short_cut_names(cuts)
+    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(cuts) + 2), 4.5))
+    positions = np.arange(len(cuts))
+    for number, (head, best) in enumerate(best_per_cut(rows, cuts).items()):
+        color = f"C{number}"
+        for split, style in (("val", "-"), ("test", ":")):
+            values = [np.nan if row is None or row[f"{split}_accuracy_mean"] is None else row[f"{split}_accuracy_mean"]
+                      for row in best]
+            axis.plot(positions, values, style, marker="o" if split == "val" else None, color=color,
+                      label=f"{head} ({'validation' if split == 'val' else 'test'})")
+    axis.set_xticks(positions, [names[cut] for cut in cuts], rotation=70, ha="right", fontsize=7)
+    axis.set_xlabel("cut, in graph order (deeper to the right)")
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"accuracy per cut ({len(cuts)} cuts)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -354,12 +399,25 @@ def format_table(rows: list[dict]) -> str:
 
     `options` holds a row's head options and the training axes that vary in the sweep.
     """
-    training = [key for key in _varying([row["setting"] for row in rows]) if key in SETTING_AXES and key != "lr"]
-    header = ("rank", "head", "lr", "options", "val", "test", "seconds")
-    lines = [(str(row["rank"]), row["head"], _show(row["lr"]) or "-",
+    varying = _varying([row["setting"] for row in rows])
+    training = [key for key in varying if key in SETTING_AXES and key != "lr"]
+    cuts = short_cut_names([row["cut"] for row in rows]) if "cut" in varying else None
+    header = ("rank", *(["cut"] if cuts else []), "head", "lr", "options", "val", "test", "seconds")
+    lines = [(str(row["rank"]), *([cuts[row["cut"]]] if cuts else []), row["head"], _show(row["lr"]) or "-",
               _describe(row["setting"], [*training, *row["head_options"]]) or "-",
               _mean_std(row, "val"), _mean_std(row, "test"), f"{row['seconds_mean']:.1f}") for row in rows]
     return "\n".join(tables.format_table([header, *lines]))
+
+
+def short_cut_names(specs: list) -> dict:
+    """Cut specs as a person reads them: `:0` and the scopes every cut shares dropped
+    (`digits_resnet_1/block1_out_1/Relu:0` -> `block1_out_1/Relu`)."""
+    distinct = list(dict.fromkeys(spec for spec in specs if spec is not None))
+    parts = [(spec[:-2] if spec.endswith(":0") else spec).split("/") for spec in distinct]
+    shared = 0
+    while len(parts) > 1 and all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return {spec: "/".join(p[shared:]) for spec, p in zip(distinct, parts)}
 
 
 @contextlib.contextmanager
@@ -377,7 +435,8 @@ def _plot(path: Path, rows: list[dict]) -> None:
     """Horizontal bars of mean validation accuracy with std error bars, best on top."""
     plt = pyplot()
     shown = _varying([row["setting"] for row in rows])
-    labels = [f"{row['rank']}. {_label(row['setting'], shown)}" for row in rows]
+    cut_names = short_cut_names([row["cut"] for row in rows])
+    labels = [f"{row['rank']}. {_label(row['setting'], shown, cut_names)}" for row in rows]
     means = [_score(row["val_accuracy_mean"]) for row in rows]
     errors = [row["val_accuracy_std"] or 0.0 for row in rows]
     width = 5 + 0.07 * max(map(len, labels), default=0)
@@ -400,21 +459,22 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 def _varying(settings: list[dict]) -> list[str]:
     """The axes whose value differs between settings: what a label shows to tell them apart."""
-    keys = [*SETTING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
+    keys = ["cut", *SETTING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
     return [key for key in keys
             if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > 1]
 
 
 def _value(setting: dict, key: str):
-    return setting.get(key) if key in SETTING_AXES else setting["head_options"].get(key)
+    return setting.get(key) if key in SETTING_AXES or key == "cut" else setting["head_options"].get(key)
 
 
-def _describe(setting: dict, keys: list[str]) -> str:
-    return " ".join(f"{key}={_show(_value(setting, key))}" for key in keys if _value(setting, key) is not None)
+def _describe(setting: dict, keys: list[str], cut_names: dict | None = None) -> str:
+    shown = {**setting, "cut": (cut_names or {}).get(setting.get("cut"), setting.get("cut"))}
+    return " ".join(f"{key}={_show(_value(shown, key))}" for key in keys if _value(shown, key) is not None)
 
 
-def _label(setting: dict, keys: list[str]) -> str:
-    return f"{setting['head']} {_describe(setting, keys)}".rstrip()
+def _label(setting: dict, keys: list[str], cut_names: dict | None = None) -> str:
+    return f"{setting['head']} {_describe(setting, keys, cut_names)}".rstrip()
 
 
 def _show(value) -> str:
@@ -443,6 +503,54 @@ def _mean_std(row: dict, split: str) -> str:
 # --- the command -----------------------------------------------------------------------------------
 
 
+def _swept_cuts(cut, cuts):
+    """The cut spec to load: `--cut` alone, or the `--cuts` axis (a list, `a,b` or `candidates`)."""
+    if cuts is None:
+        return cut
+    if cut not in (None, "auto"):
+        raise TransferError(f"sweep: give one cut (--cut {cut}) or the cuts to sweep (--cuts), not both")
+    if isinstance(cuts, str):
+        return cuts
+    if not isinstance(cuts, (list, tuple)) or not cuts or not all(isinstance(c, str) for c in cuts):
+        raise TransferError(f"sweep: cuts={cuts!r} must be a list of cut names, 'a,b' or 'candidates'")
+    return list(cuts)
+
+
+def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool) -> str:
+    """What extraction does to spatial features (see `sweep`): averaged when every setting
+    averages positions anyway and several cuts make the cache large."""
+    from transfer.extraction import check_pool
+
+    if pool is not None:
+        return check_pool(pool)
+    if not several_cuts or not all(_averages_positions(s) for s in settings):
+        return "none"
+    if progress:
+        print("features are averaged over positions before they are cached, as every swept head averages them "
+              "(--pool none keeps them)", file=sys.stderr, flush=True)
+    return "avg"
+
+
+def _averages_positions(setting: dict) -> bool:
+    parameter = inspect.signature(registry.resolve(setting["head"])).parameters.get("pooling")
+    return parameter is not None and setting["head_options"].get("pooling", parameter.default) == "avg"
+
+
+def _pooled_like(setting: dict, pool: str) -> dict:
+    """The best setting's head options for its retraining on the cut's full features: the pooling
+    the sweep's cache applied, made the head's own."""
+    options = dict(setting["head_options"])
+    takes_pooling = "pooling" in inspect.signature(registry.resolve(setting["head"])).parameters
+    if pool != "none" and takes_pooling:
+        options.setdefault("pooling", pool)
+    return options
+
+
+def _in_graph_order(backbone) -> list[str]:
+    position = backbone.info.position
+    return [c.spec for c in sorted(backbone.cuts, key=lambda c: position[c.tensor.op.name])]
+
+
 @dataclasses.dataclass
 class SweepResult:
     rows: list  # ranked, best first (see run_sweep)
@@ -451,7 +559,7 @@ class SweepResult:
 
 
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
-          patience: int | None = default("patience"), cut="auto", signature=None, data_dir=None,
+          patience: int | None = default("patience"), cut="auto", cuts=None, pool=None, signature=None, data_dir=None,
           validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
           cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None,
           export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, **axes) -> SweepResult:
@@ -460,6 +568,11 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
 
     `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
+    `cuts`: the cuts to sweep (`"a,b"`, a list, or `"candidates"`: every candidate cut), all
+    extracted in one pass, each cut's features its own cache entry; every setting trains on
+    every cut. `pool`: `none`, `avg`, `max`: what extraction does to spatial features before
+    they are cached (default: `avg` when several cuts are swept and every swept head averages
+    positions anyway, else `none`).
     `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
     thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
@@ -478,14 +591,21 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         raise TransferError("TensorBoard logs are written in the sweep directory: give `out` with `tensorboard`")
     if tensorboard:
         hparams_api()  # the tensorboard package is there, before any slow work
-    spec = {"heads": heads, "head_options": head_options, **axes, **(load_grid(grid) if grid else {})}
+    spec = {"heads": heads, "head_options": head_options, "cuts": cuts, **axes, **(load_grid(grid) if grid else {})}
+    cut = _swept_cuts(cut, spec.pop("cuts"))
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
     inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
+    cut_specs = [c.spec for c in inputs.backbone.cuts]
+    if len(cut_specs) > 1 and any(s.get("thaw") for s in settings):
+        raise TransferError(f"sweep: thaw trains the layers before one cut; got {len(cut_specs)} cuts: sweep the "
+                            "cuts frozen first, then thaw at the best one (--cut CUT --thaw N)")
+    pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
+    settings = [{"cut": spec, **setting} for spec in cut_specs for setting in settings]
     layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
               for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
-    features = (inputs.cached_features(cache_dir, cache_dtype, progress=progress)
+    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool)
                 if any(not s.get("thaw") for s in settings) else None)
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
               for count, layer in layers.items()}
@@ -495,12 +615,14 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         if directory is None:
             return SweepResult(rows, None, None)
         best = rows[0]["setting"]
-        write_sweep(directory, rows)
+        write_sweep(directory, rows, _in_graph_order(inputs.backbone))
         write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
                                                **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
-                                               **source,
+                                               **source, "cuts": cut_specs, "pool": pool,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
-        result = fit(inputs.backbone, inputs.splits, head=best["head"], head_options=best["head_options"],
+        best_backbone = inputs.backbone if len(cut_specs) == 1 else inputs.backbone.recut(
+            best["cut"], inputs=inputs.backbone.requested_inputs)
+        result = fit(best_backbone, inputs.splits, head=best["head"], head_options=_pooled_like(best, pool),
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,

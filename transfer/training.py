@@ -82,6 +82,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
                          preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
                          augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
                          allow_ops=allow_ops, engine=engine)
+    if inputs.backbone.multi_cut:
+        raise TransferError(f"head {head!r} trains on one cut; got {len(inputs.backbone.cuts)} cuts "
+                            f"({', '.join(c.spec for c in inputs.backbone.cuts)})")
     if cache_dir is None and engine != "tf":
         raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
                             "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")

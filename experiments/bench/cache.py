@@ -187,11 +187,11 @@ def write_entry(root: Path, features: np.ndarray, labels: np.ndarray) -> Entry:
     path.mkdir(parents=True)
     entry = Entry(path, {"key": path.name, "format": FORMAT_VERSION, "complete": False, "role": "train",
                          "dtype": str(features.dtype), "backbone_fingerprint": "bench", "ingredients": {},
-                         "feature_shape": list(features.shape[1:]), "shards": []})
+                         "feature_shapes": [list(features.shape[1:])], "shards": []})
     cache = FeatureCache(root)
     shard = SHARD_BYTES // features[0].nbytes
     for index, start in enumerate(range(0, len(labels), shard)):
-        cache._write_shard(entry, index, features[start:start + shard], labels[start:start + shard])
+        cache._write_shard(entry, index, [features[start:start + shard]], labels[start:start + shard])
     entry.manifest["complete"] = True
     _write_atomic(path / MANIFEST, json.dumps(entry.manifest).encode())
     return cache.open(path.name)
@@ -208,7 +208,7 @@ def bench_reading(workdir: Path, count: int, rounds: int, batch_size: int = 256)
     features = rng.standard_normal((count, FEATURES), dtype=np.float32)
     labels = rng.integers(0, 10, count).astype("int32")
     entry = write_entry(workdir / "reading-cache", features, labels)
-    shuffled = FeatureSplits(entry.dataset(), None, None, entry.feature_shape, [str(i) for i in range(10)])
+    shuffled = FeatureSplits(entry.dataset(), None, None, entry.feature_shapes, [str(i) for i in range(10)])
     memory = tf.data.Dataset.from_tensor_slices((features, labels))
     pipelines = {
         "cache: entry.dataset().batch(256)": lambda: entry.dataset().batch(batch_size),
@@ -253,7 +253,7 @@ def bench_extraction(workdir: Path, pb_path: Path, backbone: Backbone, count: in
         return [np.asarray(function(batch)) for batch in batches]
 
     def cached(source):
-        return lambda: FeatureCache(tempfile.mkdtemp(dir=workdir)).extract(source, progress=False)
+        return lambda: source.extract(tempfile.mkdtemp(dir=workdir), progress=False)
 
     raw_name, cache_name = f"raw pruned ConcreteFunction ({backbone.cuts[0].name})", "FeatureCache.extract"
     small_name = f"FeatureCache.extract of {batch_size} images (its start-up)"
@@ -341,8 +341,8 @@ def bench_memory(workdir: Path, pb_path: Path, cut: str, sizes: list[int]) -> No
 
 def bench_float16(backbone: Backbone, spec: str, cache_dir: Path, epochs: int) -> None:
     inputs = open_inputs(backbone, spec)
-    entries = {dtype: FeatureCache(cache_dir).extract(inputs, dtype=dtype, progress=False)
-               for dtype in ("float32", "float16")}
+    extracted = {dtype: inputs.extract(cache_dir, dtype=dtype, progress=False) for dtype in ("float32", "float16")}
+    entries = {dtype: {role: listed[0] for role, listed in by_role.items()} for dtype, by_role in extracted.items()}
     rows = []
     for head in ("logreg", "linear"):
         accuracy = {dtype: transfer.fit(backbone, spec, head=head, epochs=epochs, patience=None, cache_dir=cache_dir,

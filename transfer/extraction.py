@@ -1,0 +1,112 @@
+"""What the feature cache extracts from: a backbone's cuts over one dataset's splits, as numpy batches.
+
+`Extraction` is the cache's extractor (see `transfer.cache.FeatureCache.extract`): it names the
+outputs (one per cut, each cached as its own entry), says what decides each output's features
+(the key's ingredients), and computes batches of them. Every cut comes from one pass of the
+backbone (one pruned function with all cuts as outputs); a pass for only some cuts (the others
+are cached already) prunes the graph to those. The cache knows nothing of backbones or tf.data,
+and this module nothing of files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from transfer.errors import check_choice
+
+POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
+ROLES = ("train", "validation", "test")
+
+
+def ingredients(backbone, cut, input_kind, identity: dict, role: str, dtype: str, engine: str = "tf",
+                pool: str = "none") -> dict:
+    """What decides one cut's features of one split: the key is made from exactly this (the
+    engine and the pooling only when not the default, so that older keys stay valid)."""
+    return {
+        **({"engine": engine} if engine != "tf" else {}),
+        "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
+                     "inputs": [t.name for t in backbone.inputs], "cut": cut.name,
+                     **({"feeds": backbone.feed_values} if backbone.feeds else {})},  # old keys stay valid
+        **({"pool": pool} if pool != "none" else {}),
+        "input": input_kind.recipe(),  # the preprocessing of images; arrays go in as they are
+        "data": identity,
+        "role": role,
+        "dtype": dtype,
+    }
+
+
+def check_pool(pool: str | None) -> str:
+    return check_choice("pool", pool or "none", POOLS, flag="--pool")
+
+
+class Extraction:
+    """The cuts of `inputs.backbone` over `inputs`' splits (`transfer.pipeline.Inputs`), for the cache.
+
+    `engine_dir`: where a converted engine is kept (the cache's `onnx/`). `pool`: `avg` or
+    `max` reduces every axis between batch and channels before storing (a cut sweep's probe
+    pools anyway, and a 56x56x256 cut then costs 1 KiB per example instead of 3 MiB).
+    """
+
+    def __init__(self, inputs, engine_dir=None, pool: str | None = None):
+        self.inputs, self.engine_dir, self.pool = inputs, engine_dir, check_pool(pool)
+        self.cuts = {cut.spec: cut for cut in inputs.backbone.cuts}
+        self.engine = inputs.extraction_engine(engine_dir)  # chosen (checked, timed) once
+        self._by_outputs = {tuple(self.cuts): inputs}
+
+    # -- the cache's extractor interface -----------------------------------------------------
+
+    @property
+    def outputs(self) -> list[str]:
+        """One cache entry per output (cut spec) and split."""
+        return list(self.cuts)
+
+    @property
+    def roles(self) -> list[str]:
+        return [role for role in ROLES if getattr(self.inputs.splits, role) is not None]
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.batches.batch_size
+
+    @property
+    def note(self) -> str:
+        return self.engine.note
+
+    def size(self, role: str) -> int | None:
+        return self.inputs.splits.sizes.get(role)
+
+    def recipe(self, role: str, output: str, dtype: str) -> dict:
+        inputs = self.inputs
+        return ingredients(inputs.backbone, self.cuts[output], inputs.kind, inputs.splits.identity, role, dtype,
+                           self.engine.name, self.pool)
+
+    def batches(self, role: str, outputs: list[str], batch_size: int, skip: int = 0,
+                take: int = -1) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+        """([one float array per output], int32 labels) per batch of examples [skip, skip + take)."""
+        inputs = self._inputs_for(tuple(outputs))
+        for examples, labels in inputs.batches.evaluation(role, skip=skip, take=take, batch_size=batch_size):
+            features = inputs.feature_batch(examples)
+            listed = [features[spec] for spec in outputs] if isinstance(features, dict) else [features]
+            yield [np.asarray(self._pooled(f)) for f in listed], labels.numpy().astype("int32")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _inputs_for(self, outputs: tuple) -> object:
+        """Inputs whose backbone computes exactly `outputs`: the whole backbone, or a recut of
+        it (sharing its import) with its own engine, when some cuts are cached already."""
+        if outputs not in self._by_outputs:
+            backbone = self.inputs.backbone
+            recut = backbone.recut(list(outputs), inputs=backbone.requested_inputs)
+            subset = dataclasses.replace(self.inputs, backbone=recut, chosen_engine=None)
+            subset.extraction_engine(self.engine_dir)
+            self._by_outputs[outputs] = subset
+        return self._by_outputs[outputs]
+
+    def _pooled(self, features: tf.Tensor) -> tf.Tensor:
+        axes = list(range(1, len(features.shape) - 1))
+        if self.pool == "none" or not axes:
+            return features
+        return (tf.reduce_mean if self.pool == "avg" else tf.reduce_max)(features, axis=axes)
