@@ -30,6 +30,18 @@ def write_atomic(path: Path, data: bytes, full_disk_hint: str = "") -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@contextlib.contextmanager
+def written_whole(path: Path):
+    """A temporary path beside `path` for a writer that wants a file name (csv, matplotlib),
+    renamed to `path` when the block ends well: a reader never sees half a file."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells matplotlib the format
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def update_with_file(digest, path: Path):
     """Feed a file's bytes to a hashlib digest in 1 MiB blocks (a large graph never sits in memory
     twice); return the digest."""

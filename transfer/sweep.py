@@ -16,7 +16,6 @@ import dataclasses
 import inspect
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from transfer import heads as registry
 from transfer.errors import TransferError, check_int
+from transfer.files import written_whole
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
@@ -344,17 +344,17 @@ def write_sweep(directory, rows: list[dict], cut_order: list | None = None) -> N
     with several cuts also `sweep_cuts.png`, accuracy per cut in `cut_order` (graph order)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with _replacing(directory / "sweep.csv") as path, open(path, "w", newline="") as handle:
+    with written_whole(directory / "sweep.csv") as path, open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         writer.writerows([_show(row[column]) for column in CSV_COLUMNS] for row in rows)
-    with _replacing(directory / "sweep.json") as path:
+    with written_whole(directory / "sweep.json") as path:
         write_json(path, rows)
-    with _replacing(directory / "sweep.png") as path:
+    with written_whole(directory / "sweep.png") as path:
         _plot(path, rows)
     cuts = cut_order or list(dict.fromkeys(row["cut"] for row in rows))
     if len(cuts) > 1:
-        with _replacing(directory / "sweep_cuts.png") as path:
+        with written_whole(directory / "sweep_cuts.png") as path:
             _plot_cuts(path, rows, cuts)
 
 
@@ -418,17 +418,6 @@ def short_cut_names(specs: list) -> dict:
     while len(parts) > 1 and all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
         shared += 1
     return {spec: "/".join(p[shared:]) for spec, p in zip(distinct, parts)}
-
-
-@contextlib.contextmanager
-def _replacing(path: Path):
-    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells matplotlib the format
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _plot(path: Path, rows: list[dict]) -> None:
