@@ -115,7 +115,7 @@ def test_load_grid_reads_toml(tmp_path):
 
 @pytest.mark.parametrize("name,text,message", [
     ("grid.toml", 'heads = ["mlp"]\nlearning_rate = [0.1]\n',
-     "has unknown key 'learning_rate'; valid keys: heads, lr, epochs, batch_size, optimizer, thaw, thaw_lr_scale, "
+     "has unknown key 'learning_rate'; valid keys: heads, cuts, lr, epochs, batch_size, optimizer, thaw, thaw_lr_scale, "
      "thaw_weight_decay, unfreeze_every, head_epochs, head_options"),
     ("grid.toml", "heads = [mlp\n", "is not valid TOML"),
     ("grid.toml", 'head_options = ["avg"]\n', "head_options must be a table"),
@@ -235,8 +235,8 @@ def test_write_sweep_writes_csv_json_and_png(sweep, tmp_path):
     with open(out / "sweep.csv", newline="") as handle:
         table = list(csv.reader(handle))
     assert tuple(table[0]) == CSV_COLUMNS and len(table) == 1 + len(rows)
-    mlp = next(line for line in table[1:] if line[1] == "mlp")
-    assert mlp[CSV_COLUMNS.index("head_options")] == '{"hidden":[16]}' and mlp[2] == "0.03"
+    mlp = next(line for line in table[1:] if line[CSV_COLUMNS.index("head")] == "mlp")
+    assert mlp[CSV_COLUMNS.index("head_options")] == '{"hidden":[16]}' and mlp[CSV_COLUMNS.index("lr")] == "0.03"
     assert json.loads((out / "sweep.json").read_text()) == rows
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
