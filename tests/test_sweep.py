@@ -115,8 +115,8 @@ def test_load_grid_reads_toml(tmp_path):
 
 @pytest.mark.parametrize("name,text,message", [
     ("grid.toml", 'heads = ["mlp"]\nlearning_rate = [0.1]\n',
-     "has unknown key 'learning_rate'; valid keys: heads, cuts, lr, epochs, batch_size, optimizer, thaw, thaw_lr_scale, "
-     "thaw_weight_decay, unfreeze_every, head_epochs, head_options"),
+     "has unknown key 'learning_rate'; valid keys: heads, cuts, lr, epochs, batch_size, optimizer, thaw, "
+     "thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs, head_options"),
     ("grid.toml", "heads = [mlp\n", "is not valid TOML"),
     ("grid.toml", 'head_options = ["avg"]\n', "head_options must be a table"),
     ("grid.json", "{}", "must end in .toml, .yaml or .yml"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -172,9 +173,9 @@ def _entry_row(entry, verify: bool = False) -> dict:
 
 
 def _entry_table(rows) -> str:
-    header = ("key", "role", "examples", "shape", "dtype", "MB", "cut", "status")
+    header = ("key", "role", "examples", "shape", "dtype", "MB", "cut", "pool", "status")
     lines = [header] + [(r["key"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())), str(r["dtype"]),
-                         f"{r['megabytes']:.1f}", str(r["cut"]),
+                         f"{r['megabytes']:.1f}", str(r["cut"]), r["pool"],
                          ("CORRUPT " + str(r["bad_shards"])) if r.get("bad_shards") else
                          ("ok" if r["complete"] else "partial")) for r in rows]
     return _table(lines)
@@ -531,6 +532,9 @@ def main(argv=None) -> int:
     except TransferError as error:
         print(f"transfer {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `transfer cache ls | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 def _print_user_warnings(command: str, caught) -> None:

@@ -55,6 +55,7 @@ class Extraction:
         self.cuts = {cut.spec: cut for cut in inputs.backbone.cuts}
         self.engine = inputs.extraction_engine(engine_dir)  # chosen (checked, timed) once
         self._by_outputs = {tuple(self.cuts): inputs}
+        self._pooled_functions = {}
 
     # -- the cache's extractor interface -----------------------------------------------------
 
@@ -87,10 +88,11 @@ class Extraction:
                 take: int = -1) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
         """([one float array per output], int32 labels) per batch of examples [skip, skip + take)."""
         inputs = self._inputs_for(tuple(outputs))
+        features_of = self._features_function(tuple(outputs), inputs)
         for examples, labels in inputs.batches.evaluation(role, skip=skip, take=take, batch_size=batch_size):
-            features = inputs.feature_batch(examples)
+            features = features_of(examples)
             listed = [features[spec] for spec in outputs] if isinstance(features, dict) else [features]
-            yield [np.asarray(self._pooled(f)) for f in listed], labels.numpy().astype("int32")
+            yield [np.asarray(f) for f in listed], labels.numpy().astype("int32")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -105,8 +107,27 @@ class Extraction:
             self._by_outputs[outputs] = subset
         return self._by_outputs[outputs]
 
-    def _pooled(self, features: tf.Tensor) -> tf.Tensor:
-        axes = list(range(1, len(features.shape) - 1))
-        if self.pool == "none" or not axes:
-            return features
-        return (tf.reduce_mean if self.pool == "avg" else tf.reduce_max)(features, axis=axes)
+    def _features_function(self, outputs: tuple, inputs):
+        """Raw examples -> features, pooled as asked. When TensorFlow runs the backbone, the
+        pooling is traced with it into one function: the full-size maps of many cuts then never
+        leave the graph (measured on ResNet50's 177 cuts: 1.10x the deepest cut's time, against
+        1.6x when every map is pooled after the call)."""
+        if self.pool == "none":
+            return inputs.feature_batch
+        if inputs.extraction_engine(self.engine_dir).name != "tf":  # ONNX Runtime: pooled after its run
+            return lambda examples: _pooled_outputs(inputs.feature_batch(examples), self.pool)
+        if outputs not in self._pooled_functions:
+            backbone = inputs.backbone
+            traced = tf.function(lambda prepared: _pooled_outputs(backbone(prepared), self.pool), reduce_retracing=True)
+            self._pooled_functions[outputs] = lambda examples: traced(inputs.prepared(examples))
+        return self._pooled_functions[outputs]
+
+
+def _pooled_outputs(features, pool: str):
+    """Every axis between batch and channels reduced (`avg` or `max`), of one tensor or a dict."""
+    if isinstance(features, dict):
+        return {key: _pooled_outputs(value, pool) for key, value in features.items()}
+    axes = list(range(1, len(features.shape) - 1))
+    if not axes:
+        return features
+    return (tf.reduce_mean if pool == "avg" else tf.reduce_max)(features, axis=axes)

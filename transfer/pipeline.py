@@ -86,7 +86,7 @@ class Inputs:
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None
-            self.chosen_engine = choose_engine(self.backbone, self.engine, self._prepared(sample) if sample is not None
+            self.chosen_engine = choose_engine(self.backbone, self.engine, self.prepared(sample) if sample is not None
                                          else None, cache_dir)
         return self.chosen_engine
 
@@ -101,9 +101,11 @@ class Inputs:
         pruned function. The preprocessing is a graph, not eager ops, because grappler rewrites
         it as in the Keras model (x / 255 becomes x * (1 / 255): not the same last bit).
         """
-        return (self.chosen_engine or self.backbone)(self._prepared(examples))
+        return (self.chosen_engine or self.backbone)(self.prepared(examples))
 
-    def _prepared(self, examples):
+    def prepared(self, examples):
+        """A batch of raw examples as the backbone takes them (resized, scaled, cast); traced once
+        per input setting."""
         if self._prepare is None:  # one per input setting: every FeatureExtractor fold shares it (no retracing)
             key = json.dumps(self.kind.to_config(), sort_keys=True)
             if key not in _TRACED_PREPARE:

@@ -1,0 +1,104 @@
+"""Cut sweeps: one multi-cut extraction against single-cut ones, and a whole cut sweep's time.
+
+Network: keras.applications ResNet50 (weights=None) frozen to a .pb at `--size` pixels, every
+candidate cut `transfer inspect` lists (177 at 64x64); data: scikit-learn's digits, resized to
+the network's input as `transfer fit` does. Measured, in one run, each extraction into an
+empty cache (what `transfer extract` does, preprocessing and shard writes included):
+
+  (a) the deepest single cut (`auto`, the pooled features): the cost of plain transfer;
+  (b) every candidate cut in one pass, averaged over positions before caching (`--pool avg`,
+      as a logreg cut sweep stores them); goal (issue 12): <= 1.2x (a);
+  (c) single-cut extractions of a sample of the cuts (spread over depth), extrapolated to all:
+      what sweeping the cuts one extraction at a time would cost;
+  (d) the whole `sweep --cuts candidates --heads logreg`: extraction (b) and one probe per cut.
+
+Run: `python experiments/bench/cuts.py` (~5 min on 2 cores). CPU only.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import transfer  # noqa: F401  (pins the Keras backend)
+import keras
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from transfer import Backbone
+from transfer.pipeline import open_inputs
+from transfer.sweep import sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cache import table, timed  # noqa: E402  (the benchmarks' shared printing)
+
+
+def frozen_resnet50(size: int, workdir: Path) -> Path:
+    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="input")
+    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    path = workdir / "ResNet50.pb"
+    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    return path
+
+
+def extraction_seconds(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> float:
+    """One extraction of every split into an empty cache (the backbone is loaded already)."""
+    inputs = open_inputs(backbone, data, validation_split=0.2)
+    gc.collect()
+    seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), pool=pool, progress=False))
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
+    parser.add_argument("--data", default="digits", help="data spec (default: all 1797 digits)")
+    parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
+    path = frozen_resnet50(args.size, workdir)
+
+    started = time.perf_counter()
+    every = Backbone.load(path, cut="candidates")
+    resolve_seconds = time.perf_counter() - started
+    deepest = Backbone.load(path, cut="auto")
+    specs = [c.spec for c in every.cuts]
+    examples = open_inputs(deepest, args.data, validation_split=0.2).splits.sizes
+    print(f"ResNet50 at {args.size}x{args.size}: {len(specs)} candidate cuts (resolved in {resolve_seconds:.1f} s); "
+          f"{args.data}: {sum(examples.values())} examples ({examples})", flush=True)
+
+    extraction_seconds(deepest, args.data, workdir)  # warm-up: TF's first-call costs are not the cuts' fault
+    single = extraction_seconds(deepest, args.data, workdir)
+    one_pass = extraction_seconds(every, args.data, workdir, pool="avg")
+    step = max(1, len(specs) // args.sampled_cuts)
+    sampled = specs[::step][:args.sampled_cuts]
+    per_cut = [extraction_seconds(every.recut(spec), args.data, workdir) for spec in sampled]
+    all_single = statistics.mean(per_cut) * len(specs)
+    table("extraction of every split into an empty cache (seconds)", ["what", "seconds", "vs deepest cut"], [
+        ["(a) deepest single cut (auto)", f"{single:.1f}", "1.00x"],
+        [f"(b) all {len(specs)} cuts, one pass, --pool avg", f"{one_pass:.1f}", f"{one_pass / single:.2f}x"],
+        [f"(c) {len(specs)} single-cut extractions (mean of {len(sampled)}, x {len(specs)})",
+         f"{all_single:.0f}", f"{all_single / single:.1f}x"],
+    ])
+
+    cache = tempfile.mkdtemp(dir=workdir)
+    started = time.perf_counter()
+    result = sweep(path, args.data, cuts="candidates", heads=["logreg"], cache_dir=cache, progress=False)
+    total = time.perf_counter() - started
+    probes = sum(row["seconds_mean"] for row in result.rows)
+    best = result.rows[0]
+    table("(d) sweep --cuts candidates --heads logreg (seconds)", ["part", "seconds"], [
+        ["whole sweep (load, resolve, extract, probes)", f"{total:.1f}"],
+        [f"{len(result.rows)} logreg probes", f"{probes:.1f}"],
+    ])
+    print(f"  best cut {best['cut']}: validation {best['val_accuracy_mean']:.3f} (random weights: only the timing "
+          "means anything here)")
+
+
+if __name__ == "__main__":
+    main()
