@@ -14,6 +14,7 @@ from .base import Head
 from .conv import ConvHead
 from .linear import LinearHead
 from .mlp import MLPHead
+from .multilayer import MultiLayerChoice, MultiLayerHead, choose_multilayer
 from .pooling import POOLINGS, FeaturePooling, pool_array
 from .registry import available, get, register, resolve
 from .sklearn_probe import LogRegProbe
@@ -28,9 +29,12 @@ __all__ = [
     "LinearHead",
     "LogRegProbe",
     "MLPHead",
+    "MultiLayerChoice",
+    "MultiLayerHead",
     "Standardization",
     "StandardizationWarning",
     "available",
+    "choose_multilayer",
     "get",
     "pool_array",
     "register",

@@ -113,6 +113,8 @@ def feature_batches(data, steps=None, several=False):
     """
     if steps is not None:
         steps = check_int("adapt", "steps", steps)
+    if several and _is_features(data, False):
+        data = [data]  # one input of a head that takes several
     if _is_features(data, several):
         arrays = [np.asarray(x) for x in data] if several else [np.asarray(data)]
         chunk_size = max(1, ARRAY_CHUNK_VALUES // max(1, sum(x[:1].size for x in arrays)))
@@ -144,7 +146,7 @@ def _features_of(element, several: bool):
     if several:
         if isinstance(element, (list, tuple)) and element and isinstance(element[0], (list, tuple)):
             element = element[0]
-        return [np.asarray(x) for x in element]
+        return [np.asarray(x) for x in element] if isinstance(element, (list, tuple)) else [np.asarray(element)]
     if isinstance(element, (list, tuple)):
         element = element[0]
     return np.asarray(element)

@@ -394,7 +394,7 @@ def own_registry(monkeypatch):
 
 
 def test_available_lists_the_built_in_heads_and_filters_by_pattern(own_registry):
-    assert available() == ["attention", "conv", "linear", "logreg", "mlp"]
+    assert available() == ["attention", "conv", "linear", "logreg", "mlp", "multilayer"]
     assert available("l*") == ["linear", "logreg"]
     assert available("nothing*") == []
 
@@ -433,7 +433,7 @@ def test_get_loads_a_third_party_head_from_its_entry_point(own_registry, monkeyp
     monkeypatch.setattr(
         registry, "entry_points", lambda group: [p for p in points if p.group == group]
     )
-    assert available() == ["attention", "broken", "conv", "linear", "logreg", "mlp", "thirdparty"]
+    assert available() == ["attention", "broken", "conv", "linear", "logreg", "mlp", "multilayer", "thirdparty"]
     head = get("thirdparty", num_classes=4)
     assert type(head) is LinearHead and head.num_classes == 4
     assert LinearHead.head_name == "linear"  # an alias does not rename the class
