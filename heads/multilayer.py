@@ -213,10 +213,13 @@ class MultiLayerHead(Head):
 
     def kept_features(self, tolerance=None) -> list[np.ndarray]:
         """Per input, the indices of its pooled features that carry weight: with group_lasso, all
-        features of the inputs whose group norm is at least `tolerance` x the largest; otherwise
-        each feature whose norm is at least `tolerance` x the largest feature norm."""
+        features of the inputs whose group norm is at least `tolerance` x the largest; with l1,
+        each feature whose norm is at least `tolerance` x the largest feature norm; without a
+        penalty (nothing was selected), every feature the mask lets through."""
         tolerance = self.tolerance if tolerance is None else tolerance
         norms = self.feature_norms()
+        if self.penalty == "none" or not self.strength:
+            return [np.flatnonzero(n > 0) for n in norms]
         if self.penalty == "group_lasso":
             groups = self.group_norms()
             return [np.flatnonzero(n > 0) if g > 0 and g >= tolerance * groups.max() else np.array([], int)
