@@ -190,8 +190,8 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
         head.fit(*_arrays(features.train))
         epochs_run, predict = None, head.predict_proba
     else:
-        adapt_on_features(head, features, suffix, EVAL_BATCH)  # timed, as part of training
         with _quiet_retracing():
+            adapt_on_features(head, features, suffix, EVAL_BATCH)  # timed, as part of training
             epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started
