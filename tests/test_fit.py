@@ -445,3 +445,15 @@ def test_inputs_on_another_scale_than_the_training_data_are_warned_about(digits_
     with pytest.warns(TransferWarning, match=r"as_png\.npy: inputs range 0\.\.255, but the run was trained on "
                                              r"inputs in 0\.\.16"):
         transfer.predict(result.run_dir, [tmp_path / "as_png.npy"])
+
+
+def test_a_head_adapts_on_examples_spread_over_a_split_stored_class_by_class():
+    from transfer.training import spread_sample
+
+    labels = np.repeat(np.arange(5), 1000)  # sorted by class, as an image folder is
+    stream = tf.data.Dataset.from_tensor_slices(labels)
+    sample = np.array(list(spread_sample(stream, 1024).as_numpy_iterator()))
+    assert len(sample) == 1000 and np.array_equal(np.bincount(sample), [200] * 5)  # every 5th
+    unknown = stream.filter(lambda x: True)  # cardinality unknown: the first examples
+    assert len(list(spread_sample(unknown, 1024).as_numpy_iterator())) == 1024
+    assert len(list(spread_sample(stream.take(300), 1024).as_numpy_iterator())) == 300

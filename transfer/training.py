@@ -177,7 +177,7 @@ def adapt_head(head, source) -> None:
     """Adapt a head's input standardization (`transfer.heads`) on what it will see at the start of
     training: the features of at most ADAPT_EXAMPLES training examples, spread over the split;
     with a thaw, the thawed layers' outputs before they train. Heads without one: nothing to do."""
-    if not getattr(head, "standardize", False):
+    if not getattr(head, "standardize", False) or not callable(getattr(head, "adapt", None)):
         return
     inputs = source.model(keras.layers.Identity())
     head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
