@@ -4,7 +4,8 @@
 `@register("name")` adds one; third-party packages add theirs through the entry-point group
 `transfer.heads`, and `get("package.module:Class", ...)` takes any importable head.
 Keras heads return class probabilities (`logits=True` for logits); the `logreg` probe is a
-scikit-learn estimator (`is_keras = False`).
+scikit-learn estimator (`is_keras = False`). Every head standardizes its input (`standardize=True`):
+a Keras head built in your own script needs `head.adapt(train_features)` before training.
 """
 import transfer.errors  # noqa: F401  (runs transfer/__init__, which pins KERAS_BACKEND before keras is imported)
 
@@ -13,9 +14,11 @@ from .base import Head
 from .conv import ConvHead
 from .linear import LinearHead
 from .mlp import MLPHead
+from .multilayer import MultiLayerChoice, MultiLayerHead, choose_multilayer
 from .pooling import POOLINGS, FeaturePooling, pool_array
 from .registry import available, get, register, resolve
 from .sklearn_probe import LogRegProbe
+from .standardization import Standardization, StandardizationWarning
 
 __all__ = [
     "POOLINGS",
@@ -26,7 +29,12 @@ __all__ = [
     "LinearHead",
     "LogRegProbe",
     "MLPHead",
+    "MultiLayerChoice",
+    "MultiLayerHead",
+    "Standardization",
+    "StandardizationWarning",
     "available",
+    "choose_multilayer",
     "get",
     "pool_array",
     "register",

@@ -22,8 +22,8 @@ class AttentionHead(Head):
         "or 4-D spatial (batch, height, width, channels) features"
     )
 
-    def __init__(self, num_classes, num_heads=4, key_dim=64, dropout=0.0, logits=False, **kwargs):
-        super().__init__(num_classes, logits, **kwargs)
+    def __init__(self, num_classes, num_heads=4, key_dim=64, dropout=0.0, logits=False, standardize=True, **kwargs):
+        super().__init__(num_classes, logits, standardize, **kwargs)
         self.num_heads = check_int(self.owner, "num_heads", num_heads)
         self.key_dim = check_int(self.owner, "key_dim", key_dim)
         self.dropout = check_rate(self.owner, "dropout", dropout)
@@ -33,6 +33,7 @@ class AttentionHead(Head):
 
     def build(self, input_shape):
         self.check_rank(input_shape)
+        self.build_standardization(input_shape)
         batch, channels = input_shape[0], input_shape[-1]
         self.query = self.add_weight(
             name="query", shape=(1, 1, channels), initializer="random_normal"
@@ -41,6 +42,7 @@ class AttentionHead(Head):
         self.classifier.build((batch, channels))
 
     def call(self, inputs, training=None):
+        inputs = self.standardized(inputs, training)
         batch, channels = ops.shape(inputs)[0], inputs.shape[-1]
         positions = ops.reshape(inputs, (batch, -1, channels))
         query = ops.broadcast_to(self.query, (batch, 1, channels))

@@ -26,9 +26,10 @@ class ConvHead(Head):
         pooling="avg",
         dropout=0.0,
         logits=False,
+        standardize=True,
         **kwargs,
     ):
-        super().__init__(num_classes, logits, **kwargs)
+        super().__init__(num_classes, logits, standardize, **kwargs)
         self.filters = check_sizes(self.owner, "filters", filters)
         self.kernel_size = check_int(self.owner, "kernel_size", kernel_size)
         self.activation = activation

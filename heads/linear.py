@@ -11,8 +11,8 @@ from .registry import register
 class LinearHead(Head):
     """Pool features to vectors (`pooling`: avg, max or flatten), optional dropout, Dense."""
 
-    def __init__(self, num_classes, pooling="avg", dropout=0.0, logits=False, **kwargs):
-        super().__init__(num_classes, logits, **kwargs)
+    def __init__(self, num_classes, pooling="avg", dropout=0.0, logits=False, standardize=True, **kwargs):
+        super().__init__(num_classes, logits, standardize, **kwargs)
         self.pooling = check_pooling(self.owner, pooling)
         self.dropout = check_rate(self.owner, "dropout", dropout)
         self.body = [FeaturePooling(self.pooling)]

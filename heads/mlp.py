@@ -22,9 +22,10 @@ class MLPHead(Head):
         norm=None,
         pooling="avg",
         logits=False,
+        standardize=True,
         **kwargs,
     ):
-        super().__init__(num_classes, logits, **kwargs)
+        super().__init__(num_classes, logits, standardize, **kwargs)
         self.hidden = check_sizes(self.owner, "hidden", hidden)
         self.activation = activation
         self.dropout = check_rate(self.owner, "dropout", dropout)

@@ -3,15 +3,18 @@
 Not a Keras layer: it trains in one `fit` call, with no epochs or optimizer, which makes it the
 quickest honest measure of how linearly separable a cut's features are. `is_keras = False`
 tells a training loop to call `fit(X, y)` / `predict_proba(X)` instead of building a model.
+Like the Keras heads it standardizes its (pooled) features first (a StandardScaler;
+`standardize=False` turns it off), so C means the same at every feature scale.
 """
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from transfer.errors import TransferError
 
-from .base import check_int
+from .base import check_flag, check_int
 from .pooling import check_pooling, pool_array
 from .registry import register
 
@@ -26,15 +29,18 @@ class LogRegProbe(ClassifierMixin, BaseEstimator):
 
     is_keras = False
 
-    def __init__(self, num_classes=None, C=1.0, max_iter=1000, pooling="avg"):
+    def __init__(self, num_classes=None, C=1.0, max_iter=1000, pooling="avg", standardize=True):
         self.num_classes = num_classes
         self.C = C
         self.max_iter = max_iter
         self.pooling = pooling
+        self.standardize = standardize
 
     def fit(self, X, y):
         X, y = validate_data(self, self._pool(X), y)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(X, y)
+        check_flag(self._owner, "standardize", self.standardize)
+        self.scaler_ = StandardScaler().fit(X) if self.standardize else None
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._scaled(X), y)
         if self.num_classes is None:
             self.classes_ = model.classes_
         else:
@@ -53,7 +59,7 @@ class LogRegProbe(ClassifierMixin, BaseEstimator):
         X = validate_data(self, self._pool(X), reset=False)
         proba = np.zeros((X.shape[0], len(self.classes_)))
         columns = np.searchsorted(self.classes_, self.model_.classes_)
-        proba[:, columns] = self.model_.predict_proba(X)
+        proba[:, columns] = self.model_.predict_proba(self._scaled(X))
         return proba
 
     def predict(self, X):
@@ -64,6 +70,9 @@ class LogRegProbe(ClassifierMixin, BaseEstimator):
     def _owner(self):
         return f"head {self.head_name!r}"
 
+    def _scaled(self, X):
+        return X if self.scaler_ is None else self.scaler_.transform(X)
+
     def _pool(self, X):
         check_pooling(self._owner, self.pooling)
         return pool_array(X, self.pooling) if getattr(X, "ndim", 2) > 2 else X
@@ -73,14 +82,19 @@ def probe_as_head(probe, feature_shape):
     """A fitted scikit-learn logistic regression as the equivalent Keras `linear` head.
 
     Multinomial logistic regression is softmax(x W + b): exactly a Dense layer, so the probe
-    exports like any other head. A binary probe's single logit z becomes the pair (0, z).
-    Classes absent from training get a bias of -1e9 (probability 0), as `predict_proba` has.
+    exports like any other head. The probe's scaler is folded into it: ((x - m) / s) W + b is
+    x (W / s) + (b - (m / s) W), computed in float64 (the head has `standardize=False`, its Dense
+    does all). A binary probe's single logit z becomes the pair (0, z). Classes absent from
+    training get a bias of -1e9 (probability 0), as `predict_proba` has.
     """
     from .linear import LinearHead
 
-    head = LinearHead(num_classes=len(probe.classes_), pooling=probe.pooling)
+    head = LinearHead(num_classes=len(probe.classes_), pooling=probe.pooling, standardize=False)
     head.build((None, *feature_shape[1:]))
-    coef, intercept = probe.model_.coef_, probe.model_.intercept_
+    coef, intercept = probe.model_.coef_.astype("float64"), probe.model_.intercept_.astype("float64")
+    if probe.scaler_ is not None:
+        intercept = intercept - coef @ (probe.scaler_.mean_ / probe.scaler_.scale_)
+        coef = coef / probe.scaler_.scale_
     if coef.shape[0] == 1:
         coef = np.concatenate([np.zeros_like(coef), coef])
         intercept = np.concatenate([np.zeros_like(intercept), intercept])

@@ -95,6 +95,9 @@ def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
 
 def test_exports_reproduce_in_process_predictions(digits_run):
     result, _ = digits_run
+    from transfer.model import model_parts
+
+    assert model_parts(result.model)[2].adapted  # the exports must carry the head's standardization
     images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(16)])
     expected = result.model.predict(images, verbose=0)
     served = tf.saved_model.load(str(result.run_dir / "export/saved_model")).signatures["serving_default"]
@@ -135,20 +138,53 @@ def test_logreg_probe_exports_as_the_equivalent_dense_head(tmp_path):
     assert (tmp_path / "run/export/model.pb").is_file() and not (tmp_path / "run/export/saved_model").exists()
 
 
-@pytest.mark.parametrize("classes", [2, 4])
-def test_probe_as_head_matches_predict_proba(classes):
+@pytest.mark.parametrize("standardize", [True, False])
+@pytest.mark.parametrize("classes,shape,pooling", [(2, (6,), "avg"), (4, (6,), "avg"), (3, (3, 3, 4), "avg"),
+                                                   (3, (3, 3, 4), "flatten")])
+def test_probe_as_head_matches_predict_proba(classes, shape, pooling, standardize):
+    """The probe's scaler is folded into the Dense weights: the same probabilities, also on features
+    far from unit scale (a cut with small activations: mean ~0.05, spread ~0.02)."""
     rng = np.random.default_rng(classes)
-    features = rng.normal(size=(60, 6)).astype("float32")
+    features = (0.02 * rng.normal(size=(60, *shape)) + 0.05).astype("float32")
     labels = rng.integers(0, classes, 60)
     labels[:classes] = np.arange(classes)
-    probe = heads.get("logreg", num_classes=classes + 1).fit(features, labels)  # the last class never seen
+    probe = heads.get("logreg", num_classes=classes + 1, pooling=pooling, standardize=standardize)
+    probe.fit(features, labels)  # the last class never seen
+    assert (probe.scaler_ is not None) is standardize
     head = probe_as_head(probe, features.shape)
+    assert head.standardize is False  # the scaler lives in the Dense weights
     np.testing.assert_allclose(head(features), probe.predict_proba(features), rtol=1e-4, atol=1e-6)
 
 
+def test_every_training_path_adapts_the_head_on_the_features_it_sees(tmp_path):
+    """Raw examples through the backbone, cached features, and with a thaw (from raw examples or
+    from the cached prefix outputs): the head's standardization holds the mean and variance of the
+    training split's features at the start of training (a thaw's are the pretrained ones)."""
+    from transfer.model import model_parts
+
+    common = dict(cut="block2_out", head="conv", head_options={"filters": 4}, epochs=1, patience=None,
+                  export=(), verbose=0)
+    runs = {"raw": transfer.fit("example:digits", DIGITS, **common),
+            "cached": transfer.fit("example:digits", DIGITS, cache_dir=tmp_path / "cache", **common),
+            "thawed": transfer.fit("example:digits", DIGITS, thaw=2, **common),
+            "thawed, cached": transfer.fit("example:digits", DIGITS, thaw=2, cache_dir=tmp_path / "cache", **common)}
+    images = np.stack([x for x, _ in transfer.datasets.load(DIGITS, validation_split=0.2, seed=0).train])
+    preprocessing, feature_layer, _ = model_parts(runs["raw"].model)
+    features = np.asarray(feature_layer(preprocessing(images)))
+    for name, run in runs.items():
+        _, _, head = model_parts(run.model)
+        assert head.adapted, name
+        assert head.standardization.count.numpy() == features[..., 0].size, name
+        np.testing.assert_allclose(head.standardization.mean.numpy(), features.mean(axis=(0, 1, 2)), rtol=1e-4,
+                                   atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(head.standardization.variance.numpy(), features.var(axis=(0, 1, 2)), rtol=1e-3,
+                                   err_msg=name)
+
+
 def test_hand_built_model_with_a_registered_head(tiny, images16):
-    model = keras.Sequential([keras.Input((16, 16, 3)), FeatureLayer(tiny.path, cut="conv2"),
-                              heads.get("mlp", num_classes=3, hidden=(8,))])
+    features = FeatureLayer(tiny.path, cut="conv2")
+    head = heads.get("mlp", num_classes=3, hidden=(8,)).adapt(features(images16))  # as README "Python API" says
+    model = keras.Sequential([keras.Input((16, 16, 3)), features, head])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(images16, np.arange(6) % 3, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and model.predict(images16, verbose=0).shape == (6, 3)
@@ -376,10 +412,11 @@ def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit():
     backbone = Backbone.load("example:digits", cut="block2_out")
     graph = weakref.ref(backbone._function.graph)
     inputs = keras.Input((8, 8, 1))
-    model = keras.Model(inputs, heads.get("linear", num_classes=2, pooling="flatten")(FeatureLayer(backbone)(inputs)))
+    head = heads.get("linear", num_classes=2, pooling="flatten", standardize=False)
+    model = keras.Model(inputs, head(FeatureLayer(backbone)(inputs)))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(images, np.arange(8) % 2, epochs=1, verbose=0, callbacks=[transfer.ReleaseTracedSteps()])
-    del backbone, model, inputs
+    del backbone, model, inputs, head
     keras.backend.clear_session()
     gc.collect()
     assert graph() is None
@@ -408,3 +445,15 @@ def test_inputs_on_another_scale_than_the_training_data_are_warned_about(digits_
     with pytest.warns(TransferWarning, match=r"as_png\.npy: inputs range 0\.\.255, but the run was trained on "
                                              r"inputs in 0\.\.16"):
         transfer.predict(result.run_dir, [tmp_path / "as_png.npy"])
+
+
+def test_a_head_adapts_on_examples_spread_over_a_split_stored_class_by_class():
+    from transfer.training import spread_sample
+
+    labels = np.repeat(np.arange(5), 1000)  # sorted by class, as an image folder is
+    stream = tf.data.Dataset.from_tensor_slices(labels)
+    sample = np.array(list(spread_sample(stream, 1024).as_numpy_iterator()))
+    assert len(sample) == 1000 and np.array_equal(np.bincount(sample), [200] * 5)  # every 5th
+    unknown = stream.filter(lambda x: True)  # cardinality unknown: the first examples
+    assert len(list(spread_sample(unknown, 1024).as_numpy_iterator())) == 1024
+    assert len(list(spread_sample(stream.take(300), 1024).as_numpy_iterator())) == 300

@@ -1,5 +1,6 @@
 """Heads: shapes per feature rank, config and .keras round trips, learning a toy task, registry."""
 import inspect
+import warnings
 from importlib.metadata import EntryPoint
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
@@ -27,6 +29,7 @@ from transfer.heads import (  # noqa: E402
     registry,
     resolve,
 )
+from transfer.heads.standardization import StandardizationWarning  # noqa: E402
 
 NUM_CLASSES = 3
 # Non-default options, so that config and save/load tests see them survive.
@@ -198,7 +201,7 @@ def test_head_learns_a_separable_toy_task(name, rank, options):
     keras.utils.set_random_seed(0)
     x, y = toy_task(rank)
     train, test = slice(0, 180), slice(180, None)
-    model = keras.Sequential([keras.Input(x.shape[1:]), make_head(name, **options)])
+    model = keras.Sequential([keras.Input(x.shape[1:]), make_head(name, **options).adapt(x[train])])
     model.compile(keras.optimizers.Adam(0.03), loss="sparse_categorical_crossentropy")
     model.fit(x[train], y[train], epochs=8, batch_size=30, verbose=0)
     accuracy = np.mean(np.argmax(model.predict(x[test], verbose=0), axis=1) == y[test])
@@ -223,11 +226,105 @@ def test_attention_head_finds_the_position_that_average_pooling_misses():
     accuracy = {}
     for name in ("attention", "linear"):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input(x.shape[1:]), get(name, num_classes=NUM_CLASSES)])
+        model = keras.Sequential([keras.Input(x.shape[1:]), get(name, num_classes=NUM_CLASSES).adapt(x[:240])])
         model.compile(keras.optimizers.Adam(0.03), loss="sparse_categorical_crossentropy")
         model.fit(x[:240], y[:240], epochs=8, batch_size=30, verbose=0)
         accuracy[name] = np.mean(np.argmax(model.predict(x[240:], verbose=0), axis=1) == y[240:])
     assert accuracy["attention"] > 0.9 and accuracy["linear"] < 0.6
+
+
+# --- standardized inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,rank,options", LEARNS)
+def test_head_learns_the_same_task_on_features_far_from_unit_scale(name, rank, options):
+    """The toy task's features times 1e-3 plus 0.05 (a cut with small activations) learn as well."""
+    keras.utils.set_random_seed(0)
+    x, y = toy_task(rank)
+    x = 1e-3 * x + 0.05
+    model = keras.Sequential([keras.Input(x.shape[1:]), make_head(name, **options).adapt(x[:180])])
+    model.compile(keras.optimizers.Adam(0.03), loss="sparse_categorical_crossentropy")
+    model.fit(x[:180], y[:180], epochs=8, batch_size=30, verbose=0)
+    assert np.mean(np.argmax(model.predict(x[180:], verbose=0), axis=1) == y[180:]) > 0.9
+
+
+@pytest.mark.parametrize("name,rank", ACCEPTED)
+def test_an_adapted_head_does_not_see_a_per_channel_scale_and_offset(name, rank):
+    x = features(rank, batch=40)
+    channels = x.shape[-1]
+    scale = np.geomspace(1e-4, 1e3, channels)
+    moved = (x * scale + scale * np.linspace(-5, 5, channels)).astype("float32")
+    head, moved_head = make_head(name).adapt(x), make_head(name).adapt(moved)
+    head(x), moved_head(moved)
+    # the same weights but the statistics (both heads list their weights in the same order)
+    moved_head.set_weights([moved if "standardization" in weight.path else own
+                            for weight, own, moved in zip(moved_head.weights, head.get_weights(),
+                                                          moved_head.get_weights())])
+    np.testing.assert_allclose(np.asarray(moved_head(moved)), np.asarray(head(x)), rtol=1e-3, atol=1e-4)
+
+
+def test_adapt_computes_per_channel_mean_and_variance_over_every_other_axis():
+    x = (features(4, batch=50) * np.array([1e-3, 1.0, 10.0, 0.0]) + 0.046).astype("float32")
+    expected_mean, expected_variance = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    expected_variance[3] = 1.0  # a constant channel is only centred
+    labels = np.arange(50) % NUM_CLASSES
+    pairs = tf.data.Dataset.from_tensor_slices((x, labels)).batch(7)
+    for data in (x, pairs, pairs.map(lambda f, _: f), (x[i:i + 9] for i in range(0, 50, 9))):
+        layer = get("conv", num_classes=NUM_CLASSES).adapt(data).standardization
+        np.testing.assert_allclose(layer.mean.numpy(), expected_mean, rtol=1e-5)
+        np.testing.assert_allclose(layer.variance.numpy(), expected_variance, rtol=1e-4)
+        assert layer.count.numpy() == 50 * 9
+    first = get("conv", num_classes=NUM_CLASSES).adapt(pairs, steps=2).standardization
+    np.testing.assert_allclose(first.mean.numpy(), x[:14].mean(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_a_head_never_adapted_warns_once_when_it_trains_and_standardize_false_does_not():
+    x, y = blobs(n=60)
+    for options, warns in (({}, True), ({"standardize": False}, False)):
+        head = get("mlp", num_classes=NUM_CLASSES, **options)
+        model = keras.Sequential([keras.Input((8,)), head])
+        model.compile("adam", loss="sparse_categorical_crossentropy")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            head(x)  # predicting: no warning
+            model.fit(x, y, epochs=2, verbose=0)
+        said = [str(w.message) for w in caught if issubclass(w.category, StandardizationWarning)]
+        assert said == (["head 'mlp': its input standardization was never adapted, so features pass unchanged; "
+                         "call head.adapt(training_features) before training, or build the head with "
+                         "standardize=False"] if warns else [])
+        assert head.adapted is not warns
+        assert (head.standardization is None) is not warns
+        assert head.adapt(x) is head and head.adapted  # standardize=False: nothing to adapt
+
+
+def test_adapted_statistics_survive_a_safe_mode_keras_file(tmp_path):
+    x = 0.01 * features(4, batch=30) + 0.05
+    model = keras.Sequential([keras.Input(SHAPES[4]), make_head("conv").adapt(x)])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    head = loaded.layers[-1]
+    assert head.adapted and head.get_config()["standardize"] is True
+    np.testing.assert_allclose(head.standardization.mean.numpy(), x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+
+
+def test_standardize_is_a_head_option_on_the_command_line():
+    from transfer.cli import _key_value
+
+    assert _key_value("standardize=false") == ("standardize", False)
+    assert _key_value("standardize=true,false") == ("standardize", [True, False])  # a sweep axis
+    assert get("conv", num_classes=2, standardize=False).standardization is None
+
+
+def test_adapt_refuses_features_the_head_cannot_read():
+    with pytest.raises(TransferError, match=r"^head 'conv' needs 4-D spatial features .*got shape \(20, 8\)$"):
+        get("conv", num_classes=2).adapt(features(2, batch=20))
+    head = get("linear", num_classes=2)
+    head(features(2))
+    with pytest.raises(TransferError, match=r"^standardization: features have 4 channels, the head was built for 8$"):
+        head.adapt(features(4))
+    with pytest.raises(TransferError, match=r"^head 'linear': adapt was given no features$"):
+        get("linear", num_classes=2).adapt(iter([]))
 
 
 # --- pooling ------------------------------------------------------------------------------------
@@ -261,7 +358,8 @@ def test_flatten_pooling_refuses_unknown_spatial_size():
 def test_logreg_probe_follows_scikit_learn_conventions():
     check_estimator(LogRegProbe())  # raises on the first failed check
     probe = get("logreg", C=0.5, pooling="max")
-    assert probe.get_params() == {"num_classes": None, "C": 0.5, "max_iter": 1000, "pooling": "max"}
+    assert probe.get_params() == {"num_classes": None, "C": 0.5, "max_iter": 1000, "pooling": "max",
+                                  "standardize": True}
     assert clone(probe.set_params(C=2.0)).C == 2.0
     assert resolve("logreg").is_keras is False and all(cls.is_keras for cls in CLASSES.values())
 
@@ -296,7 +394,7 @@ def own_registry(monkeypatch):
 
 
 def test_available_lists_the_built_in_heads_and_filters_by_pattern(own_registry):
-    assert available() == ["attention", "conv", "linear", "logreg", "mlp"]
+    assert available() == ["attention", "conv", "linear", "logreg", "mlp", "multilayer"]
     assert available("l*") == ["linear", "logreg"]
     assert available("nothing*") == []
 
@@ -335,7 +433,7 @@ def test_get_loads_a_third_party_head_from_its_entry_point(own_registry, monkeyp
     monkeypatch.setattr(
         registry, "entry_points", lambda group: [p for p in points if p.group == group]
     )
-    assert available() == ["attention", "broken", "conv", "linear", "logreg", "mlp", "thirdparty"]
+    assert available() == ["attention", "broken", "conv", "linear", "logreg", "mlp", "multilayer", "thirdparty"]
     head = get("thirdparty", num_classes=4)
     assert type(head) is LinearHead and head.num_classes == 4
     assert LinearHead.head_name == "linear"  # an alias does not rename the class
@@ -378,6 +476,7 @@ def test_missing_num_classes_is_named():
         ("attention", {"num_classes": 1}, r"head 'attention': num_classes=1 must be an integer"
          r" >= 2"),
         ("conv", {"filters": "8"}, r"head 'conv': filters='8' must be an integer >= 1"),
+        ("conv", {"standardize": "no"}, r"head 'conv': standardize='no' must be true or false"),
     ],
 )
 def test_bad_option_value_is_one_line_naming_head_and_option(name, options, pattern):

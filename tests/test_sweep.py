@@ -167,6 +167,19 @@ def test_train_setting_learns_separable_features(features, head, options):
         assert trained(np.zeros((2, *splits.feature_shapes[0]), "float32")).shape == (2, 3)
 
 
+def test_train_setting_adapts_the_head_on_the_training_features_at_any_scale():
+    """Features of a cut with small activations (x 1e-3 + 0.05) train as well as unit-scale ones."""
+    splits = channel_means()
+    small = FeatureSplits(*(split.map(lambda x, y: (1e-3 * x + 0.05, y)) for split in
+                            (splits.train, splits.validation, splits.test)), splits.feature_shape, CLASSES)
+    setting = expand_grid(["conv"], **GOOD, head_options={"filters": [[8]]})[0]
+    head, metrics = train_setting(small, setting, seed=0)
+    train = np.stack([x for x, _ in small.train.as_numpy_iterator()])
+    np.testing.assert_allclose(head.standardization.mean.numpy(), train.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(head.standardization.variance.numpy(), train.var(axis=(0, 1, 2)), rtol=1e-3)
+    assert metrics["val_accuracy"] > 0.9
+
+
 def test_train_setting_without_a_test_split_reports_none():
     _, metrics = train_setting(blobs(test=False), BAD, seed=0)
     assert metrics["test_accuracy"] is None and metrics["epochs_run"] == 1

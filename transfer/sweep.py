@@ -33,7 +33,7 @@ from transfer.pipeline import FeatureSplits
 from transfer.settings import check_setting, default
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training import train_keras
+from transfer.training import adapt_on_features, train_keras
 from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
@@ -191,6 +191,7 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
         epochs_run, predict = None, head.predict_proba
     else:
         with _quiet_retracing():
+            adapt_on_features(head, features, suffix, EVAL_BATCH)  # timed, as part of training
             epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started

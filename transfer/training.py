@@ -30,6 +30,7 @@ from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_me
 from transfer.tensorboard_logs import TensorBoardLogs
 from transfer.trace_memory import forgetting_step_gradients
 
+ADAPT_EXAMPLES = 1024  # training examples a head's input standardization is adapted on (`adapt_head`)
 
 
 @dataclasses.dataclass
@@ -162,6 +163,7 @@ def _train_head(source, features, settings: TrainingSettings, head, head_options
         return head_layer, source.model(head_layer), TrainingLog({})
     head_layer = heads.get(head, num_classes=num_classes, **head_options)
     trained = source.model(head_layer)
+    adapt_head(head_layer, source)
     class_weight = settings.class_weight
     if class_weight == "balanced":
         class_weight = _class_weights(source.split("train"))
@@ -172,6 +174,29 @@ def _train_head(source, features, settings: TrainingSettings, head, head_options
                       optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
                       callbacks=[*plan.callbacks, *callbacks], verbose=verbose)
     return head_layer, trained, log
+
+
+def adapt_head(head, source) -> None:
+    """Adapt a head's input standardization (`transfer.heads`) on what it will see at the start of
+    training: the features of at most ADAPT_EXAMPLES training examples, spread over the split;
+    with a thaw, the thawed layers' outputs before they train. Heads without one: nothing to do."""
+    if not getattr(head, "standardize", False) or not callable(getattr(head, "adapt", None)):
+        return
+    inputs = source.model(keras.layers.Identity())
+    head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
+
+
+def adapt_on_features(head, features, suffix=None, batch_size: int = 256) -> None:
+    """`adapt_head` for a head trained on `FeatureSplits` (a sweep), through `suffix` for a thaw."""
+    adapt_head(head, _CachedTraining(features, batch_size, 0, suffix))
+
+
+def spread_sample(stream, count: int, size: int | None = None):
+    """At most `count` examples of an unshuffled stream, every k-th over all of it when its size is
+    known (`size`, else the stream's cardinality), so a split stored class by class gives every class."""
+    size = size or int(stream.cardinality())  # < 0: unknown
+    every = -(-size // count) if size > 0 else 1
+    return (stream.shard(every, 0) if every > 1 else stream).take(count)
 
 
 class _UncachedTraining:
@@ -190,6 +215,10 @@ class _UncachedTraining:
     def split(self, role):
         return self.inputs.batches.evaluation(role)
 
+    def adapt_batches(self):
+        sample = spread_sample(self.inputs.splits.train, ADAPT_EXAMPLES, self.inputs.splits.sizes.get("train"))
+        return self.inputs.kind.batchable(sample, None).batch(self.inputs.batches.batch_size)
+
 
 class _CachedTraining:
     """The head trains on cached features: the backbone never runs. With `suffix` (a thaw), the
@@ -207,6 +236,9 @@ class _CachedTraining:
 
     def split(self, role):
         return self.features.evaluation(role, self.batch_size)
+
+    def adapt_batches(self):
+        return spread_sample(self.features.train, ADAPT_EXAMPLES).batch(self.batch_size)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,184 @@
+"""The `multilayer` head: several cuts pooled, standardized, concatenated, a sparse linear classifier."""
+import inspect
+
+import numpy as np
+import pytest
+
+from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from transfer.heads import MultiLayerHead, available, choose_multilayer, get  # noqa: E402
+from transfer.heads.multilayer import GridPooling  # noqa: E402
+from transfer.model import head_model  # noqa: E402
+from transfer.pipeline import FeatureSplits  # noqa: E402
+from transfer.sweep import expand_grid, train_setting  # noqa: E402
+
+NUM_CLASSES = 3
+SHAPES = [(4, 4, 6), (10,), (5, 7)]  # a map, vectors, a sequence: the informative one is input 1
+
+
+def three_cuts(n=600, seed=0):
+    """Three inputs of different ranks and scales; only input 1 (small: ~0.05 +- 0.01) tells the class."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % NUM_CLASSES
+    centres = 1.5 * rng.normal(size=(NUM_CLASSES, 10))
+    x0 = rng.normal(size=(n, *SHAPES[0]))
+    x1 = 0.01 * (centres[y] + rng.normal(size=(n, 10))) + 0.05
+    x2 = 100 * rng.normal(size=(n, *SHAPES[2]))
+    return [x.astype("float32") for x in (x0, x1, x2)], y
+
+
+def split(xs, y, part):
+    return [x[part] for x in xs], y[part]
+
+
+def trained(penalty, strength=1e-2, epochs=30, grid=2):
+    keras.utils.set_random_seed(0)
+    xs, y = three_cuts()
+    train, validation = split(xs, y, slice(0, 400)), split(xs, y, slice(400, None))
+    head = get("multilayer", num_classes=NUM_CLASSES, grid=grid, penalty=penalty, strength=strength)
+    model = head_model(SHAPES, head)
+    head.adapt(train[0])
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(*train, epochs=epochs, batch_size=64, verbose=0)
+    return head, model, model.evaluate(*validation, verbose=0)[1]
+
+
+@pytest.mark.parametrize("penalty", ["group_lasso", "l1"])
+def test_learns_from_the_one_informative_cut_and_keeps_only_it(penalty):
+    head, _, accuracy = trained(penalty)
+    assert accuracy > 0.95
+    assert head.kept == (1,)
+    norms = head.group_norms()
+    assert norms[1] > 20 * max(norms[0], norms[2])
+    kept = head.kept_features()
+    assert [len(k) for k in kept[::2]] == [0, 0] and len(kept[1]) >= 5
+
+
+def test_pools_each_input_to_a_grid_and_says_how_many_features_each_gives():
+    head, _, _ = trained("group_lasso", epochs=1)
+    assert head.sizes == [2 * 2 * 6, 10, 2 * 7]  # 2x2 cells of the map, 2 segments of the sequence
+    assert [len(norms) for norms in head.feature_norms()] == head.sizes
+
+
+def test_grid_pooling_averages_cells_like_adaptive_average_pooling():
+    x = np.random.default_rng(0).normal(size=(2, 5, 4, 3)).astype("float32")
+    pooled = np.asarray(GridPooling(2)(x))
+    rows, cols = [(0, 3), (2, 5)], [(0, 2), (2, 4)]  # 5 rows: overlapping bins, as torch's adaptive pooling
+    expected = np.concatenate([x[:, r0:r1, c0:c1].mean(axis=(1, 2)) for r0, r1 in rows for c0, c1 in cols], axis=-1)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(GridPooling(1)(x)), x.mean(axis=(1, 2)), rtol=1e-6)
+    sequence = x.reshape(2, 20, 3)
+    np.testing.assert_allclose(np.asarray(GridPooling(4)(sequence)),
+                               sequence.reshape(2, 4, 5, 3).mean(axis=2).reshape(2, 12), rtol=1e-6)
+    assert GridPooling(3).compute_output_shape((None, 5, 4, 3)) == (None, 27)
+    assert GridPooling(3).compute_output_shape((None, 8)) == (None, 8)
+
+
+def test_get_config_holds_exactly_the_constructor_arguments_and_round_trips():
+    head = get("multilayer", num_classes=4, grid=2, penalty="l1", strength=0.5, tolerance=0.2, logits=True,
+               standardize=False)
+    config = head.get_config()
+    assert set(config) == (set(inspect.signature(MultiLayerHead).parameters) - {"kwargs"}) | {
+        "name", "trainable", "dtype"}
+    assert (config["grid"], config["penalty"], config["strength"], config["tolerance"]) == (2, "l1", 0.5, 0.2)
+    assert MultiLayerHead.from_config(config).get_config() == config
+    assert "multilayer" in available()
+
+
+def test_a_model_with_several_inputs_round_trips_through_a_safe_mode_keras_file(tmp_path):
+    head, model, _ = trained("group_lasso", epochs=3)
+    head.set_mask([np.arange(5), np.arange(10), np.arange(14)])  # the mask is saved too
+    xs, _ = three_cuts(n=20, seed=1)
+    expected = model.predict(xs, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    restored = loaded.layers[-1]
+    assert type(restored) is MultiLayerHead and restored.get_config() == head.get_config()
+    assert restored.adapted and restored.sizes == head.sizes
+    np.testing.assert_allclose(loaded.predict(xs, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert restored.kept == head.kept
+    np.testing.assert_allclose(restored.group_norms(), head.group_norms(), rtol=1e-6)
+
+
+def test_the_regularization_loss_is_the_group_lasso_of_the_kernel():
+    head = get("multilayer", num_classes=2, strength=0.1)
+    head([np.zeros((1, 3), "float32"), np.zeros((1, 2, 2, 4), "float32")])
+    head.classifier.kernel.assign(np.random.default_rng(0).normal(size=(7, 2)))  # it starts at zeros
+    kernel = head.classifier.kernel.numpy()
+    expected = 0.1 * (np.sqrt(3) * np.linalg.norm(kernel[:3]) + np.sqrt(4) * np.linalg.norm(kernel[3:]))
+    np.testing.assert_allclose(float(sum(head.losses)), expected, rtol=1e-5)
+    l1 = get("multilayer", num_classes=2, penalty="l1", strength=0.1)
+    l1([np.zeros((1, 3), "float32")])
+    l1.classifier.kernel.assign(np.random.default_rng(1).normal(size=(3, 2)))
+    np.testing.assert_allclose(float(sum(l1.losses)), 0.1 * np.abs(l1.classifier.kernel.numpy()).sum(), rtol=1e-5)
+
+
+def test_adapt_standardizes_each_pooled_input_and_takes_datasets_of_pairs():
+    xs, y = three_cuts(n=90)
+    from_arrays = get("multilayer", num_classes=NUM_CLASSES).adapt(xs)
+    pairs = tf.data.Dataset.from_tensor_slices((tuple(xs), y)).batch(16)
+    from_pairs = get("multilayer", num_classes=NUM_CLASSES).adapt(pairs)
+    for head in (from_arrays, from_pairs):
+        assert head.adapted
+        for standardization, x in zip(head.standardizations, xs):
+            pooled = x.mean(axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else x
+            np.testing.assert_allclose(standardization.mean.numpy(), pooled.mean(axis=0), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(standardization.variance.numpy(), pooled.var(axis=0), rtol=1e-3)
+    one = get("multilayer", num_classes=NUM_CLASSES)
+    one(xs[1])  # a single cut: a list of one
+    one.adapt(tf.data.Dataset.from_tensor_slices((xs[1], y)).batch(16))
+    np.testing.assert_allclose(one.standardizations[0].mean.numpy(), xs[1].mean(axis=0), rtol=1e-4)
+
+
+def test_a_sweep_trains_it_on_features_of_several_cuts():
+    """What fit and sweep do with any Keras head (adapt, then model.fit) works with several inputs."""
+    xs, y = three_cuts(n=300)
+    streams = [tf.data.Dataset.from_tensor_slices((tuple(x[part] for x in xs), y[part]))
+               for part in (slice(0, 180), slice(180, 240), slice(240, None))]
+    features = FeatureSplits(*streams, SHAPES, ["a", "b", "c"])
+    setting = expand_grid(["multilayer"], lr=0.01, epochs=20, batch_size=32, optimizer="adam",
+                          head_options={"strength": [3e-2]})[0]
+    head, metrics = train_setting(features, setting, seed=0)
+    assert head.adapted and metrics["val_accuracy"] > 0.9 and head.kept == (1,)
+
+
+def test_choose_multilayer_picks_a_strength_and_a_keep_fraction_on_validation():
+    xs, y = three_cuts(n=300)
+    train = split(xs, y, slice(0, 200))
+    validation = tf.data.Dataset.from_tensor_slices((tuple(x[200:] for x in xs), y[200:]))  # a dataset works too
+    choice = choose_multilayer(train, validation, NUM_CLASSES, strengths=(1e-3, 3e-2), keep_fractions=(None, 0.3),
+                               epochs=15)
+    assert len(choice.tried) == 4 and {t["keep_fraction"] for t in choice.tried} == {None, 0.3}
+    best = max(t["val_accuracy"] for t in choice.tried)
+    assert choice.val_accuracy == best > 0.9
+    assert choice.head.kept == (1,) and choice.head.adapted
+    refit = [t for t in choice.tried if t["keep_fraction"] == 0.3]
+    assert all(t["kept"] == [1] for t in refit)  # the top 30 % of the 23 features all come from input 1
+
+
+@pytest.mark.parametrize("options,pattern", [
+    ({"grid": 0}, r"head 'multilayer': grid=0 must be an integer >= 1"),
+    ({"penalty": "ridge"}, r"head 'multilayer': penalty='ridge' must be one of group_lasso, l1, none"),
+    ({"strength": -1}, r"head 'multilayer': strength=-1 must be a number >= 0"),
+    ({"tolerance": 2}, r"head 'multilayer': tolerance=2 must be a number >= 0 and <= 1"),
+    ({"standardize": "yes"}, r"head 'multilayer': standardize='yes' must be true or false"),
+])
+def test_bad_options_are_one_line_errors(options, pattern):
+    with pytest.raises(TransferError, match=f"^{pattern}$"):
+        get("multilayer", num_classes=3, **options)
+
+
+def test_inputs_it_cannot_read_are_one_line_errors():
+    with pytest.raises(TransferError, match=r"^head 'multilayer' needs a list of 2-D, 3-D or 4-D feature tensors "
+                                            r"\(one per cut\), got shape \(None, 2, 2, 2, 3\) for input 1$"):
+        get("multilayer", num_classes=3)([keras.Input((4,)), keras.Input((2, 2, 2, 3))])
+    with pytest.raises(TransferError, match=r"^head 'multilayer': grid=2 needs a fixed spatial size, input 0 has "
+                                            r"shape \(None, None, None, 8\); use grid=1 \(global average\)$"):
+        get("multilayer", num_classes=3, grid=2)([keras.Input((None, None, 8))])
+    head = get("multilayer", num_classes=3)
+    head([np.zeros((1, 4), "float32"), np.zeros((1, 5), "float32")])
+    with pytest.raises(TransferError, match=r"head .multilayer. was built for 2 inputs, got 1"):  # Keras adds to it
+        head([np.zeros((1, 4), "float32")])
