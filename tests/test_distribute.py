@@ -1,0 +1,189 @@
+"""Training under a tf.distribute strategy (issue 14 item 3): two logical CPUs, two workers on
+127.0.0.1, and the strategy's bad inputs. Logical devices and MultiWorkerMirroredStrategy must
+be set up before TensorFlow starts, so those runs are subprocesses (with timeouts)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from transfer import distribute
+from transfer.cli import STRATEGIES, main
+from transfer.errors import TransferError
+
+DIGITS = "digits:5-9?per_class=10"
+FIT = ["fit", "--backbone", "example:digits", "--cut", "block2_out", "--head-opt", "pooling=flatten",
+       "--data", DIGITS, "--lr", "0.01"]
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_python(code: str, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    """`code` in a fresh Python, so that it configures TensorFlow before TensorFlow starts."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env={**QUIET, **env})
+
+
+def last_json_line(output: str):
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_cli_and_module_name_the_same_strategies():
+    assert STRATEGIES == distribute.STRATEGIES
+
+
+def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device():
+    """Same data, seed and global batch: the replicas' summed gradients are the one device's
+    (exactly so without shuffling, see the second check); the shuffle order under a strategy
+    differs (the distributed dataset is a rewritten pipeline), hence "within seed noise"."""
+    done = run_python("""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras, numpy as np, transfer
+        from transfer.distribute import fit_model
+
+        def run(strategy):
+            result = transfer.fit("example:digits", "digits:5-9?per_class=20", cut="block2_out", head="linear",
+                                  head_options={"pooling": "flatten"}, epochs=12, lr=0.01, verbose=0,
+                                  strategy=strategy)
+            return result.metrics["test"]["accuracy"]
+
+        def unshuffled(strategy):
+            keras.utils.set_random_seed(0)
+            x = np.random.default_rng(0).normal(size=(50, 8)).astype("float32")
+            y = (np.arange(50) % 3).astype("int32")
+            with strategy.scope():
+                model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+                model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            fit_model(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=2)
+            return [w.tolist() for w in model.get_weights()]
+
+        mirrored = transfer.distribute.strategy_named("mirrored")
+        print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "one": run("default"),
+                          "two": run(mirrored), "weights_one": unshuffled(tf.distribute.get_strategy()),
+                          "weights_two": unshuffled(mirrored)}))
+    """, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = last_json_line(done.stdout)
+    assert found["replicas"] == 2
+    assert found["one"] > 0.7 and found["two"] > 0.7  # chance is 0.2
+    assert abs(found["one"] - found["two"]) < 0.1
+    for one, two in zip(found["weights_one"], found["weights_two"]):
+        assert np.allclose(one, two, atol=1e-5)
+
+
+def test_mirrored_with_one_device_trains_and_says_so(tmp_path, capsys):
+    code = main([*FIT, "--epochs", "2", "--strategy", "mirrored", "--export", "none", "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert "warning: --strategy mirrored over 1 device (CPU:0): the same as default" in capsys.readouterr().err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] == {"name": "mirrored", "replicas": 1}
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def start_worker(index: int, hosts: list[str], arguments: list[str], home):
+    """One `transfer` process of the cluster, in its own working and temporary directories."""
+    (home / "tmp").mkdir(parents=True)
+    tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+    return subprocess.Popen([sys.executable, "-m", "transfer.cli", *arguments], cwd=home, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**QUIET, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(home / "tmp")})
+
+
+def finish(workers, timeout: float) -> list[tuple[int, str, str]]:
+    """Every worker's (exit status, stdout, stderr); all are killed if one hangs."""
+    try:
+        return [(worker.wait(timeout=timeout), *worker.communicate()) for worker in workers]
+    except subprocess.TimeoutExpired:
+        for worker in workers:
+            worker.kill()
+        raise
+
+
+def files_under(path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_path):
+    """`--strategy multiworker` as two processes: Keras' model.fit cannot run there, the step
+    loop does. Both see the same logs, early stopping included; worker 1 leaves nothing."""
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    out = tmp_path / "run"
+    arguments = [*FIT, "--epochs", "4", "--strategy", "multiworker", "--out", str(out), "--json"]
+    workers = [start_worker(index, hosts, arguments, tmp_path / f"worker{index}") for index in range(2)]
+    (chief_code, chief_out, chief_err), (other_code, other_out, other_err) = finish(workers, timeout=120)
+    assert chief_code == 0, chief_err[-3000:]
+    assert other_code == 0, other_err[-3000:]
+    chief, other = json.loads(chief_out), json.loads(other_out)
+    assert chief.pop("train_seconds") > 0 and other.pop("train_seconds") > 0
+    assert chief == other  # one model: the same metrics, the same epoch kept
+    assert chief["training"]["epochs_run"] == 4 and chief["test"]["accuracy"] > 0.4  # chance is 0.2
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy"] == {"name": "multiworker", "replicas": 2}
+    assert {"model.keras", "metrics.json", "history.csv", "export"} <= set(files_under(out))
+    assert files_under(tmp_path / "worker1") == ["tmp"]  # neither its directory nor its temporary one
+    assert files_under(tmp_path / "worker0") == ["tmp"]
+    assert not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "TF_CONFIG, which is not set"),
+    ("{cluster", "TF_CONFIG is not JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG has no cluster"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "TF_CONFIG has no task"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}',
+     "TF_CONFIG task type 'chief' is not in its cluster; valid: worker"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "TF_CONFIG task index 2 names worker 2, but the cluster has 2 worker(s): valid indices 0 to 1"),
+])
+def test_a_bad_tf_config_is_one_line_naming_what_is_wrong(tf_config, message, monkeypatch, capsys, tmp_path):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert main([*FIT, "--strategy", "multiworker", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_strategy_names_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*FIT, "--strategy", "tpu"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --strategy: invalid choice: 'tpu' (choose from" in err
+    assert all(name in err.splitlines()[-1] for name in STRATEGIES)
+    with pytest.raises(TransferError, match="strategy='tpu' .--strategy. must be one of default, mirrored, "
+                                            "multiworker"):
+        distribute.strategy_named("tpu")
+
+
+def test_multiworker_after_tensorflow_started_says_how_to_pass_a_strategy():
+    """TensorFlow allows collective ops only before its first op; a script that ran TF already
+    gets one line saying what to do instead of TF's RuntimeError."""
+    done = run_python("""
+        import json, tensorflow as tf, transfer
+        from transfer.distribute import strategy_named
+        tf.constant(1.0) + 1
+        try:
+            strategy_named("multiworker")
+        except transfer.TransferError as error:
+            print(error)
+    """, TF_CONFIG=json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                               "task": {"type": "worker", "index": 0}}))
+    assert "must be set up before TensorFlow runs anything" in done.stdout, done.stderr[-2000:]
+    assert "strategy=" in done.stdout
