@@ -1,6 +1,7 @@
 """Training under a tf.distribute strategy (issue 14 item 3): two logical CPUs, two workers on
 127.0.0.1, and the strategy's bad inputs. Logical devices and MultiWorkerMirroredStrategy must
 be set up before TensorFlow starts, so those runs are subprocesses (with timeouts)."""
+import csv
 import json
 import os
 import socket
@@ -10,6 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+import keras
 
 from transfer import distribute
 from transfer.cli import STRATEGIES, main
@@ -76,6 +80,64 @@ def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device():
         assert np.allclose(one, two, atol=1e-5)
 
 
+class Recorder(keras.callbacks.Callback):
+    """What callbacks see: every hook in order, and the logs of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.events, self.epochs = [], []
+
+    def on_train_begin(self, logs=None):
+        self.events.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.events.append(f"epoch_begin {epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.events.append(f"batch_end {batch} {sorted(logs)}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(dict(logs))
+
+    def on_train_end(self, logs=None):
+        self.events.append("train_end")
+
+
+def fit_by(loop, class_weight=None):
+    """A small model trained on fixed batches by `loop`; what it and its callbacks ended with."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)).astype("float32"), (np.arange(40) % 3).astype("int32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(2.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])  # lr 2: val_loss soon stops improving, early stopping ends the run
+    recorder = Recorder()
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = loop(model, batches, validation=batches, epochs=20, callbacks=[recorder, stopper],
+                   class_weight=class_weight)
+    return history.history, recorder, stopper, model.get_weights()
+
+
+@pytest.mark.parametrize("class_weight", [None, {0: 1.0, 1: 3.0, 2: 0.5}])
+def test_the_step_loop_keeps_model_fits_contract(class_weight):
+    """The multi-worker loop (here under the default strategy) against Keras' model.fit: the
+    same history, hooks, logs, early stopping and restored weights."""
+    def step_loop(model, train, *, validation, epochs, callbacks, class_weight):
+        return distribute._StepLoop(model).fit(train, validation, epochs, callbacks, class_weight, verbose=0)
+
+    keras_history, keras_seen, keras_stop, keras_weights = fit_by(distribute.fit_model, class_weight)
+    history, seen, stop, weights = fit_by(step_loop, class_weight)
+    assert keras_stop.stopped_epoch > 0 and stop.stopped_epoch == keras_stop.stopped_epoch
+    assert stop.best_epoch == keras_stop.best_epoch
+    assert seen.events == keras_seen.events
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} == set(keras_history)
+    for name, values in keras_history.items():
+        assert np.allclose(history[name], values, atol=1e-5), name
+    for mine, theirs in zip(weights, keras_weights):
+        assert np.allclose(mine, theirs, atol=1e-5)
+
+
 def test_mirrored_with_one_device_trains_and_says_so(tmp_path, capsys):
     code = main([*FIT, "--epochs", "2", "--strategy", "mirrored", "--export", "none", "--out", str(tmp_path / "run")])
     assert code == 0
@@ -118,25 +180,44 @@ def files_under(path) -> list[str]:
 
 
 def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_path):
-    """`--strategy multiworker` as two processes: Keras' model.fit cannot run there, the step
-    loop does. Both see the same logs, early stopping included; worker 1 leaves nothing."""
+    """`--strategy multiworker` as two processes, where Keras' model.fit cannot run and the step
+    loop does: thawed layers from the shared feature cache, their GroupedOptimizer, gradual
+    unfreezing, class weights and TensorBoard's callback. Both end with the same model; the
+    chief writes the run directory, worker 1 nothing (its temporary directory is removed)."""
     hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
     out = tmp_path / "run"
-    arguments = [*FIT, "--epochs", "4", "--strategy", "multiworker", "--out", str(out), "--json"]
+    arguments = ["fit", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DIGITS, "--lr", "0.01",
+                 "--epochs", "3", "--thaw", "2", "--unfreeze-every", "1", "--thaw-lr-scale", "0.5",
+                 "--class-weight", "balanced", "--cache-dir", str(tmp_path / "cache"), "--tensorboard",
+                 "--strategy", "multiworker", "--out", str(out), "--json"]
     workers = [start_worker(index, hosts, arguments, tmp_path / f"worker{index}") for index in range(2)]
-    (chief_code, chief_out, chief_err), (other_code, other_out, other_err) = finish(workers, timeout=120)
+    (chief_code, chief_out, chief_err), (other_code, other_out, other_err) = finish(workers, timeout=240)
     assert chief_code == 0, chief_err[-3000:]
     assert other_code == 0, other_err[-3000:]
     chief, other = json.loads(chief_out), json.loads(other_out)
     assert chief.pop("train_seconds") > 0 and other.pop("train_seconds") > 0
     assert chief == other  # one model: the same metrics, the same epoch kept
-    assert chief["training"]["epochs_run"] == 4 and chief["test"]["accuracy"] > 0.4  # chance is 0.2
+    assert chief["training"]["epochs_run"] == 3 and chief["test"]["accuracy"] > 0.3  # chance is 0.2
     config = json.loads((out / "config.json").read_text())
     assert config["strategy"] == {"name": "multiworker", "replicas": 2}
-    assert {"model.keras", "metrics.json", "history.csv", "export"} <= set(files_under(out))
-    assert files_under(tmp_path / "worker1") == ["tmp"]  # neither its directory nor its temporary one
+    with open(out / "history.csv") as handle:
+        assert next(csv.reader(handle)) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert {"model.keras", "metrics.json", "export", "tensorboard/train"} <= set(files_under(out))
+    assert files_under(tmp_path / "worker1") == ["tmp"]  # neither a run directory nor temporary files
     assert files_under(tmp_path / "worker0") == ["tmp"]
     assert not (tmp_path / "run.partial").exists()
+
+
+def test_sweep_trains_every_setting_under_the_strategy(tmp_path, capsys):
+    """One strategy for the whole sweep, the best setting's fit run included (a second
+    MirroredStrategy inside the first one's scope would be refused by TensorFlow)."""
+    code = main(["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DIGITS,
+                 "--thaw", "0,1", "--epochs", "2", "--strategy", "mirrored", "--export", "none",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep")])
+    assert code == 0, capsys.readouterr().err
+    best = json.loads((tmp_path / "sweep" / "best" / "config.json").read_text())
+    assert best["strategy"] == {"name": "mirrored", "replicas": 1}
+    assert len(json.loads((tmp_path / "sweep" / "sweep.json").read_text())) == 2
 
 
 @pytest.mark.parametrize("tf_config, message", [
