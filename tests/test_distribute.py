@@ -251,6 +251,9 @@ def test_unknown_strategy_names_the_valid_ones(capsys):
     with pytest.raises(TransferError, match="strategy='tpu' .--strategy. must be one of default, mirrored, "
                                             "multiworker"):
         distribute.strategy_named("tpu")
+    with pytest.raises(TransferError, match="strategy=2 must be one of default, mirrored, multiworker or a "
+                                            "tf.distribute.Strategy"):
+        distribute.strategy_named(2)
 
 
 def test_multiworker_after_tensorflow_started_says_how_to_pass_a_strategy():

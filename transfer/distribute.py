@@ -35,6 +35,9 @@ def strategy_named(strategy=None) -> tf.distribute.Strategy:
     machine) or `multiworker` (the machines of `TF_CONFIG`, read as TensorFlow reads it)."""
     if isinstance(strategy, tf.distribute.Strategy):
         return strategy
+    if strategy is not None and not isinstance(strategy, str):
+        raise TransferError(f"strategy={strategy!r} must be one of {', '.join(STRATEGIES)} or a "
+                            "tf.distribute.Strategy")
     check_choice("strategy", "default" if strategy is None else strategy, STRATEGIES, flag="--strategy")
     if strategy == "mirrored":
         return _mirrored()
@@ -145,7 +148,8 @@ class _StepLoop:
     weights, optimizer and metrics) under `strategy.run`, on the strategy's distributed dataset.
 
     Every worker reads the metrics through the strategy (a collective), so all see the same logs
-    and their callbacks decide alike; a stop requested on any worker stops all of them.
+    and their callbacks decide alike; a stop requested on any worker stops all of them, at the
+    end of the epoch (a worker leaving mid-epoch would leave the others waiting in a collective).
     """
 
     def __init__(self, model: keras.Model):
