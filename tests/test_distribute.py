@@ -25,10 +25,10 @@ FIT = ["fit", "--backbone", "example:digits", "--cut", "block2_out", "--head-opt
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def run_python(code: str, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+def run_python(code: str, timeout: float = 120, cwd=None, **env) -> subprocess.CompletedProcess:
     """`code` in a fresh Python, so that it configures TensorFlow before TensorFlow starts."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env={**QUIET, **env})
+                          timeout=timeout, cwd=cwd, env={**QUIET, **env})
 
 
 def last_json_line(output: str):
@@ -39,7 +39,8 @@ def test_cli_and_module_name_the_same_strategies():
     assert STRATEGIES == distribute.STRATEGIES
 
 
-def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device():
+@pytest.mark.slow  # a subprocess or two: ~35 s of CPU each
+def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device(tmp_path):
     """Same data, seed and global batch: the replicas' summed gradients are the one device's
     (exactly so without shuffling, see the second check); the shuffle order under a strategy
     differs (the distributed dataset is a rewritten pipeline), hence "within seed noise"."""
@@ -66,11 +67,21 @@ def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device():
             fit_model(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=2)
             return [w.tolist() for w in model.get_weights()]
 
+        def thawed(strategy):  # thawed layers from the cache, two stages, a GroupedOptimizer: how far they moved
+            result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut="resnet_features", epochs=3,
+                                  thaw=2, head_epochs=1, thaw_epochs=2, thaw_lr_scale=0.5, lr=0.01, verbose=0,
+                                  cache_dir="cache", export=(), strategy=strategy)
+            layer = result.model.get_layer("features")
+            trained = [w.numpy() for w in layer.thawed_weights]
+            layer.restore_pretrained()
+            moved = max(float(np.abs(t - w.numpy()).max()) for t, w in zip(trained, layer.thawed_weights))
+            return {"moved": moved, "stages": result.history["stage"]}
+
         mirrored = transfer.distribute.strategy_named("mirrored")
         print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "one": run("default"),
                           "two": run(mirrored), "weights_one": unshuffled(tf.distribute.get_strategy()),
-                          "weights_two": unshuffled(mirrored)}))
-    """, timeout=300)
+                          "weights_two": unshuffled(mirrored), "thawed": thawed(mirrored)}))
+    """, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     found = last_json_line(done.stdout)
     assert found["replicas"] == 2
@@ -78,6 +89,7 @@ def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device():
     assert abs(found["one"] - found["two"]) < 0.1
     for one, two in zip(found["weights_one"], found["weights_two"]):
         assert np.allclose(one, two, atol=1e-5)
+    assert found["thawed"]["stages"] == [1, 2, 2] and found["thawed"]["moved"] > 1e-4
 
 
 class Recorder(keras.callbacks.Callback):
@@ -179,6 +191,7 @@ def files_under(path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
+@pytest.mark.slow  # a subprocess or two: ~35 s of CPU each
 def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_path):
     """`--strategy multiworker` as two processes, where Keras' model.fit cannot run and the step
     loop does: thawed layers from the shared feature cache, their GroupedOptimizer, gradual
