@@ -259,8 +259,6 @@ def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(outputs), np.concatenate(labels)
 
 
-
-
 def _batch_predictor(model):
     """`model.predict_on_batch`; for a model made under a strategy with several replicas, its
     call traced once instead: there Keras 3.15's `predict_on_batch` runs the whole batch on every

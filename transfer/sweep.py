@@ -481,11 +481,11 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         raise TransferError("TensorBoard logs are written in the sweep directory: give `out` with `tensorboard`")
     if tensorboard:
         hparams_api()  # the tensorboard package is there, before any slow work
-    strategy = strategy_named(strategy)  # before TensorFlow runs anything (multiworker needs that)
     spec = {"heads": heads, "head_options": head_options, **axes, **(load_grid(grid) if grid else {})}
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
     with strategy.scope():  # thawed weights are variables
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before

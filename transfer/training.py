@@ -19,8 +19,8 @@ import keras
 import numpy as np
 
 from transfer import heads
-from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy_named
 from transfer._version import __version__
+from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy_named
 from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
@@ -68,7 +68,6 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
     """
     settings = TrainingSettings.of(settings, **training)
-    strategy = strategy_named(strategy)  # first: multiworker must be set up before TensorFlow runs anything
     if verbose == "auto" and not sys.stdout.isatty():
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
     export = tuple(export or ())
@@ -83,6 +82,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     if settings.thawing and not getattr(head_factory, "is_keras", True):
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     keras.utils.set_random_seed(settings.seed)
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
                          validation_split=validation_split, per_class=per_class, seed=settings.seed,
