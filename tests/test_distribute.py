@@ -108,6 +108,15 @@ class Recorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.events.append(f"batch_end {batch} {sorted(logs)}")
 
+    def on_test_begin(self, logs=None):
+        self.events.append("test_begin")
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.events.append(f"test_batch_end {batch} {sorted(logs)}")
+
+    def on_test_end(self, logs=None):
+        self.events.append(f"test_end {sorted(logs)}")
+
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append(dict(logs))
 
@@ -143,6 +152,9 @@ def test_the_step_loop_keeps_model_fits_contract(class_weight):
     assert keras_stop.stopped_epoch > 0 and stop.stopped_epoch == keras_stop.stopped_epoch
     assert stop.best_epoch == keras_stop.best_epoch
     assert seen.events == keras_seen.events
+    assert len(seen.epochs) == len(keras_seen.epochs)
+    for mine, theirs in zip(seen.epochs, keras_seen.epochs):
+        assert mine == pytest.approx(theirs, abs=1e-5)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} == set(keras_history)
     for name, values in keras_history.items():
         assert np.allclose(history[name], values, atol=1e-5), name

@@ -175,7 +175,7 @@ class _StepLoop:
             callbacks.on_epoch_begin(epoch)
             logs = self._train_epoch(batches, callbacks)
             if checks is not None:
-                logs.update({f"val_{name}": value for name, value in self._evaluate(checks).items()})
+                logs.update({f"val_{name}": value for name, value in self._evaluate(checks, callbacks).items()})
             callbacks.on_epoch_end(epoch, logs)
             if self._any_worker(model.stop_training):
                 break
@@ -191,11 +191,17 @@ class _StepLoop:
             callbacks.on_train_batch_end(number, self._metrics())
         return self._metrics()
 
-    def _evaluate(self, batches) -> dict:
+    def _evaluate(self, batches, callbacks) -> dict:
+        """The validation metrics, with the test hooks that `model.fit`'s `evaluate` calls."""
         self.model.reset_metrics()
-        for batch in batches:
+        callbacks.on_test_begin()
+        for number, batch in enumerate(batches):
+            callbacks.on_test_batch_begin(number)
             self._test_step(batch)
-        return self._metrics()
+            callbacks.on_test_batch_end(number, self._metrics())
+        logs = self._metrics()
+        callbacks.on_test_end(logs)
+        return logs
 
     def _train_step(self):
         """The traced step for the weights trainable now: like `make_train_function(force=True)`."""
