@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras
+import transfer
 
 from transfer import distribute
 from transfer.cli import STRATEGIES, main
@@ -168,6 +169,15 @@ def test_mirrored_with_one_device_trains_and_says_so(tmp_path, capsys):
     assert "warning: --strategy mirrored over 1 device (CPU:0): the same as default" in capsys.readouterr().err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["strategy"] == {"name": "mirrored", "replicas": 1}
+
+
+def test_fit_takes_any_strategy_instance(tmp_path):
+    result = transfer.fit("example:digits", DIGITS, cut="block2_out", head_options={"pooling": "flatten"}, epochs=2,
+                          lr=0.01, verbose=0, export=(), out=tmp_path / "run",
+                          strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+    assert result.run_dir == tmp_path / "run" and len(result.history["loss"]) == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] == {"name": "OneDeviceStrategy", "replicas": 1}
 
 
 def free_ports(count: int) -> list[int]:
