@@ -17,6 +17,7 @@ from transfer.settings import OPTIMIZERS, TrainingSettings, default
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
+STRATEGIES = ("default", "mirrored", "multiworker")  # transfer.distribute.STRATEGIES, likewise
 CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
@@ -30,7 +31,11 @@ EXAMPLES = {
   transfer fit --backbone saved_model/ --data tfds:cifar10 --data-dir ~/tensorflow_datasets \\
       --export savedmodel,pb,tflite
   transfer fit --backbone model.pb --cut resnet_features --data photos/ --thaw 2 --thaw-lr-scale 0.1 \\
-      --head-epochs 5 --thaw-epochs 10""",
+      --head-epochs 5 --thaw-epochs 10
+  transfer fit --backbone model.pb --data photos/ --strategy mirrored --batch-size 64   # 32 per device on 2 GPUs
+  TF_CONFIG='{{"cluster": {{"worker": ["host1:12345", "host2:12345"]}}, "task": {{"type": "worker", "index": 0}}}}' \\
+      transfer fit --backbone model.pb --data photos/ --strategy multiworker --out runs/shared
+      # and the same with "index": 1 on host2: they train one model, the chief (index 0) writes it""",
     "sweep": """examples:
   transfer sweep --backbone example:digits --cut block2_out --data 'digits:5-9?per_class=10' \\
       --heads linear,mlp,logreg --head-opt pooling=avg,flatten --lr 1e-3,1e-2 --epochs 40 --repeats 3
@@ -96,7 +101,7 @@ def cmd_fit(args) -> int:
                  cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
-                 out=out, export=args.export, tensorboard=args.tensorboard,
+                 out=out, export=args.export, tensorboard=args.tensorboard, strategy=args.strategy,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
     if args.json:
         print(json.dumps(result.metrics, indent=2))
@@ -107,7 +112,7 @@ def cmd_fit(args) -> int:
         if "training" in result.metrics:
             print(result.metrics["training"]["summary"])
         print(", ".join(scores) or "no validation or test data to score")
-        print(f"run directory: {result.run_dir}")
+        print(f"run directory: {result.run_dir or 'written by the chief worker'}")
     return 0
 
 
@@ -198,12 +203,13 @@ def cmd_sweep(args) -> int:
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
                    out=args.out or default_run_dir("sweep"),
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,
-                   **axes)
+                   strategy=args.strategy, **axes)
     if args.json:
         print(json.dumps(result.rows, indent=2))
     else:
         print(format_table(result.rows))
-        print(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})")
+        print(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})"
+              if result.run_dir else "sweep directory: written by the chief worker")
     return 0
 
 
@@ -347,7 +353,8 @@ def _add_sweep_command(commands) -> None:
     sweep.add_argument("--lr", type=_choices(float), metavar="A,B", help=f"learning rates (default {default('lr')})")
     sweep.add_argument("--epochs", type=_choices(int), metavar="A,B", help=f"epochs (default {default('epochs')})")
     sweep.add_argument("--batch-size", type=_choices(int), metavar="A,B",
-                       help=f"batch sizes (default {default('batch_size')})")
+                       help=f"global batch sizes, split across the devices of --strategy "
+                       f"(default {default('batch_size')})")
     sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B",
                        help=f"optimizers (default {default('optimizer')})")
     sweep.add_argument("--thaw", type=_choices(int), metavar="A,B",
@@ -362,6 +369,7 @@ def _add_sweep_command(commands) -> None:
     sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
     sweep.add_argument("--patience", type=int, default=default("patience"),
                        help=f"early-stopping patience (default {default('patience')})")
+    _add_strategy_argument(sweep)
     _add_cache_arguments(sweep, CACHE_HELP)
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
     sweep.add_argument("--export", type=_export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
@@ -421,7 +429,8 @@ def _add_training_arguments(fit) -> None:
     fit.add_argument("--epochs", type=int, default=default("epochs"),
                      help=f"training epochs, >= 1 (default {default('epochs')})")
     fit.add_argument("--batch-size", type=int, default=default("batch_size"),
-                     help=f"examples per batch (default {default('batch_size')})")
+                     help=f"examples per batch: the global batch, split across the devices of --strategy "
+                     f"(default {default('batch_size')})")
     fit.add_argument("--lr", type=float, default=default("lr"), help=f"learning rate (default {default('lr')})")
     fit.add_argument("--optimizer", default=default("optimizer"),
                      help=f"{', '.join(OPTIMIZERS)} (default {default('optimizer')})")
@@ -431,6 +440,15 @@ def _add_training_arguments(fit) -> None:
     fit.add_argument("--augment", action="store_true", help="random horizontal flips during training")
     fit.add_argument("--crop-padding", type=int, default=default("crop_padding"), metavar="N",
                      help="random shifts during training: pad by N pixels, crop back (default 0: off)")
+    _add_strategy_argument(fit)
+
+
+def _add_strategy_argument(parser) -> None:
+    """Where training runs (`transfer.distribute`): the same flag on fit and sweep."""
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                        help="where training runs: default (one device), mirrored (every GPU, else every logical "
+                        "CPU, of this machine) or multiworker (the machines in $TF_CONFIG; the chief writes the "
+                        "run directory). --batch-size is the global batch, split across devices/workers")
 
 
 def _add_thaw_training_arguments(fit) -> None:

@@ -268,12 +268,19 @@ class Batches:
 
 def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Model outputs and labels of a batched (example, label) dataset, in one pass."""
-    outputs, labels = [], []
+    predict, outputs, labels = _batch_predictor(model), [], []
     for examples, y in dataset:
-        outputs.append(np.asarray(model.predict_on_batch(examples)))
+        outputs.append(np.asarray(predict(examples)))
         labels.append(y.numpy())
     if not outputs:
         return np.zeros((0,)), np.zeros((0,), "int32")
     return np.concatenate(outputs), np.concatenate(labels)
 
 
+def _batch_predictor(model):
+    """`model.predict_on_batch`; for a model made under a strategy with several replicas, its
+    call traced once instead: there Keras 3.15's `predict_on_batch` runs the whole batch on every
+    replica and returns the outputs once per replica (and fails across workers)."""
+    if model.distribute_strategy.num_replicas_in_sync == 1:
+        return model.predict_on_batch
+    return tf.function(lambda examples: model(examples, training=False), reduce_retracing=True)

@@ -552,7 +552,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
           patience: int | None = default("patience"), cut="auto", cuts=None, pool=None, signature=None, data_dir=None,
           validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
           cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None,
-          export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, **axes) -> SweepResult:
+          export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
+          **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -568,8 +569,10 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
     the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
     is fed, as for `Backbone.load`. `tensorboard`: every run's logs and the HParams summaries
-    under `out/tensorboard`, the best setting's run under `out/best/tensorboard`.
+    under `out/tensorboard`, the best setting's run under `out/best/tensorboard`. `strategy`:
+    where every setting trains, as for `transfer.fit` (only the chief writes `out`).
     """
+    from transfer.distribute import run_dir_of, strategy_named
     from transfer.pipeline import open_inputs
     from transfer.reporting import check_new_run_dir, run_directory
     from transfer.thawing import ThawedFeatureLayer
@@ -586,6 +589,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
     cut_specs = [c.spec for c in inputs.backbone.cuts]
     if len(cut_specs) > 1 and any(s.get("thaw") for s in settings):
@@ -593,15 +597,18 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                             "cuts frozen first, then thaw at the best one (--cut CUT --thaw N)")
     pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
     settings = [{"cut": spec, **setting} for spec in cut_specs for setting in settings]
-    layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
-              for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
+    with strategy.scope():  # thawed weights are variables
+        layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
+                  for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool)
                 if any(not s.get("thaw") for s in settings) else None)
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
               for count, layer in layers.items()}
-    with run_directory(out) if out is not None else contextlib.nullcontext() as directory:  # OUT.partial meanwhile
-        rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
-                         thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None)
+    with run_dir_of(strategy, out) as written, \
+            run_directory(written) if written is not None else contextlib.nullcontext() as directory:  # OUT.partial
+        with strategy.scope():  # every head and optimizer is made in it
+            rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
+                             thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None)
         if directory is None:
             return SweepResult(rows, None, None)
         best = rows[0]["setting"]
@@ -616,6 +623,9 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                     engine=engine, out=directory / "best", export=export, tensorboard=tensorboard, verbose=0)
+                     engine=engine, out=directory / "best", export=export, tensorboard=tensorboard, verbose=0,
+                     strategy=strategy)
+    if written != out:  # another worker than the chief: it wrote nothing
+        return SweepResult(rows, None, result)
     result.run_dir = Path(out) / "best"
     return SweepResult(rows, Path(out), result)

@@ -1,8 +1,10 @@
 """`transfer.fit`: a frozen backbone, a head, a dataset -> a trained Keras model and a run directory.
 
 Training is plain Keras `model.fit` on tf.data pipelines, so the user's own callbacks see the
-usual logs. The scikit-learn probe (`logreg`) is fitted on extracted features instead and then
-turned into the equivalent Dense head, so that every head exports the same way.
+usual logs; under a `tf.distribute` strategy (`strategy=`) every variable is made in its
+scope and `transfer.distribute.fit_model` trains (the same contract on several workers). The
+scikit-learn probe (`logreg`) is fitted on extracted features instead and then turned into the
+equivalent Dense head, so that every head exports the same way.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
+from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy_named
 from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
@@ -50,7 +53,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         preprocessing=None, scale=None, signature=None, data_dir=None, validation_split: float = 0.2,
         per_class=None, callbacks=(), cache_dir=None, cache_dtype: str = "float32", inputs=None, feeds=None,
         allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"), tensorboard: bool = False,
-        verbose="auto", **training) -> FitResult:
+        verbose="auto", strategy=None, **training) -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
@@ -61,6 +64,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     touches the disk. With `cache_dir`, the head trains on features from the feature cache
     (extracted once, reused by later runs). `inputs`, `feeds`, `allow_ops`: where and with what
     the graph is fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
+    `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.distribute`) or
+    a `tf.distribute.Strategy`; `batch_size` is the global batch, split across its replicas.
+    Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
     """
     settings = TrainingSettings.of(settings, **training)
     if verbose == "auto" and not sys.stdout.isatty():
@@ -77,6 +83,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     if settings.thawing and not getattr(head_factory, "is_keras", True):
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     keras.utils.set_random_seed(settings.seed)
     inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
                          validation_split=validation_split, per_class=per_class, seed=settings.seed,
@@ -97,16 +104,20 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
               **_source_config(inputs, data, data_dir, validation_split, per_class),
               "head": head, "head_options": head_options, **settings.to_config(),
               "cache_dir": None if cache_dir is None else str(cache_dir), "cache_dtype": cache_dtype,
-              "engine": engine, "export": list(export)}
-    # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well.
-    with run_directory(out) if out is not None else contextlib.nullcontext() as directory:
+              "engine": engine, "export": list(export),
+              "strategy": strategy_config(strategy)}
+    # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well;
+    # by the chief only: another worker writes into a temporary directory that it removes.
+    with run_dir_of(strategy, out) as written, \
+            run_directory(written) if written is not None else contextlib.nullcontext() as directory:
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
-        features = _feature_layer(inputs, settings)
-        source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0)
-        started = time.perf_counter()
-        head_layer, trained, log = _train_head(source, features, settings, head, head_options,
-                                               [*logs.callbacks(), *callbacks], verbose)
-        model = build_classifier(features, head_layer, inputs.kind)
+        with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
+            features = _feature_layer(inputs, settings)
+            source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0)
+            started = time.perf_counter()
+            head_layer, trained, log = _train_head(source, features, settings, head, head_options,
+                                                   [*logs.callbacks(), *callbacks], verbose)
+            model = build_classifier(features, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
         metrics = evaluate_splits(trained, source, inputs.splits.class_names)
         logs.confusion_matrices(metrics, step=log.epochs_run)
@@ -116,7 +127,8 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
                                    "kept_epoch": log.kept_epoch, "summary": log.summary()}
         if directory is not None:
             _write_run(directory, model, config, metrics, log, inputs.splits.class_names, export)
-    return FitResult(model, log.history, metrics, None if out is None else Path(out), inputs.splits.class_names)
+    run_dir = Path(out) if out is not None and written == out else None
+    return FitResult(model, log.history, metrics, run_dir, inputs.splits.class_names)
 
 
 def _source_config(inputs, data, data_dir, validation_split, per_class) -> dict:
@@ -264,7 +276,8 @@ class TrainingLog:
 
 def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer, patience,
                 callbacks=(), class_weight=None, verbose=0) -> TrainingLog:
-    """Compile and `model.fit` with early stopping on val_loss (best epoch restored)."""
+    """Compile and `model.fit` with early stopping on val_loss (best epoch restored), under the
+    strategy the model was made in (`transfer.distribute.fit_model`)."""
     if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
         optimizer = optimizer_named(optimizer, lr)
     model.compile(optimizer=optimizer,
@@ -275,8 +288,8 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         callbacks.append(stopper)
     with forgetting_step_gradients():
-        history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-                            class_weight=class_weight, shuffle=False, verbose=verbose)  # tf.data shuffles
+        history = fit_model(model, train, validation=validation, epochs=epochs, callbacks=callbacks,
+                            class_weight=class_weight, verbose=verbose)
     log = TrainingLog({key: [float(v) for v in values] for key, values in history.history.items()})
     if stopper is not None and stopper.best_weights is not None:  # Keras restores them at the end of training
         log.stopped_early, log.kept_epoch = stopper.stopped_epoch > 0, stopper.best_epoch + 1
