@@ -119,6 +119,7 @@ class MultiLayerHead(Head):
 
     def build(self, input_shape):
         shapes = self._shapes(input_shape)
+        self.input_shapes = [tuple(shape) for shape in shapes]  # what `keeping` builds a smaller head for
         for number, shape in enumerate(shapes):
             pooling = GridPooling(self.grid, name=f"pooling_{number}")
             if self.grid > 1 and None in tuple(shape)[1:-1]:
@@ -233,6 +234,22 @@ class MultiLayerHead(Head):
         for start, indices in zip(np.cumsum([0, *self.sizes[:-1]]), kept_features):
             mask[start + np.asarray(indices, int)] = 1.0
         self.mask.assign(mask)
+
+    def keeping(self, inputs) -> MultiLayerHead:
+        """A head for only these inputs (indices, in order), with their trained statistics and
+        weights: the same outputs as this head when the other inputs are masked out, without
+        needing them (an export then computes only the cuts kept)."""
+        config = {key: value for key, value in self.get_config().items() if key not in ("name", "trainable")}
+        head = MultiLayerHead(**config, name=self.name)
+        head.build([self.input_shapes[number] for number in inputs])
+        starts = np.cumsum([0, *self.sizes[:-1]])
+        rows = np.concatenate([np.arange(starts[n], starts[n] + self.sizes[n]) for n in inputs])
+        kernel, bias = (ops.convert_to_numpy(w) for w in (self.classifier.kernel, self.classifier.bias))
+        head.classifier.set_weights([kernel[rows], bias])
+        head.mask.assign(ops.convert_to_numpy(self.mask)[rows])
+        for new, number in zip(head.standardizations, inputs):
+            new.set_weights(self.standardizations[number].get_weights())
+        return head
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid, "penalty": self.penalty, "strength": self.strength,

@@ -182,3 +182,43 @@ def test_inputs_it_cannot_read_are_one_line_errors():
     head([np.zeros((1, 4), "float32"), np.zeros((1, 5), "float32")])
     with pytest.raises(TransferError, match=r"head .multilayer. was built for 2 inputs, got 1"):  # Keras adds to it
         head([np.zeros((1, 4), "float32")])
+
+
+# --- fit: several cuts, the selection kept in the exports ------------------------------------------
+
+
+def test_fit_on_several_cuts_exports_only_the_cuts_it_kept(tmp_path):
+    """A strong group-lasso penalty drops a cut; the model, its .keras file and the frozen .pb then
+    compute only the kept cuts, and give the trained (masked) head's probabilities."""
+    import transfer
+    from transfer import Backbone
+
+    cuts = "block1_out,block2_out,resnet_features"
+    result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=cuts, head="multilayer",
+                          head_options={"grid": 2, "strength": 0.1}, epochs=40, lr=0.01, cache_dir=tmp_path / "cache",
+                          out=tmp_path / "run", export=("pb",), verbose=0)
+    config = __import__("json").loads((tmp_path / "run/config.json").read_text())
+    kept = config["kept_cuts"]
+    assert config["cut"] == cuts and 1 <= len(kept) < 3 and set(kept) < set(cuts.split(","))
+    assert result.metrics["test"]["accuracy"] > 0.8
+    features = result.model.get_layer("features")
+    assert [c.spec for c in features.backbone.cuts] == kept
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(16)])
+    expected = result.model.predict(images, verbose=0)
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), expected, rtol=1e-4, atol=1e-5)
+    names = {node.name for node in tf.compat.v1.GraphDef.FromString(
+        (tmp_path / "run/export/model.pb").read_bytes()).node}
+    assert {f"features_cut{n}" for n in range(len(kept))} <= names and f"features_cut{len(kept)}" not in names
+    reloaded = keras.models.load_model(tmp_path / "run/model.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_several_cuts_bad_input(tmp_path):
+    import transfer
+
+    with pytest.raises(TransferError, match="reads several cuts; --thaw trains the layers before one cut"):
+        transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", head="multilayer",
+                     thaw=1, epochs=1, verbose=0)
+    with pytest.raises(TransferError, match="head 'linear' trains on one cut; got 2 cuts .*--head multilayer"):
+        transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", epochs=1, verbose=0)

@@ -171,7 +171,7 @@ def test_train_setting_adapts_the_head_on_the_training_features_at_any_scale():
     """Features of a cut with small activations (x 1e-3 + 0.05) train as well as unit-scale ones."""
     splits = channel_means()
     small = FeatureSplits(*(split.map(lambda x, y: (1e-3 * x + 0.05, y)) for split in
-                            (splits.train, splits.validation, splits.test)), splits.feature_shape, CLASSES)
+                            (splits.train, splits.validation, splits.test)), splits.feature_shapes, CLASSES)
     setting = expand_grid(["conv"], **GOOD, head_options={"filters": [[8]]})[0]
     head, metrics = train_setting(small, setting, seed=0)
     train = np.stack([x for x, _ in small.train.as_numpy_iterator()])

@@ -162,3 +162,24 @@ def test_sweep_cuts_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and (len(err.splitlines()) == 1 or "invalid choice" in message), err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_over_cuts_with_a_multilayer_head_trains_it_on_all_cuts_at_once(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--backbone", "example:digits", "--cuts", "block1_out,block2_out,resnet_features",
+                 "--data", DATA, "--heads", "logreg,multilayer", "--head-opt", "strength=0.001,0.01",
+                 "--epochs", "30", "--lr", "0.01", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--export", "pb", "--json"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads(printed.out)
+    assert sorted((row["cut"], row["head"]) for row in rows) == [
+        ("all", "multilayer"), ("all", "multilayer"), ("block1_out", "logreg"), ("block2_out", "logreg"),
+        ("resnet_features", "logreg")]
+    assert sorted(row["head_options"]["strength"] for row in rows if row["head"] == "multilayer") == [0.001, 0.01]
+    assert (out / "sweep_cuts.png").read_bytes()[:4] == b"\x89PNG"
+    best = json.loads((out / "best/config.json").read_text())
+    if rows[0]["head"] == "multilayer":  # retrained on every cut, exporting the cuts it kept
+        assert best["cut"] == "block1_out,block2_out,resnet_features" and best["kept_cuts"]
+    else:
+        assert best["cut"] == rows[0]["cut"]

@@ -2,8 +2,8 @@
 
 All take raw images (what the run's data gives, before preprocessing), or for a non-image
 backbone the arrays its input takes, and return class probabilities. The frozen graph names
-its feature tensor `features` and its output `probabilities`, so `transfer inspect` and
-`--backbone … --cut features` accept it again.
+its feature tensor `features` (several cuts: `features_cut0`, `features_cut1`, … in cut order) and its
+output `probabilities`, so `transfer inspect` and `--backbone … --cut features` accept it again.
 """
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ def serving_function(model):
 
     @tf.function(input_signature=[raw_input_spec(model)])
     def serve(raw):
-        named = tf.identity(features(preprocessing(raw)), name="features")
+        extracted = features(preprocessing(raw))
+        if isinstance(extracted, dict):  # several cuts (a multi-layer head): features_cut0, features_cut1, ...
+            named = [tf.identity(t, name=f"features_cut{number}") for number, t in enumerate(extracted.values())]
+        else:
+            named = tf.identity(extracted, name="features")
         return {"probabilities": tf.identity(head(named, training=False), name="probabilities")}
 
     return serve

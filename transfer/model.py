@@ -39,7 +39,10 @@ class PreprocessingLayer(keras.layers.Layer):
 def build_classifier(features: FeatureLayer, head, kind, name: str = "transfer_classifier") -> keras.Model:
     """Raw examples as `kind` (`transfer.input_kind`) describes them -> head output."""
     raw = keras.Input(kind.shape, dtype=kind.dtype.name, name=kind.name)
-    return keras.Model(raw, head(features(kind.layer()(raw))), name=name)
+    extracted = features(kind.layer()(raw))
+    if isinstance(extracted, dict):  # several cuts: a head of several inputs takes them in cut order
+        extracted = list(extracted.values())
+    return keras.Model(raw, head(extracted), name=name)
 
 
 def raw_input_spec(model: keras.Model) -> tf.TensorSpec:

@@ -56,12 +56,16 @@ class Inputs:
         return FeatureSplits.of_entries(entries, self.splits.class_names)
 
     def cached_features_by_cut(self, cache_dir=None, dtype: str = "float32", progress: bool = True,
-                               pool: str | None = None) -> dict[str, FeatureSplits]:
-        """Each cut's features on their own (a sweep over cuts), all extracted in one pass."""
+                               pool: str | None = None, joined: str | None = None) -> dict[str, FeatureSplits]:
+        """Each cut's features on their own (a sweep over cuts), all extracted in one pass; with
+        `joined`, also every cut's together under that key (a head that reads several cuts)."""
         entries = self.extract(cache_dir, dtype, progress=progress, pool=pool)
-        return {cut.spec: FeatureSplits.of_entries({role: [listed[index]] for role, listed in entries.items()},
-                                                   self.splits.class_names)
-                for index, cut in enumerate(self.backbone.cuts)}
+        by_cut = {cut.spec: FeatureSplits.of_entries({role: [listed[index]] for role, listed in entries.items()},
+                                                     self.splits.class_names)
+                  for index, cut in enumerate(self.backbone.cuts)}
+        if joined is not None:
+            by_cut[joined] = FeatureSplits.of_entries(entries, self.splits.class_names)
+        return by_cut
 
     def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:

@@ -46,6 +46,7 @@ GRID_KEYS = ("heads", "cuts", *SETTING_AXES, "head_options")
 CSV_COLUMNS = ("rank", "cut", "head", *SETTING_AXES, "head_options", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "seconds_mean", "repeats")
 EVAL_BATCH = 256
+ALL_CUTS = "all"  # the `cut` of a setting whose head reads every swept cut at once (`multilayer`)
 TENSORBOARD_SCORES = ("val_accuracy", "test_accuracy")  # a run's scores that the HParams dashboard shows
 
 
@@ -353,16 +354,19 @@ def write_sweep(directory, rows: list[dict], cut_order: list | None = None) -> N
         write_json(path, rows)
     with written_whole(directory / "sweep.png") as path:
         _plot(path, rows)
-    cuts = cut_order or list(dict.fromkeys(row["cut"] for row in rows))
+    cuts = [cut for cut in cut_order or dict.fromkeys(row["cut"] for row in rows) if cut != ALL_CUTS]
     if len(cuts) > 1:
         with written_whole(directory / "sweep_cuts.png") as path:
             _plot_cuts(path, rows, cuts)
 
 
 def best_per_cut(rows: list[dict], cuts: list) -> dict:
-    """head -> [the best row of that head at each cut (None where it was not trained)]."""
+    """head -> [the best row of that head at each cut (None where it was not trained)]; heads
+    that read all cuts at once are left out (see `_plot_cuts`)."""
     best = {}
     for row in rows:  # ranked: the first row of a (head, cut) is its best
+        if row["cut"] == ALL_CUTS:
+            continue
         per_cut = best.setdefault(row["head"], dict.fromkeys(cuts))
         if per_cut.get(row["cut"]) is None:
             per_cut[row["cut"]] = row
@@ -371,7 +375,8 @@ def best_per_cut(rows: list[dict], cuts: list) -> dict:
 
 def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
     """Validation (solid) and test (dotted) accuracy per cut, deepest on the right: where the
-    features transfer. One line per head, its best setting at each cut."""
+    features transfer. One line per head, its best setting at each cut; a head that reads all
+    cuts at once (`multilayer`) is a dashed level across (its best validation accuracy)."""
     plt = pyplot()
     names = short_cut_names(cuts)
     figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(cuts) + 2), 4.5))
@@ -383,6 +388,9 @@ def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
                       for row in best]
             axis.plot(positions, values, style, marker="o" if split == "val" else None, color=color,
                       label=f"{head} ({'validation' if split == 'val' else 'test'})")
+    for number, row in enumerate({row["head"]: row for row in reversed(rows) if row["cut"] == ALL_CUTS}.values()):
+        axis.axhline(_score(row["val_accuracy_mean"]), linestyle="--", color=f"C{number + 5}",
+                     label=f"{row['head']}, all {len(cuts)} cuts (validation)")
     axis.set_xticks(positions, [names[cut] for cut in cuts], rotation=70, ha="right", fontsize=7)
     axis.set_xlabel("cut, in graph order (deeper to the right)")
     axis.set_ylabel("accuracy")
@@ -521,8 +529,24 @@ def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool
     return "avg"
 
 
+def _on_cuts(settings: list[dict], cut_specs: list[str]) -> list[dict]:
+    """Every setting on every cut; a head that reads several cuts (`multilayer`) on all of them
+    at once (its `cut` is ALL_CUTS when there are several)."""
+    crossed = []
+    for setting in settings:
+        several = getattr(registry.resolve(setting["head"]), "several_inputs", False)
+        if several and len(cut_specs) > 1:
+            crossed.append({"cut": ALL_CUTS, **setting})
+        else:
+            crossed += [{"cut": spec, **setting} for spec in cut_specs]
+    return sorted(crossed, key=lambda s: ([*cut_specs, ALL_CUTS].index(s["cut"])))  # cut by cut, as before
+
+
 def _averages_positions(setting: dict) -> bool:
-    parameter = inspect.signature(registry.resolve(setting["head"])).parameters.get("pooling")
+    factory = registry.resolve(setting["head"])
+    if getattr(factory, "several_inputs", False):  # multilayer: grid=1 averages every cut
+        return setting["head_options"].get("grid", 1) == 1
+    parameter = inspect.signature(factory).parameters.get("pooling")
     return parameter is not None and setting["head_options"].get("pooling", parameter.default) == "avg"
 
 
@@ -596,11 +620,12 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         raise TransferError(f"sweep: thaw trains the layers before one cut; got {len(cut_specs)} cuts: sweep the "
                             "cuts frozen first, then thaw at the best one (--cut CUT --thaw N)")
     pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
-    settings = [{"cut": spec, **setting} for spec in cut_specs for setting in settings]
+    settings = _on_cuts(settings, cut_specs)
     with strategy.scope():  # thawed weights are variables
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
-    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool)
+    joined = ALL_CUTS if any(s["cut"] == ALL_CUTS for s in settings) else None
+    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool, joined=joined)
                 if any(not s.get("thaw") for s in settings) else None)
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
               for count, layer in layers.items()}
@@ -617,7 +642,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
                                                **source, "cuts": cut_specs, "pool": pool,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
-        best_backbone = inputs.backbone if len(cut_specs) == 1 else inputs.backbone.recut(
+        best_backbone = inputs.backbone if len(cut_specs) == 1 or best["cut"] == ALL_CUTS else inputs.backbone.recut(
             best["cut"], inputs=inputs.backbone.requested_inputs)
         result = fit(best_backbone, inputs.splits, head=best["head"], head_options=_pooled_like(best, pool),
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none

@@ -24,6 +24,7 @@ from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy
 from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
+from transfer.layer import FeatureLayer
 from transfer.model import build_classifier, head_model
 from transfer.optimizers import optimizer_named
 from transfer.settings import TrainingSettings
@@ -90,9 +91,14 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
                          preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
                          augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
                          allow_ops=allow_ops, engine=engine)
-    if inputs.backbone.multi_cut:
-        raise TransferError(f"head {head!r} trains on one cut; got {len(inputs.backbone.cuts)} cuts "
-                            f"({', '.join(c.spec for c in inputs.backbone.cuts)})")
+    several_cuts = getattr(head_factory, "several_inputs", False)
+    if inputs.backbone.multi_cut and not several_cuts:
+        cuts = [c.spec for c in inputs.backbone.cuts]
+        raise TransferError(f"head {head!r} trains on one cut; got {len(cuts)} cuts ({', '.join(cuts[:4])}"
+                            f"{', …' if len(cuts) > 4 else ''}); a head of several cuts: --head multilayer")
+    if several_cuts and settings.thawing:
+        raise TransferError(f"head {head!r} reads several cuts; --thaw trains the layers before one cut: thaw "
+                            "with a head of one cut")
     if cache_dir is None and engine != "tf":
         raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
                             "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
@@ -113,12 +119,16 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
         with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             features = _feature_layer(inputs, settings)
-            source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0)
+            source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0,
+                                      pool=cache_pool(inputs.backbone, head_factory, head_options))
             started = time.perf_counter()
             head_layer, trained, log = _train_head(source, features, settings, head, head_options,
                                                    [*logs.callbacks(), *callbacks], verbose)
+            features, head_layer, kept = keep_selected_cuts(inputs, features, head_layer)
             model = build_classifier(features, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
+        if kept is not None:
+            config["kept_cuts"] = kept
         metrics = evaluate_splits(trained, source, inputs.splits.class_names)
         logs.confusion_matrices(metrics, step=log.epochs_run)
         metrics["train_seconds"] = round(seconds, 2)
@@ -135,8 +145,8 @@ def _source_config(inputs, data, data_dir, validation_split, per_class) -> dict:
     """What a run records of its backbone, cut, data and inputs: enough to repeat it."""
     backbone, splits = inputs.backbone, inputs.splits
     return {"backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
-            "signature": backbone.loaded.signature, "cut": backbone.cuts[0].spec,
-            "cut_tensor": backbone.cuts[0].name, **backbone.feeding,
+            "signature": backbone.loaded.signature, "cut": ",".join(c.spec for c in backbone.cuts),
+            "cut_tensor": ",".join(c.name for c in backbone.cuts), **backbone.feeding,
             "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
             "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
             "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
@@ -152,16 +162,45 @@ def _feature_layer(inputs, settings: TrainingSettings):
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
 
-def _training_source(inputs, features, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool):
+def _training_source(inputs, features, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool,
+                     pool: str = "none"):
     """Where the head's examples come from: raw examples through the backbone, or the cache."""
     if cache_dir is None:
         return _UncachedTraining(inputs, features)
     if not settings.thawing:
-        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress),
+        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool),
                                settings.batch_size, settings.seed)
     # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
     return _CachedTraining(inputs.cached_prefix(features, cache_dir, cache_dtype, progress=progress),
                            settings.batch_size, settings.seed, suffix=features.suffix())
+
+
+def cache_pool(backbone, head_factory, head_options: dict) -> str:
+    """What the cache stores of several cuts for a head that reads them all: their averages
+    when the head averages each over positions anyway (`multilayer` with grid=1), which keeps a
+    cache of many cuts small; else the features as they are."""
+    averages = getattr(head_factory, "several_inputs", False) and head_options.get("grid", 1) == 1
+    return "avg" if backbone.multi_cut and averages else "none"
+
+
+def keep_selected_cuts(inputs, features, head) -> tuple:
+    """After a head that selects cuts (`multilayer`: `kept`, `keeping`) has trained: its mask
+    set to the features it kept, and, when it dropped whole cuts, a feature layer of the kept
+    cuts only with the head made for them, so that the model (and every export) computes only
+    those. Returns (feature layer, head, the kept cut specs or None)."""
+    if not callable(getattr(head, "keeping", None)):
+        return features, head, None
+    head.set_mask(head.kept_features())
+    kept = list(head.kept)
+    specs = [cut.spec for cut in inputs.backbone.cuts]
+    if not kept:
+        raise TransferError(f"head {head.head_name!r}: its penalty dropped every cut (strength={head.strength}); "
+                            "use a smaller strength")
+    if len(kept) == len(specs):
+        return features, head, specs
+    backbone = inputs.backbone.recut([specs[number] for number in kept], inputs=inputs.backbone.requested_inputs)
+    layer = FeatureLayer(backbone, name=features.name)
+    return layer, head.keeping(kept), [specs[number] for number in kept]
 
 
 def _train_head(source, features, settings: TrainingSettings, head, head_options, callbacks, verbose):
