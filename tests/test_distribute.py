@@ -276,6 +276,14 @@ def test_a_bad_tf_config_is_one_line_naming_what_is_wrong(tf_config, message, mo
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("tf_config", [
+    {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}},
+    {"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief"}},  # index 0 when not given
+])
+def test_a_good_tf_config_passes_as_tensorflow_reads_it(tf_config):
+    assert distribute.check_tf_config(json.dumps(tf_config)) == tf_config
+
+
 def test_unknown_strategy_names_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*FIT, "--strategy", "tpu"])
