@@ -284,6 +284,24 @@ def test_a_good_tf_config_passes_as_tensorflow_reads_it(tf_config):
     assert distribute.check_tf_config(json.dumps(tf_config)) == tf_config
 
 
+def test_a_worker_whose_address_is_taken_says_so():
+    """Two workers started with the same task index: the second cannot bind its address."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hosts = [f"127.0.0.1:{taken.getsockname()[1]}", f"127.0.0.1:{free_ports(1)[0]}"]
+        done = run_python("""
+            import transfer
+            from transfer.distribute import strategy_named
+            try:
+                strategy_named("multiworker")
+            except transfer.TransferError as error:
+                print(error)
+        """, timeout=90, TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": 0}}))
+    assert f"cannot start worker 0's server at {hosts[0]} (TF_CONFIG task): the address is taken" in done.stdout, \
+        done.stderr[-2000:]
+
+
 def test_unknown_strategy_names_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*FIT, "--strategy", "tpu"])

@@ -60,13 +60,18 @@ def _mirrored() -> tf.distribute.MirroredStrategy:
 def _multiworker() -> tf.distribute.MultiWorkerMirroredStrategy:
     """TensorFlow's own strategy and cluster resolver, after a check of TF_CONFIG that says what
     is wrong with it (TensorFlow would silently train alone without it, or fail deep inside)."""
-    check_tf_config(os.environ.get("TF_CONFIG"))
+    config = check_tf_config(os.environ.get("TF_CONFIG"))
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy()  # waits for every worker of the cluster
     except RuntimeError as error:  # "Collective ops must be configured at program startup"
         raise TransferError(f"--strategy multiworker must be set up before TensorFlow runs anything ({error}): "
                             "in your own script, create tf.distribute.MultiWorkerMirroredStrategy() first "
                             "and pass it as strategy=") from None
+    except tf.errors.UnknownError:  # TF says no more than "UnknownError()": its server could not start
+        kind, index = config["task"]["type"], config["task"].get("index", 0)
+        raise TransferError(f"cannot start {kind} {index}'s server at {config['cluster'][kind][index]} (TF_CONFIG "
+                            "task): the address is taken, by another program or by a worker started with the "
+                            "same task index") from None
 
 
 def check_tf_config(text: str | None) -> dict:
