@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -241,6 +242,31 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_
     assert files_under(tmp_path / "worker1") == ["tmp"]  # neither a run directory nor temporary files
     assert files_under(tmp_path / "worker0") == ["tmp"]
     assert not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.slow  # two subprocesses: ~30 s of CPU
+def test_a_worker_killed_mid_training_stops_the_other_with_one_line(tmp_path):
+    """TensorFlow's health check aborts the collectives of the worker left alone: it exits 2 with
+    one line, and its run directory is not left half-written."""
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    arguments = [*FIT, "--epochs", "500", "--patience", "500", "--strategy", "multiworker", "--export", "none",
+                 "--out", str(tmp_path / "run")]
+    workers = [start_worker(index, hosts, arguments, tmp_path / f"worker{index}") for index in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run.partial").exists() and time.monotonic() < deadline:  # the chief trains now
+            time.sleep(0.5)
+        time.sleep(3)
+        workers[1].kill()
+        code, _, err = finish(workers[:1], timeout=120)[0]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("transfer fit: error: a worker of the cluster is gone, so training stopped (")
+    assert last.endswith("start every worker again") and "Traceback" not in err
+    assert not list(tmp_path.glob("run*"))
 
 
 def test_sweep_trains_every_setting_under_the_strategy(tmp_path, capsys):

@@ -178,14 +178,19 @@ class _StepLoop:
                                                  verbose=verbose, epochs=epochs, steps=None)
         model.stop_training, logs = False, {}
         callbacks.on_train_begin()
-        for epoch in range(epochs):
-            callbacks.on_epoch_begin(epoch)
-            logs = self._train_epoch(batches, callbacks)
-            if checks is not None:
-                logs.update({f"val_{name}": value for name, value in self._evaluate(checks, callbacks).items()})
-            callbacks.on_epoch_end(epoch, logs)
-            if self._any_worker(model.stop_training):
-                break
+        try:
+            for epoch in range(epochs):
+                callbacks.on_epoch_begin(epoch)
+                logs = self._train_epoch(batches, callbacks)
+                if checks is not None:
+                    logs.update({f"val_{name}": value for name, value in self._evaluate(checks, callbacks).items()})
+                callbacks.on_epoch_end(epoch, logs)
+                if self._any_worker(model.stop_training):
+                    break
+        except tf.errors.UnavailableError as error:  # TensorFlow's health check aborts the collectives
+            reason = error.message.strip().splitlines()[0].split("aborted by: ")[-1].rstrip(":")
+            raise TransferError(f"a worker of the cluster is gone, so training stopped ({reason}); "
+                                "start every worker again") from None
         callbacks.on_train_end(logs)
         return model.history
 
