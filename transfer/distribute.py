@@ -6,9 +6,9 @@ training code creates its variables in `strategy.scope()` and trains with `fit_m
 does not branch on where it runs. `fit_model` is Keras' `model.fit` wherever that works (one
 device, `MirroredStrategy`). Under `MultiWorkerMirroredStrategy` Keras 3's `model.fit` fails
 (keras-team/keras#20585: `_maybe_symbolic_build` passes the first, per-replica batch to
-`strategy.reduce`, which cannot convert it), so
-there `fit_model` runs Keras' own `train_step`/`test_step` under `strategy.run` and keeps
-`model.fit`'s contract: the same callbacks with the same logs, `stop_training`, the `History`.
+`strategy.reduce`, which cannot convert it), so there `fit_model` runs Keras' own
+`train_step`/`test_step` under `strategy.run` and keeps `model.fit`'s contract: the same
+callbacks with the same logs, `stop_training`, the `History`.
 """
 from __future__ import annotations
 
