@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -243,6 +244,31 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_
     assert not (tmp_path / "run.partial").exists()
 
 
+@pytest.mark.slow  # two subprocesses: ~30 s of CPU
+def test_a_worker_killed_mid_training_stops_the_other_with_one_line(tmp_path):
+    """TensorFlow's health check aborts the collectives of the worker left alone: it exits 2 with
+    one line, and its run directory is not left half-written."""
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    arguments = [*FIT, "--epochs", "500", "--patience", "500", "--strategy", "multiworker", "--export", "none",
+                 "--out", str(tmp_path / "run")]
+    workers = [start_worker(index, hosts, arguments, tmp_path / f"worker{index}") for index in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run.partial").exists() and time.monotonic() < deadline:  # the chief trains now
+            time.sleep(0.5)
+        time.sleep(3)
+        workers[1].kill()
+        code, _, err = finish(workers[:1], timeout=120)[0]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("transfer fit: error: a worker of the cluster is gone, so training stopped (")
+    assert last.endswith("start every worker again") and "Traceback" not in err
+    assert not list(tmp_path.glob("run*"))
+
+
 def test_sweep_trains_every_setting_under_the_strategy(tmp_path, capsys):
     """One strategy for the whole sweep, the best setting's fit run included (a second
     MirroredStrategy inside the first one's scope would be refused by TensorFlow)."""
@@ -274,6 +300,32 @@ def test_a_bad_tf_config_is_one_line_naming_what_is_wrong(tf_config, message, mo
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tf_config", [
+    {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}},
+    {"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief"}},  # index 0 when not given
+])
+def test_a_good_tf_config_passes_as_tensorflow_reads_it(tf_config):
+    assert distribute.check_tf_config(json.dumps(tf_config)) == tf_config
+
+
+def test_a_worker_whose_address_is_taken_says_so():
+    """Two workers started with the same task index: the second cannot bind its address."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hosts = [f"127.0.0.1:{taken.getsockname()[1]}", f"127.0.0.1:{free_ports(1)[0]}"]
+        done = run_python("""
+            import transfer
+            from transfer.distribute import strategy_named
+            try:
+                strategy_named("multiworker")
+            except transfer.TransferError as error:
+                print(error)
+        """, timeout=90, TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": 0}}))
+    assert f"cannot start worker 0's server at {hosts[0]} (TF_CONFIG task): the address is taken" in done.stdout, \
+        done.stderr[-2000:]
 
 
 def test_unknown_strategy_names_the_valid_ones(capsys):

@@ -5,9 +5,10 @@ that Keras' `model.fit` cannot run.
 training code creates its variables in `strategy.scope()` and trains with `fit_model`, so it
 does not branch on where it runs. `fit_model` is Keras' `model.fit` wherever that works (one
 device, `MirroredStrategy`). Under `MultiWorkerMirroredStrategy` Keras 3's `model.fit` fails
-(keras-team/keras#20585: its first batch is reduced across workers to build the model), so
-there `fit_model` runs Keras' own `train_step`/`test_step` under `strategy.run` and keeps
-`model.fit`'s contract: the same callbacks with the same logs, `stop_training`, the `History`.
+(keras-team/keras#20585: `_maybe_symbolic_build` passes the first, per-replica batch to
+`strategy.reduce`, which cannot convert it), so there `fit_model` runs Keras' own
+`train_step`/`test_step` under `strategy.run` and keeps `model.fit`'s contract: the same
+callbacks with the same logs, `stop_training`, the `History`.
 """
 from __future__ import annotations
 
@@ -60,13 +61,18 @@ def _mirrored() -> tf.distribute.MirroredStrategy:
 def _multiworker() -> tf.distribute.MultiWorkerMirroredStrategy:
     """TensorFlow's own strategy and cluster resolver, after a check of TF_CONFIG that says what
     is wrong with it (TensorFlow would silently train alone without it, or fail deep inside)."""
-    check_tf_config(os.environ.get("TF_CONFIG"))
+    config = check_tf_config(os.environ.get("TF_CONFIG"))
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy()  # waits for every worker of the cluster
     except RuntimeError as error:  # "Collective ops must be configured at program startup"
         raise TransferError(f"--strategy multiworker must be set up before TensorFlow runs anything ({error}): "
                             "in your own script, create tf.distribute.MultiWorkerMirroredStrategy() first "
                             "and pass it as strategy=") from None
+    except tf.errors.UnknownError:  # TF says no more than "UnknownError()": its server could not start
+        kind, index = config["task"]["type"], config["task"].get("index", 0)
+        raise TransferError(f"cannot start {kind} {index}'s server at {config['cluster'][kind][index]} (TF_CONFIG "
+                            "task): the address is taken, by another program or by a worker started with the "
+                            "same task index") from None
 
 
 def check_tf_config(text: str | None) -> dict:
@@ -148,8 +154,10 @@ class _StepLoop:
     weights, optimizer and metrics) under `strategy.run`, on the strategy's distributed dataset.
 
     Every worker reads the metrics through the strategy (a collective), so all see the same logs
-    and their callbacks decide alike; a stop requested on any worker stops all of them, at the
-    end of the epoch (a worker leaving mid-epoch would leave the others waiting in a collective).
+    and their callbacks decide alike; they read them after every batch whatever their callbacks
+    (which may differ between workers), so that their collectives always match. A stop requested
+    on any worker stops all of them, at the end of the epoch (a worker leaving mid-epoch would
+    leave the others waiting in a collective). Cost: a few small all-reduces per batch.
     """
 
     def __init__(self, model: keras.Model):
@@ -171,14 +179,19 @@ class _StepLoop:
                                                  verbose=verbose, epochs=epochs, steps=None)
         model.stop_training, logs = False, {}
         callbacks.on_train_begin()
-        for epoch in range(epochs):
-            callbacks.on_epoch_begin(epoch)
-            logs = self._train_epoch(batches, callbacks)
-            if checks is not None:
-                logs.update({f"val_{name}": value for name, value in self._evaluate(checks, callbacks).items()})
-            callbacks.on_epoch_end(epoch, logs)
-            if self._any_worker(model.stop_training):
-                break
+        try:
+            for epoch in range(epochs):
+                callbacks.on_epoch_begin(epoch)
+                logs = self._train_epoch(batches, callbacks)
+                if checks is not None:
+                    logs.update({f"val_{name}": value for name, value in self._evaluate(checks, callbacks).items()})
+                callbacks.on_epoch_end(epoch, logs)
+                if self._any_worker(model.stop_training):
+                    break
+        except tf.errors.UnavailableError as error:  # TensorFlow's health check aborts the collectives
+            reason = error.message.strip().splitlines()[0].split("aborted by: ")[-1].rstrip(":")
+            raise TransferError(f"a worker of the cluster is gone, so training stopped ({reason}); "
+                                "start every worker again") from None
         callbacks.on_train_end(logs)
         return model.history
 
