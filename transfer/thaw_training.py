@@ -45,27 +45,27 @@ class ThawTraining:
                 check_number(name, given[name], minimum, above=above, integer=integer, flag=flag_of(name))
         return self
 
-    def plan(self, features, optimizer: str, lr: float, epochs: int, patience, validated: bool) -> TrainingPlan:
-        """The optimizer and callbacks for `features` (a ThawedFeatureLayer when thawing)."""
+    def plan(self, feature_layer, optimizer: str, lr: float, epochs: int, patience, validated: bool) -> TrainingPlan:
+        """The optimizer and callbacks for `feature_layer` (a ThawedFeatureLayer when thawing)."""
         if not any(dataclasses.asdict(self).values()):
             return TrainingPlan(optimizer, [], epochs, patience)  # plain --thaw: one optimizer, as before
         callbacks = []
         if self.head_epochs is not None or self.thaw_epochs is not None:
-            schedule = TwoStageSchedule(features, self.head_epochs or 0,
+            schedule = TwoStageSchedule(feature_layer, self.head_epochs or 0,
                                         epochs if self.thaw_epochs is None else self.thaw_epochs,
                                         patience=patience if validated else None, unfreeze_every=self.unfreeze_every)
             callbacks, epochs, patience = [schedule], schedule.epochs, None  # the schedule stops each stage
         elif self.unfreeze_every is not None:
-            callbacks = [GradualUnfreezing(features, every=self.unfreeze_every, start=1)]
-        return TrainingPlan(self.optimizer(features, optimizer, lr), callbacks, epochs, patience)
+            callbacks = [GradualUnfreezing(feature_layer, every=self.unfreeze_every, start=1)]
+        return TrainingPlan(self.optimizer(feature_layer, optimizer, lr), callbacks, epochs, patience)
 
-    def optimizer(self, features, name: str, lr: float) -> GroupedOptimizer:
+    def optimizer(self, feature_layer, name: str, lr: float) -> GroupedOptimizer:
         """One group per thawed layer (its own Adam step count, starting when it first trains),
         at `lr * thaw_lr_scale` with `thaw_weight_decay`; the head is the main group at `lr`."""
-        indices = features.weight_layer_indices
+        indices = feature_layer.weight_layer_indices
         group = {"lr_scale": 1.0 if self.thaw_lr_scale is None else self.thaw_lr_scale}
         if self.thaw_weight_decay is not None:
             group["weight_decay"] = self.thaw_weight_decay
-        groups = [{**group, "variables": [w for w, i in zip(features.thawed_weights, indices) if i == index]}
+        groups = [{**group, "variables": [w for w, i in zip(feature_layer.thawed_weights, indices) if i == index]}
                   for index in sorted(set(indices))]
         return GroupedOptimizer(optimizer_named(name, lr), groups)

@@ -118,14 +118,14 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
             run_directory(written) if written is not None else contextlib.nullcontext() as directory:
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
         with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
-            features = _feature_layer(inputs, settings)
-            source = _training_source(inputs, features, settings, cache_dir, cache_dtype, progress=verbose != 0,
+            feature_layer = _feature_layer(inputs, settings)
+            source = _training_source(inputs, feature_layer, settings, cache_dir, cache_dtype, progress=verbose != 0,
                                       pool=cache_pool(inputs.backbone, head_factory, head_options))
             started = time.perf_counter()
-            head_layer, trained, log = _train_head(source, features, settings, head, head_options,
+            head_layer, trained, log = _train_head(source, feature_layer, settings, head, head_options,
                                                    [*logs.callbacks(), *callbacks], verbose)
-            features, head_layer, kept = keep_selected_cuts(inputs, features, head_layer)
-            model = build_classifier(features, head_layer, inputs.kind)
+            feature_layer, head_layer, kept = keep_selected_cuts(inputs, feature_layer, head_layer)
+            model = build_classifier(feature_layer, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
         if kept is not None:
             config["kept_cuts"] = kept
@@ -162,17 +162,17 @@ def _feature_layer(inputs, settings: TrainingSettings):
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
 
-def _training_source(inputs, features, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool,
+def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool,
                      pool: str = "none"):
     """Where the head's examples come from: raw examples through the backbone, or the cache."""
     if cache_dir is None:
-        return _UncachedTraining(inputs, features)
+        return _UncachedTraining(inputs, feature_layer)
     if not settings.thawing:
         return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool),
                                settings.batch_size, settings.seed)
     # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-    return _CachedTraining(inputs.cached_prefix(features, cache_dir, cache_dtype, progress=progress),
-                           settings.batch_size, settings.seed, suffix=features.suffix())
+    return _CachedTraining(inputs.cached_prefix(feature_layer, cache_dir, cache_dtype, progress=progress),
+                           settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
 def cache_pool(backbone, head_factory, head_options: dict) -> str:
@@ -183,13 +183,13 @@ def cache_pool(backbone, head_factory, head_options: dict) -> str:
     return "avg" if backbone.multi_cut and averages else "none"
 
 
-def keep_selected_cuts(inputs, features, head) -> tuple:
+def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     """After a head that selects cuts (`multilayer`: `kept`, `keeping`) has trained: its mask
     set to the features it kept, and, when it dropped whole cuts, a feature layer of the kept
     cuts only with the head made for them, so that the model (and every export) computes only
     those. Returns (feature layer, head, the kept cut specs or None)."""
     if not callable(getattr(head, "keeping", None)):
-        return features, head, None
+        return feature_layer, head, None
     head.set_mask(head.kept_features())
     kept = list(head.kept)
     specs = [cut.spec for cut in inputs.backbone.cuts]
@@ -197,13 +197,13 @@ def keep_selected_cuts(inputs, features, head) -> tuple:
         raise TransferError(f"head {head.head_name!r}: its penalty dropped every cut (strength={head.strength}); "
                             "use a smaller strength")
     if len(kept) == len(specs):
-        return features, head, specs
+        return feature_layer, head, specs
     backbone = inputs.backbone.recut([specs[number] for number in kept], inputs=inputs.backbone.requested_inputs)
-    layer = FeatureLayer(backbone, name=features.name)
+    layer = FeatureLayer(backbone, name=feature_layer.name)
     return layer, head.keeping(kept), [specs[number] for number in kept]
 
 
-def _train_head(source, features, settings: TrainingSettings, head, head_options, callbacks, verbose):
+def _train_head(source, feature_layer, settings: TrainingSettings, head, head_options, callbacks, verbose):
     """A Keras head trained with `model.fit`, or the scikit-learn probe fitted on extracted
     features and turned into the equivalent Dense head: (head layer, trained model, log)."""
     num_classes = source.num_classes
@@ -219,7 +219,7 @@ def _train_head(source, features, settings: TrainingSettings, head, head_options
     if class_weight == "balanced":
         class_weight = _class_weights(source.split("train"))
     validation = source.split("validation")
-    plan = settings.thaw_training.plan(features, settings.optimizer, settings.lr, settings.epochs,
+    plan = settings.thaw_training.plan(feature_layer, settings.optimizer, settings.lr, settings.epochs,
                                        settings.patience, validated=validation is not None)
     log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=settings.lr,
                       optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
@@ -253,12 +253,12 @@ def spread_sample(stream, count: int, size: int | None = None):
 class _UncachedTraining:
     """The head trains inside the whole model, on raw examples: the backbone runs every epoch."""
 
-    def __init__(self, inputs, features):
-        self.inputs, self.features = inputs, features
+    def __init__(self, inputs, feature_layer):
+        self.inputs, self.feature_layer = inputs, feature_layer
         self.num_classes = inputs.splits.num_classes
 
     def model(self, head):
-        return build_classifier(self.features, head, self.inputs.kind)
+        return build_classifier(self.feature_layer, head, self.inputs.kind)
 
     def training(self):
         return self.inputs.batches.training()
