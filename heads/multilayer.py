@@ -119,6 +119,7 @@ class MultiLayerHead(Head):
 
     def build(self, input_shape):
         shapes = self._shapes(input_shape)
+        self.input_shapes = [(None, *shape[1:]) for shape in shapes]
         for number, shape in enumerate(shapes):
             pooling = GridPooling(self.grid, name=f"pooling_{number}")
             if self.grid > 1 and None in tuple(shape)[1:-1]:
@@ -226,6 +227,25 @@ class MultiLayerHead(Head):
                     for n, g in zip(norms, groups)]
         largest = max(float(n.max(initial=0)) for n in norms)
         return [np.flatnonzero((n > 0) & (n >= tolerance * largest)) for n in norms]
+
+    def subset(self, inputs=None) -> "MultiLayerHead":
+        """A head on only some of the inputs (default: `kept`), with this head's statistics, mask and
+        weights for them, so that an export computes only those cuts. Its predictions on those
+        inputs are this head's minus the dropped inputs' contribution: exactly the same where the
+        mask zeroed them (a `choose_multilayer` refit), else as near as their weights are to 0."""
+        inputs = list(self.kept if inputs is None else inputs)
+        if not inputs or any(not 0 <= number < len(self.sizes) for number in inputs):
+            raise TransferError(f"{self.owner}: subset takes input numbers in 0..{len(self.sizes) - 1}, got {inputs}")
+        head = MultiLayerHead.from_config({**self.get_config(), "name": f"{self.name}_subset"})
+        head.build([self.input_shapes[number] for number in inputs])
+        rows = np.split(np.arange(sum(self.sizes)), np.cumsum(self.sizes)[:-1])
+        chosen = np.concatenate([rows[number] for number in inputs])
+        kernel, bias = self.classifier.get_weights()
+        head.classifier.set_weights([kernel[chosen], bias])
+        head.mask.assign(ops.convert_to_numpy(self.mask)[chosen])
+        for new, number in zip(head.standardizations, inputs):
+            new.set_weights(self.standardizations[number].get_weights())
+        return head
 
     def set_mask(self, kept_features) -> None:
         """Use only these pooled features of each input (a list of index arrays, one per input)."""
