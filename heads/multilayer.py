@@ -12,7 +12,8 @@ training features, as every head), and concatenated. The classifier's kernel car
 After training, `group_norms()` says how much weight each input carries and `kept` which inputs
 are kept (norm above `tolerance` x the largest); `kept_features()` the same per feature. A
 `mask` (a saved weight, all ones unless set) restricts the classifier to chosen features: the
-refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does.
+refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does; `subset()` is a head
+on the kept inputs only, for an export that computes only those cuts.
 `choose_multilayer` fits the head for several strengths (and keep fractions) on training
 features and returns the one with the best validation accuracy.
 """
