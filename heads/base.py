@@ -111,8 +111,13 @@ class Head(keras.layers.Layer):
 
     def build_standardization(self, input_shape):
         """Build the standardization for these features, unless `adapt` built it already."""
-        if self.standardization is not None and not self.standardization.built:
+        if self.standardization is None:
+            return
+        if not self.standardization.built:
             self.standardization.build(input_shape)
+        elif self.standardization.mean.shape[0] != input_shape[-1]:
+            raise TransferError(f"{self.owner} was adapted on features with {self.standardization.mean.shape[0]} "
+                                f"channels, got shape {tuple(input_shape)}")
 
     def standardized(self, inputs, training=None):
         """The head's inputs standardized; training on a never-adapted head warns once."""

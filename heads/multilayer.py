@@ -12,7 +12,8 @@ training features, as every head), and concatenated. The classifier's kernel car
 After training, `group_norms()` says how much weight each input carries and `kept` which inputs
 are kept (norm above `tolerance` x the largest); `kept_features()` the same per feature. A
 `mask` (a saved weight, all ones unless set) restricts the classifier to chosen features: the
-refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does.
+refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does; `subset()` is a head
+on the kept inputs only, for an export that computes only those cuts.
 `choose_multilayer` fits the head for several strengths (and keep fractions) on training
 features and returns the one with the best validation accuracy.
 """
@@ -119,7 +120,7 @@ class MultiLayerHead(Head):
 
     def build(self, input_shape):
         shapes = self._shapes(input_shape)
-        self.input_shapes = [tuple(shape) for shape in shapes]  # what `keeping` builds a smaller head for
+        self.input_shapes = [(None, *shape[1:]) for shape in shapes]
         for number, shape in enumerate(shapes):
             pooling = GridPooling(self.grid, name=f"pooling_{number}")
             if self.grid > 1 and None in tuple(shape)[1:-1]:
@@ -228,28 +229,31 @@ class MultiLayerHead(Head):
         largest = max(float(n.max(initial=0)) for n in norms)
         return [np.flatnonzero((n > 0) & (n >= tolerance * largest)) for n in norms]
 
+    def subset(self, inputs=None) -> "MultiLayerHead":
+        """A head on only some of the inputs (default: `kept`), with this head's statistics, mask and
+        weights for them, so that an export computes only those cuts. Its predictions on those
+        inputs are this head's minus the dropped inputs' contribution: exactly the same where the
+        mask zeroed them (a `choose_multilayer` refit), else as near as their weights are to 0."""
+        inputs = list(self.kept if inputs is None else inputs)
+        if not inputs or any(not 0 <= number < len(self.sizes) for number in inputs):
+            raise TransferError(f"{self.owner}: subset takes input numbers in 0..{len(self.sizes) - 1}, got {inputs}")
+        head = MultiLayerHead.from_config({**self.get_config(), "name": f"{self.name}_subset"})
+        head.build([self.input_shapes[number] for number in inputs])
+        rows = np.split(np.arange(sum(self.sizes)), np.cumsum(self.sizes)[:-1])
+        chosen = np.concatenate([rows[number] for number in inputs])
+        kernel, bias = self.classifier.get_weights()
+        head.classifier.set_weights([kernel[chosen], bias])
+        head.mask.assign(ops.convert_to_numpy(self.mask)[chosen])
+        for new, number in zip(head.standardizations, inputs):
+            new.set_weights(self.standardizations[number].get_weights())
+        return head
+
     def set_mask(self, kept_features) -> None:
         """Use only these pooled features of each input (a list of index arrays, one per input)."""
         mask = np.zeros(sum(self.sizes), "float32")
         for start, indices in zip(np.cumsum([0, *self.sizes[:-1]]), kept_features):
             mask[start + np.asarray(indices, int)] = 1.0
         self.mask.assign(mask)
-
-    def keeping(self, inputs) -> MultiLayerHead:
-        """A head for only these inputs (indices, in order), with their trained statistics and
-        weights: the same outputs as this head when the other inputs are masked out, without
-        needing them (an export then computes only the cuts kept)."""
-        config = {key: value for key, value in self.get_config().items() if key not in ("name", "trainable")}
-        head = MultiLayerHead(**config, name=self.name)
-        head.build([self.input_shapes[number] for number in inputs])
-        starts = np.cumsum([0, *self.sizes[:-1]])
-        rows = np.concatenate([np.arange(starts[n], starts[n] + self.sizes[n]) for n in inputs])
-        kernel, bias = (ops.convert_to_numpy(w) for w in (self.classifier.kernel, self.classifier.bias))
-        head.classifier.set_weights([kernel[rows], bias])
-        head.mask.assign(ops.convert_to_numpy(self.mask)[rows])
-        for new, number in zip(head.standardizations, inputs):
-            new.set_weights(self.standardizations[number].get_weights())
-        return head
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid, "penalty": self.penalty, "strength": self.strength,

@@ -323,6 +323,10 @@ def test_adapt_refuses_features_the_head_cannot_read():
     head(features(2))
     with pytest.raises(TransferError, match=r"^standardization: features have 4 channels, the head was built for 8$"):
         head.adapt(features(4))
+    adapted = get("linear", num_classes=2).adapt(features(2))
+    with pytest.raises(TransferError, match=r"^head 'linear' was adapted on features with 8 channels, "
+                                            r"got shape \(None, 3, 3, 4\)$"):
+        adapted(keras.Input(SHAPES[4]))
     with pytest.raises(TransferError, match=r"^head 'linear': adapt was given no features$"):
         get("linear", num_classes=2).adapt(iter([]))
 

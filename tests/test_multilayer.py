@@ -57,6 +57,21 @@ def test_learns_from_the_one_informative_cut_and_keeps_only_it(penalty):
     assert [len(k) for k in kept[::2]] == [0, 0] and len(kept[1]) >= 5
 
 
+def test_a_subset_on_the_kept_inputs_predicts_as_the_whole_head_where_the_mask_dropped_the_rest(tmp_path):
+    head, model, _ = trained("group_lasso", epochs=5)
+    head.set_mask([[], np.arange(10), []])  # as a refit on the kept features leaves it
+    xs, _ = three_cuts(n=30, seed=2)
+    small = head.subset()  # the kept inputs: (1,)
+    assert small.sizes == [10] and small.input_shapes == [(None, 10)] and small.kept == (0,)
+    np.testing.assert_allclose(np.asarray(small([xs[1]])), model.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
+    two = head.subset([2, 1])
+    assert two.sizes == [14, 10]
+    np.testing.assert_allclose(np.asarray(two([xs[2], xs[1]])), model.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
+    keras.Model(inputs := [keras.Input((10,))], small(inputs)).save(tmp_path / "small.keras")  # it saves like any head
+    with pytest.raises(TransferError, match=r"^head 'multilayer': subset takes input numbers in 0\.\.2, got \[3\]$"):
+        head.subset([3])
+
+
 def test_pools_each_input_to_a_grid_and_says_how_many_features_each_gives():
     head, _, _ = trained("group_lasso", epochs=1)
     assert head.sizes == [2 * 2 * 6, 10, 2 * 7]  # 2x2 cells of the map, 2 segments of the sequence

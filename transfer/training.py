@@ -184,11 +184,11 @@ def cache_pool(backbone, head_factory, head_options: dict) -> str:
 
 
 def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
-    """After a head that selects cuts (`multilayer`: `kept`, `keeping`) has trained: its mask
+    """After a head that selects cuts (`multilayer`: `kept`, `subset`) has trained: its mask
     set to the features it kept, and, when it dropped whole cuts, a feature layer of the kept
     cuts only with the head made for them, so that the model (and every export) computes only
     those. Returns (feature layer, head, the kept cut specs or None)."""
-    if not callable(getattr(head, "keeping", None)):
+    if not callable(getattr(head, "subset", None)):
         return feature_layer, head, None
     head.set_mask(head.kept_features())
     kept = list(head.kept)
@@ -200,7 +200,7 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
         return feature_layer, head, specs
     backbone = inputs.backbone.recut([specs[number] for number in kept], inputs=inputs.backbone.requested_inputs)
     layer = FeatureLayer(backbone, name=feature_layer.name)
-    return layer, head.keeping(kept), [specs[number] for number in kept]
+    return layer, head.subset(kept), [specs[number] for number in kept]
 
 
 def _train_head(source, feature_layer, settings: TrainingSettings, head, head_options, callbacks, verbose):
