@@ -146,19 +146,31 @@ EXTRACT_DIGITS = ["extract", "--backbone", "example:digits", "--cut", "block1_ou
                   "--validation-split", "0", "--batch-size", "1", "--shard-size", "50", "--json"]  # 901: 19 shards
 
 
-def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path):
-    """`kill -9` of a two-worker `transfer extract --runner beam` (launcher and workers) while
-    shards are being written; a Beam rerun and a plain rerun each complete the entry exactly
-    as a clean plain extraction writes it."""
+@pytest.mark.parametrize("killed_process", ["worker", "launcher"])
+def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
+    """`kill -9` of one worker process of a two-worker `transfer extract --runner beam` (the
+    command stops with one line, exit 2), or of the command with its workers, while shards are
+    being written; a Beam rerun and a plain rerun each complete the entry exactly as a clean
+    plain extraction writes it."""
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "transfer.cli", *EXTRACT_DIGITS, "--cache-dir", str(killed),
                                 "--runner", "beam", *[f"--beam-option={k}={v}" for k, v in TWO_WORKERS.items()]],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None and len(list(killed.glob("*/.shard-*.json"))) < 4:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its worker processes
-    process.wait()
+    if killed_process == "worker":
+        listed = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(process.pid)], capture_output=True, text=True)
+        workers = [int(line.split()[0]) for line in listed.stdout.splitlines()
+                   if "sdk_worker_main" in line and not line.split()[1].endswith("sh")]
+        os.kill(workers[0], signal.SIGKILL)
+        err = process.communicate(timeout=120)[1].strip()
+        assert process.returncode == 2 and len(err.splitlines()) == 1, err[-2000:]
+        assert err.startswith("transfer extract: error: a Beam worker stopped mid-pipeline (") and err.endswith(
+            "); the shards finished so far are kept: run the same command again to complete the entries")
+    else:
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes
+        process.wait()
     (entry,) = [path.parent for path in killed.glob("*/manifest.json")]
     partial = json.loads((entry / "manifest.json").read_text())
     finished = list(entry.glob(".shard-*.json"))

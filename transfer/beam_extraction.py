@@ -37,6 +37,7 @@ from transfer.errors import TransferError  # noqa: E402
 from transfer.extraction import Extraction  # noqa: E402
 from transfer.storage import location  # noqa: E402
 
+WORKER_LOST = ("Channel closed prematurely", "Worker subprocess exited")  # the DirectRunner's words for it
 QUIET_WORKERS = {"default_sdk_harness_log_level": "WARNING"}  # a worker process logs every channel it opens
 
 
@@ -119,6 +120,10 @@ def _run(tasks: list, description: dict, cache: FeatureCache, finishing: dict, o
             message = re.search(r"TransferError: (.+)", str(error))
             if message:
                 raise TransferError(message.group(1).strip()) from None
+            lost = next((sign for sign in WORKER_LOST if sign in str(error)), None)
+            if lost:
+                raise TransferError(f"a Beam worker stopped mid-pipeline ({lost}); the shards finished so far are "
+                                    "kept: run the same command again to complete the entries") from None
             raise
 
 

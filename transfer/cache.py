@@ -271,7 +271,8 @@ class FeatureCache:
         for its entry alone, from its own batches, as `extract` repairs it), then each missing
         shard, for every entry of a layout that lacks it, in one pass. A new layout is chosen as
         a plain pass would choose it (from one example's features) and written into the
-        manifests first, so that every task and every rerun cut the same shards."""
+        manifests first, so that every task and every rerun cut the same shards. Beyond the
+        interface `extract` uses, the extractor counts a split's examples: `count(role)`."""
         tasks = []
         for output, entry in group.items():
             batch_size = entry.manifest.get("batch_size") or extractor.batch_size
@@ -304,7 +305,7 @@ class FeatureCache:
         all and says it is complete (the manifest a plain pass writes), the tasks' records
         removed. `size`: the split's examples (None: those the entry lists already)."""
         entry = self.open(key)
-        _adopt_finished(entry)
+        _adopt_finished(entry, verify=False)  # written by this run's tasks, after their files: no re-reading
         if entry.finished or size is not None and entry.count != size:
             raise TransferError(f"cache entry {key} holds {entry.count} of {size or entry.count} examples after its "
                                 "extraction: a task did not finish; extract again to complete it")
@@ -425,15 +426,15 @@ def _write_manifest(entry: Entry) -> None:
     _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
 
 
-def _adopt_finished(entry: Entry) -> None:
+def _adopt_finished(entry: Entry, verify: bool = True) -> None:
     """Shards that tasks finished (their records beside them) and whose files check out join
     the manifest: a repaired one replaces its listed record, missing ones are appended while
     they continue the list; the others wait in `entry.finished` for the shards before them.
     Records are removed once the manifest that lists them is written (or when they do not
-    check out)."""
+    check out). `verify`: hash the files (False: the records are this run's, trusted)."""
     shards, waiting, done, changed = entry.manifest["shards"], {}, [], False
     for path in entry.path.glob(".shard-*.json"):
-        record, index = _finished_record(entry, path)
+        record, index = _finished_record(entry, path, verify)
         if record is not None and index < len(shards):
             shards[index], changed = record, True
         elif record is not None:
@@ -453,7 +454,7 @@ def _adopt_finished(entry: Entry) -> None:
     entry.finished = {index: record for index, (record, _) in waiting.items()}
 
 
-def _finished_record(entry: Entry, path) -> tuple[dict | None, int]:
+def _finished_record(entry: Entry, path, verify: bool = True) -> tuple[dict | None, int]:
     """A task's record of a finished shard and its index, or None when it does not check out."""
     index = path.name[len(".shard-"):-len(".json")]
     try:
@@ -462,7 +463,7 @@ def _finished_record(entry: Entry, path) -> tuple[dict | None, int]:
         return None, -1
     if not index.isdigit() or not entry.feature_shapes or _manifest_problem({"shards": [record]}):
         return None, -1
-    return (record if entry._intact(record) else None), int(index)
+    return (record if not verify or entry._intact(record) else None), int(index)
 
 
 class _ShardBuffer:
