@@ -17,7 +17,7 @@ import tensorflow as tf
 from transfer import datasets
 from transfer.cache import FeatureCache
 from transfer.cli import main
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 from transfer.pipeline import open_inputs
 from transfer.runners import BeamRunner, get_runner
 
@@ -118,11 +118,13 @@ def test_a_ram_cache_holds_the_plain_entries_and_trains(tmp_path, plain, capsys)
     inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
     for runner in ("local", "beam"):
         root = f"ram://transfer-{runner}/cache"
-        entries = inputs.extract(root, shard_size=64, runner=runner, progress=False)
+        with pytest.warns(TransferWarning, match=f"cache {root} is not on the local disk: its entries have no lock"):
+            entries = inputs.extract(root, shard_size=64, runner=runner, progress=False)
         assert digests(root) == {name: digest for name, digest in plain.items() if not name.endswith(".lock")}
     assert entries["test"][0].path.name == entries["test"][0].key and str(entries["test"][0].path).startswith("ram://")
     local = FeatureCache(tmp_path).entries()
-    features = inputs.cached_features("ram://transfer-beam/cache", progress=False)
+    with pytest.warns(TransferWarning):
+        features = inputs.cached_features("ram://transfer-beam/cache", progress=False)
     (first, second), labels = next(iter(features.test.batch(700)))
     expected = open_inputs("example:digits", DATA, cut="block2_out").cached_features(tmp_path, progress=False)
     np.testing.assert_array_equal(second, next(iter(expected.test.batch(700)))[0])

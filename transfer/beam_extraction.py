@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 
-from transfer.runners import _typed, import_beam
+from transfer.runners import beam_value, import_beam
 
 import_beam()
 import apache_beam as beam  # noqa: E402
@@ -104,7 +104,7 @@ def _run(tasks: list, description: dict, cache: FeatureCache, finishing: dict, o
         workers = f", {options['direct_num_workers']} workers" if "direct_num_workers" in options else ""
         print(f"beam: {len(tasks)} shard task(s) for {len(finishing)} entr{'y' if len(finishing) == 1 else 'ies'} on "
               f"{runner}{workers}", flush=True)
-    pipeline_options = PipelineOptions.from_dictionary({name: _typed(value)
+    pipeline_options = PipelineOptions.from_dictionary({name: beam_value(value)
                                                         for name, value in {**QUIET_WORKERS, **options}.items()})
     # Beam's workers and runner log their start-up, channels and notices to fd 2: parked, shown if it fails
     with parked_stderr(keep=(TransferError,)), _progress_bar(tasks) if progress else contextlib.nullcontext():

@@ -72,7 +72,7 @@ def check_beam_options(options: dict) -> dict:
         messages = io.StringIO()
         try:
             with contextlib.redirect_stderr(messages):  # Beam's argparse says what is wrong, then exits
-                PipelineOptions.from_dictionary({name: _typed(value)}).get_all_options()
+                PipelineOptions.from_dictionary({name: beam_value(value)}).get_all_options()
         except SystemExit:
             problem = messages.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
             raise TransferError(f"--beam-option {_flag(name, value)}: {problem}") from None
@@ -92,7 +92,7 @@ def import_beam() -> None:
         logging.disable(previous)
 
 
-def _typed(value):
+def beam_value(value):
     """`true`/`false` as booleans (Beam's switches take no value), anything else as text."""
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
