@@ -265,10 +265,11 @@ class Batches:
         return self._batched(stream, self.augmentation)
 
     def evaluation(self, role: str, skip: int = 0, take: int = -1, batch_size: int | None = None):
-        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only, of
-        this pipeline's batch size or `batch_size`."""
-        stream = getattr(self.splits, role)
-        return None if stream is None else self._batched(stream.skip(skip).take(take), None, batch_size)
+        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only
+        (where the source allows, the others are not read: a pipeline's shard), of this
+        pipeline's batch size or `batch_size`."""
+        stream = self.splits.window(role, skip, take)
+        return None if stream is None else self._batched(stream, None, batch_size)
 
     def _batched(self, stream, augmentation, batch_size: int | None = None) -> tf.data.Dataset:
         batched = self.kind.batchable(stream, augmentation).batch(batch_size or self.batch_size)
