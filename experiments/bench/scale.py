@@ -16,8 +16,8 @@ Figures: wall and CPU time of each whole run (start-up, graph loading and worker
 included), and the steady throughput: the examples of the shards finished after the first
 W (W workers) over the time from the W-th to the last shard's file (start-up excluded), as
 ratios against `plain`. The shards of every variant are compared with plain's (sha256).
-Run: `python experiments/bench/scale.py` (~6 min on 2 CPU cores; `--rounds 2` takes the median
-of two rounds).
+Run: `python experiments/bench/scale.py` (~4-6 min on 2 CPU cores; `--rounds 2` takes the median
+of two rounds, `--shard-size 2048` makes 4 work items instead of 15).
 """
 from __future__ import annotations
 
@@ -73,10 +73,10 @@ def write_data(workdir: Path) -> tuple[str, int]:
     return f"npz:{workdir / 'digits.npz'}", len(y)
 
 
-def extract(pb: Path, data: str, cache: Path, flags: list, env: dict) -> tuple[float, float]:
+def extract(pb: Path, data: str, cache: Path, flags: list, env: dict, shard: int = SHARD) -> tuple[float, float]:
     """Wall seconds and CPU seconds (all processes) of one `transfer extract` into an empty cache."""
     argv = [sys.executable, "-c", CLI, "extract", "--backbone", str(pb), "--data", data, "--validation-split", "0",
-            "--batch-size", "32", "--shard-size", str(SHARD), "--cache-dir", str(cache), "--json", *flags]
+            "--batch-size", "32", "--shard-size", str(shard), "--cache-dir", str(cache), "--json", *flags]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=3600)
@@ -105,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the variants (median; default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--shard-size", type=int, default=SHARD, help=f"examples per shard (default {SHARD})")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -115,15 +116,15 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, (flags, env, workers) in VARIANTS.items():
                 cache = workdir / f"cache-{name}-{round_}"
-                wall, cpu = extract(pb, data, cache, flags, env)
+                wall, cpu = extract(pb, data, cache, flags, env, args.shard_size)
                 runs[name].append((wall, cpu, steady_rate(cache, workers)))
                 digests[name] = shard_digests(cache)
                 print(f"{name:14s} {images} images: {wall:6.1f} s wall, {cpu:6.1f} s CPU, "
                       f"{runs[name][-1][2]:6.1f} images/s once running", flush=True)
-        report(runs, digests, images, args.json)
+        report(runs, digests, images, args.json, args.shard_size)
 
 
-def report(runs: dict, digests: dict, images: int, json_path: str | None) -> None:
+def report(runs: dict, digests: dict, images: int, json_path: str | None, shard: int) -> None:
     median = {name: [statistics.median(values) for values in zip(*listed)] for name, listed in runs.items()}
     plain_wall, _, plain_rate = median["plain"]
     figures = {name: {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "images_per_s": round(rate, 1),
@@ -133,7 +134,7 @@ def report(runs: dict, digests: dict, images: int, json_path: str | None) -> Non
                       "same_shards_as_plain": digests[name] == digests["plain"]}
                for name, (wall, cpu, rate) in median.items()}
     print(f"\nTensorFlow {tf.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at the end; {images} images, shards of {SHARD}")
+          f"load average {os.getloadavg()[0]:.1f} at the end; {images} images, shards of {shard}")
     header = ("variant", "wall", "CPU", "images/s running", "throughput ×", "whole run ×", "same shards")
     rows = [(name, f"{f['wall_s']:.1f} s", f"{f['cpu_s']:.1f} s", f"{f['images_per_s']:.1f}",
              f"{f['throughput_vs_plain']:.2f}", f"{f['whole_run_vs_plain']:.2f}", str(f["same_shards_as_plain"]))
