@@ -16,9 +16,12 @@ Spec grammar (``load(spec)``; the CLI's ``--data SPEC``)::
 ``load("digits:5-9?per_class=10")`` gives five classes "5".."9" relabelled 0..4, ten training
 examples per class, a stratified validation split and the rest as the test split.
 """
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+import numpy as np
 
 import tensorflow as tf
 
@@ -58,6 +61,16 @@ class DataSplits:
     sizes: dict
     identity: dict
     images: bool = False
+    windows: dict = field(default_factory=dict)  # role -> (skip, take) -> the stream of those examples only,
+    # decoded alone (a shard's work item in a pipeline), where the source can; else skip on the stream
+
+    def window(self, role: str, skip: int = 0, take: int = -1) -> tf.data.Dataset | None:
+        """Examples [skip, skip + take) of a split (take -1: to the end), as its stream would
+        give them; where the source allows, the skipped examples are not even read."""
+        if role in self.windows and (skip or take >= 0):
+            return self.windows[role](skip, take)
+        stream = getattr(self, role)
+        return None if stream is None else stream.skip(skip).take(take)
 
     @property
     def num_classes(self) -> int:
@@ -86,10 +99,13 @@ def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=N
     source = _open(body, data_dir)
     roles = plan(source, validation_split, per_class, seed)
     streams, sizes = {}, {}
+    windows = {}
     for role, (part_name, indices) in roles.items():
         part = source.parts[part_name]
         streams[role] = part.stream(indices)
         sizes[role] = part.size if indices is None else len(indices)
+        if part.sliceable:
+            windows[role] = functools.partial(_window, part, np.arange(part.size) if indices is None else indices)
     if sizes["train"] == 0:
         raise TransferError(f"data {spec!r} has no training examples")
     identity = {**source.identity, "example_shape": list(source.example_shape),
@@ -98,7 +114,11 @@ def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=N
                           "seed": seed, "sizes": sizes}}
     return DataSplits(streams["train"], streams.get("validation"), streams.get("test"),
                       list(source.class_names), tuple(source.example_shape), source.example_dtype,
-                      sizes, identity, source.images)
+                      sizes, identity, source.images, windows)
+
+
+def _window(part, indices: np.ndarray, skip: int, take: int) -> tf.data.Dataset:
+    return part.stream(np.asarray(indices)[skip:None if take < 0 else skip + take])
 
 
 def _options(spec: str):

@@ -21,6 +21,7 @@ class Part:
     labels: Callable[[], np.ndarray]
     stream: Stream
     size: Optional[int] = None
+    sliceable: bool = False  # `stream(indices)` reads only those examples (no decoding of the others)
 
 
 @dataclass
@@ -47,4 +48,4 @@ def indexed_part(items: np.ndarray, labels: np.ndarray, decode=None) -> Part:
         dataset = tf.data.Dataset.from_tensor_slices((items[chosen], labels[chosen]))
         return dataset if decode is None else dataset.map(decode, tf.data.AUTOTUNE)
 
-    return Part(labels=lambda: labels, stream=stream, size=len(labels))
+    return Part(labels=lambda: labels, stream=stream, size=len(labels), sliceable=True)

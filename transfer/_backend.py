@@ -1,4 +1,5 @@
 """Pin Keras 3 to the TensorFlow backend before anything imports keras."""
+import contextlib
 import os
 
 _BACKEND_VARIABLE = "KERAS_BACKEND"
@@ -34,23 +35,34 @@ def import_tensorflow_quietly() -> None:
     TF_CPP_MIN_LOG_LEVEL=0 keeps everything (to diagnose a GPU that is not found).
     """
     import sys
-    import tempfile
 
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with parked_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device probing happens here, not mid-command
+
+
+@contextlib.contextmanager
+def parked_stderr(keep=()):
+    """fd 2 (this process's and its children's) into a temporary file for the block; replayed
+    if the block raises, unless what it raises is one of `keep` (said in one line elsewhere)."""
+    import sys
+    import tempfile
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as parked:
         os.dup2(parked.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # device probing happens here, not mid-command
-        except BaseException:
+            yield
+        except BaseException as error:
             os.dup2(saved, 2)
-            parked.seek(0)
-            sys.stderr.write(parked.read().decode(errors="replace"))
+            if not isinstance(error, tuple(keep)):
+                parked.seek(0)
+                sys.stderr.write(parked.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

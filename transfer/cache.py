@@ -15,6 +15,14 @@ Crash safety: every file is written under a temporary name and renamed; the mani
 only finished shards, each with a SHA-256, so a killed extraction resumes after its last
 finished shard, and a corrupt shard is found by its checksum and extracted again. An
 exclusive lock per entry lets two processes share one cache directory.
+
+Shards computed elsewhere (`plan` cuts what is missing into `ShardTask`s, each computable on its
+own: a pipeline's work items, `transfer.runners`): a task writes its shard files and a small
+record beside them (`.shard-NNNNN.json`); `finish` then lists them in the manifest, exactly as a
+plain pass would have. A rerun after a killed pipeline keeps every recorded shard.
+
+Where the cache lives: a local directory, or any location `tf.io.gfile` reaches
+(`transfer.storage`); a remote one has no lock (one warning says so) and is read through gfile.
 """
 from __future__ import annotations
 
@@ -25,15 +33,16 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from transfer.errors import TransferError, check_choice
+from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.files import update_with_file, write_atomic
+from transfer.storage import is_local, load_array, location, rmtree
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -42,6 +51,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16")
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
+FINISHED = ".shard-{index:05d}.json"  # a task's record of a finished shard, until the manifest lists it
 
 
 def default_cache_dir() -> Path:
@@ -58,8 +68,10 @@ def entry_key(ingredients: dict) -> str:
 class Entry:
     """One cached split: `manifest` is what `manifest.json` says."""
 
-    path: Path
+    path: Path  # or a transfer.storage.RemotePath
     manifest: dict
+    finished: dict = dataclasses.field(default_factory=dict, repr=False)  # index -> record: shards done by
+    # tasks after a gap in the manifest's list (a pipeline still running, or killed)
 
     @property
     def key(self) -> str:
@@ -91,33 +103,36 @@ class Entry:
 
     def bad_shards(self) -> list[int]:
         """Indices of shards whose files are missing or whose checksums do not match."""
-        return [i for i, shard in enumerate(self.manifest["shards"])
-                if any(_sha256_file(self.path / shard[name]) != shard[f"{name}_sha256"]
-                       for name in (*_feature_keys(len(self.feature_shapes)), "labels"))]
+        return [i for i, shard in enumerate(self.manifest["shards"]) if not self._intact(shard)]
+
+    def _intact(self, shard: dict) -> bool:
+        return all(_sha256_file(self.path / shard[name]) == shard[f"{name}_sha256"]
+                   for name in (*_feature_keys(len(self.feature_shapes)), "labels"))
 
     def arrays(self) -> tuple:
         """All features and labels in memory (for the scikit-learn probe and small data); the
         features are a tuple of arrays when each example holds several tensors."""
         keys = _feature_keys(len(self.feature_shapes))
         shards = self.manifest["shards"]
-        features = tuple(np.concatenate([np.load(self.path / s[key]) for s in shards]).astype("float32") if shards
-                         else np.zeros((0, *shape), "float32") for key, shape in zip(keys, self.feature_shapes))
-        labels = (np.concatenate([np.load(self.path / s["labels"]) for s in shards]) if shards
+        features = tuple(np.concatenate([load_array(self.path / s[key]) for s in shards]).astype("float32")
+                         if shards else np.zeros((0, *shape), "float32")
+                         for key, shape in zip(keys, self.feature_shapes))
+        labels = (np.concatenate([load_array(self.path / s["labels"]) for s in shards]) if shards
                   else np.zeros((0,), "int32"))
         return (features[0] if len(keys) == 1 else features), labels
 
     def dataset(self, chunk: int = 1024) -> tf.data.Dataset:
-        """Unbatched (features float32, label int32), streamed shard by shard from memory maps:
-        a cache larger than memory trains without being loaded."""
+        """Unbatched (features float32, label int32), streamed shard by shard from memory maps
+        (a remote cache: each shard read whole through gfile): a cache larger than memory trains
+        without being loaded."""
         import tensorflow as tf  # here only: `transfer cache ls` answers without TensorFlow
         keys = _feature_keys(len(self.feature_shapes))
-        shards = [([str(self.path / s[key]) for key in keys], str(self.path / s["labels"]))
-                  for s in self.manifest["shards"]]
+        shards = [([self.path / s[key] for key in keys], self.path / s["labels"]) for s in self.manifest["shards"]]
 
         def chunks():
             for feature_files, labels_file in shards:
-                features = [np.load(name, mmap_mode="r") for name in feature_files]
-                labels = np.load(labels_file, mmap_mode="r")
+                features = [load_array(name, mmap=True) for name in feature_files]
+                labels = load_array(labels_file, mmap=True)
                 for start in range(0, len(labels), chunk):
                     parts = tuple(np.asarray(f[start:start + chunk], "float32") for f in features)
                     yield (parts[0] if len(parts) == 1 else parts), np.asarray(labels[start:start + chunk], "int32")
@@ -137,9 +152,15 @@ class FeatureCache:
     """A directory of entries (`--cache-dir`, default `$TRANSFER_CACHE` or ~/.cache/transfer)."""
 
     def __init__(self, root=None, shard_size: int | None = None):
-        """`shard_size`: examples per shard (default: as many as make ~64 MiB)."""
-        self.root = Path(root) if root is not None else default_cache_dir()
+        """`root`: a directory, or any location tf.io.gfile reaches (`gs://…`, `ram://…`).
+        `shard_size`: examples per shard (default: as many as make ~64 MiB)."""
+        self.root = location(root) if root is not None else default_cache_dir()
         self.shard_size = shard_size
+
+    @property
+    def local(self) -> bool:
+        """On the local disk: entries are locked, shards memory-mapped."""
+        return is_local(self.root)
 
     def entries(self) -> list[Entry]:
         if not self.root.is_dir():
@@ -169,7 +190,7 @@ class FeatureCache:
         if not entry.is_dir():
             raise TransferError(f"no cache entry {key!r} in {self.root}")
         with _locked(entry):
-            shutil.rmtree(entry)
+            rmtree(entry)
 
     def check_writable(self) -> None:
         try:
@@ -192,26 +213,46 @@ class FeatureCache:
         `batches(role, outputs, batch_size, skip, take)` (([one float array per output], int32
         labels) per batch).
         """
-        check_choice("cache dtype", dtype, DTYPES, flag="--cache-dtype")
-        self.check_writable()
-        if progress and extractor.note:
-            print(f"engine: {extractor.note}", flush=True)
+        self.begin(extractor, dtype, progress)
         entries = {}
         for role in extractor.roles:
-            recipes = {output: extractor.recipe(role, output, dtype) for output in extractor.outputs}
-            paths = {output: self.root / entry_key(recipe) for output, recipe in recipes.items()}
-            for path in paths.values():
-                path.mkdir(parents=True, exist_ok=True)
-            with contextlib.ExitStack() as locks:
-                for path in sorted(set(paths.values())):  # one order for every process: no deadlock
-                    locks.enter_context(_locked(path))
-                group = {output: self._opened(paths[output], recipe) for output, recipe in recipes.items()}
+            with self.claimed(extractor, [role], dtype) as groups:
+                group = groups[role]
                 for output, entry in group.items():
                     self._repair(entry, extractor, role, output, dtype)
                 for layout, pending in _by_layout(group).items():
                     self._extract_rest(pending, extractor, role, dtype, layout, progress)
             entries[role] = list(group.values())
         return entries
+
+    def begin(self, extractor, dtype: str, progress: bool) -> None:
+        """What every extraction checks and says first, whatever runs it."""
+        check_choice("cache dtype", dtype, DTYPES, flag="--cache-dtype")
+        self.check_writable()
+        if not self.local:
+            warnings.warn(TransferWarning(
+                f"cache {self.root} is not on the local disk: its entries have no lock, so two extractions must not "
+                "fill the same entry at once (a rerun after a killed one is safe)"), stacklevel=2)
+        if progress and extractor.note:
+            print(f"engine: {extractor.note}", flush=True)
+
+    @contextlib.contextmanager
+    def claimed(self, extractor, roles: list[str], dtype: str):
+        """`{role: {output: Entry}}` for these splits, opened for extraction (stale temporary files
+        removed, finished task records adopted), each entry locked until the block ends (local
+        caches: a second extractor waits, then finds the work done)."""
+        recipes = {role: {output: extractor.recipe(role, output, dtype) for output in extractor.outputs}
+                   for role in roles}
+        paths = {role: {output: self.root / entry_key(recipe) for output, recipe in listed.items()}
+                 for role, listed in recipes.items()}
+        every = sorted({path for listed in paths.values() for path in listed.values()})
+        for path in every:
+            path.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as locks:
+            for path in every:  # one order for every process: no deadlock
+                locks.enter_context(_locked(path))
+            yield {role: {output: self._opened(paths[role][output], recipe) for output, recipe in listed.items()}
+                   for role, listed in recipes.items()}
 
     def _opened(self, path: Path, recipe: dict) -> Entry:
         _remove_stale_temporaries(path)
@@ -220,15 +261,72 @@ class FeatureCache:
             raise TransferError(f"cache entry {path.name} belongs to backbone fingerprint "
                                 f"{entry.manifest['backbone_fingerprint'][:12]}, not "
                                 f"{recipe['backbone']['fingerprint'][:12]}; `transfer cache rm {path.name}`")
+        _adopt_finished(entry)
         return entry
+
+    # -- shards as independent tasks (a pipeline's work items) ----------------------------------
+
+    def plan(self, group: dict[str, Entry], extractor, role: str, dtype: str) -> list[ShardTask]:
+        """The shards one split's entries still need, as tasks: each corrupt shard (recomputed
+        for its entry alone, from its own batches, as `extract` repairs it), then each missing
+        shard, for every entry of a layout that lacks it, in one pass. A new layout is chosen as
+        a plain pass would choose it (from one example's features) and written into the
+        manifests first, so that every task and every rerun cut the same shards. Beyond the
+        interface `extract` uses, the extractor counts a split's examples: `count(role)`."""
+        tasks = []
+        for output, entry in group.items():
+            batch_size = entry.manifest.get("batch_size") or extractor.batch_size
+            for index in entry.bad_shards():
+                shard = entry.manifest["shards"][index]
+                tasks.append(ShardTask(role, index, shard["start"], shard["count"], (output,), (str(entry.path),),
+                                       batch_size, dtype))
+        layouts = _by_layout(group)
+        size = extractor.count(role) if layouts else 0
+        if layouts and not size:
+            raise TransferError(f"no examples to extract for the {role} split")
+        for (batch_size, shard_size), pending in layouts.items():
+            if shard_size is None:
+                batch_size = extractor.batch_size
+                probe, _ = next(iter(extractor.batches(role, list(pending), batch_size, take=1)))
+                shard_size = self._shard_size(probe, dtype, batch_size)
+                for entry, features in zip(pending.values(), probe):
+                    _describe_layout(entry, features.astype(dtype), batch_size, shard_size)
+                    _write_manifest(entry)
+            for index, start in enumerate(range(0, size, shard_size)):
+                todo = [output for output, entry in pending.items()
+                        if index >= len(entry.manifest["shards"]) and index not in entry.finished]
+                if todo:
+                    tasks.append(ShardTask(role, index, start, min(shard_size, size - start), tuple(todo),
+                                           tuple(str(pending[output].path) for output in todo), batch_size, dtype))
+        return tasks
+
+    def finish(self, key: str, size: int | None = None) -> Entry:
+        """An entry whose missing or corrupt shards tasks have computed: its manifest lists them
+        all and says it is complete (the manifest a plain pass writes), the tasks' records
+        removed. `size`: the split's examples (None: those the entry lists already)."""
+        entry = self.open(key)
+        _adopt_finished(entry, verify=False)  # written by this run's tasks, after their files: no re-reading
+        if entry.finished or size is not None and entry.count != size:
+            raise TransferError(f"cache entry {key} holds {entry.count} of {size or entry.count} examples after its "
+                                "extraction: a task did not finish; extract again to complete it")
+        if not entry.complete:
+            entry.manifest["complete"] = True
+            _write_manifest(entry)
+        return entry
+
+    def _shard_size(self, features: list, dtype: str, batch_size: int) -> int:
+        """Examples per shard of a new layout: `shard_size`, else ~64 MiB of the largest output;
+        whole batches."""
+        example_bytes = max(f[0].astype(dtype).nbytes for f in features)
+        return _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batch_size)
 
     def _repair(self, entry: Entry, extractor, role: str, output: str, dtype: str) -> None:
         """Shards whose files are missing or corrupt, extracted again from the same batches."""
         batch_size = entry.manifest.get("batch_size") or extractor.batch_size
         for index in entry.bad_shards():
             shard = entry.manifest["shards"][index]
-            batches = extractor.batches(role, [output], batch_size, skip=shard["start"], take=shard["count"])
-            self._write_shard(entry, index, *_joined([_stored(f, y, dtype) for f, y in batches]))
+            self._write_shard(entry, index, *_computed(extractor, role, [output], batch_size, shard["start"],
+                                                      shard["count"], dtype))
 
     def _extract_rest(self, pending: dict[str, Entry], extractor, role: str, dtype: str, layout: tuple,
                       progress: bool) -> None:
@@ -247,9 +345,8 @@ class FeatureCache:
         bar.update(done)
         buffers = {output: _ShardBuffer(entry, start) for output, entry in pending.items()}
         for features, labels in extractor.batches(role, list(pending), batch_size, skip=start):
-            if shard_size is None:  # a new layout: ~64 MiB shards of the largest output, whole batches
-                example_bytes = max(f[0].astype(dtype).nbytes for f in features)
-                shard_size = _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batch_size)
+            if shard_size is None:  # a new layout
+                shard_size = self._shard_size(features, dtype, batch_size)
             for buffer, array in zip(buffers.values(), features):
                 buffer.add(array.astype(dtype), labels)
                 for shard_features, shard_labels in buffer.full_shards(shard_size):
@@ -266,21 +363,107 @@ class FeatureCache:
             if not buffer.entry.manifest.get("feature_shapes"):
                 raise TransferError(f"no examples to extract for the {role} split")
             buffer.entry.manifest["complete"] = True
-            _write_atomic(buffer.entry.path / MANIFEST, json.dumps(buffer.entry.manifest, indent=1).encode())
+            _write_manifest(buffer.entry)
 
     def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray) -> None:
         shards = entry.manifest["shards"]
         start = shards[index]["start"] if index < len(shards) else entry.count
-        record = {"start": start, "count": int(len(labels))}
-        keys = _feature_keys(len(features))
-        for key, array in (*zip(keys, features), ("labels", labels)):
-            record[key] = f"{key}-{index:05d}.npy"
-            record[f"{key}_sha256"] = _write_atomic(entry.path / record[key], _npy_bytes(array))
+        record = write_shard(entry.path, index, start, features, labels)
         if index < len(shards):
             shards[index] = record
         else:
             shards.append(record)
-        _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+        _write_manifest(entry)
+        if entry.finished.pop(index, None) is not None:  # a task's record of it, left by a killed pipeline
+            (entry.path / FINISHED.format(index=index)).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """Shard `index` (examples [start, start + count) of split `role`) of the entries at `paths`,
+    one per output, computed in one pass from batches of `batch_size`: plain data, so that a
+    pipeline can ship it to a worker."""
+
+    role: str
+    index: int
+    start: int
+    count: int
+    outputs: tuple
+    paths: tuple  # each output's entry directory, as text
+    batch_size: int
+    dtype: str
+
+
+def extract_shard(task: ShardTask, extractor) -> int:
+    """Compute a task's shard and write it into each of its entries, with the record that says it
+    is finished (`FeatureCache.finish` lists it in the manifest); returns its example count."""
+    features, labels = _computed(extractor, task.role, list(task.outputs), task.batch_size, task.start,
+                                 task.count, task.dtype)
+    for path, array in zip(task.paths, features):
+        entry_path = location(path)
+        record = write_shard(entry_path, task.index, task.start, [array], labels)
+        _write_atomic(entry_path / FINISHED.format(index=task.index), json.dumps(record).encode())
+    return len(labels)
+
+
+def write_shard(entry_path: Path, index: int, start: int, features: list, labels: np.ndarray) -> dict:
+    """Shard `index`'s files (features, then labels), each whole or absent; its manifest record."""
+    record = {"start": start, "count": int(len(labels))}
+    for key, array in (*zip(_feature_keys(len(features)), features), ("labels", labels)):
+        record[key] = f"{key}-{index:05d}.npy"
+        record[f"{key}_sha256"] = _write_atomic(entry_path / record[key], _npy_bytes(array))
+    return record
+
+
+def _computed(extractor, role: str, outputs: list, batch_size: int, start: int, count: int,
+              dtype: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """One shard's stored features (one array per output) and labels, from its own batches."""
+    batches = extractor.batches(role, outputs, batch_size, skip=start, take=count)
+    return _joined([_stored(f, y, dtype) for f, y in batches])
+
+
+def _write_manifest(entry: Entry) -> None:
+    _write_atomic(entry.path / MANIFEST, json.dumps(entry.manifest, indent=1).encode())
+
+
+def _adopt_finished(entry: Entry, verify: bool = True) -> None:
+    """Shards that tasks finished (their records beside them) and whose files check out join
+    the manifest: a repaired one replaces its listed record, missing ones are appended while
+    they continue the list; the others wait in `entry.finished` for the shards before them.
+    Records are removed once the manifest that lists them is written (or when they do not
+    check out). `verify`: hash the files (False: the records are this run's, trusted)."""
+    shards, waiting, done, changed = entry.manifest["shards"], {}, [], False
+    for path in entry.path.glob(".shard-*.json"):
+        record, index = _finished_record(entry, path, verify)
+        if record is not None and index < len(shards):
+            shards[index], changed = record, True
+        elif record is not None:
+            waiting[index] = (record, path)
+            continue
+        done.append(path)
+    while len(shards) in waiting:
+        record, path = waiting.pop(len(shards))
+        shards.append(record)
+        done.append(path)
+        changed = True
+    if changed:
+        _write_manifest(entry)
+    for path in done:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    entry.finished = {index: record for index, (record, _) in waiting.items()}
+
+
+def _finished_record(entry: Entry, path, verify: bool = True) -> tuple[dict | None, int]:
+    """A task's record of a finished shard and its index, or None when it does not check out."""
+    index = path.name[len(".shard-"):-len(".json")]
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None, -1
+    if not index.isdigit() or not entry.feature_shapes or _manifest_problem({"shards": [record]}):
+        return None, -1
+    return (record if not verify or entry._intact(record) else None), int(index)
 
 
 class _ShardBuffer:
@@ -384,10 +567,11 @@ def _manifest_problem(manifest) -> str | None:
 
 def _remove_stale_temporaries(entry_path: Path) -> None:
     """Temporary files (`.NAME.PID.tmp`) of an extraction whose process is gone: a killed run
-    leaves them; the entry's lock is held, so no live writer of this entry owns them."""
+    leaves them; the entry's lock is held, so no live writer of this entry owns them. A remote
+    entry has no lock (and its writers' PIDs are other machines'): all of them (see `begin`)."""
     for temporary in entry_path.glob(".*.tmp"):
         pid = temporary.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if not is_local(entry_path) or pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
                 temporary.unlink()
 
@@ -412,7 +596,11 @@ def _sha256_file(path: Path) -> str | None:
 
 @contextlib.contextmanager
 def _locked(entry_path: Path):
-    """An exclusive lock per entry: a second extractor waits, then finds the work done."""
+    """An exclusive lock per entry: a second extractor waits, then finds the work done (local
+    entries; gfile has no locks)."""
+    if not is_local(entry_path):
+        yield
+        return
     with open(entry_path / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -18,6 +18,7 @@ from transfer.settings import OPTIMIZERS, TrainingSettings, default
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
 STRATEGIES = ("default", "mirrored", "multiworker")  # transfer.distribute.STRATEGIES, likewise
+RUNNERS = ("local", "beam")  # transfer.runners.RUNNERS
 CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
@@ -45,7 +46,11 @@ EXAMPLES = {
   transfer extract --backbone example:digits --cut block2_out --data digits:5-9 --cache-dir features/
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --engine onnxruntime
-  transfer extract --backbone model.pb --cut candidates --pool avg --data photos/   # every cut, one pass""",
+  transfer extract --backbone model.pb --cut candidates --pool avg --data photos/   # every cut, one pass
+  transfer extract --backbone model.pb --data photos/ --runner beam \
+      --beam-option direct_num_workers=2 --beam-option direct_running_mode=multi_processing
+  transfer extract --backbone model.pb --data photos/ --cache-dir gs://bucket/features --runner beam \
+      --beam-option runner=DataflowRunner --beam-option project=my-project --beam-option region=europe-west1""",
     "cache": """examples:
   transfer cache ls --cache-dir features/
   transfer cache verify
@@ -98,7 +103,7 @@ def cmd_fit(args) -> int:
     out = args.out or default_run_dir("fit")
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
     result = fit(args.backbone, args.data, settings, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
-                 cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
+                 cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                  preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **_graph_options(args),
                  data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export, tensorboard=args.tensorboard, strategy=args.strategy,
@@ -124,7 +129,7 @@ def cmd_extract(args) -> int:
                          preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size,
                          engine=args.engine, **_graph_options(args))
     entries = inputs.extract(args.cache_dir, dtype=args.cache_dtype, shard_size=args.shard_size,
-                             progress=not args.json, pool=args.pool)
+                             progress=not args.json, pool=args.pool, runner=args.runner)
     rows = [_entry_row(entry) for listed in entries.values() for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -200,7 +205,7 @@ def cmd_sweep(args) -> int:
                    signature=args.signature, **_graph_options(args),
                    data_dir=args.data_dir, validation_split=args.validation_split,
                    per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
-                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine,
+                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                    out=args.out or default_run_dir("sweep"),
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,
                    strategy=args.strategy, **axes)
@@ -512,6 +517,21 @@ def _add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
                         help="what runs the frozen backbone when features are extracted: tf, onnxruntime (converted "
                         "once, checked against tf on the first batch) or auto (onnxruntime where installed and faster, "
                         "measured); training stays in TensorFlow (default: tf)")
+    parser.add_argument("--runner", default="local", choices=RUNNERS,
+                        help="where features are extracted: local (this process) or beam (an Apache Beam pipeline, "
+                        "one work item per shard; pip install 'transfer[beam]') (default: local)")
+    parser.add_argument("--beam-option", type=_beam_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="a Beam pipeline option, e.g. direct_num_workers=2, direct_running_mode=multi_processing, "
+                        "runner=DataflowRunner (repeatable; default: the DirectRunner)")
+
+
+def _beam_option(text: str):
+    """`direct_num_workers=2` -> ("direct_num_workers", "2"): Beam parses the value."""
+    name, equals, value = text.partition("=")
+    name = name.strip().removeprefix("--")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a Beam pipeline option), got {text!r}")
+    return name, value
 
 
 def _add_pool_argument(parser) -> None:
@@ -538,9 +558,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "inspect" and not (args.backbone_path or args.backbone):
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")
-    if args.command not in COMMANDS_WITHOUT_TENSORFLOW:
-        _load_tensorflow()
     try:
+        if hasattr(args, "runner"):  # where extraction runs: a bad --beam-option is said before TensorFlow loads
+            from transfer.runners import get_runner
+
+            args.runner = get_runner(args.runner, args.beam_option)
+        if args.command not in COMMANDS_WITHOUT_TENSORFLOW:
+            _load_tensorflow()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TransferWarning)
             try:

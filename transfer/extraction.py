@@ -79,6 +79,14 @@ class Extraction:
     def size(self, role: str) -> int | None:
         return self.inputs.splits.sizes.get(role)
 
+    def count(self, role: str) -> int:
+        """A split's examples: its known size, else counted (read once, without the backbone)."""
+        size = self.size(role)
+        if size is None:
+            stream = getattr(self.inputs.splits, role)
+            size = int(stream.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
+        return size
+
     def recipe(self, role: str, output: str, dtype: str) -> dict:
         inputs = self.inputs
         return ingredients(inputs.backbone, self.cuts[output], inputs.kind, inputs.splits.identity, role, dtype,
@@ -93,6 +101,33 @@ class Extraction:
             features = features_of(examples)
             listed = [features[spec] for spec in outputs] if isinstance(features, dict) else [features]
             yield [np.asarray(f) for f in listed], labels.numpy().astype("int32")
+
+    # -- the same extraction in another process (a pipeline's worker) --------------------------
+
+    def description(self) -> dict | None:
+        """Plain data from which `rebuilt` makes this extraction again in another process (a
+        pipeline's worker), or None when the data did not come from a spec (arrays in memory)."""
+        inputs, backbone = self.inputs, self.inputs.backbone
+        if inputs.data_source is None:
+            return None
+        return {"backbone": {"backbone": backbone.loaded.source, "signature": backbone.loaded.signature,
+                             "cut": [cut.spec for cut in backbone.cuts], "inputs": backbone.requested_inputs,
+                             "feeds": backbone.feed_values or None, "allow_ops": list(backbone.allow_ops)},
+                "data": inputs.data_source, "preprocessing": inputs.kind.to_config().get("preprocessing"),
+                "batch_size": self.batch_size, "engine": self.engine.name, "pool": self.pool,
+                "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
+
+    @classmethod
+    def rebuilt(cls, description: dict) -> "Extraction":
+        from transfer.pipeline import open_inputs
+
+        source = description["backbone"]
+        inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
+                             signature=source["signature"], inputs=source["inputs"], feeds=source["feeds"],
+                             allow_ops=source["allow_ops"], preprocessing=description["preprocessing"],
+                             batch_size=description["batch_size"], engine=description["engine"],
+                             **{k: v for k, v in description["data"].items() if k != "data"})
+        return cls(inputs, description["engine_dir"], description["pool"])
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -12,7 +12,15 @@ from transfer.errors import TransferError
 
 def write_atomic(path: Path, data: bytes, full_disk_hint: str = "") -> str:
     """Write `data` to `path` so that a reader never sees half of it; return its SHA-256.
-    `full_disk_hint` ends the error when the disk is full (what the user keeps, what to do)."""
+    `full_disk_hint` ends the error when the disk is full (what the user keeps, what to do).
+    `path` may be a `transfer.storage.RemotePath` (a tf.io.gfile location): its own temporary
+    name and rename, no fsync."""
+    if not isinstance(path, Path):
+        try:
+            path.write_atomic(data)
+        except OSError as error:
+            raise TransferError(f"cannot write {path}: {error.strerror}") from None
+        return hashlib.sha256(data).hexdigest()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -44,8 +52,8 @@ def written_whole(path: Path):
 
 def update_with_file(digest, path: Path):
     """Feed a file's bytes to a hashlib digest in 1 MiB blocks (a large graph never sits in memory
-    twice); return the digest."""
-    with open(path, "rb") as handle:
+    twice); return the digest. `path`: a path, or anything with pathlib's `open` (a RemotePath)."""
+    with (path.open("rb") if hasattr(path, "open") else open(path, "rb")) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest

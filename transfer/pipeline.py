@@ -32,6 +32,8 @@ class Inputs:
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.engines`)
+    data_source: dict | None = None  # open_inputs' data arguments when the data came from a spec: what a
+    # pipeline's worker loads again (`Extraction.description`)
     chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
     _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -39,27 +41,32 @@ class Inputs:
         return FeatureLayer(self.backbone, name="features")
 
     def extract(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
-                pool: str | None = None) -> dict:
+                pool: str | None = None, runner=None) -> dict:
         """Every split's cache entries, one per cut (`{role: [Entry, ...]}`), extracting what is
-        not there yet in one pass (`transfer.cache`, `transfer.extraction`)."""
+        not there yet in one pass (`transfer.cache`, `transfer.extraction`). `runner`: where the
+        pass runs (`transfer.runners`: None or "local" here, "beam" or a `BeamRunner` on Beam)."""
         from transfer.cache import FeatureCache
         from transfer.extraction import Extraction
+        from transfer.runners import get_runner
 
+        run = get_runner(runner)  # an unknown runner, or Beam missing, before any work
         cache = FeatureCache(cache_dir, shard_size=shard_size)
-        return cache.extract(Extraction(self, cache.root, pool), dtype=dtype, progress=progress)
+        extraction = Extraction(self, cache.root if cache.local else None, pool)  # a converted engine stays local
+        return run.extract(cache, extraction, dtype=dtype, progress=progress)
 
     def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
-                        pool: str | None = None) -> FeatureSplits:
+                        pool: str | None = None, runner=None) -> FeatureSplits:
         """Every split's features from the feature cache, extracting what is not there yet; with
         several cuts, each example holds one tensor per cut (in cut order)."""
-        entries = self.extract(cache_dir, dtype, shard_size, progress, pool)
+        entries = self.extract(cache_dir, dtype, shard_size, progress, pool, runner)
         return FeatureSplits.of_entries(entries, self.splits.class_names)
 
     def cached_features_by_cut(self, cache_dir=None, dtype: str = "float32", progress: bool = True,
-                               pool: str | None = None, joined: str | None = None) -> dict[str, FeatureSplits]:
+                               pool: str | None = None, joined: str | None = None,
+                               runner=None) -> dict[str, FeatureSplits]:
         """Each cut's features on their own (a sweep over cuts), all extracted in one pass; with
         `joined`, also every cut's together under that key (a head that reads several cuts)."""
-        entries = self.extract(cache_dir, dtype, progress=progress, pool=pool)
+        entries = self.extract(cache_dir, dtype, progress=progress, pool=pool, runner=runner)
         by_cut = {cut.spec: FeatureSplits.of_entries({role: [listed[index]] for role, listed in entries.items()},
                                                      self.splits.class_names)
                   for index, cut in enumerate(self.backbone.cuts)}
@@ -67,11 +74,12 @@ class Inputs:
             by_cut[joined] = FeatureSplits.of_entries(entries, self.splits.class_names)
         return by_cut
 
-    def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True) -> FeatureSplits:
+    def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True,
+                      runner=None) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
         what its thawed suffix trains on."""
         prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone, chosen_engine=None)  # its own engine
-        return prefix.cached_features(cache_dir, dtype, progress=progress)
+        return prefix.cached_features(cache_dir, dtype, progress=progress, runner=runner)
 
     def input_range(self, batches: int = 64) -> list[float]:
         """[min, max] of the raw training examples (up to `batches` batches, before scaling): what
@@ -178,7 +186,11 @@ def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, va
     augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
     if augmentation is not None and not kind.images:
         kind.refuse("augmentation (--augment, --crop-padding)")
-    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine)
+    data_source = None if not isinstance(data, str) else dict(
+        data=data, data_dir=None if data_dir is None else str(data_dir), validation_split=validation_split,
+        per_class=per_class, seed=seed)
+    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine,
+                  data_source=data_source)
 
 
 def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:
@@ -260,10 +272,11 @@ class Batches:
         return self._batched(stream, self.augmentation)
 
     def evaluation(self, role: str, skip: int = 0, take: int = -1, batch_size: int | None = None):
-        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only, of
-        this pipeline's batch size or `batch_size`."""
-        stream = getattr(self.splits, role)
-        return None if stream is None else self._batched(stream.skip(skip).take(take), None, batch_size)
+        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only
+        (where the source allows, the others are not read: a pipeline's shard), of this
+        pipeline's batch size or `batch_size`."""
+        stream = self.splits.window(role, skip, take)
+        return None if stream is None else self._batched(stream, None, batch_size)
 
     def _batched(self, stream, augmentation, batch_size: int | None = None) -> tf.data.Dataset:
         batched = self.kind.batchable(stream, augmentation).batch(batch_size or self.batch_size)

@@ -30,6 +30,7 @@ from transfer.files import written_whole
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
+from transfer.runners import get_runner
 from transfer.settings import check_setting, default
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
@@ -575,8 +576,8 @@ class SweepResult:
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = default("patience"), cut="auto", cuts=None, pool=None, signature=None, data_dir=None,
           validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
-          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", out=None,
-          export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
+          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", runner=None,
+          out=None, export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
           **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
@@ -592,7 +593,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
     the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
-    is fed, as for `Backbone.load`. `tensorboard`: every run's logs and the HParams summaries
+    is fed, as for `Backbone.load`. `runner`: where the extraction runs ("local", "beam" or a
+    `transfer.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams summaries
     under `out/tensorboard`, the best setting's run under `out/best/tensorboard`. `strategy`:
     where every setting trains, as for `transfer.fit` (only the chief writes `out`).
     """
@@ -602,6 +604,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     from transfer.thawing import ThawedFeatureLayer
     from transfer.training import fit
 
+    runner = get_runner(runner)  # unknown, or Beam missing: before any slow work
     if out is not None:
         check_new_run_dir(out)
     elif tensorboard:
@@ -625,9 +628,10 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     joined = ALL_CUTS if any(s["cut"] == ALL_CUTS for s in settings) else None
-    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool, joined=joined)
+    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool, joined=joined,
+                                              runner=runner)
                 if any(not s.get("thaw") for s in settings) else None)
-    thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress), layer)
+    thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress, runner=runner), layer)
               for count, layer in layers.items()}
     with run_dir_of(strategy, out) as written, \
             run_directory(written) if written is not None else contextlib.nullcontext() as directory:  # OUT.partial
@@ -648,8 +652,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
                      seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                     engine=engine, out=directory / "best", export=export, tensorboard=tensorboard, verbose=0,
-                     strategy=strategy)
+                     engine=engine, runner=runner, out=directory / "best", export=export, tensorboard=tensorboard,
+                     verbose=0, strategy=strategy)
     if written != out:  # another worker than the chief: it wrote nothing
         return SweepResult(rows, None, result)
     result.run_dir = Path(out) / "best"

@@ -29,6 +29,7 @@ from transfer.model import build_classifier, head_model
 from transfer.optimizers import optimizer_named
 from transfer.settings import TrainingSettings
 from transfer.pipeline import open_inputs, predict_batches
+from transfer.runners import get_runner
 from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
 from transfer.tensorboard_logs import TensorBoardLogs
@@ -53,8 +54,8 @@ def default_run_dir(command: str = "fit") -> Path:
 def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto", head="linear", head_options=None,
         preprocessing=None, scale=None, signature=None, data_dir=None, validation_split: float = 0.2,
         per_class=None, callbacks=(), cache_dir=None, cache_dtype: str = "float32", inputs=None, feeds=None,
-        allow_ops=(), engine: str = "tf", out=None, export=("savedmodel", "pb"), tensorboard: bool = False,
-        verbose="auto", strategy=None, **training) -> FitResult:
+        allow_ops=(), engine: str = "tf", runner=None, out=None, export=("savedmodel", "pb"),
+        tensorboard: bool = False, verbose="auto", strategy=None, **training) -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
     `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
@@ -63,13 +64,15 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     crop_padding, thaw=N or thaw_from=SCOPE with the thaw options). With `out`, a run directory
     is written (config, metrics, history, plots, model.keras and the exports); without, nothing
     touches the disk. With `cache_dir`, the head trains on features from the feature cache
-    (extracted once, reused by later runs). `inputs`, `feeds`, `allow_ops`: where and with what
-    the graph is fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
+    (extracted once, reused by later runs; `runner`: where that extraction runs, "local" or
+    "beam" or a `transfer.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`: where and with
+    what the graph is fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
     `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.distribute`) or
     a `tf.distribute.Strategy`; `batch_size` is the global batch, split across its replicas.
     Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
     """
     settings = TrainingSettings.of(settings, **training)
+    runner = get_runner(runner)  # unknown, or Beam missing: before any slow work
     if verbose == "auto" and not sys.stdout.isatty():
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
     export = tuple(export or ())
@@ -102,6 +105,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     if cache_dir is None and engine != "tf":
         raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
                             "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
+    if cache_dir is None and runner.name != "local":
+        raise TransferError(f"--runner {runner.name} runs the extraction into the feature cache; without --cache-dir "
+                            "nothing is extracted: add --cache-dir")
     if cache_dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
@@ -110,7 +116,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
               **_source_config(inputs, data, data_dir, validation_split, per_class),
               "head": head, "head_options": head_options, **settings.to_config(),
               "cache_dir": None if cache_dir is None else str(cache_dir), "cache_dtype": cache_dtype,
-              "engine": engine, "export": list(export),
+              "engine": engine, "runner": runner.name, "export": list(export),
               "strategy": strategy_config(strategy)}
     # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well;
     # by the chief only: another worker writes into a temporary directory that it removes.
@@ -119,8 +125,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
         with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             feature_layer = _feature_layer(inputs, settings)
-            source = _training_source(inputs, feature_layer, settings, cache_dir, cache_dtype, progress=verbose != 0,
-                                      pool=cache_pool(inputs.backbone, head_factory, head_options))
+            source = _training_source(inputs, feature_layer, settings, cache_dir, cache_dtype, runner,
+                                      progress=verbose != 0, pool=cache_pool(inputs.backbone, head_factory,
+                                                                             head_options))
             started = time.perf_counter()
             head_layer, trained, log = _train_head(source, feature_layer, settings, head, head_options,
                                                    [*logs.callbacks(), *callbacks], verbose)
@@ -162,16 +169,18 @@ def _feature_layer(inputs, settings: TrainingSettings):
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
 
-def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_dir, cache_dtype, progress: bool,
-                     pool: str = "none"):
+def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_dir, cache_dtype, runner,
+                     progress: bool, pool: str = "none"):
     """Where the head's examples come from: raw examples through the backbone, or the cache."""
     if cache_dir is None:
         return _UncachedTraining(inputs, feature_layer)
     if not settings.thawing:
-        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool),
+        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool,
+                                                      runner=runner),
                                settings.batch_size, settings.seed)
     # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
-    return _CachedTraining(inputs.cached_prefix(feature_layer, cache_dir, cache_dtype, progress=progress),
+    return _CachedTraining(inputs.cached_prefix(feature_layer, cache_dir, cache_dtype, progress=progress,
+                                                runner=runner),
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 

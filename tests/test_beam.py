@@ -1,0 +1,234 @@
+"""Extraction as an Apache Beam pipeline (`--runner beam`) and caches outside the local disk
+(`ram://`): the same entries as a plain extract, byte for byte; reruns, kills, bad input."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from transfer import datasets
+from transfer.cache import FeatureCache
+from transfer.cli import main
+from transfer.errors import TransferError, TransferWarning
+from transfer.pipeline import open_inputs
+from transfer.runners import BeamRunner, get_runner
+
+DATA = "digits:5-9?per_class=10"
+TWO_WORKERS = {"direct_num_workers": "2", "direct_running_mode": "multi_processing"}
+
+
+def digests(root) -> dict:
+    """sha256 of every file under a cache directory (local or any tf.io.gfile location)."""
+    found = {}
+    for directory, _, names in tf.io.gfile.walk(str(root)):
+        for name in names:
+            path = f"{directory.rstrip('/')}/{name}"
+            with tf.io.gfile.GFile(path, "rb") as handle:
+                found[path[len(str(root).rstrip("/")) + 1:]] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def stamps(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A plain extraction of two cuts (shards of 64 examples): what Beam must write, byte for byte."""
+    root = tmp_path_factory.mktemp("plain")
+    open_inputs("example:digits", DATA, cut="block1_out,block2_out").extract(root, shard_size=64, progress=False)
+    return digests(root)
+
+
+def test_beam_writes_the_plain_entries_byte_for_byte_and_a_rerun_skips_them(tmp_path, plain, capsys):
+    inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    entries = inputs.extract(tmp_path, shard_size=64, runner="beam")
+    assert "beam: 15 shard task(s) for 6 entries on DirectRunner" in capsys.readouterr().out
+    assert digests(tmp_path) == plain and len(plain) == 6 * 2 + 2 * 2 * 15  # locks, manifests, 15 shards a cut
+    assert [entry.count for entry in entries["test"]] == [667, 667] and all(e.complete for e in entries["test"])
+    before = stamps(tmp_path)
+    again = inputs.extract(tmp_path, shard_size=64, runner="beam")
+    assert stamps(tmp_path) == before and "beam:" not in capsys.readouterr().out  # nothing to do: no pipeline
+    assert [e.key for e in again["test"]] == [e.key for e in entries["test"]]
+
+
+def test_beam_repairs_a_corrupt_shard_and_completes_what_a_plain_run_started(tmp_path, plain):
+    """Corrupt shard: recomputed alone, the same bytes. A plain run cut short: Beam extracts
+    only the shards after it, in the layout it recorded."""
+    inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    inputs.extract(tmp_path, shard_size=64, progress=False)
+    entry = inputs.extract(tmp_path, progress=False)["test"][1]
+    shard = entry.path / entry.manifest["shards"][3]["features"]
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\0")
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    other = inputs.extract(tmp_path, progress=False)["validation"][0]
+    cut_short = json.loads((other.path / "manifest.json").read_text())
+    cut_short["shards"], cut_short["complete"] = cut_short["shards"][:1], False  # as if killed after one shard
+    (other.path / "manifest.json").write_text(json.dumps(cut_short, indent=1))
+    for name in ("features-00001.npy", "labels-00002.npy"):
+        (other.path / name).unlink()
+    untouched = {p: t for p, t in stamps(tmp_path).items() if p.parent != entry.path and p.parent != other.path}
+    other_batches = open_inputs("example:digits", DATA, cut="block1_out,block2_out", batch_size=8)
+    other_batches.extract(tmp_path, shard_size=999, runner="beam", progress=False)  # the recorded layout wins
+    assert digests(tmp_path) == plain
+    assert json.loads((entry.path / "manifest.json").read_text()) == manifest
+    assert {p: t for p, t in stamps(tmp_path).items() if p in untouched} == untouched
+
+
+def test_two_worker_processes_write_the_plain_entries(tmp_path, plain):
+    inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    inputs.extract(tmp_path, shard_size=64, progress=False, runner=BeamRunner(TWO_WORKERS))
+    assert digests(tmp_path) == plain
+
+
+def test_fit_and_a_thawed_sweep_extract_on_beam(tmp_path, capsys):
+    """fit --runner beam fills the cache (a plain fit then finds it); a thaw's prefix (a recut
+    backbone) is rebuilt on the workers as well."""
+    argv = ["fit", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA, "--epochs", "2",
+            "--export", "none", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--runner", "beam", "--out", str(tmp_path / "beam")]) == 0
+    assert "beam: 3 shard task(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "beam" / "config.json").read_text())["runner"] == "beam"
+    before = stamps(tmp_path / "cache")
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert stamps(tmp_path / "cache") == before
+    inputs = open_inputs("example:digits", DATA, cut="block2_out")
+    from transfer.thawing import ThawedFeatureLayer
+
+    layer = ThawedFeatureLayer(inputs.backbone, last=1)
+    inputs.cached_prefix(layer, tmp_path / "prefix-plain", progress=False)
+    inputs.cached_prefix(layer, tmp_path / "prefix-beam", progress=False, runner="beam")
+    assert digests(tmp_path / "prefix-beam") == digests(tmp_path / "prefix-plain")
+    assert "runs the extraction into the feature cache" in cli_error(
+        capsys, [*argv[:-2], "--runner", "beam", "--out", str(tmp_path / "uncached")])
+
+
+# -- a cache outside the local disk (TensorFlow's in-memory file system) ---------------------------
+
+
+def test_a_ram_cache_holds_the_plain_entries_and_trains(tmp_path, plain, capsys):
+    inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
+    for runner in ("local", "beam"):
+        root = f"ram://transfer-{runner}/cache"
+        with pytest.warns(TransferWarning, match=f"cache {root} is not on the local disk: its entries have no lock"):
+            entries = inputs.extract(root, shard_size=64, runner=runner, progress=False)
+        assert digests(root) == {name: digest for name, digest in plain.items() if not name.endswith(".lock")}
+    assert entries["test"][0].path.name == entries["test"][0].key and str(entries["test"][0].path).startswith("ram://")
+    local = FeatureCache(tmp_path).entries()
+    with pytest.warns(TransferWarning):
+        features = inputs.cached_features("ram://transfer-beam/cache", progress=False)
+    (first, second), labels = next(iter(features.test.batch(700)))
+    expected = open_inputs("example:digits", DATA, cut="block2_out").cached_features(tmp_path, progress=False)
+    np.testing.assert_array_equal(second, next(iter(expected.test.batch(700)))[0])
+    assert first.shape == (667, 8, 8, 16) and labels.shape == (667,) and not local
+    assert main(["cache", "verify", "--cache-dir", "ram://transfer-beam/cache", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 6 and all(row["complete"] and row["bad_shards"] == [] for row in rows)
+    assert main(["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+                 "--cache-dir", "ram://transfer-beam/cache", "--json"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["transfer extract: warning: cache ram://transfer-beam/cache is not on the local disk: its entries "
+                   "have no lock, so two extractions must not fill the same entry at once (a rerun after a killed "
+                   "one is safe)"]
+    assert main(["cache", "rm", "--cache-dir", "ram://transfer-beam/cache", "--all"]) == 0
+    assert not tf.io.gfile.glob("ram://transfer-beam/cache/*/manifest.json")
+
+
+# -- a pipeline killed mid-way -----------------------------------------------------------------------
+
+EXTRACT_DIGITS = ["extract", "--backbone", "example:digits", "--cut", "block1_out", "--data", "digits:0-4",
+                  "--validation-split", "0", "--batch-size", "1", "--shard-size", "50", "--json"]  # 901: 19 shards
+
+
+@pytest.mark.parametrize("killed_process", ["worker", "launcher"])
+def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
+    """`kill -9` of one worker process of a two-worker `transfer extract --runner beam` (the
+    command stops with one line, exit 2), or of the command with its workers, while shards are
+    being written; a Beam rerun and a plain rerun each complete the entry exactly as a clean
+    plain extraction writes it."""
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "transfer.cli", *EXTRACT_DIGITS, "--cache-dir", str(killed),
+                                "--runner", "beam", *[f"--beam-option={k}={v}" for k, v in TWO_WORKERS.items()]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and len(list(killed.glob("*/.shard-*.json"))) < 4:
+        time.sleep(0.02)
+    if killed_process == "worker":
+        listed = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(process.pid)], capture_output=True, text=True)
+        workers = [int(line.split()[0]) for line in listed.stdout.splitlines()
+                   if "sdk_worker_main" in line and not line.split()[1].endswith("sh")]
+        os.kill(workers[0], signal.SIGKILL)
+        err = process.communicate(timeout=120)[1].strip()
+        assert process.returncode == 2 and len(err.splitlines()) == 1, err[-2000:]
+        assert err.startswith("transfer extract: error: a Beam worker stopped mid-pipeline (") and err.endswith(
+            "); the shards finished so far are kept: run the same command again to complete the entries")
+    else:
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes
+        process.wait()
+    (entry,) = [path.parent for path in killed.glob("*/manifest.json")]
+    partial = json.loads((entry / "manifest.json").read_text())
+    finished = list(entry.glob(".shard-*.json"))
+    assert not partial["complete"] and partial["shard_size"] == 50 and 4 <= len(finished) < 19, \
+        "the kill must land mid-pipeline"
+    shutil.copytree(killed, tmp_path / "killed-then-plain")
+    assert main([*EXTRACT_DIGITS, "--cache-dir", str(killed), "--runner", "beam"]) == 0
+    assert main([*EXTRACT_DIGITS, "--cache-dir", str(tmp_path / "killed-then-plain")]) == 0
+    assert main([*EXTRACT_DIGITS, "--cache-dir", str(tmp_path / "clean")]) == 0
+    clean = digests(tmp_path / "clean")
+    assert len(clean) == 2 + 2 * 19
+    assert digests(killed) == clean and digests(tmp_path / "killed-then-plain") == clean
+
+
+# -- bad input: one line, exit 2 ---------------------------------------------------------------------
+
+
+def cli_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_runner_and_beam_options(capsys):
+    extract = ["extract", "--backbone", "example:digits", "--data", DATA]
+    with pytest.raises(SystemExit) as exit_:
+        main([*extract, "--runner", "spark"])
+    assert exit_.value.code == 2 and "invalid choice: 'spark' (choose from 'local', 'beam')" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*extract, "--runner", "beam", "--beam-option", "direct_num_workers"])
+    assert exit_.value.code == 2 and "expected KEY=VALUE (a Beam pipeline option), got 'direct_num_workers'" in \
+        capsys.readouterr().err
+    err = cli_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_num_worker=2"])
+    assert err.endswith("Beam has no pipeline option 'direct_num_worker'; did you mean direct_num_workers, "
+                        "num_workers, max_num_workers?")
+    err = cli_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_running_mode=fast"])
+    assert "direct_running_mode=fast: argument --direct_running_mode: invalid choice: 'fast'" in err
+    assert "sets a Beam pipeline option: add --runner beam" in cli_error(
+        capsys, [*extract, "--beam-option", "direct_num_workers=2"])
+    with pytest.raises(TransferError, match=r"runner='spark' \(--runner\) must be one of local, beam"):
+        get_runner("spark")
+
+
+def test_beam_missing_is_one_line_saying_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['apache_beam'] = None; from transfer.cli import main; "
+            f"sys.exit(main(['extract', '--backbone', 'example:digits', '--data', {DATA!r}, '--runner', 'beam']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "transfer extract: error: --runner beam needs Apache Beam: pip install 'transfer[beam]'")
+
+
+def test_data_in_memory_cannot_be_sent_to_workers(tmp_path):
+    splits = datasets.load(DATA)
+    inputs = open_inputs("example:digits", splits, cut="block2_out")
+    with pytest.raises(TransferError, match="loads the data again on every worker, from its spec"):
+        inputs.extract(tmp_path, runner="beam", progress=False)
+    inputs.extract(tmp_path, progress=False)  # once cached, nothing is sent anywhere
+    assert inputs.extract(tmp_path, runner="beam", progress=False)["train"][0].complete
