@@ -344,3 +344,14 @@ def test_a_resumed_entry_keeps_its_extraction_batch(tmp_path):
     assert resumed["test"].manifest["batch_size"] == 10 and resumed["test"].manifest["shard_size"] == 20
     assert [s["features_sha256"] for s in resumed["test"].manifest["shards"]] == \
         [s["features_sha256"] for s in whole["test"].manifest["shards"]]
+
+
+def test_a_pass_over_many_cuts_holds_a_bounded_buffer(tmp_path, monkeypatch):
+    """Shards shrink so that every output's unwritten features of a pass stay within PASS_BYTES:
+    block1_out (4096 bytes an example) and block2_out (2048) with room for 64 examples of both."""
+    monkeypatch.setattr(cache_module, "PASS_BYTES", 64 * (4096 + 2048))
+    entries = open_inputs("example:digits", DATA, cut="block1_out,block2_out").extract(tmp_path, progress=False)
+    assert {entry.manifest["shard_size"] for listed in entries.values() for entry in listed} == {64}
+    monkeypatch.undo()
+    _, alone = extract(tmp_path / "alone", cut="block1_out")
+    assert alone["test"].manifest["shard_size"] == 2**26 // 4096  # one cut: ~64 MiB shards, as before

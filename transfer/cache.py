@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16")
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
+PASS_BYTES = 2**30  # at most ~1 GiB of every output's unwritten shards held by one pass (many cuts)
 FINISHED = ".shard-{index:05d}.json"  # a task's record of a finished shard, until the manifest lists it
 
 
@@ -315,10 +316,12 @@ class FeatureCache:
         return entry
 
     def _shard_size(self, features: list, dtype: str, batch_size: int) -> int:
-        """Examples per shard of a new layout: `shard_size`, else ~64 MiB of the largest output;
-        whole batches."""
-        example_bytes = max(f[0].astype(dtype).nbytes for f in features)
-        return _aligned(self.shard_size or SHARD_BYTES // max(1, example_bytes), batch_size)
+        """Examples per shard of a new layout: `shard_size`, else ~64 MiB of the largest output,
+        fewer when the pass's outputs together would hold more than ~1 GiB before their shards
+        are written (a pass over every block of a large network); whole batches."""
+        sizes = [f[0].astype(dtype).nbytes for f in features]
+        fitting = min(SHARD_BYTES // max(1, max(sizes)), PASS_BYTES // max(1, sum(sizes)))
+        return _aligned(self.shard_size or fitting, batch_size)
 
     def _repair(self, entry: Entry, extractor, role: str, output: str, dtype: str) -> None:
         """Shards whose files are missing or corrupt, extracted again from the same batches."""
