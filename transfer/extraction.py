@@ -152,10 +152,26 @@ class Extraction:
         if inputs.extraction_engine(self.engine_dir).name != "tf":  # ONNX Runtime: pooled after its run
             return lambda examples: _pooled_outputs(inputs.feature_batch(examples), self.pool)
         if outputs not in self._pooled_functions:
-            backbone = inputs.backbone
-            traced = tf.function(lambda prepared: _pooled_outputs(backbone(prepared), self.pool), reduce_retracing=True)
-            self._pooled_functions[outputs] = lambda examples: traced(inputs.prepared(examples))
-        return self._pooled_functions[outputs]
+            self._pooled_functions[outputs] = _AnyBatch(lambda prepared: _pooled_outputs(inputs.backbone(prepared),
+                                                                                        self.pool))
+        pooled = self._pooled_functions[outputs]
+        return lambda examples: pooled(inputs.prepared(examples))
+
+
+class _AnyBatch:
+    """`function` traced once for any batch size (the last, smaller batch of a split included):
+    each trace of a graph with many outputs is optimised anew by grappler, seconds on a large
+    network. A new trace only for another example shape (inputs of any spatial size)."""
+
+    def __init__(self, function):
+        self.function, self.traced = tf.function(function), {}
+
+    def __call__(self, prepared):
+        specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), prepared)
+        key = str(specs)
+        if key not in self.traced:
+            self.traced[key] = self.function.get_concrete_function(specs)
+        return self.traced[key](prepared)
 
 
 def _pooled_outputs(features, pool: str):
