@@ -12,7 +12,7 @@ empty cache (what `transfer extract` does, preprocessing and shard writes includ
       what sweeping the cuts one extraction at a time would cost;
   (d) the whole `sweep --cuts candidates --heads logreg`: extraction (b) and one probe per cut.
 
-Run: `python experiments/bench/cuts.py` (~5 min on 2 cores). CPU only.
+Run: `python experiments/bench/cuts.py` (~10 min on 2 cores; `--no-sweep`: (a)-(c), ~4 min). CPU only.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
     parser.add_argument("--data", default="digits", help="data spec (default: all 1797 digits)")
     parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
+    parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
     path = frozen_resnet50(args.size, workdir)
@@ -86,6 +87,8 @@ def main() -> None:
          f"{all_single:.0f}", f"{all_single / single:.1f}x"],
     ])
 
+    if args.no_sweep:
+        return
     cache = tempfile.mkdtemp(dir=workdir)
     started = time.perf_counter()
     result = sweep(path, args.data, cuts="candidates", heads=["logreg"], cache_dir=cache, progress=False)
