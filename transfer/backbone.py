@@ -50,8 +50,10 @@ class Backbone:
 
     def recut(self, cut, inputs=None) -> "Backbone":
         """The same graph cut elsewhere, sharing this backbone's import and `GraphInfo` (a
-        ThawedFeatureLayer's prefix): only the new cut's pruned function is made."""
+        ThawedFeatureLayer's prefix): only the new cut's pruned function is made. It is fed where
+        this backbone is (`inputs`: elsewhere)."""
         fed = FedGraph(self.graph_def, self.info, rewrap(self.info.graph), self.feeds)
+        inputs = self.requested_inputs if inputs is None else inputs
         return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, _fed=fed)
 
     # -- what it is --------------------------------------------------------------------------

@@ -135,8 +135,7 @@ class Extraction:
         """Inputs whose backbone computes exactly `outputs`: the whole backbone, or a recut of
         it (sharing its import) with its own engine, when some cuts are cached already."""
         if outputs not in self._by_outputs:
-            backbone = self.inputs.backbone
-            recut = backbone.recut(list(outputs), inputs=backbone.requested_inputs)
+            recut = self.inputs.backbone.recut(list(outputs))
             subset = dataclasses.replace(self.inputs, backbone=recut, chosen_engine=None)
             subset.extraction_engine(self.engine_dir)
             self._by_outputs[outputs] = subset

@@ -647,7 +647,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                **source, "cuts": cut_specs, "pool": pool,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
         best_backbone = inputs.backbone if len(cut_specs) == 1 or best["cut"] == ALL_CUTS else inputs.backbone.recut(
-            best["cut"], inputs=inputs.backbone.requested_inputs)
+            best["cut"])
         result = fit(best_backbone, inputs.splits, head=best["head"], head_options=_pooled_like(best, pool),
                      **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                      **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,

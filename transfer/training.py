@@ -207,7 +207,7 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
                             "use a smaller strength")
     if len(kept) == len(specs):
         return feature_layer, head, specs
-    backbone = inputs.backbone.recut([specs[number] for number in kept], inputs=inputs.backbone.requested_inputs)
+    backbone = inputs.backbone.recut([specs[number] for number in kept])
     layer = FeatureLayer(backbone, name=feature_layer.name)
     return layer, head.subset(kept), [specs[number] for number in kept]
 
