@@ -34,7 +34,7 @@ from transfer.runners import get_runner
 from transfer.settings import check_setting, default
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training import adapt_on_features, train_keras
+from transfer.training import adapt_on_features, averages_positions, train_keras
 from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
@@ -522,7 +522,8 @@ def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool
 
     if pool is not None:
         return check_pool(pool)
-    if not several_cuts or not all(_averages_positions(s) for s in settings):
+    if not several_cuts or not all(averages_positions(registry.resolve(s["head"]), s["head_options"])
+                                   for s in settings):
         return "none"
     if progress:
         print("features are averaged over positions before they are cached, as every swept head averages them "
@@ -541,14 +542,6 @@ def _on_cuts(settings: list[dict], cut_specs: list[str]) -> list[dict]:
         else:
             crossed += [{"cut": spec, **setting} for spec in cut_specs]
     return sorted(crossed, key=lambda s: ([*cut_specs, ALL_CUTS].index(s["cut"])))  # cut by cut, as before
-
-
-def _averages_positions(setting: dict) -> bool:
-    factory = registry.resolve(setting["head"])
-    if getattr(factory, "several_inputs", False):  # multilayer: grid=1 averages every cut
-        return setting["head_options"].get("grid", 1) == 1
-    parameter = inspect.signature(factory).parameters.get("pooling")
-    return parameter is not None and setting["head_options"].get("pooling", parameter.default) == "avg"
 
 
 def _pooled_like(setting: dict, pool: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -184,12 +185,20 @@ def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_di
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
+def averages_positions(head_factory, head_options: dict) -> bool:
+    """Whether the head reduces each feature tensor to its mean over positions anyway (`pooling`
+    avg; `multilayer`: grid 1), so that the cache may store those means instead of the maps."""
+    name, averaging = ("grid", 1) if getattr(head_factory, "several_inputs", False) else ("pooling", "avg")
+    parameter = inspect.signature(head_factory).parameters.get(name)
+    return parameter is not None and head_options.get(name, parameter.default) == averaging
+
+
 def cache_pool(backbone, head_factory, head_options: dict) -> str:
     """What the cache stores of several cuts for a head that reads them all: their averages
-    when the head averages each over positions anyway (`multilayer` with grid=1), which keeps a
-    cache of many cuts small; else the features as they are."""
-    averages = getattr(head_factory, "several_inputs", False) and head_options.get("grid", 1) == 1
-    return "avg" if backbone.multi_cut and averages else "none"
+    when the head averages each over positions anyway, which keeps a cache of many cuts small;
+    else the features as they are."""
+    several = getattr(head_factory, "several_inputs", False)
+    return "avg" if backbone.multi_cut and several and averages_positions(head_factory, head_options) else "none"
 
 
 def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
