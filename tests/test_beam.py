@@ -148,6 +148,21 @@ EXTRACT_DIGITS = ["extract", "--backbone", "example:digits", "--cut", "block1_ou
                   "--validation-split", "0", "--batch-size", "1", "--shard-size", "50", "--json"]  # 901: 19 shards
 
 
+def beam_workers(session: int) -> list:
+    """The Beam SDK worker processes of a session, read from /proc (not `ps`, whose output
+    width and options vary between machines); the `sh -c` wrapping a worker is left out."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[3]) == session and b"sdk_worker_main" in b" ".join(argv) and not argv[0].endswith(b"sh"):
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 @pytest.mark.parametrize("killed_process", ["worker", "launcher"])
 def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
     """`kill -9` of one worker process of a two-worker `transfer extract --runner beam` (the
@@ -161,10 +176,10 @@ def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None and len(list(killed.glob("*/.shard-*.json"))) < 4:
         time.sleep(0.02)
+    assert process.poll() is None, f"the pipeline ended before the kill: {process.communicate()[1][-2000:]}"
     if killed_process == "worker":
-        listed = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(process.pid)], capture_output=True, text=True)
-        workers = [int(line.split()[0]) for line in listed.stdout.splitlines()
-                   if "sdk_worker_main" in line and not line.split()[1].endswith("sh")]
+        workers = beam_workers(session=process.pid)
+        assert workers, "no Beam worker process found in the command's session"
         os.kill(workers[0], signal.SIGKILL)
         err = process.communicate(timeout=120)[1].strip()
         assert process.returncode == 2 and len(err.splitlines()) == 1, err[-2000:]
