@@ -66,8 +66,8 @@ def test_resnet50_scope_cut_matches_keras(resnet50):
 @pytest.mark.slow
 def test_pruned_function_runs_only_what_the_cut_needs(resnet50):
     backbone = Backbone.load(resnet50.path, cut="conv2_block1_out")
-    ops = {node.op for f in backbone._function.graph.as_graph_def().library.function for node in f.node_def}
-    ops |= {node.op for node in backbone._function.graph.as_graph_def().node}
+    ops = {node.op for f in backbone.pruned_function.graph.as_graph_def().library.function for node in f.node_def}
+    ops |= {node.op for node in backbone.pruned_function.graph.as_graph_def().node}
     assert "MatMul" not in ops and "Softmax" not in ops  # the classifier is pruned away
 
 
@@ -179,3 +179,15 @@ def test_legacy_h5_file_is_a_backbone(tiny, images16, tmp_path):
     tiny.model.save(path)
     backbone = Backbone.load(path, cut="conv2")
     np.testing.assert_allclose(backbone(images16), keras_features(tiny.model, "conv2", images16), rtol=1e-5, atol=1e-5)
+
+
+def test_a_subset_of_cuts_is_fed_as_the_whole_and_computes_the_same(tiny, images16):
+    whole = Backbone.load(tiny.path, cut="conv1,dw,conv2")
+    part = whole.subset(["conv2", "conv1"])
+    assert [c.spec for c in part.cuts] == ["conv2", "conv1"] and part.inputs == whole.inputs
+    full, some = whole(images16), part(images16)
+    for spec in ("conv1", "conv2"):
+        np.testing.assert_allclose(some[spec], full[spec], rtol=1e-6, atol=1e-6)
+    assert whole.subset(["dw"])(images16).shape == full["dw"].shape  # one cut: a tensor, as any backbone
+    with pytest.raises(TransferError, match=r"cannot take cuts \['gap'\] of a backbone cut at conv1, dw, conv2"):
+        whole.subset(["conv1", "gap"])

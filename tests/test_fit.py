@@ -399,7 +399,7 @@ def test_fit_leaves_nothing_holding_the_backbone_graph():
     """TF's gradient registry pins every Keras train step traced (tensorflow/tensorflow#97697) and,
     through it, the backbone's pruned function: fit drops those entries, so the graph dies."""
     backbone = Backbone.load("example:digits", cut="block2_out")
-    graph = weakref.ref(backbone._function.graph)
+    graph = weakref.ref(backbone.pruned_function.graph)
     result = transfer.fit(backbone, DIGITS, head_options=FLATTEN, epochs=1, patience=None, export=(), verbose=0)
     del backbone, result
     gc.collect()
@@ -410,7 +410,7 @@ def test_release_traced_steps_frees_the_backbone_after_a_users_own_fit():
     """The same TF bug in a user's own script: the callback drops what the trace registered."""
     images = np.zeros((8, 8, 8, 1), "float32")
     backbone = Backbone.load("example:digits", cut="block2_out")
-    graph = weakref.ref(backbone._function.graph)
+    graph = weakref.ref(backbone.pruned_function.graph)
     inputs = keras.Input((8, 8, 1))
     head = heads.get("linear", num_classes=2, pooling="flatten", standardize=False)
     model = keras.Model(inputs, head(FeatureLayer(backbone)(inputs)))

@@ -362,13 +362,16 @@ class FeatureCache:
             rest = buffer.rest()
             if rest is not None:
                 _describe_layout(buffer.entry, rest[0], batch_size, shard_size)
-                self._write_shard(buffer.entry, len(buffer.entry.manifest["shards"]), [rest[0]], rest[1])
+                self._write_shard(buffer.entry, len(buffer.entry.manifest["shards"]), [rest[0]], rest[1],
+                                  manifest=False)  # written once below, complete
             if not buffer.entry.manifest.get("feature_shapes"):
                 raise TransferError(f"no examples to extract for the {role} split")
             buffer.entry.manifest["complete"] = True
             _write_manifest(buffer.entry)
 
-    def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray) -> None:
+    def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray,
+                     manifest: bool = True) -> None:
+        """A shard's files, then (unless the caller writes it next) the manifest that lists it."""
         shards = entry.manifest["shards"]
         start = shards[index]["start"] if index < len(shards) else entry.count
         record = write_shard(entry.path, index, start, features, labels)
@@ -376,7 +379,8 @@ class FeatureCache:
             shards[index] = record
         else:
             shards.append(record)
-        _write_manifest(entry)
+        if manifest:
+            _write_manifest(entry)
         if entry.finished.pop(index, None) is not None:  # a task's record of it, left by a killed pipeline
             (entry.path / FINISHED.format(index=index)).unlink(missing_ok=True)
 

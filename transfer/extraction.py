@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import check_choice
+from transfer.pooled_cuts import DerivedAverages, derived_averages, pool_positions
 
 POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
 ROLES = ("train", "validation", "test")
@@ -132,11 +133,11 @@ class Extraction:
     # -- helpers -------------------------------------------------------------------------------
 
     def _inputs_for(self, outputs: tuple) -> object:
-        """Inputs whose backbone computes exactly `outputs`: the whole backbone, or a recut of
-        it (sharing its import) with its own engine, when some cuts are cached already."""
+        """Inputs whose backbone computes exactly `outputs`: the whole backbone, or a subset of
+        its cuts with its own engine, when some cuts are cached already."""
         if outputs not in self._by_outputs:
-            recut = self.inputs.backbone.recut(list(outputs))
-            subset = dataclasses.replace(self.inputs, backbone=recut, chosen_engine=None)
+            part = self.inputs.backbone.subset(list(outputs))
+            subset = dataclasses.replace(self.inputs, backbone=part, chosen_engine=None)
             subset.extraction_engine(self.engine_dir)
             self._by_outputs[outputs] = subset
         return self._by_outputs[outputs]
@@ -144,17 +145,30 @@ class Extraction:
     def _features_function(self, outputs: tuple, inputs):
         """Raw examples -> features, pooled as asked. When TensorFlow runs the backbone, the
         pooling is traced with it into one function: the full-size maps of many cuts then never
-        leave the graph (measured on ResNet50's 177 cuts: 1.10x the deepest cut's time, against
-        1.6x when every map is pooled after the call)."""
+        leave the graph (measured on ResNet50's 177 cuts: 1.6x a batch when every map was pooled
+        after the call), and averages that follow from other cuts' are derived from them
+        (`transfer.pooled_cuts`)."""
         if self.pool == "none":
             return inputs.feature_batch
         if inputs.extraction_engine(self.engine_dir).name != "tf":  # ONNX Runtime: pooled after its run
-            return lambda examples: _pooled_outputs(inputs.feature_batch(examples), self.pool)
+            return lambda examples: pool_positions(inputs.feature_batch(examples), self.pool)
         if outputs not in self._pooled_functions:
-            self._pooled_functions[outputs] = _AnyBatch(lambda prepared: _pooled_outputs(inputs.backbone(prepared),
-                                                                                        self.pool))
+            self._pooled_functions[outputs] = _pooled_function(inputs.backbone, self.pool)
         pooled = self._pooled_functions[outputs]
         return lambda examples: pooled(inputs.prepared(examples))
+
+
+def _pooled_function(backbone, pool: str) -> "_AnyBatch":
+    """Prepared examples -> {cut spec: pooled features}, the backbone and pooling in one trace."""
+    plan = derived_averages(backbone) if pool == "avg" else DerivedAverages([c.spec for c in backbone.cuts], {})
+    computing = backbone.subset(plan.computed) if plan.derived else backbone
+
+    def pooled(prepared):
+        features = computing(prepared)
+        features = features if isinstance(features, dict) else {plan.computed[0]: features}
+        return plan.complete(pool_positions(features, pool))
+
+    return _AnyBatch(pooled)
 
 
 class _AnyBatch:
@@ -163,7 +177,8 @@ class _AnyBatch:
     network. A new trace only for another example shape (inputs of any spatial size)."""
 
     def __init__(self, function):
-        self.function, self.traced = tf.function(function), {}
+        # Plain Python, no control flow to convert: autograph would only cost seconds a trace.
+        self.function, self.traced = tf.function(function, autograph=False), {}
 
     def __call__(self, prepared):
         specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), prepared)
@@ -171,13 +186,3 @@ class _AnyBatch:
         if key not in self.traced:
             self.traced[key] = self.function.get_concrete_function(specs)
         return self.traced[key](prepared)
-
-
-def _pooled_outputs(features, pool: str):
-    """Every axis between batch and channels reduced (`avg` or `max`), of one tensor or a dict."""
-    if isinstance(features, dict):
-        return {key: _pooled_outputs(value, pool) for key, value in features.items()}
-    axes = list(range(1, len(features.shape) - 1))
-    if not axes:
-        return features
-    return (tf.reduce_mean if pool == "avg" else tf.reduce_max)(features, axis=axes)

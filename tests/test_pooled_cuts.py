@@ -1,0 +1,79 @@
+"""Cuts averaged inside the backbone's function (`transfer.pooled_cuts`): averages of cuts that
+are per-channel affine functions of other extracted cuts are derived from theirs, and equal the
+averages computed from the full maps; anything else is computed."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from transfer import Backbone
+from transfer.extraction import _pooled_function
+from transfer.pooled_cuts import derived_averages, pool_positions
+
+
+@pytest.fixture(scope="module")
+def affine_graph(tmp_path_factory):
+    """conv -> bias -> batch norm as Keras 3 freezes it (x * scale + offset, the scale itself
+    computed from constants) -> 2 - x -> relu; beside it a map plus a constant that varies
+    over positions, and a product of two maps."""
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    bias = tf.constant(rng.normal(size=4), tf.float32)
+    variance, gamma = tf.constant(rng.uniform(0.5, 2, 4), tf.float32), tf.constant(rng.normal(size=4), tf.float32)
+    offset = tf.constant(rng.normal(size=(1, 1, 1, 4)), tf.float32)
+    ramp = tf.constant(rng.normal(size=(1, 8, 8, 4)), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="image")])
+    def net(image):
+        conv = tf.nn.bias_add(tf.nn.conv2d(image, kernel, 1, "SAME"), bias, name="biased")
+        normed = tf.add(conv * (tf.math.rsqrt(variance + 1e-3) * gamma), offset, name="normed")
+        flipped = tf.subtract(2.0, normed, name="flipped")
+        relu = tf.nn.relu(flipped, name="relu")
+        ramped = tf.add(relu, ramp, name="ramped")
+        squared = tf.multiply(relu, relu, name="squared")
+        return ramped + squared
+
+    path = tmp_path_factory.mktemp("pooled") / "affine.pb"
+    graph_def = convert_variables_to_constants_v2(net.get_concrete_function()).graph.as_graph_def()
+    path.write_bytes(graph_def.SerializeToString())
+    return path
+
+
+CUTS = "biased,normed,flipped,relu,ramped,squared"
+
+
+def test_affine_cuts_are_derived_from_the_cut_they_follow(affine_graph):
+    plan = derived_averages(Backbone.load(affine_graph, cut=CUTS))
+    assert {spec: (source, [step.op for step in steps]) for spec, (source, steps) in plan.derived.items()} == {
+        "normed": ("biased", ["Mul", "AddV2"]), "flipped": ("biased", ["Mul", "AddV2", "Sub"])}
+    assert plan.computed == ["biased", "relu", "ramped", "squared"]  # relu, a varying constant, x * x: computed
+
+
+def test_a_cut_is_derived_only_from_a_cut_that_is_extracted(affine_graph):
+    plan = derived_averages(Backbone.load(affine_graph, cut="normed,flipped,relu"))
+    assert {spec: source for spec, (source, _) in plan.derived.items()} == {"flipped": "normed"}
+    assert derived_averages(Backbone.load(affine_graph, cut="flipped,relu")).derived == {}
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_pooled_cuts_equal_the_pooled_full_maps(affine_graph, pool):
+    """Derived or computed, every average is the mean of the full map (max: nothing derived)."""
+    backbone = Backbone.load(affine_graph, cut=CUTS)
+    images = tf.random.stateless_uniform([5, 8, 8, 3], seed=[1, 2])
+    pooled = _pooled_function(backbone, pool)(images)
+    full = backbone(images)
+    assert set(pooled) == set(CUTS.split(","))
+    for spec in CUTS.split(","):
+        np.testing.assert_allclose(pooled[spec], pool_positions(full[spec], pool), rtol=1e-5, atol=1e-5)
+
+
+def test_a_keras_batch_norm_after_a_relu_is_derived_from_the_relu(tiny):
+    """The tiny CNN: conv1 (relu) -> bn1: the batch norm's output is affine in the ReLU's."""
+    backbone = Backbone.load(tiny.path, cut="candidates")
+    plan = derived_averages(backbone)
+    relu = next(c.spec for c in backbone.cuts if c.tensor.op.type == "Relu")
+    assert any(source == relu for source, _ in plan.derived.values())
+    images = tf.random.stateless_uniform([3, 16, 16, 3], seed=[3, 4])
+    pooled, full = _pooled_function(backbone, "avg")(images), backbone(images)
+    for spec in plan.derived:
+        np.testing.assert_allclose(pooled[spec], pool_positions(full[spec], "avg"), rtol=1e-5, atol=1e-6)
