@@ -202,7 +202,8 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     """After a head that selects cuts (`multilayer`: `kept`, `subset`) has trained: its mask
     set to the features it kept, and, when it dropped whole cuts, a feature layer of the kept
     cuts only with the head made for them, so that the model (and every export) computes only
-    those. Returns (feature layer, head, the kept cut specs or None)."""
+    those; a thawed layer keeps the trained values of the layers those cuts depend on
+    (`ThawedFeatureLayer.recut`). Returns (feature layer, head, the kept cut specs or None)."""
     if not callable(getattr(head, "subset", None)):
         return feature_layer, head, None
     head.set_mask(head.kept_features())
@@ -214,7 +215,7 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     if len(kept) == len(specs):
         return feature_layer, head, specs
     kept_specs = [specs[number] for number in kept]
-    return feature_layer.recut(kept_specs), head.subset(kept), kept_specs  # a thawed layer keeps its trained values
+    return feature_layer.recut(kept_specs), head.subset(kept), kept_specs
 
 
 def _train_head(source, feature_layer, settings: TrainingSettings, head, head_options, callbacks, verbose):
