@@ -252,6 +252,8 @@ def test_inspect_layers(capsys):
     out = capsys.readouterr().out
     assert "weight layers before the cut (10; --thaw N trains the first N):" in out
     assert "digits_resnet_1/block2_bn2_1" in out and "Conv2D+BiasAdd" in out
+    assert main(["inspect", "example:digits", "--cut", "block1_out,block2_out", "--layers"]) == 0
+    assert "weight layers before the cuts (10; --thaw N trains the first N):" in capsys.readouterr().out
 
 
 # -- bad input ----------------------------------------------------------------------------------------
