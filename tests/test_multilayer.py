@@ -11,12 +11,13 @@ import tensorflow as tf  # noqa: E402
 
 from transfer.heads import MultiLayerHead, available, choose_multilayer, get  # noqa: E402
 from transfer.heads.multilayer import GridPooling  # noqa: E402
-from transfer.model import head_model  # noqa: E402
+from transfer.model import head_model, model_parts  # noqa: E402
 from transfer.pipeline import FeatureSplits  # noqa: E402
 from transfer.sweep import expand_grid, train_setting  # noqa: E402
 
 NUM_CLASSES = 3
 SHAPES = [(4, 4, 6), (10,), (5, 7)]  # a map, vectors, a sequence: the informative one is input 1
+CUTS = "block1_out,block2_out,resnet_features"  # of the digits example
 
 
 def three_cuts(n=600, seed=0):
@@ -208,7 +209,7 @@ def test_fit_on_several_cuts_exports_only_the_cuts_it_kept(tmp_path):
     import transfer
     from transfer import Backbone
 
-    cuts = "block1_out,block2_out,resnet_features"
+    cuts = CUTS
     result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=cuts, head="multilayer",
                           head_options={"grid": 2, "strength": 0.1}, epochs=40, lr=0.01, cache_dir=tmp_path / "cache",
                           out=tmp_path / "run", export=("pb",), verbose=0)
@@ -229,11 +230,76 @@ def test_fit_on_several_cuts_exports_only_the_cuts_it_kept(tmp_path):
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_fit_several_cuts_bad_input(tmp_path):
+def digit_images(count=16):
     import transfer
 
-    with pytest.raises(TransferError, match="reads several cuts; --thaw trains the layers before one cut"):
-        transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", head="multilayer",
-                     thaw=1, epochs=1, verbose=0)
+    return np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(count)])
+
+
+def constants(thawed):
+    return [tf.make_ndarray(t.op.get_attr("value")) for t in thawed.plan.weights]
+
+
+def test_fit_with_thaw_on_several_cuts_trains_the_thawed_layers_and_exports_them(tmp_path):
+    """Thaw 2 (block2's last conv and batch norm) under a head of three cuts: the thawed weights
+    train, block1_out (before them) stays the pretrained features, and the SavedModel, the frozen
+    .pb (the trained values frozen back in) and the safe-mode .keras file predict as the model."""
+    import transfer
+    from transfer import Backbone
+
+    result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=CUTS, head="multilayer",
+                          head_options={"penalty": "none"}, thaw=2, epochs=10, lr=0.01, out=tmp_path / "run",
+                          export=("savedmodel", "pb"), verbose=0)
+    config = __import__("json").loads((tmp_path / "run/config.json").read_text())
+    assert config["thaw"] == 2 and config["kept_cuts"] == CUTS.split(",")
+    features = result.model.get_layer("features")
+    assert len(features.plan.layers) == 2 and len(features.thawed_weights) == 4
+    assert all(not np.allclose(w.numpy(), c) for w, c in zip(features.thawed_weights, constants(features)))
+    images = digit_images()
+    preprocessed = model_parts(result.model)[0](images)
+    trained, pretrained = features(preprocessed), Backbone.load("example:digits", cut=CUTS)(preprocessed)
+    np.testing.assert_array_equal(trained["block1_out"], pretrained["block1_out"])
+    assert not np.allclose(trained["resnet_features"], pretrained["resnet_features"], atol=1e-3)
+    expected = result.model.predict(images, verbose=0)
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), expected, rtol=1e-4, atol=1e-5)
+    served = tf.saved_model.load(str(tmp_path / "run/export/saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(images=tf.constant(images))["probabilities"], expected, rtol=1e-4, atol=1e-5)
+    reloaded = keras.models.load_model(tmp_path / "run/model.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_with_thaw_on_several_cuts_from_the_cache_keeps_the_trained_values_of_the_cuts_it_kept(tmp_path):
+    """From cached prefix outputs, which stay whole although grid=1 would average frozen ones; a
+    strong penalty drops block1_out, and the recut layer keeps the trained thawed values."""
+    import transfer
+    from transfer import Backbone
+    from transfer.cache import FeatureCache
+
+    result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=CUTS, head="multilayer",
+                          head_options={"strength": 0.1}, thaw=2, epochs=20, lr=0.01, cache_dir=tmp_path / "cache",
+                          out=tmp_path / "run", export=("pb",), verbose=0)
+    entries = FeatureCache(tmp_path / "cache").entries()
+    assert sorted(entry.feature_shapes[0] for entry in entries) == [(4, 4, 32)] * 6 + [(8, 8, 16)] * 3
+    assert not any(entry.manifest["ingredients"].get("pool") for entry in entries)
+    kept = __import__("json").loads((tmp_path / "run/config.json").read_text())["kept_cuts"]
+    features = result.model.get_layer("features")
+    assert kept == ["block2_out", "resnet_features"] == [c.spec for c in features.backbone.cuts]
+    assert all(not np.allclose(w.numpy(), c) for w, c in zip(features.thawed_weights, constants(features)))
+    images = digit_images()
+    frozen = Backbone.load(tmp_path / "run/export/model.pb", cut="probabilities")
+    np.testing.assert_allclose(frozen(images), result.model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_fit_several_cuts_bad_input(tmp_path, capsys):
+    import transfer
+    from transfer.cli import main
+
+    code = main(["fit", "--backbone", "example:digits", "--data", "digits:5-9?per_class=10", "--cut",
+                 "block1_out,block2_out", "--head", "multilayer", "--thaw", "11", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert ("cannot thaw 11 layer(s): there are 10 weight layers before the cuts (block1_out, block2_out) "
+            "(valid: 1 to 10;") in err
     with pytest.raises(TransferError, match="head 'linear' trains on one cut; got 2 cuts .*--head multilayer"):
         transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", epochs=1, verbose=0)

@@ -154,7 +154,8 @@ def test_sweep_cuts_bad_input(tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache")]
     cases = [(["--cut", "block1_out", "--cuts", "block2_out"], "give one cut (--cut block1_out) or the cuts"),
              (["--cuts", "block1_out,nope"], "unknown cut 'nope'"),
-             (["--cuts", "block1_out,block2_out", "--thaw", "0,1"], "thaw trains the layers before one cut"),
+             (["--cuts", "block1_out,block2_out", "--thaw", "0,1"], "sweep: head 'linear' trains on one cut, and a "
+              "thaw on 2 cuts trains a head of several cuts (multilayer)"),
              (["--cuts", "block1_out,block2_out", "--pool", "sum"], "invalid choice: 'sum'")]
     for extra, message in cases:
         with pytest.raises(SystemExit) if "invalid choice" in message else contextlib.nullcontext():
@@ -183,3 +184,26 @@ def test_sweep_over_cuts_with_a_multilayer_head_trains_it_on_all_cuts_at_once(tm
         assert best["cut"] == "block1_out,block2_out,resnet_features" and best["kept_cuts"]
     else:
         assert best["cut"] == rows[0]["cut"]
+
+
+def test_sweep_thaw_with_a_multilayer_head_on_several_cuts(tmp_path, capsys):
+    """Thaw 0 and 1 under a head of two cuts: the frozen cuts cached averaged (grid 1), the thawed
+    prefix's outputs cached whole once, the best setting retrained and exported."""
+    out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
+    code = main(["sweep", "--backbone", "example:digits", "--cuts", "block1_out,resnet_features", "--data", DATA,
+                 "--heads", "multilayer", "--thaw", "0,1", "--epochs", "10", "--lr", "0.01", "--cache-dir",
+                 str(cache_dir), "--out", str(out), "--export", "pb", "--json"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = json.loads(printed.out)
+    assert sorted((row["cut"], row["thaw"]) for row in rows) == [("all", 0), ("all", 1)]
+    entries = FeatureCache(cache_dir).entries()
+    pooled = sorted(e.feature_shapes[0] for e in entries if e.manifest["ingredients"].get("pool"))
+    whole = sorted(e.feature_shapes[0] for e in entries if not e.manifest["ingredients"].get("pool"))
+    assert pooled == [(16,)] * 3 + [(32,)] * 3  # thaw 0: both cuts averaged
+    assert whole == [(4, 4, 32)] * 6 + [(8, 8, 16)] * 3  # thaw 1: block2_bn2's input and shortcut, block1_out as is
+    best = json.loads((out / "best/config.json").read_text())
+    assert best["cut"] == "block1_out,resnet_features" and best.get("thaw") == (rows[0]["thaw"] or None)
+    images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
+    predictions = Backbone.load(out / "best/export/model.pb", cut="probabilities")(images).numpy()
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)

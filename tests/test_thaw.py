@@ -12,6 +12,7 @@ from transfer import Backbone, TransferError
 from transfer.cache import FeatureCache
 from transfer.cli import main
 from transfer.export import export_frozen_graph
+from transfer.layer import FeatureLayer
 from transfer.pipeline import open_inputs
 from transfer.thawing import describe_layers, thaw
 
@@ -178,11 +179,81 @@ def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     assert {e.key: (e.path / "features-00000.npy").stat().st_mtime_ns for e in again} == written  # reused
 
 
+# -- several cuts (a head that reads them all) ---------------------------------------------------------
+
+CUTS = "block1_out,block2_out,resnet_features"
+
+
+def digits_batch(count=6):
+    """Inputs as the digits backbone takes them (8x8x1, pixel values 0..16)."""
+    return np.random.default_rng(0).uniform(0, 16, (count, 8, 8, 1)).astype("float32")
+
+
+def test_several_cuts_thaw_the_last_layers_of_all_and_a_cut_before_them_passes_through():
+    """Thaw 1 on three cuts: the deepest weight layer (block2_bn2); block1_out comes before it, so
+    the frozen prefix hands it over as it is and no gradient reaches the thawed weights from it."""
+    backbone = Backbone.load("example:digits", cut=CUTS)
+    rows = describe_layers(backbone)
+    assert len(rows) == 10 and rows[0]["scope"].endswith("block2_bn2_1")  # numbered back from the deepest cut
+    layer = thaw("example:digits", last=1, cut=CUTS)
+    images = digits_batch()
+    features, expected = layer(images), backbone(images)
+    assert list(features) == CUTS.split(",")  # what a FeatureLayer of several cuts returns: a dict in cut order
+    for key, value in expected.items():
+        np.testing.assert_allclose(features[key], value, rtol=1e-5, atol=1e-5)
+    block1 = backbone.cuts[0].name
+    assert block1 in [t.name for t in layer.plan.boundary]
+    prefix = layer.prefix(images)
+    passed = prefix[[t.name for t in layer.plan.boundary].index(block1)]
+    np.testing.assert_array_equal(layer.from_boundary(prefix)["block1_out"], passed)  # the suffix returns it unchanged
+    for key, reached in (("block1_out", False), ("block2_out", True), ("resnet_features", True)):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(images)[key]))
+        grads = tape.gradient(loss, layer.trainable_weights)
+        assert len(grads) == 2 and all((g is not None and bool(tf.reduce_any(g != 0))) == reached for g in grads), key
+
+
+def test_several_cuts_from_cached_prefix_outputs_equal_the_whole_layer(tmp_path):
+    """The cache holds the prefix's outputs whole (the pass-through cut too); the suffix on them
+    gives every cut as the whole layer does on images."""
+    layer = thaw("example:digits", last=2, cut=CUTS)
+    inputs = open_inputs(layer.backbone, "digits:5-9?per_class=10", batch_size=16)
+    cached = inputs.cached_prefix(layer, tmp_path, progress=False)
+    assert cached.feature_shapes == [(8, 8, 16), (4, 4, 32), (4, 4, 32)]  # block1_out, and what enters block2_conv2
+    boundary, labels = next(iter(cached.test.batch(1000)))
+    batches = list(inputs.batches.evaluation("test").as_numpy_iterator())
+    np.testing.assert_array_equal(labels, np.concatenate([y for _, y in batches]))
+    whole = feature_model(inputs, layer)(np.concatenate([x for x, _ in batches]))  # a list in cut order
+    from_cache = layer.suffix()(list(boundary))
+    assert list(from_cache) == CUTS.split(",")
+    for expected, got in zip(whole, from_cache.values(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_recut_to_some_cuts_keeps_the_trained_values_of_the_layers_they_depend_on():
+    """What fit does when the multilayer head dropped cuts (`keep_selected_cuts`)."""
+    layer = thaw("example:digits", last=6, cut=CUTS)  # block2's five layers and block1_bn2
+    rng = np.random.default_rng(1)
+    for weight in layer.thawed_weights:  # as if trained
+        weight.assign(weight + rng.normal(0, 0.1, weight.shape).astype("float32"))
+    images = digits_batch()
+    trained = layer(images)
+    for kept, thawed in ((["block1_out", "resnet_features"], 6), (["block2_out"], 6), (["block1_out"], 1)):
+        recut = layer.recut(kept)
+        assert len(recut.plan.layers) == thawed and recut.name == layer.name
+        got = recut(images)
+        for key in kept:
+            np.testing.assert_allclose(got[key] if isinstance(got, dict) else got, trained[key], rtol=1e-5, atol=1e-5)
+    assert type(thaw("example:digits", last=1, cut=CUTS).recut(["block1_out"])) is FeatureLayer  # nothing thawed left
+
+
 def test_inspect_layers(capsys):
     assert main(["inspect", "example:digits", "--cut", "resnet_features", "--layers"]) == 0
     out = capsys.readouterr().out
     assert "weight layers before the cut (10; --thaw N trains the first N):" in out
     assert "digits_resnet_1/block2_bn2_1" in out and "Conv2D+BiasAdd" in out
+    assert main(["inspect", "example:digits", "--cut", "block1_out,block2_out", "--layers"]) == 0
+    assert "weight layers before the cuts (10; --thaw N trains the first N):" in capsys.readouterr().out
 
 
 # -- bad input ----------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def format_report(report: dict) -> str:
     for c in report.get("cuts", []):
         lines.append(f"cut {c['spec']!r} = {c['tensor']} {c['dtype']} {_shape(c)} ({c['reason']})")
     if "layers" in report:
-        lines.append(f"weight layers before the cut ({len(report['layers'])}; --thaw N trains the first N):")
+        before = "the cut" if len(report.get("cuts", [])) < 2 else "the cuts"
+        lines.append(f"weight layers before {before} ({len(report['layers'])}; --thaw N trains the first N):")
         lines += _table([("#", "scope", "ops", "weights", "frozen statistics", "parameters")] + [
             (r["index"], r["scope"], "+".join(r["ops"]), " ".join(r["weights"]), " ".join(r["statistics"]) or "-",
              r["parameters"]) for r in report["layers"]])

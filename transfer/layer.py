@@ -71,15 +71,13 @@ class FeatureLayer(keras.layers.Layer):
     def call(self, inputs):
         return self._backbone(inputs)
 
+    def recut(self, cuts) -> "FeatureLayer":
+        """This layer on other cuts of its graph (those a head kept: `training.keep_selected_cuts`)."""
+        return FeatureLayer(self._backbone.recut(cuts), name=self.name)
+
     def compute_output_spec(self, inputs):
         self._backbone.check_input_shapes(inputs)
-        batch = _batch_size(inputs)
-        specs = {
-            key: keras.KerasTensor((batch, *spec.shape[1:]) if spec.shape.rank else spec.shape,
-                                   dtype=spec.dtype.name)
-            for key, spec in self._backbone.feature_specs.items()
-        }
-        return specs if self._backbone.multi_cut else next(iter(specs.values()))
+        return feature_output_spec(self._backbone, _batch_size(inputs))
 
     # -- the graph inside the .keras file ----------------------------------------------------
 
@@ -139,6 +137,14 @@ def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, 
                       "embeds", TransferWarning, stacklevel=2)
         return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
     return backbone
+
+
+def feature_output_spec(backbone, batch):
+    """What a layer returning `backbone`'s features gives for a batch: one KerasTensor, or a dict
+    keyed by cut spec (in cut order) when several cuts."""
+    specs = {key: keras.KerasTensor((batch, *spec.shape[1:]) if spec.shape.rank else spec.shape, dtype=spec.dtype.name)
+             for key, spec in backbone.feature_specs.items()}
+    return specs if backbone.multi_cut else next(iter(specs.values()))
 
 
 def _specs_of(backbone) -> dict:

@@ -39,10 +39,12 @@ class PreprocessingLayer(keras.layers.Layer):
 def build_classifier(features: FeatureLayer, head, kind, name: str = "transfer_classifier") -> keras.Model:
     """Raw examples as `kind` (`transfer.input_kind`) describes them -> head output."""
     raw = keras.Input(kind.shape, dtype=kind.dtype.name, name=kind.name)
-    extracted = features(kind.layer()(raw))
-    if isinstance(extracted, dict):  # several cuts: a head of several inputs takes them in cut order
-        extracted = list(extracted.values())
-    return keras.Model(raw, head(extracted), name=name)
+    return keras.Model(raw, head(_as_head_input(features(kind.layer()(raw)))), name=name)
+
+
+def _as_head_input(features):
+    """Several cuts (a dict by cut) as a head of several inputs takes them: a list in cut order."""
+    return list(features.values()) if isinstance(features, dict) else features
 
 
 def raw_input_spec(model: keras.Model) -> tf.TensorSpec:
@@ -56,7 +58,7 @@ def head_model(feature_shapes, head, suffix=None) -> keras.Model:
     thaw), the inputs are the frozen prefix's outputs and the thawed suffix runs before the head."""
     inputs = [keras.Input(tuple(shape)) for shape in feature_shapes]
     given = inputs if len(inputs) > 1 else inputs[0]
-    return keras.Model(given, head(given if suffix is None else suffix(given)))
+    return keras.Model(given, head(given if suffix is None else _as_head_input(suffix(given))))
 
 
 def model_parts(model: keras.Model):

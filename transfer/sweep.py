@@ -583,7 +583,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     they are cached (default: `avg` when several cuts are swept and every swept head averages
     positions anyway, else `none`).
     `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
-    thaw N trains its last N weight layers from the cached outputs of its frozen prefix. The
+    thaw N trains its last N weight layers from the cached outputs of its frozen prefix (with
+    several cuts, only for a head that reads them all: the layers before the deepest). The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
     the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
     is fed, as for `Backbone.load`. `runner`: where the extraction runs ("local", "beam" or a
@@ -612,11 +613,13 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
     cut_specs = [c.spec for c in inputs.backbone.cuts]
-    if len(cut_specs) > 1 and any(s.get("thaw") for s in settings):
-        raise TransferError(f"sweep: thaw trains the layers before one cut; got {len(cut_specs)} cuts: sweep the "
-                            "cuts frozen first, then thaw at the best one (--cut CUT --thaw N)")
-    pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
     settings = _on_cuts(settings, cut_specs)
+    one_cut = next((s["head"] for s in settings if s.get("thaw") and len(cut_specs) > 1 and s["cut"] != ALL_CUTS), None)
+    if one_cut:  # a thaw N is one layer on all the cuts (below); a head of one cut would need one per cut
+        raise TransferError(f"sweep: head {one_cut!r} trains on one cut, and a thaw on {len(cut_specs)} cuts trains a "
+                            "head of several cuts (multilayer): sweep the cuts frozen first, then thaw at the best "
+                            "one (--cut CUT --thaw N)")
+    pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
     with strategy.scope():  # thawed weights are variables
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction

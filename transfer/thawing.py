@@ -1,4 +1,4 @@
-"""Partial thaw: the float constants of the last N weight layers before the cut become trainable.
+"""Partial thaw: the float constants of the last N weight layers before the cut(s) become trainable.
 
 DESIGN's technique: the graph is split at the thaw boundary. The frozen prefix (input -> the
 tensors that enter the thawed region) is an ordinary pruned Backbone, run without gradient;
@@ -6,6 +6,10 @@ the thawed suffix is the GraphDef imported again with `input_map` replacing thos
 tensors and every thawed weight constant by inputs of a wrapped function, pruned to the cut.
 Keras weights, initialised from the constants' values, are passed in at call time, so
 gradients reach exactly them. Batch-norm moving statistics stay constant unless asked.
+
+Several cuts (a head that reads them all, `multilayer`): the layers before the cuts are those
+any cut depends on, counted back from the deepest; a cut that no thawed layer reaches is
+handed over by the frozen prefix as it is, so the layer returns every cut, as `FeatureLayer` does.
 """
 from __future__ import annotations
 
@@ -20,14 +24,14 @@ import tensorflow as tf
 from transfer.backbone import Backbone
 from transfer.errors import TransferError
 from transfer.graph import NORM_OPS, GraphInfo, format_shape
-from transfer.layer import FeatureLayer
+from transfer.layer import FeatureLayer, feature_output_spec
 
 
 @dataclasses.dataclass
 class WeightLayer:
     """A weight layer of the graph, as `inspect --layers` shows it."""
 
-    index: int  # 1 = the last weight layer before the cut
+    index: int  # 1 = the last weight layer before the cut (the deepest, in graph order, before several)
     scope: str
     ops: list  # weight-consuming tf.Operations
     constants: list  # float Const outputs that feed its weights (statistics included)
@@ -41,9 +45,9 @@ class WeightLayer:
         return int(sum(c.shape.num_elements() or 0 for c in self.constants))
 
 
-def layers_before(info: GraphInfo, cut: tf.Tensor) -> list[WeightLayer]:
-    """The weight layers the cut depends on, numbered backwards from the cut."""
-    needed = {op.name for op in info.ancestors([cut.op])}
+def layers_before(info: GraphInfo, cuts: list[tf.Tensor]) -> list[WeightLayer]:
+    """The weight layers any of the cuts depends on, numbered backwards in graph order."""
+    needed = {op.name for op in info.ancestors([cut.op for cut in cuts])}
     found = [(scope, ops) for scope, ops in info.weight_layers if any(op.name in needed for op in ops)]
     layers = []
     for index, (scope, ops) in enumerate(reversed(found), start=1):
@@ -99,22 +103,23 @@ def _dedupe(tensors) -> list:
 
 
 def choose_layers(layers: list[WeightLayer], last: int | None = None,
-                  from_scope: str | None = None) -> list[WeightLayer]:
-    """The last `last` layers, or every layer from the one whose scope matches `from_scope`."""
+                  from_scope: str | None = None, before: str = "the cut") -> list[WeightLayer]:
+    """The last `last` layers, or every layer from the one whose scope matches `from_scope`.
+    `before`: what the layers come before, as errors name it."""
     if not layers:
-        raise TransferError("the graph has no weight layers before the cut: nothing to thaw")
+        raise TransferError(f"the graph has no weight layers before {before}: nothing to thaw")
     if (last is None) == (from_scope is None):
         raise TransferError("thaw needs exactly one of last=N (--thaw N) or from_scope (--thaw-from SCOPE)")
     if last is not None:
         if not isinstance(last, int) or last < 1 or last > len(layers):
-            raise TransferError(f"cannot thaw {last} layer(s): there are {len(layers)} weight layers before the cut "
-                                f"(`transfer inspect --layers` lists them)")
+            raise TransferError(f"cannot thaw {last} layer(s): there are {len(layers)} weight layers before {before} "
+                                f"(valid: 1 to {len(layers)}; `transfer inspect --layers` lists them)")
         return layers[:last]
     matches = [layer for layer in layers if layer.scope == from_scope or layer.scope.endswith("/" + from_scope)
                or re.sub(r"_\d+$", "", layer.scope.rpartition("/")[2]) == from_scope]
     if not matches:
         close = difflib.get_close_matches(from_scope, [layer.scope for layer in layers], n=3, cutoff=0.3)
-        raise TransferError(f"no weight layer before the cut has scope {from_scope!r}; closest: "
+        raise TransferError(f"no weight layer before {before} has scope {from_scope!r}; closest: "
                             f"{', '.join(close) or 'none'} (`transfer inspect --layers` lists them)")
     return layers[:max(layer.index for layer in matches)]
 
@@ -123,26 +128,27 @@ def choose_layers(layers: list[WeightLayer], last: int | None = None,
 class ThawPlan:
     layers: list[WeightLayer]
     weights: list[tf.Tensor]  # Const outputs that become trainable weights
-    boundary: list[tf.Tensor]  # what the frozen prefix hands to the thawed suffix
+    boundary: list[tf.Tensor]  # what the frozen prefix hands to the thawed suffix (cuts it computes included)
 
 
 def plan_thaw(backbone: Backbone, last=None, from_scope=None, batch_norm_statistics: bool = False) -> ThawPlan:
-    if backbone.multi_cut:
-        raise TransferError("thaw works on one cut")
-    info, cut = backbone.info, backbone.cuts[0].tensor
-    chosen = choose_layers(layers_before(info, cut), last, from_scope)
+    info, cuts = backbone.info, [c.tensor for c in backbone.cuts]
+    before = "the cut" if len(cuts) == 1 else f"the cuts ({', '.join(c.spec for c in backbone.cuts)})"
+    chosen = choose_layers(layers_before(info, cuts), last, from_scope, before)
     weights = _dedupe(c for layer in chosen for c in layer.constants
                       if batch_norm_statistics or not layer.is_statistic(c))
-    region = _thawed_region(info, cut, [op for layer in chosen for op in layer.ops])
-    check_differentiable(info, cut, weights)
-    boundary = _dedupe(t for name in region for t in info.by_name[name].inputs
-                       if t.op.name not in region and not info.is_constant(t))
+    region = _thawed_region(info, cuts, [op for layer in chosen for op in layer.ops])
+    check_differentiable(info, cuts, weights)
+    entering = [t for name in region for t in info.by_name[name].inputs
+                if t.op.name not in region and not info.is_constant(t)]
+    frozen_cuts = [cut for cut in cuts if cut.op.name not in region]  # no thawed layer reaches them: the prefix's
+    boundary = _dedupe([*entering, *frozen_cuts])
     return ThawPlan(chosen, weights, sorted(boundary, key=lambda t: info.position[t.op.name]))
 
 
-def _thawed_region(info: GraphInfo, cut: tf.Tensor, weight_ops) -> set[str]:
-    """Input-dependent ops downstream of a thawed weight op and upstream of the cut."""
-    upstream = {op.name for op in info.ancestors([cut.op])}
+def _thawed_region(info: GraphInfo, cuts: list[tf.Tensor], weight_ops) -> set[str]:
+    """Input-dependent ops downstream of a thawed weight op and upstream of a cut."""
+    upstream = {op.name for op in info.ancestors([cut.op for cut in cuts])}
     region, stack = set(), [op.name for op in weight_ops]
     while stack:
         name = stack.pop()
@@ -156,12 +162,12 @@ def _thawed_region(info: GraphInfo, cut: tf.Tensor, weight_ops) -> set[str]:
 _CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # TF differentiates function bodies
 
 
-def check_differentiable(info: GraphInfo, cut: tf.Tensor, weights: list[tf.Tensor]) -> None:
+def check_differentiable(info: GraphInfo, cuts: list[tf.Tensor], weights: list[tf.Tensor]) -> None:
     """Raise, before any training, if an op that gradients must pass from the thawed weights to
-    the cut has no gradient in TensorFlow (training would stop with a LookupError mid-epoch)."""
+    a cut has no gradient in TensorFlow (training would stop with a LookupError mid-epoch)."""
     from tensorflow.python.framework import ops as tf_ops
 
-    path = _thawed_region(info, cut, [w.op for w in weights])
+    path = _thawed_region(info, cuts, [w.op for w in weights])
     for op in sorted((info.by_name[n] for n in path), key=lambda op: info.position[op.name]):
         if op.type in _CALLS or info.graph._is_function(op.type) or not any(t.dtype.is_floating for t in op.outputs):
             continue
@@ -170,21 +176,22 @@ def check_differentiable(info: GraphInfo, cut: tf.Tensor, weights: list[tf.Tenso
         except LookupError:
             raise TransferError(
                 f"cannot thaw through op {op.name!r} ({op.type}): TensorFlow has no gradient for it and it lies "
-                "between the thawed layers and the cut; thaw only the layers after it, or cut before it") from None
+                "between the thawed layers and a cut; thaw only the layers after it, or cut before it") from None
 
 
 def build_suffix(backbone: Backbone, plan: ThawPlan):
-    """boundary tensors + weights -> the cut, as a pruned function that gradients pass through."""
+    """boundary tensors + weights -> every cut (a list), as a pruned function that gradients pass
+    through. A cut that is itself a boundary tensor comes back as that input: `import_graph_def`
+    returns the mapped tensor for a name in `input_map`."""
     names = [t.name for t in plan.boundary] + [w.name for w in plan.weights]
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in plan.boundary] + [tf.TensorSpec(w.shape, w.dtype)
                                                                         for w in plan.weights]
-    cut = backbone.cuts[0].name
+    cuts = [c.name for c in backbone.cuts]
     graph_def = backbone.graph_def  # as fed (`transfer.feeding`): placeholders given constants are Consts
 
     def body(*tensors):
-        (output,) = tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),
-                                                   return_elements=[cut], name="")
-        return output
+        return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),
+                                              return_elements=cuts, name="")
 
     wrapped = tf.compat.v1.wrap_function(body, specs)
     return wrapped.prune(feeds=wrapped.inputs, fetches=wrapped.outputs)
@@ -239,9 +246,13 @@ class ThawedFeatureLayer(FeatureLayer):
         return [tf.stop_gradient(t) for t in handed]  # the frozen prefix needs no backward pass
 
     def from_boundary(self, boundary):
-        """The thawed part: prefix outputs -> features, differentiable in the thawed weights."""
-        (features,) = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed_weights])
-        return features
+        """The thawed part: prefix outputs -> features, differentiable in the thawed weights; one
+        tensor, or a dict keyed by cut with several, as `FeatureLayer` returns them."""
+        outputs = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed_weights])
+        specs = self.backbone.feature_specs  # an int cut is cast to float32, as the Backbone does
+        features = {key: tf.cast(out, spec.dtype) if out.dtype != spec.dtype else out
+                    for (key, spec), out in zip(specs.items(), outputs, strict=True)}
+        return features if self.backbone.multi_cut else next(iter(features.values()))
 
     def restore_pretrained(self) -> None:
         """Set the thawed weights back to the graph's constants, all trainable (a sweep's next
@@ -258,6 +269,22 @@ class ThawedFeatureLayer(FeatureLayer):
             raise TransferError(f"the thaw boundary includes {', '.join(unbatched)}, which is not a float tensor per "
                                 "example, so the prefix cannot be cached: drop --cache-dir or thaw other layers")
         return self._prefix
+
+    def recut(self, cuts) -> FeatureLayer:
+        """This layer on some of its cuts, with the trained values of the thawed weights those cuts
+        depend on; a plain FeatureLayer when no thawed layer reaches them. In graph order the
+        thawed layers are the last ones, so those the kept cuts depend on are the last of theirs."""
+        backbone = self.backbone.recut(cuts)
+        thawed = {layer.scope for layer in self.plan.layers}
+        count = sum(layer.scope in thawed for layer in layers_before(backbone.info, [c.tensor for c in backbone.cuts]))
+        if not count:
+            return FeatureLayer(backbone, name=self.name)
+        layer = ThawedFeatureLayer(backbone, last=count, batch_norm_statistics=self._config["batch_norm_statistics"],
+                                   name=self.name)
+        trained = {constant.name: weight for constant, weight in zip(self.plan.weights, self.thawed_weights)}
+        for constant, weight in zip(layer.plan.weights, layer.thawed_weights):
+            weight.assign(trained[constant.name])
+        return layer
 
     def suffix(self) -> "ThawedSuffix":
         return ThawedSuffix(self, name="thawed_suffix")
@@ -309,8 +336,7 @@ class ThawedSuffix(keras.layers.Layer):
 
     def compute_output_spec(self, boundary):
         first = boundary[0] if isinstance(boundary, (list, tuple)) else boundary
-        cut = self.whole.backbone.cuts[0].tensor
-        return keras.KerasTensor((first.shape[0], *cut.shape[1:]), dtype=cut.dtype.name)
+        return feature_output_spec(self.whole.backbone, first.shape[0])
 
 
 def _value(constant: tf.Tensor) -> np.ndarray:
@@ -328,9 +354,10 @@ def thaw(backbone, last=None, from_scope=None, cut="auto", batch_norm_statistics
 
 
 def describe_layers(backbone: Backbone) -> list[dict]:
-    """`transfer inspect --layers`: what counts as a layer, numbered backwards from the cut."""
+    """`transfer inspect --layers`: what counts as a layer, numbered backwards from the cut (from
+    the deepest of several cuts: what --thaw N counts)."""
     rows = []
-    for layer in layers_before(backbone.info, backbone.cuts[0].tensor):
+    for layer in layers_before(backbone.info, [c.tensor for c in backbone.cuts]):
         rows.append({"index": layer.index, "scope": layer.scope, "ops": [op.type for op in layer.ops],
                      "weights": [format_shape(c.shape) for c in layer.constants if not layer.is_statistic(c)],
                      "statistics": [format_shape(c.shape) for c in layer.statistics],

@@ -25,7 +25,6 @@ from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy
 from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
 from transfer.heads.sklearn_probe import probe_as_head
-from transfer.layer import FeatureLayer
 from transfer.model import build_classifier, head_model
 from transfer.optimizers import optimizer_named
 from transfer.settings import TrainingSettings
@@ -100,9 +99,6 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         cuts = [c.spec for c in inputs.backbone.cuts]
         raise TransferError(f"head {head!r} trains on one cut; got {len(cuts)} cuts ({', '.join(cuts[:4])}"
                             f"{', …' if len(cuts) > 4 else ''}); a head of several cuts: --head multilayer")
-    if several_cuts and settings.thawing:
-        raise TransferError(f"head {head!r} reads several cuts; --thaw trains the layers before one cut: thaw "
-                            "with a head of one cut")
     if cache_dir is None and engine != "tf":
         raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
                             "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
@@ -179,7 +175,8 @@ def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_di
         return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool,
                                                       runner=runner),
                                settings.batch_size, settings.seed)
-    # the cache holds the frozen prefix's outputs; the thawed suffix trains from them
+    # the cache holds the frozen prefix's outputs, never pooled (`pool` is for frozen features): the
+    # thawed suffix trains from them and needs them whole
     return _CachedTraining(inputs.cached_prefix(feature_layer, cache_dir, cache_dtype, progress=progress,
                                                 runner=runner),
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
@@ -196,7 +193,7 @@ def averages_positions(head_factory, head_options: dict) -> bool:
 def cache_pool(backbone, head_factory, head_options: dict) -> str:
     """What the cache stores of several cuts for a head that reads them all: their averages
     when the head averages each over positions anyway, which keeps a cache of many cuts small;
-    else the features as they are."""
+    else the features as they are. Frozen features only: a thaw caches its prefix's outputs whole."""
     several = getattr(head_factory, "several_inputs", False)
     return "avg" if backbone.multi_cut and several and averages_positions(head_factory, head_options) else "none"
 
@@ -205,7 +202,8 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     """After a head that selects cuts (`multilayer`: `kept`, `subset`) has trained: its mask
     set to the features it kept, and, when it dropped whole cuts, a feature layer of the kept
     cuts only with the head made for them, so that the model (and every export) computes only
-    those. Returns (feature layer, head, the kept cut specs or None)."""
+    those; a thawed layer keeps the trained values of the layers those cuts depend on
+    (`ThawedFeatureLayer.recut`). Returns (feature layer, head, the kept cut specs or None)."""
     if not callable(getattr(head, "subset", None)):
         return feature_layer, head, None
     head.set_mask(head.kept_features())
@@ -216,9 +214,8 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
                             "use a smaller strength")
     if len(kept) == len(specs):
         return feature_layer, head, specs
-    backbone = inputs.backbone.recut([specs[number] for number in kept])
-    layer = FeatureLayer(backbone, name=feature_layer.name)
-    return layer, head.subset(kept), [specs[number] for number in kept]
+    kept_specs = [specs[number] for number in kept]
+    return feature_layer.recut(kept_specs), head.subset(kept), kept_specs
 
 
 def _train_head(source, feature_layer, settings: TrainingSettings, head, head_options, callbacks, verbose):
