@@ -7,7 +7,8 @@ empty cache (what `transfer extract` does, preprocessing and shard writes includ
 
   (a) the deepest single cut (`auto`, the pooled features): the cost of plain transfer;
   (b) every candidate cut in one pass, averaged over positions before caching (`--pool avg`,
-      as a logreg cut sweep stores them); goal (issue 12): <= 1.2x (a);
+      as a logreg cut sweep stores them); goal (issue 12): <= 1.2x (a); and the same for the
+      block outputs only (each residual block's output, the stem's pooling, the global pool);
   (c) single-cut extractions of a sample of the cuts (spread over depth), extrapolated to all:
       what sweeping the cuts one extraction at a time would cost;
   (d) the whole `sweep --cuts candidates --heads logreg`: extraction (b) and one probe per cut.
@@ -46,6 +47,11 @@ def frozen_resnet50(size: int, workdir: Path) -> Path:
     return path
 
 
+def _is_block_output(spec: str) -> bool:
+    """keras.applications ResNet50's block outputs: `convN_blockM_out`, `pool1_pool`, `avg_pool`."""
+    return any(part in spec for part in ("_out_", "pool1_pool", "avg_pool"))
+
+
 def extraction_seconds(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> float:
     """One extraction of every split into an empty cache (the backbone is loaded already)."""
     inputs = open_inputs(backbone, data, validation_split=0.2)
@@ -76,6 +82,8 @@ def main() -> None:
     extraction_seconds(deepest, args.data, workdir)  # warm-up: TF's first-call costs are not the cuts' fault
     single = extraction_seconds(deepest, args.data, workdir)
     one_pass = extraction_seconds(every, args.data, workdir, pool="avg")
+    blocks = every.recut([spec for spec in specs if _is_block_output(spec)])
+    blocks_pass = extraction_seconds(blocks, args.data, workdir, pool="avg")
     step = max(1, len(specs) // args.sampled_cuts)
     sampled = specs[::step][:args.sampled_cuts]
     per_cut = [extraction_seconds(every.recut(spec), args.data, workdir) for spec in sampled]
@@ -83,6 +91,8 @@ def main() -> None:
     table("extraction of every split into an empty cache (seconds)", ["what", "seconds", "vs deepest cut"], [
         ["(a) deepest single cut (auto)", f"{single:.1f}", "1.00x"],
         [f"(b) all {len(specs)} cuts, one pass, --pool avg", f"{one_pass:.1f}", f"{one_pass / single:.2f}x"],
+        [f"(b) the {len(blocks.cuts)} block outputs, one pass, --pool avg", f"{blocks_pass:.1f}",
+         f"{blocks_pass / single:.2f}x"],
         [f"(c) {len(specs)} single-cut extractions (mean of {len(sampled)}, x {len(specs)})",
          f"{all_single:.0f}", f"{all_single / single:.1f}x"],
     ])
