@@ -15,7 +15,7 @@ from transfer.pooled_cuts import derived_averages, pool_positions
 def affine_graph(tmp_path_factory):
     """conv -> bias -> batch norm as Keras 3 freezes it (x * scale + offset, the scale itself
     computed from constants) -> 2 - x -> relu; beside it a map plus a constant that varies
-    over positions, and a product of two maps."""
+    over positions, a product of two maps, and their sum, one number per example."""
     rng = np.random.default_rng(0)
     kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
     bias = tf.constant(rng.normal(size=4), tf.float32)
@@ -31,7 +31,7 @@ def affine_graph(tmp_path_factory):
         relu = tf.nn.relu(flipped, name="relu")
         ramped = tf.add(relu, ramp, name="ramped")
         squared = tf.multiply(relu, relu, name="squared")
-        return ramped + squared
+        return tf.reduce_sum(ramped + squared, axis=[1, 2, 3], name="total")  # one number per example
 
     path = tmp_path_factory.mktemp("pooled") / "affine.pb"
     graph_def = convert_variables_to_constants_v2(net.get_concrete_function()).graph.as_graph_def()
@@ -77,3 +77,14 @@ def test_a_keras_batch_norm_after_a_relu_is_derived_from_the_relu(tiny):
     pooled, full = _pooled_function(backbone, "avg")(images), backbone(images)
     for spec in plan.derived:
         np.testing.assert_allclose(pooled[spec], pool_positions(full[spec], "avg"), rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_that_are_not_vectors_leave_the_graph_one_by_one(affine_graph):
+    """Float32 vectors leave the traced function concatenated (one conversion a batch) and are
+    split again; a cut of one number per example cannot be concatenated, and is not."""
+    backbone = Backbone.load(affine_graph, cut="normed,total")
+    images = tf.random.stateless_uniform([4, 8, 8, 3], seed=[5, 6])
+    pooled, full = _pooled_function(backbone, "avg")(images), backbone(images)
+    assert pooled["total"].shape == (4,) and pooled["normed"].shape == (4, 4)
+    np.testing.assert_allclose(pooled["total"], full["total"], rtol=1e-6)
+    np.testing.assert_allclose(pooled["normed"], pool_positions(full["normed"], "avg"), rtol=1e-5, atol=1e-6)

@@ -158,17 +158,34 @@ class Extraction:
         return lambda examples: pooled(inputs.prepared(examples))
 
 
-def _pooled_function(backbone, pool: str) -> "_AnyBatch":
-    """Prepared examples -> {cut spec: pooled features}, the backbone and pooling in one trace."""
+def _pooled_function(backbone, pool: str):
+    """Prepared examples -> {cut spec: pooled features (numpy)}, the backbone and pooling in one
+    trace. Its outputs leave the graph as one concatenated tensor when they can (float32
+    vectors): one conversion to numpy a batch instead of one per cut (~0.2 ms each: 2 s of
+    a 177-cut extraction)."""
     plan = derived_averages(backbone) if pool == "avg" else DerivedAverages([c.spec for c in backbone.cuts], {})
     computing = backbone.subset(plan.computed) if plan.derived else backbone
+    specs, widths = [cut.spec for cut in backbone.cuts], []
 
     def pooled(prepared):
         features = computing(prepared)
         features = features if isinstance(features, dict) else {plan.computed[0]: features}
-        return plan.complete(pool_positions(features, pool))
+        averages = plan.complete(pool_positions(features, pool))
+        listed = [averages[spec] for spec in specs]
+        if not all(t.dtype == tf.float32 and t.shape.rank == 2 and t.shape[1] is not None for t in listed):
+            return listed
+        widths[:] = [t.shape[1] for t in listed]  # at trace time: the same for every batch
+        return tf.concat(listed, axis=1)
 
-    return _AnyBatch(pooled)
+    traced = _AnyBatch(pooled)
+
+    def run(prepared) -> dict:
+        outputs = traced(prepared)
+        if isinstance(outputs, list):
+            return {spec: np.asarray(output) for spec, output in zip(specs, outputs)}
+        return dict(zip(specs, np.split(np.asarray(outputs), np.cumsum(widths)[:-1], axis=1)))
+
+    return run
 
 
 class _AnyBatch:

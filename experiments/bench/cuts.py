@@ -13,7 +13,7 @@ empty cache (what `transfer extract` does, preprocessing and shard writes includ
       what sweeping the cuts one extraction at a time would cost;
   (d) the whole `sweep --cuts candidates --heads logreg`: extraction (b) and one probe per cut.
 
-Run: `python experiments/bench/cuts.py` (~10 min on 2 cores; `--no-sweep`: (a)-(c), ~4 min). CPU only.
+Run: `python experiments/bench/cuts.py` (~12 min on 2 cores; `--no-sweep`: (a)-(c), ~5 min). CPU only.
 """
 from __future__ import annotations
 
@@ -53,11 +53,20 @@ def _is_block_output(spec: str) -> bool:
 
 
 def extraction_seconds(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> float:
-    """One extraction of every split into an empty cache (the backbone is loaded already)."""
-    inputs = open_inputs(backbone, data, validation_split=0.2)
+    """One extraction of every split into an empty cache, as a `transfer extract` run pays it:
+    the graph's import and the cuts' resolution done before, but the pruning, tracing and first
+    call's graph optimisation included (a fresh Backbone of the same cuts, nothing pruned yet)."""
+    return extraction_times(backbone, data, workdir, pool)[0]
+
+
+def extraction_times(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> tuple[float, float]:
+    """`extraction_seconds` as (wall, CPU) seconds: the process's CPU time (all threads) is
+    steadier than wall time on this shared virtual machine, whose speed drifts by tens of %."""
+    inputs = open_inputs(backbone.subset([c.spec for c in backbone.cuts]), data, validation_split=0.2)
     gc.collect()
+    started = time.process_time()
     seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), pool=pool, progress=False))
-    return seconds
+    return seconds, time.process_time() - started
 
 
 def main() -> None:
@@ -66,6 +75,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits", help="data spec (default: all 1797 digits)")
     parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
     parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b) in turn, medians (default 3)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
     path = frozen_resnet50(args.size, workdir)
@@ -79,16 +89,28 @@ def main() -> None:
     print(f"ResNet50 at {args.size}x{args.size}: {len(specs)} candidate cuts (resolved in {resolve_seconds:.1f} s); "
           f"{args.data}: {sum(examples.values())} examples ({examples})", flush=True)
 
-    extraction_seconds(deepest, args.data, workdir)  # warm-up: TF's first-call costs are not the cuts' fault
-    single = extraction_seconds(deepest, args.data, workdir)
-    one_pass = extraction_seconds(every, args.data, workdir, pool="avg")
     blocks = every.recut([spec for spec in specs if _is_block_output(spec)])
-    blocks_pass = extraction_seconds(blocks, args.data, workdir, pool="avg")
+    extraction_seconds(deepest, args.data, workdir)  # warm-up: TF's first-use costs are not the cuts' fault
+    variants = {"single": (deepest, "none"), "all": (every, "avg"), "blocks": (blocks, "avg")}
+    times, cpu = {name: [] for name in variants}, {name: [] for name in variants}
+    for _ in range(args.rounds):  # in turn, the median of each: this machine's speed drifts by tens of %
+        for name, (backbone, pool) in variants.items():
+            wall, processor = extraction_times(backbone, args.data, workdir, pool)
+            times[name].append(wall)
+            cpu[name].append(processor)
+    single, one_pass, blocks_pass = (statistics.median(times[name]) for name in variants)
+    for label, measured in (("wall", times), ("CPU", cpu)):
+        print(f"  {label} seconds per round: " + "; ".join(f"{name} " + ", ".join(f"{t:.1f}" for t in runs)
+                                                       for name, runs in measured.items()))
+    single_cpu = statistics.median(cpu["single"])
+    print("  CPU time vs the deepest cut (medians): " + ", ".join(
+        f"{name} {statistics.median(cpu[name]) / single_cpu:.2f}x" for name in ("all", "blocks")))
     step = max(1, len(specs) // args.sampled_cuts)
     sampled = specs[::step][:args.sampled_cuts]
     per_cut = [extraction_seconds(every.recut(spec), args.data, workdir) for spec in sampled]
     all_single = statistics.mean(per_cut) * len(specs)
-    table("extraction of every split into an empty cache (seconds)", ["what", "seconds", "vs deepest cut"], [
+    title = f"extraction of every split into an empty cache (seconds, median of {args.rounds})"
+    table(title, ["what", "seconds", "vs deepest cut"], [
         ["(a) deepest single cut (auto)", f"{single:.1f}", "1.00x"],
         [f"(b) all {len(specs)} cuts, one pass, --pool avg", f"{one_pass:.1f}", f"{one_pass / single:.2f}x"],
         [f"(b) the {len(blocks.cuts)} block outputs, one pass, --pool avg", f"{blocks_pass:.1f}",
