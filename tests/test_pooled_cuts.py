@@ -14,7 +14,8 @@ from transfer.pooled_cuts import derived_averages, pool_positions
 @pytest.fixture(scope="module")
 def affine_graph(tmp_path_factory):
     """conv -> bias -> batch norm as Keras 3 freezes it (x * scale + offset, the scale itself
-    computed from constants) -> 2 - x -> relu; beside it a map plus a constant that varies
+    computed from constants) -> 2 - x -> plus the conv's output again (a residual connection)
+    -> relu; beside it a map plus a constant that varies
     over positions, a product of two maps, and their sum, one number per example."""
     rng = np.random.default_rng(0)
     kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
@@ -28,7 +29,8 @@ def affine_graph(tmp_path_factory):
         conv = tf.nn.bias_add(tf.nn.conv2d(image, kernel, 1, "SAME"), bias, name="biased")
         normed = tf.add(conv * (tf.math.rsqrt(variance + 1e-3) * gamma), offset, name="normed")
         flipped = tf.subtract(2.0, normed, name="flipped")
-        relu = tf.nn.relu(flipped, name="relu")
+        residual = tf.add(flipped, conv, name="residual")
+        relu = tf.nn.relu(residual, name="relu")
         ramped = tf.add(relu, ramp, name="ramped")
         squared = tf.multiply(relu, relu, name="squared")
         return tf.reduce_sum(ramped + squared, axis=[1, 2, 3], name="total")  # one number per example
@@ -39,20 +41,24 @@ def affine_graph(tmp_path_factory):
     return path
 
 
-CUTS = "biased,normed,flipped,relu,ramped,squared"
+CUTS = "biased,normed,flipped,residual,relu,ramped,squared"
 
 
-def test_affine_cuts_are_derived_from_the_cut_they_follow(affine_graph):
+def derivations(plan) -> dict:
+    return {spec: str(expression) for spec, expression in plan.derived.items()}
+
+
+def test_affine_cuts_and_sums_are_derived_from_the_cuts_they_follow(affine_graph):
     plan = derived_averages(Backbone.load(affine_graph, cut=CUTS))
-    assert {spec: (source, [step.op for step in steps]) for spec, (source, steps) in plan.derived.items()} == {
-        "normed": ("biased", ["Mul", "AddV2"]), "flipped": ("biased", ["Mul", "AddV2", "Sub"])}
+    assert derivations(plan) == {"normed": "AddV2(Mul(biased))", "flipped": "Sub(normed)",
+                                 "residual": "(flipped + biased)"}  # derived cuts from derived cuts
     assert plan.computed == ["biased", "relu", "ramped", "squared"]  # relu, a varying constant, x * x: computed
 
 
-def test_a_cut_is_derived_only_from_a_cut_that_is_extracted(affine_graph):
-    plan = derived_averages(Backbone.load(affine_graph, cut="normed,flipped,relu"))
-    assert {spec: source for spec, (source, _) in plan.derived.items()} == {"flipped": "normed"}
-    assert derived_averages(Backbone.load(affine_graph, cut="flipped,relu")).derived == {}
+def test_a_cut_is_derived_only_from_cuts_that_are_extracted(affine_graph):
+    assert derivations(derived_averages(Backbone.load(affine_graph, cut="normed,flipped,relu"))) == {
+        "flipped": "Sub(normed)"}
+    assert derivations(derived_averages(Backbone.load(affine_graph, cut="flipped,relu,residual"))) == {}
 
 
 @pytest.mark.parametrize("pool", ["avg", "max"])
@@ -72,7 +78,7 @@ def test_a_keras_batch_norm_after_a_relu_is_derived_from_the_relu(tiny):
     backbone = Backbone.load(tiny.path, cut="candidates")
     plan = derived_averages(backbone)
     relu = next(c.spec for c in backbone.cuts if c.tensor.op.type == "Relu")
-    assert any(source == relu for source, _ in plan.derived.values())
+    assert any(f"({relu})" in str(expression) for expression in plan.derived.values())
     images = tf.random.stateless_uniform([3, 16, 16, 3], seed=[3, 4])
     pooled, full = _pooled_function(backbone, "avg")(images), backbone(images)
     for spec in plan.derived:

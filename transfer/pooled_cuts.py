@@ -1,14 +1,15 @@
 """Cuts pooled over positions inside the backbone's traced function, before they are cached.
 
-Many candidate cuts are per-channel affine functions of other cuts: a Keras batch norm is
-`x * scale + offset` of the convolution's output, a bias add `x + bias`. The average over
-positions commutes with those (`mean(x * s + o) = mean(x) * s + o`), so when both cuts are
-extracted, the affine one's average is derived from the other's instead of computed. That is
-not only fewer reductions: every fetched tensor is one grappler can no longer fuse away (a
-convolution, its bias, batch norm and ReLU become one kernel only when nothing else reads the
-steps between). Measured on ResNet50's 177 candidate cuts: 1.37x the deepest cut's time a batch
-with every cut fetched, 1.17x with the 53 batch-norm outputs derived (`bench/cuts.py`).
-The derived averages equal the computed ones up to float rounding (~1e-7 relative).
+Many candidate cuts are linear in other cuts, per channel: a Keras batch norm is
+`x * scale + offset` of its convolution's output, a bias add `x + bias`, a residual connection
+`x + y` of two maps. The average over positions commutes with those (`mean(x * s + o) =
+mean(x) * s + o`, `mean(x + y) = mean(x) + mean(y)`), so when the cuts they are made of are
+extracted too, their averages are derived from those instead of computed. That is not only
+fewer reductions: every fetched tensor is one grappler can no longer fuse away (a convolution,
+its bias, batch norm and ReLU become one kernel only when nothing else reads the steps
+between). On ResNet50's 177 candidate cuts, 69 are derived (the 53 batch norms and the 16
+residual sums; `bench/cuts.py` has the figures). The derived averages equal the computed ones up
+to float rounding (~5e-7 relative).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import tensorflow as tf
 
 from transfer.graph import import_graph_def, subgraph
 
-# Element-wise ops that are affine in their one input-dependent operand (the other constant).
+# Element-wise ops that are affine in their one input-dependent operand (the other constant); the
+# sums also when both are input-dependent.
 _AFFINE_OPS = frozenset({"Mul", "Add", "AddV2", "Sub", "BiasAdd"})
 
 
@@ -34,14 +36,16 @@ def pool_positions(features, pool: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Step:
-    """One affine op between a source cut and a derived one: `op(mean, constant)`."""
+class _Affine:
+    """`op(inner, constant)`, the constant the same at every position: its average is
+    `op(average of inner, constant)`."""
 
     op: str
-    constant: np.ndarray  # per channel (or one value), as it broadcasts against the average
+    constant: object  # a tf.Tensor of the graph while planning, then its value (per channel, or one)
     constant_first: bool  # `constant - x` rather than `x - constant`
+    inner: object  # an expression: a cut spec, _Affine or _Sum
 
-    def apply(self, mean: tf.Tensor) -> tf.Tensor:
+    def average(self, mean: tf.Tensor) -> tf.Tensor:
         constant = tf.constant(self.constant, mean.dtype)
         if self.op == "Mul":
             return mean * constant
@@ -49,64 +53,111 @@ class _Step:
             return constant - mean if self.constant_first else mean - constant
         return mean + constant
 
+    def __str__(self) -> str:
+        return f"{self.op}({self.inner})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sum:
+    """`left + right` (or `left - right`) of two maps of one shape: a residual connection."""
+
+    left: object
+    right: object
+    subtract: bool
+
+    def __str__(self) -> str:
+        return f"({self.left} {'-' if self.subtract else '+'} {self.right})"
+
 
 @dataclasses.dataclass
 class DerivedAverages:
     """Which of a backbone's cuts to compute, and how the others' averages follow from theirs."""
 
     computed: list[str]  # cut specs the backbone must fetch
-    derived: dict  # cut spec -> (source cut spec, [_Step, ...] from the source to it)
+    derived: dict  # cut spec -> its expression in other cuts (a spec, _Affine or _Sum)
 
     def complete(self, averages: dict) -> dict:
         """The averages of the computed cuts -> the averages of every cut."""
         completed = dict(averages)
-        for spec, (source, steps) in self.derived.items():
-            mean = completed[source]
-            for step in steps:
-                mean = step.apply(mean)
-            completed[spec] = mean
+
+        def evaluate(expression):
+            if isinstance(expression, str):
+                if expression not in completed:  # a derived cut that another is derived from
+                    completed[expression] = evaluate(self.derived[expression])
+                return completed[expression]
+            if isinstance(expression, _Sum):
+                left, right = evaluate(expression.left), evaluate(expression.right)
+                return left - right if expression.subtract else left + right
+            return expression.average(evaluate(expression.inner))
+
+        for spec in self.derived:
+            evaluate(spec)
         return completed
 
 
+_MAX_OPS = 64  # ops walked back from one cut before giving up: a few per derivable cut
+
+
 def derived_averages(backbone) -> DerivedAverages:
-    """The plan for averaging `backbone`'s cuts: a cut reached from another extracted cut
-    through per-channel affine ops only is derived (its chain's constants read once)."""
+    """The plan for averaging `backbone`'s cuts: a cut that per-channel affine ops and sums make
+    out of other extracted cuts is derived (its constants read once from the graph)."""
     info = backbone.info
-    by_name = {cut.tensor.name: cut.spec for cut in backbone.cuts}
-    chains = {}
+    specs = {cut.tensor.name: cut.spec for cut in backbone.cuts}
+    derived = {}
     for cut in backbone.cuts:
-        chain = _affine_chain(info, cut.tensor, set(by_name) - {cut.tensor.name})
-        if chain is not None:
-            chains[cut.spec] = (by_name[chain[0].name], chain[1])
-    derived = {spec: _sourced(spec, chains) for spec in chains}
+        expression = _linear(info, cut.tensor, specs, cut.tensor.name, [_MAX_OPS])
+        if expression is not None:
+            derived[cut.spec] = expression
     if not derived:
         return DerivedAverages([cut.spec for cut in backbone.cuts], {})
-    constants = [t for _, steps in derived.values() for _, t, _ in steps]
+    constants = [a.constant for expression in derived.values() for a in _affines(expression)]
     values = dict(zip([t.name for t in constants], _constant_values(backbone.graph_def, constants)))
-    plan = {spec: (source, [_Step(op, _per_channel(values[t.name]), first) for op, t, first in steps])
-            for spec, (source, steps) in derived.items()}
+    plan = {spec: _with_values(expression, values) for spec, expression in derived.items()}
     return DerivedAverages([cut.spec for cut in backbone.cuts if cut.spec not in plan], plan)
 
 
-def _affine_chain(info, tensor: tf.Tensor, others: set) -> tuple | None:
-    """(the other cut `tensor` is an affine function of, [(op, constant, constant first)] from
-    that cut to `tensor`), or None when it is not one."""
-    steps = []
-    while tensor.name not in others:
-        op = tensor.op
-        if op.type not in _AFFINE_OPS or not tensor.dtype.is_floating or tensor.shape.rank is None:
+def _linear(info, tensor: tf.Tensor, specs: dict, own: str, budget: list):
+    """`tensor` as an expression in the other cuts (`specs`: tensor name -> spec) through ops
+    that commute with averaging over positions, or None when it is not one."""
+    if tensor.name in specs and tensor.name != own:
+        return specs[tensor.name]
+    budget[0] -= 1
+    op = tensor.op
+    if budget[0] < 0 or op.type not in _AFFINE_OPS or len(op.inputs) != 2 or not tensor.dtype.is_floating:
+        return None
+    if tensor.shape.rank is None or (op.type == "BiasAdd" and op.get_attr("data_format") not in (b"NHWC", "NHWC")):
+        return None
+    varying = [t for t in op.inputs if not info.is_constant(t)]
+    if any(t.shape != tensor.shape for t in varying):  # broadcast over positions: not per channel
+        return None
+    if len(varying) == 2:
+        if op.type not in ("Add", "AddV2", "Sub"):  # x * y is no linear function of x and y
             return None
-        if op.type == "BiasAdd" and op.get_attr("data_format") not in (b"NHWC", "NHWC"):
-            return None
-        varying = [t for t in op.inputs if not info.is_constant(t)]
-        if len(varying) != 1 or len(op.inputs) != 2 or varying[0].shape != tensor.shape:
-            return None
-        constant = next(t for t in op.inputs if info.is_constant(t))
-        if not _per_channel_shape(constant.shape, tensor.shape):
-            return None
-        steps.append((op.type, constant, op.inputs[0].name == constant.name))
-        tensor = varying[0]
-    return tensor, steps[::-1]
+        left, right = (_linear(info, t, specs, own, budget) for t in op.inputs)
+        return None if left is None or right is None else _Sum(left, right, op.type == "Sub")
+    constant = next(t for t in op.inputs if info.is_constant(t))
+    if not _per_channel_shape(constant.shape, tensor.shape):
+        return None
+    inner = _linear(info, varying[0], specs, own, budget)
+    return None if inner is None else _Affine(op.type, constant, op.inputs[0].name == constant.name, inner)
+
+
+def _affines(expression) -> list:
+    if isinstance(expression, _Sum):
+        return _affines(expression.left) + _affines(expression.right)
+    if isinstance(expression, _Affine):
+        return [expression, *_affines(expression.inner)]
+    return []
+
+
+def _with_values(expression, values: dict):
+    """The expression with each constant tensor replaced by its value, per channel."""
+    if isinstance(expression, _Sum):
+        return _Sum(_with_values(expression.left, values), _with_values(expression.right, values), expression.subtract)
+    if isinstance(expression, _Affine):
+        return _Affine(expression.op, _per_channel(values[expression.constant.name]), expression.constant_first,
+                       _with_values(expression.inner, values))
+    return expression
 
 
 def _per_channel_shape(constant: tf.TensorShape, features: tf.TensorShape) -> bool:
@@ -116,15 +167,6 @@ def _per_channel_shape(constant: tf.TensorShape, features: tf.TensorShape) -> bo
     if dims is None or None in dims or len(dims) > features.rank:
         return False
     return all(d == 1 for d in dims[:-1]) and (not dims or dims[-1] in (1, features[-1]))
-
-
-def _sourced(spec: str, chains: dict) -> tuple:
-    """A derived cut's chain followed back to a computed cut (a source may be derived itself)."""
-    source, steps = chains[spec]
-    while source in chains:
-        source, earlier = chains[source]
-        steps = earlier + steps
-    return source, steps
 
 
 def _constant_values(graph_def, tensors: list) -> list[np.ndarray]:
