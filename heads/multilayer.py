@@ -12,8 +12,9 @@ training features, as every head), and concatenated. The classifier's kernel car
 After training, `group_norms()` says how much weight each input carries and `kept` which inputs
 are kept (norm above `tolerance` x the largest); `kept_features()` the same per feature. A
 `mask` (a saved weight, all ones unless set) restricts the classifier to chosen features: the
-refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does; `subset()` is a head
-on the kept inputs only, for an export that computes only those cuts.
+refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does (`refit=0.05`: the
+head does it itself when `transfer.fit` or a sweep trains it); `subset()` is a head on the kept
+inputs only, for an export that computes only those cuts.
 `choose_multilayer` fits the head for several strengths (and keep fractions) on training
 features and returns the one with the best validation accuracy.
 """
@@ -103,8 +104,11 @@ class MultiLayerHead(Head):
     needs = "a list of 2-D, 3-D or 4-D feature tensors (one per cut)"
 
     def __init__(self, num_classes, grid=1, penalty="group_lasso", strength=1e-2, tolerance=0.1, logits=False,
-                 standardize=True, **kwargs):
+                 standardize=True, refit=0.0, **kwargs):
         super().__init__(num_classes, logits, standardize, **kwargs)
+        check_number(f"{self.owner}: refit", refit, 0, maximum=1)
+        self.refit = float(refit)  # 0: none; else the fraction of features the second fit keeps
+        self.refitted = False  # begin_refit ran: the mask, not the penalty, selects the features
         self.grid = check_int(self.owner, "grid", grid)
         self.penalty = check_choice(self.owner, "penalty", penalty, PENALTIES)
         check_number(f"{self.owner}: strength", strength, 0)
@@ -217,10 +221,10 @@ class MultiLayerHead(Head):
         """Per input, the indices of its pooled features that carry weight: with group_lasso, all
         features of the inputs whose group norm is at least `tolerance` x the largest; with l1,
         each feature whose norm is at least `tolerance` x the largest feature norm; without a
-        penalty (nothing was selected), every feature the mask lets through."""
+        penalty, or after a refit (the mask selected them), every feature the mask lets through."""
         tolerance = self.tolerance if tolerance is None else tolerance
         norms = self.feature_norms()
-        if self.penalty == "none" or not self.strength:
+        if self.penalty == "none" or not self.strength or self.refitted:
             return [np.flatnonzero(n > 0) for n in norms]
         if self.penalty == "group_lasso":
             groups = self.group_norms()
@@ -257,7 +261,17 @@ class MultiLayerHead(Head):
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid, "penalty": self.penalty, "strength": self.strength,
-                "tolerance": self.tolerance}
+                "tolerance": self.tolerance, "refit": self.refit}
+
+    def begin_refit(self) -> None:
+        """Head2Toe's second fit, for `refit` > 0 (`transfer.fit` and sweeps run it after the first):
+        keep the `refit` fraction of pooled features with the largest weights (the mask), drop the
+        penalty, and start the classifier again from zero, to be trained once more."""
+        self.set_mask(_top_fraction(self, self.refit))
+        self.classifier.kernel.regularizer = None
+        self.refitted = True
+        for weight in (self.classifier.kernel, self.classifier.bias):
+            weight.assign(ops.zeros_like(weight))
 
 
 # --- chosen on validation ----------------------------------------------------------------------------

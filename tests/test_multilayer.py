@@ -161,6 +161,26 @@ def test_a_sweep_trains_it_on_features_of_several_cuts():
     assert head.adapted and metrics["val_accuracy"] > 0.9 and head.kept == (1,)
 
 
+def test_a_refit_trains_the_kept_fraction_again_without_penalty():
+    """refit=0.3 (Head2Toe, as a sweep and fit run it): after the penalized fit, the 30 % of the
+    23 pooled features with the largest weights (all of input 1's) are trained again from zero
+    without penalty; the others stay exactly 0."""
+    xs, y = three_cuts(n=300)
+    streams = [tf.data.Dataset.from_tensor_slices((tuple(x[part] for x in xs), y[part]))
+               for part in (slice(0, 180), slice(180, 240), slice(240, None))]
+    features = FeatureSplits(*streams, SHAPES, ["a", "b", "c"])
+    setting = expand_grid(["multilayer"], lr=0.01, epochs=20, batch_size=32, optimizer="adam",
+                          head_options={"strength": [3e-2], "refit": [0.3]})[0]
+    head, metrics = train_setting(features, setting, seed=0)
+    mask = keras.ops.convert_to_numpy(head.mask)
+    assert mask.sum() == 7 and mask[6:16].sum() == 7  # input 1's rows: after input 0's 6 channels
+    assert not keras.ops.convert_to_numpy(head.classifier.kernel)[mask == 0].any()
+    assert head.classifier.kernel.regularizer is None and head.kept == (1,) and metrics["val_accuracy"] > 0.9
+    assert [len(kept) for kept in head.kept_features()] == [0, 7, 0]  # what the mask let through, no threshold
+    plain = dict(setting, head_options={"strength": 3e-2})
+    assert metrics["epochs_run"] > train_setting(features, plain, seed=0)[1]["epochs_run"]  # both fits counted
+
+
 def test_choose_multilayer_picks_a_strength_and_a_keep_fraction_on_validation():
     xs, y = three_cuts(n=300)
     train = split(xs, y, slice(0, 200))
@@ -181,6 +201,7 @@ def test_choose_multilayer_picks_a_strength_and_a_keep_fraction_on_validation():
     ({"strength": -1}, r"head 'multilayer': strength=-1 must be a number >= 0"),
     ({"tolerance": 2}, r"head 'multilayer': tolerance=2 must be a number >= 0 and <= 1"),
     ({"standardize": "yes"}, r"head 'multilayer': standardize='yes' must be true or false"),
+    ({"refit": 2}, r"head 'multilayer': refit=2 must be a number >= 0 and <= 1"),
 ])
 def test_bad_options_are_one_line_errors(options, pattern):
     with pytest.raises(TransferError, match=f"^{pattern}$"):
@@ -303,3 +324,17 @@ def test_fit_several_cuts_bad_input(tmp_path, capsys):
             "(valid: 1 to 10;") in err
     with pytest.raises(TransferError, match="head 'linear' trains on one cut; got 2 cuts .*--head multilayer"):
         transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", epochs=1, verbose=0)
+
+
+def test_fit_with_a_refit_keeps_the_mask_of_the_refit(tmp_path):
+    """`transfer.fit` runs the refit step too, and the model it keeps uses the refit's features."""
+    import transfer
+
+    result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=CUTS, head="multilayer",
+                          head_options={"strength": 0.01, "refit": 0.25}, epochs=10, lr=0.01,
+                          cache_dir=tmp_path / "cache", export=(), verbose=0)
+    head = result.model.layers[-1]
+    total = sum(spec.shape[-1] for spec in transfer.Backbone.load("example:digits", cut=CUTS).feature_specs.values())
+    mask = keras.ops.convert_to_numpy(head.mask)  # of the kept cuts' features only, when cuts were dropped
+    assert 0 < mask.sum() <= round(0.25 * total)
+    assert not keras.ops.convert_to_numpy(head.classifier.kernel)[mask == 0].any()

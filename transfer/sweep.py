@@ -34,7 +34,7 @@ from transfer.runners import get_runner
 from transfer.settings import check_setting, default
 from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training import adapt_on_features, averages_positions, train_keras
+from transfer.training import adapt_on_features, averages_positions, train_keras, trained_with_refit
 from transfer import tables
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
@@ -220,14 +220,18 @@ def _build(features: FeatureSplits, setting: dict, suffix=None):
 
 
 def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patience, suffix=None, logs=None) -> int:
-    """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) included."""
-    plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
-        suffix and suffix.whole, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
-    log = train_keras(model, head, features.training(setting["batch_size"], seed),
-                      features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
-                      optimizer=plan.optimizer, patience=plan.patience,
-                      callbacks=[*plan.callbacks, *(logs.callbacks() if logs else [])])
-    return log.epochs_run
+    """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) and a head's refit
+    step included; the epochs of every fit."""
+
+    def train_once():
+        plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
+            suffix and suffix.whole, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
+        return train_keras(model, head, features.training(setting["batch_size"], seed),
+                           features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
+                           optimizer=plan.optimizer, patience=plan.patience,
+                           callbacks=[*plan.callbacks, *(logs.callbacks() if logs else [])])
+
+    return sum(log.epochs_run for log in trained_with_refit(head, train_once))
 
 
 @contextlib.contextmanager

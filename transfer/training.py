@@ -234,12 +234,26 @@ def _train_head(source, feature_layer, settings: TrainingSettings, head, head_op
     if class_weight == "balanced":
         class_weight = _class_weights(source.split("train"))
     validation = source.split("validation")
-    plan = settings.thaw_training.plan(feature_layer, settings.optimizer, settings.lr, settings.epochs,
-                                       settings.patience, validated=validation is not None)
-    log = train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=settings.lr,
-                      optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
-                      callbacks=[*plan.callbacks, *callbacks], verbose=verbose)
-    return head_layer, trained, log
+
+    def train_once():
+        plan = settings.thaw_training.plan(feature_layer, settings.optimizer, settings.lr, settings.epochs,
+                                           settings.patience, validated=validation is not None)
+        return train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=settings.lr,
+                           optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
+                           callbacks=[*plan.callbacks, *callbacks], verbose=verbose)
+
+    return head_layer, trained, trained_with_refit(head_layer, train_once)[-1]
+
+
+def trained_with_refit(head, train_once) -> list:
+    """`train_once()` (a new optimizer each call), and once more after `head.begin_refit()` when
+    the head has a refit step (`multilayer` with refit > 0: Head2Toe's fit of the kept features
+    without penalty): the training logs, the last one the model's as it ends."""
+    logs = [train_once()]
+    if getattr(head, "refit", 0):
+        head.begin_refit()
+        logs.append(train_once())
+    return logs
 
 
 def adapt_head(head, source) -> None:

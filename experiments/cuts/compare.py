@@ -12,7 +12,10 @@ seeds (`--repeats 3`: training seeds 0, 1, 2 on the same split):
      32 left it undertrained, 0.862);
   3. fine-tuning: `linear` at the penultimate cut with the last N weight layers thawed;
   4. (`--parts multilayer_thaw`, not run by default) the multi-layer head on all 22 cuts with
-     the last 2 or 6 weight layers thawed (l1, strength 0.01: what part 2 chose).
+     the last 2 or 6 weight layers thawed (l1, strength 0.01: what part 2 chose);
+  5. (`--parts multilayer_refit`, not run by default) the multi-layer head with Head2Toe's refit
+     (`refit=0.05|0.25`: the kept fraction trained again without penalty), l1 0.01 and group
+     lasso 0.03.
 
 It prints test accuracy (mean ± std over the seeds) for the best single cut (chosen on
 validation), the multi-layer head and the best thaw, and writes each sweep's directory (with
@@ -67,6 +70,19 @@ def main() -> None:
         kept = json.loads((out / "multilayer/best/config.json").read_text())["kept_cuts"]
         print(f"multilayer: {len(multi.rows)} settings in {time.perf_counter() - started:.0f} s; the retrained best "
               f"keeps {len(kept)} of 22 cuts", flush=True)
+    if "multilayer_refit" in parts:  # Head2Toe's second fit on the kept fraction, without penalty
+        started = time.perf_counter()
+        refits = []
+        for penalty, strength in (("l1", 0.01), ("group_lasso", 0.03)):
+            refits += sweep("example:digits", DATA, cuts="candidates", heads=["multilayer"],
+                            head_options={"grid": [2], "penalty": [penalty], "strength": [strength],
+                                          "refit": [0.05, 0.25]},
+                            cache_dir=cache, out=out / f"multilayer_refit_{penalty}",
+                            **{**COMMON, "epochs": 100, "batch_size": 16}).rows
+        results["multilayer, refit"] = max(refits, key=lambda row: row["val_accuracy_mean"])
+        print(f"multilayer with refit: {len(refits)} settings in {time.perf_counter() - started:.0f} s", flush=True)
+        for row in refits:
+            print(f"  {row_text(row)}", flush=True)
     if "multilayer_thaw" in parts:  # the multi-layer head with its last layers fine-tuned
         started = time.perf_counter()
         thawed = sweep("example:digits", DATA, cuts="candidates", heads=["multilayer"], thaw=[2, 6],
