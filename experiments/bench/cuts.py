@@ -52,20 +52,22 @@ def _is_block_output(spec: str) -> bool:
     return any(part in spec for part in ("_out_", "pool1_pool", "avg_pool"))
 
 
-def extraction_seconds(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> float:
+def extraction_seconds(backbone: Backbone, data: str, workdir: Path, pool: str = "none",
+                       dtype: str = "float32") -> float:
     """One extraction of every split into an empty cache, as a `transfer extract` run pays it:
     the graph's import and the cuts' resolution done before, but the pruning, tracing and first
     call's graph optimisation included (a fresh Backbone of the same cuts, nothing pruned yet)."""
-    return extraction_times(backbone, data, workdir, pool)[0]
+    return extraction_times(backbone, data, workdir, pool, dtype)[0]
 
 
-def extraction_times(backbone: Backbone, data: str, workdir: Path, pool: str = "none") -> tuple[float, float]:
+def extraction_times(backbone: Backbone, data: str, workdir: Path, pool: str = "none",
+                     dtype: str = "float32") -> tuple[float, float]:
     """`extraction_seconds` as (wall, CPU) seconds: the process's CPU time (all threads) is
     steadier than wall time on this shared virtual machine, whose speed drifts by tens of %."""
     inputs = open_inputs(backbone.subset([c.spec for c in backbone.cuts]), data, validation_split=0.2)
     gc.collect()
     started = time.process_time()
-    seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), pool=pool, progress=False))
+    seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), dtype, pool=pool, progress=False))
     return seconds, time.process_time() - started
 
 
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
     parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b) in turn, medians (default 3)")
+    parser.add_argument("--cache-dtype", default="float32", help="what (a) and (b) store: float32 (default) or float16")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
     path = frozen_resnet50(args.size, workdir)
@@ -95,7 +98,7 @@ def main() -> None:
     times, cpu = {name: [] for name in variants}, {name: [] for name in variants}
     for _ in range(args.rounds):  # in turn, the median of each: this machine's speed drifts by tens of %
         for name, (backbone, pool) in variants.items():
-            wall, processor = extraction_times(backbone, args.data, workdir, pool)
+            wall, processor = extraction_times(backbone, args.data, workdir, pool, args.cache_dtype)
             times[name].append(wall)
             cpu[name].append(processor)
     single, one_pass, blocks_pass = (statistics.median(times[name]) for name in variants)
