@@ -141,8 +141,14 @@ class Backbone:
 
     def __call__(self, inputs):
         """Features for a batch: one tensor, or a dict keyed by cut spec when several cuts."""
+        return self.as_features(self.pruned_function(*self._feeds(inputs)))
+
+    def as_features(self, outputs) -> object:
+        """The cut tensors (one per cut, in cut order) as this backbone's features: each cast to
+        its feature dtype (an int or bool cut to float32), one tensor or a dict by cut spec (what
+        a thawed suffix computing the same cuts returns too)."""
         outputs = [tf.cast(out, dtype) if out.dtype != dtype else out
-                   for out, dtype in zip(self.pruned_function(*self._feeds(inputs)), self._feature_dtypes)]
+                   for out, dtype in zip(outputs, self._feature_dtypes, strict=True)]
         if self.multi_cut:
             return {c.spec: out for c, out in zip(self.cuts, outputs)}
         return outputs[0]

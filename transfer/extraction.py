@@ -165,25 +165,25 @@ def _pooled_function(backbone, pool: str):
     a 177-cut extraction)."""
     plan = derived_averages(backbone) if pool == "avg" else DerivedAverages([c.spec for c in backbone.cuts], {})
     computing = backbone.subset(plan.computed) if plan.derived else backbone
-    specs, widths = [cut.spec for cut in backbone.cuts], []
+    specs = backbone.feature_specs  # pooled, a cut of rank >= 2 is (batch, its channels)
+    joined = all(spec.dtype == tf.float32 and (spec.shape.rank or 0) >= 2 and spec.shape[-1] is not None
+                 for spec in specs.values())
 
     def pooled(prepared):
         features = computing(prepared)
         features = features if isinstance(features, dict) else {plan.computed[0]: features}
         averages = plan.complete(pool_positions(features, pool))
         listed = [averages[spec] for spec in specs]
-        if not all(t.dtype == tf.float32 and t.shape.rank == 2 and t.shape[1] is not None for t in listed):
-            return listed
-        widths[:] = [t.shape[1] for t in listed]  # at trace time: the same for every batch
-        return tf.concat(listed, axis=1)
+        return tf.concat(listed, axis=1) if joined else listed
 
     traced = _AnyBatch(pooled)
 
     def run(prepared) -> dict:
         outputs = traced(prepared)
-        if isinstance(outputs, list):
+        if not joined:
             return {spec: np.asarray(output) for spec, output in zip(specs, outputs)}
-        return dict(zip(specs, np.split(np.asarray(outputs), np.cumsum(widths)[:-1], axis=1)))
+        widths = np.cumsum([spec.shape[-1] for spec in specs.values()])[:-1]
+        return dict(zip(specs, np.split(np.asarray(outputs), widths, axis=1)))
 
     return run
 

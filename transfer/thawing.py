@@ -248,11 +248,8 @@ class ThawedFeatureLayer(FeatureLayer):
     def from_boundary(self, boundary):
         """The thawed part: prefix outputs -> features, differentiable in the thawed weights; one
         tensor, or a dict keyed by cut with several, as `FeatureLayer` returns them."""
-        outputs = self._suffix(*boundary, *[tf.convert_to_tensor(w) for w in self.thawed_weights])
-        specs = self.backbone.feature_specs  # an int cut is cast to float32, as the Backbone does
-        features = {key: tf.cast(out, spec.dtype) if out.dtype != spec.dtype else out
-                    for (key, spec), out in zip(specs.items(), outputs, strict=True)}
-        return features if self.backbone.multi_cut else next(iter(features.values()))
+        return self.backbone.as_features(self._suffix(*boundary, *[tf.convert_to_tensor(w)
+                                                                   for w in self.thawed_weights]))
 
     def restore_pretrained(self) -> None:
         """Set the thawed weights back to the graph's constants, all trainable (a sweep's next
