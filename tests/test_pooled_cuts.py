@@ -15,14 +15,18 @@ from transfer.pooled_cuts import derived_averages, pool_positions
 def affine_graph(tmp_path_factory):
     """conv -> bias -> batch norm as Keras 3 freezes it (x * scale + offset, the scale itself
     computed from constants) -> 2 - x -> plus the conv's output again (a residual connection)
-    -> relu; beside it a map plus a constant that varies
-    over positions, a product of two maps, and their sum, one number per example."""
+    -> relu; beside it a map plus a constant that varies over positions, a product of two maps,
+    1x1 convolutions of the relu (stride 1 with a bias; stride 2; padded explicitly) and a 3x3
+    one, and the sum of all, one number per example."""
     rng = np.random.default_rng(0)
     kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
     bias = tf.constant(rng.normal(size=4), tf.float32)
     variance, gamma = tf.constant(rng.uniform(0.5, 2, 4), tf.float32), tf.constant(rng.normal(size=4), tf.float32)
     offset = tf.constant(rng.normal(size=(1, 1, 1, 4)), tf.float32)
     ramp = tf.constant(rng.normal(size=(1, 8, 8, 4)), tf.float32)
+    pointwise_kernel = tf.constant(rng.normal(size=(1, 1, 4, 5)), tf.float32)
+    pointwise_bias = tf.constant(rng.normal(size=5), tf.float32)
+    wide_kernel = tf.constant(rng.normal(size=(3, 3, 4, 5)), tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="image")])
     def net(image):
@@ -33,7 +37,12 @@ def affine_graph(tmp_path_factory):
         relu = tf.nn.relu(residual, name="relu")
         ramped = tf.add(relu, ramp, name="ramped")
         squared = tf.multiply(relu, relu, name="squared")
-        return tf.reduce_sum(ramped + squared, axis=[1, 2, 3], name="total")  # one number per example
+        pointwise = tf.nn.bias_add(tf.nn.conv2d(relu, pointwise_kernel, 1, "VALID"), pointwise_bias, name="pointwise")
+        strided = tf.nn.conv2d(relu, pointwise_kernel, 2, "SAME", name="strided")
+        padded = tf.nn.conv2d(relu, pointwise_kernel, 1, [[0, 0], [1, 1], [1, 1], [0, 0]], name="padded")
+        wide = tf.nn.conv2d(relu, wide_kernel, 1, "SAME", name="wide")
+        convolved = [tf.reduce_sum(c, axis=[1, 2, 3]) for c in (pointwise, strided, padded, wide)]
+        return tf.add_n([tf.reduce_sum(ramped + squared, axis=[1, 2, 3]), *convolved], name="total")
 
     path = tmp_path_factory.mktemp("pooled") / "affine.pb"
     graph_def = convert_variables_to_constants_v2(net.get_concrete_function()).graph.as_graph_def()
@@ -53,6 +62,19 @@ def test_affine_cuts_and_sums_are_derived_from_the_cuts_they_follow(affine_graph
     assert derivations(plan) == {"normed": "AddV2(Mul(biased))", "flipped": "Sub(normed)",
                                  "residual": "(flipped + biased)"}  # derived cuts from derived cuts
     assert plan.computed == ["biased", "relu", "ramped", "squared"]  # relu, a varying constant, x * x: computed
+
+
+def test_a_pointwise_convolution_is_derived_from_its_input(affine_graph):
+    """A 1x1 convolution of stride 1 (and the bias after it) is the same matrix product at
+    every position; strided, padded or wider ones are not, and are computed."""
+    cuts = "relu,pointwise,strided,padded,wide"
+    backbone = Backbone.load(affine_graph, cut=cuts)
+    plan = derived_averages(backbone)
+    assert derivations(plan) == {"pointwise": "BiasAdd(Conv2D(relu))"}
+    images = tf.random.stateless_uniform([5, 8, 8, 3], seed=[7, 8])
+    pooled, full = _pooled_function(backbone, "avg")(images), backbone(images)
+    for spec in cuts.split(","):
+        np.testing.assert_allclose(pooled[spec], pool_positions(full[spec], "avg"), rtol=1e-5, atol=1e-5)
 
 
 def test_a_cut_is_derived_only_from_cuts_that_are_extracted(affine_graph):
