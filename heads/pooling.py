@@ -39,12 +39,7 @@ class FeaturePooling(keras.layers.Layer):
             )
 
     def call(self, inputs):
-        axes = tuple(range(1, len(inputs.shape) - 1))
-        if not axes:
-            return inputs
-        if self.pooling == "flatten":
-            return ops.reshape(inputs, (-1, math.prod(inputs.shape[1:])))
-        return (ops.mean if self.pooling == "avg" else ops.max)(inputs, axis=axes)
+        return pool_tensor(inputs, self.pooling)
 
     def compute_output_shape(self, input_shape):
         if self.pooling == "flatten" and len(input_shape) > 2:
@@ -53,6 +48,17 @@ class FeaturePooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling}
+
+
+def pool_tensor(features, pooling="avg"):
+    """What `FeaturePooling` computes, on a tensor (also inside a `tf.function`: extraction
+    pools the cuts in the backbone's trace)."""
+    axes = tuple(range(1, len(features.shape) - 1))
+    if not axes:
+        return features
+    if pooling == "flatten":
+        return ops.reshape(features, (-1, math.prod(features.shape[1:])))
+    return (ops.mean if pooling == "avg" else ops.max)(features, axis=axes)
 
 
 def pool_array(features, pooling="avg"):

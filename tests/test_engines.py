@@ -125,3 +125,20 @@ def test_feature_extractor_takes_the_engine(tiny, images):
     expected = FeatureExtractor(tiny.path, cut="gap").fit(images).transform(images)
     got = FeatureExtractor(tiny.path, cut="gap", engine="onnxruntime").fit(images).transform(images)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cuts_pooled_under_onnxruntime_agree_with_tensorflow(tmp_path, capsys):
+    """`--pool avg` with ONNX Runtime pools after its run (outside the traced function) and
+    stores what TensorFlow's pass stores, pooled in its trace."""
+    from transfer.cache import FeatureCache
+    from transfer.cli import main
+
+    cache = tmp_path / "cache"
+    common = ["--backbone", "example:digits", "--cut", "block1_out,block2_out", "--data", "digits:5-9?per_class=10",
+              "--cache-dir", str(cache), "--pool", "avg"]
+    assert main(["extract", *common, "--engine", "onnxruntime"]) == 0 and main(["extract", *common]) == 0
+    features = {(e.manifest["ingredients"].get("engine", "tf"), e.manifest["ingredients"]["backbone"]["cut"]):
+                e.arrays()[0] for e in FeatureCache(cache).entries() if e.manifest["role"] == "train"}
+    assert len(features) == 4 and all(array.ndim == 2 for array in features.values())
+    for cut in {cut for _, cut in features}:
+        np.testing.assert_allclose(features["onnxruntime", cut], features["tf", cut], rtol=1e-4, atol=1e-4)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.graph import import_graph_def, subgraph
+from transfer.heads.pooling import pool_tensor
 
 # Ops that are affine in their one input-dependent operand (the other constant), the same at every
 # position: element-wise ones and 1x1 convolutions; the sums also when both are input-dependent.
@@ -27,13 +28,11 @@ _AFFINE_OPS = frozenset({"Mul", "Add", "AddV2", "Sub", "BiasAdd", "Conv2D"})
 
 
 def pool_positions(features, pool: str):
-    """Every axis between batch and channels reduced (`avg` or `max`), of one tensor or a dict."""
+    """Every axis between batch and channels reduced (`avg` or `max`) as a head's `FeaturePooling`
+    does, of one tensor or a dict of them."""
     if isinstance(features, dict):
-        return {key: pool_positions(value, pool) for key, value in features.items()}
-    axes = list(range(1, len(features.shape) - 1))
-    if not axes:
-        return features
-    return (tf.reduce_mean if pool == "avg" else tf.reduce_max)(features, axis=axes)
+        return {key: pool_tensor(value, pool) for key, value in features.items()}
+    return pool_tensor(features, pool)
 
 
 @dataclasses.dataclass(frozen=True)
