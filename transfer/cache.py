@@ -529,7 +529,7 @@ def _describe_layout(entry: Entry, features: np.ndarray, batch_size: int, shard_
 
 
 def _stored(features: list, labels: np.ndarray, dtype: str) -> tuple[list, np.ndarray]:
-    return [f.astype(dtype) for f in features], labels
+    return [f.astype(dtype, copy=False) for f in features], labels
 
 
 def _joined(batches: list) -> tuple[list[np.ndarray], np.ndarray]:
