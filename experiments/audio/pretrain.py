@@ -18,6 +18,7 @@ import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
 
+from transfer.files import write_atomic
 from transfer.freezing import freeze_function
 
 OUT = Path(__file__).resolve().parent / "tones.pb"
@@ -103,9 +104,7 @@ def main() -> None:
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     frozen = freeze_with_named_features(backbone, classifier)
     assert "audio_features" in {node.name for node in frozen.graph_def.node}, "the cut name must survive freezing"
-    tmp = args.out.with_suffix(".pb.tmp")
-    tmp.write_bytes(frozen.graph_def.SerializeToString())
-    tmp.replace(args.out)
+    write_atomic(args.out, frozen.graph_def.SerializeToString())
     print(f"{len(PRETRAIN_KINDS)} pretraining kinds, held-out test accuracy {accuracy:.3f}; "
           f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 

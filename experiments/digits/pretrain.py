@@ -17,6 +17,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from transfer.files import write_atomic
 from transfer.freezing import freeze_function
 
 OUT = Path(__file__).resolve().parents[2] / "transfer" / "examples" / "digits.pb"
@@ -81,9 +82,7 @@ def main() -> None:
     frozen = freeze_with_named_features(backbone, classifier)
     node_names = {node.name for node in frozen.graph_def.node}
     assert "resnet_features" in node_names, "the cut name must survive freezing"
-    tmp = args.out.with_suffix(".pb.tmp")
-    tmp.write_bytes(frozen.graph_def.SerializeToString())
-    tmp.replace(args.out)
+    write_atomic(args.out, frozen.graph_def.SerializeToString())
     print(f"digits 0-4 held-out accuracy {accuracy:.3f}; wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 
