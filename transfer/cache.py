@@ -26,6 +26,7 @@ Where the cache lives: a local directory, or any location `tf.io.gfile` reaches
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -53,6 +54,7 @@ DTYPES = ("float32", "float16")
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
 PASS_BYTES = 2**30  # at most ~1 GiB of every output's unwritten shards held by one pass (many cuts)
 FINISHED = ".shard-{index:05d}.json"  # a task's record of a finished shard, until the manifest lists it
+WRITERS = 4  # threads that finish the entries of a pass (their last shards and manifests)
 
 
 def default_cache_dir() -> Path:
@@ -351,14 +353,15 @@ class FeatureCache:
             if shard_size is None:  # a new layout
                 shard_size = self._shard_size(features, dtype, batch_size)
             for buffer, array in zip(buffers.values(), features):
-                buffer.add(array.astype(dtype), labels)
+                buffer.add(array.astype(dtype, copy=False), labels)
                 for shard_features, shard_labels in buffer.full_shards(shard_size):
                     _describe_layout(buffer.entry, shard_features, batch_size, shard_size)
                     self._write_shard(buffer.entry, len(buffer.entry.manifest["shards"]), [shard_features],
                                       shard_labels)
             done += len(labels)
             bar.update(done)
-        for buffer in buffers.values():
+
+        def finish(buffer: _ShardBuffer) -> None:
             rest = buffer.rest()
             if rest is not None:
                 _describe_layout(buffer.entry, rest[0], batch_size, shard_size)
@@ -368,6 +371,11 @@ class FeatureCache:
                 raise TransferError(f"no examples to extract for the {role} split")
             buffer.entry.manifest["complete"] = True
             _write_manifest(buffer.entry)
+
+        # Entries are finished side by side: writing, hashing and fsyncing release the GIL, and a
+        # pass over many cuts ends with one shard per cut to write (ResNet50's 177: ~890 MB).
+        with concurrent.futures.ThreadPoolExecutor(WRITERS) as writers:
+            list(writers.map(finish, buffers.values()))
 
     def _write_shard(self, entry: Entry, index: int, features: list, labels: np.ndarray,
                      manifest: bool = True) -> None:
