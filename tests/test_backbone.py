@@ -191,3 +191,22 @@ def test_a_subset_of_cuts_is_fed_as_the_whole_and_computes_the_same(tiny, images
     assert whole.subset(["dw"])(images16).shape == full["dw"].shape  # one cut: a tensor, as any backbone
     with pytest.raises(TransferError, match=r"cannot take cuts \['gap'\] of a backbone cut at conv1, dw, conv2"):
         whole.subset(["conv1", "gap"])
+
+
+def test_a_keras_backbone_frozen_with_its_head_is_cut_at_the_name_given(tmp_path):
+    """`freeze_keras_model(backbone, head, cut_name=...)`: the graph goes on through the head, and
+    the backbone's output is a cut by that name, equal to the Keras backbone's output."""
+    import keras
+
+    from transfer.freezing import freeze_keras_model
+
+    image = keras.Input((8, 8, 1), name="pixels")
+    backbone = keras.Model(image, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image)))
+    frozen = freeze_keras_model(backbone, keras.layers.Dense(3, activation="softmax"), cut_name="embedding")
+    path = tmp_path / "frozen.pb"
+    path.write_bytes(frozen.graph_def.SerializeToString())
+    loaded = Backbone.load(path, cut="embedding")
+    assert [t.op.name for t in loaded.inputs] == ["pixels"] and loaded.cuts[0].tensor.name == "embedding:0"
+    assert Backbone.load(path, cut="auto").cuts[0].tensor.name == "embedding:0"  # what feeds the classifier
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(loaded(x), backbone(x), rtol=1e-5, atol=1e-6)

@@ -76,13 +76,19 @@ def _argument_names(function) -> list[str]:
     return [spec.name or f"input_{i}" for i, spec in enumerate(specs)]
 
 
-def freeze_keras_model(model) -> FrozenGraph:
-    """Trace a Keras model in inference mode and freeze it; inputs keep the model's input names."""
+def freeze_keras_model(model, head=None, cut_name: str | None = None) -> FrozenGraph:
+    """Trace a Keras model in inference mode and freeze it; inputs keep the model's input names.
+    With `head` (a layer or model on the model's output), the graph goes on through it, as a
+    pretrained network's graph keeps its classifier; `cut_name` names the model's output at the
+    graph's top level: a cut (`--cut NAME`) that does not depend on how Keras names its ops."""
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
     single = len(specs) == 1
 
     @tf.function
     def serve(*inputs):
-        return model(inputs[0] if single else list(inputs), training=False)
+        outputs = model(inputs[0] if single else list(inputs), training=False)
+        if cut_name is not None:
+            outputs = tf.identity(outputs, name=cut_name)
+        return outputs if head is None else head(outputs)
 
     return freeze_function(serve.get_concrete_function(*specs))

@@ -16,10 +16,9 @@ import numpy as np
 
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
-import tensorflow as tf
 
 from transfer.files import write_atomic
-from transfer.freezing import freeze_function
+from transfer.freezing import freeze_keras_model
 
 OUT = Path(__file__).resolve().parent / "tones.pb"
 RATE, SAMPLES = 8000, 1024
@@ -75,17 +74,6 @@ def build_backbone() -> keras.Model:
     return keras.Model(wave, keras.layers.GlobalAveragePooling1D(name="gap")(x), name="tones_cnn")
 
 
-def freeze_with_named_features(backbone: keras.Model, classifier: keras.layers.Layer):
-    """Trace backbone -> `audio_features` -> classifier so the cut has a stable top-level name."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, SAMPLES, 1], tf.float32, name="waveform")])
-    def serve(waveform):
-        features = tf.identity(backbone(waveform, training=False), name="audio_features")
-        return classifier(features)
-
-    return freeze_function(serve.get_concrete_function())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=400)
@@ -102,7 +90,7 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0, shuffle=True)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_with_named_features(backbone, classifier)
+    frozen = freeze_keras_model(backbone, classifier, cut_name="audio_features")
     assert "audio_features" in {node.name for node in frozen.graph_def.node}, "the cut name must survive freezing"
     write_atomic(args.out, frozen.graph_def.SerializeToString())
     print(f"{len(PRETRAIN_KINDS)} pretraining kinds, held-out test accuracy {accuracy:.3f}; "

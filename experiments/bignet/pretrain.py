@@ -23,10 +23,9 @@ import numpy as np
 
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
-import tensorflow as tf
 
 from transfer.files import write_atomic
-from transfer.freezing import freeze_function
+from transfer.freezing import freeze_keras_model
 
 OUT = Path(__file__).resolve().parent / "bignet.pb"
 SIZE = 32
@@ -148,17 +147,6 @@ def build_backbone(middle: int = 2, width: int = 32) -> keras.Model:
     return keras.Model(image, features, name="bignet")
 
 
-def freeze_with_named_features(backbone: keras.Model, classifier: keras.layers.Layer):
-    """Trace backbone -> `features` -> classifier so the cut has a stable top-level name."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 1], tf.float32, name="image")])
-    def serve(image):
-        features = tf.identity(backbone(image, training=False), name="features")
-        return classifier(features)
-
-    return freeze_function(serve.get_concrete_function())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=14000, help="training images")
@@ -181,7 +169,7 @@ def main() -> None:
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=2)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_with_named_features(backbone, classifier)
+    frozen = freeze_keras_model(backbone, classifier, cut_name="features")
     assert "features" in {node.name for node in frozen.graph_def.node}, "the cut name must survive freezing"
     write_atomic(args.out, frozen.graph_def.SerializeToString())
     print(f"shapes held-out accuracy {accuracy:.3f}; {backbone.count_params()} parameters; wrote {args.out} "

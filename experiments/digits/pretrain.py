@@ -13,12 +13,11 @@ import numpy as np
 
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
-import tensorflow as tf
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from transfer.files import write_atomic
-from transfer.freezing import freeze_function
+from transfer.freezing import freeze_keras_model
 
 OUT = Path(__file__).resolve().parents[2] / "transfer" / "examples" / "digits.pb"
 PRETRAIN_CLASSES = range(0, 5)
@@ -54,17 +53,6 @@ def load_split(classes, seed: int):
     return train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
 
 
-def freeze_with_named_features(backbone: keras.Model, classifier: keras.layers.Layer):
-    """Trace backbone -> `resnet_features` -> classifier so the cut has a stable top-level name."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="image")])
-    def serve(image):
-        features = tf.identity(backbone(image, training=False), name="resnet_features")
-        return classifier(features)
-
-    return freeze_function(serve.get_concrete_function())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -79,7 +67,7 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_with_named_features(backbone, classifier)
+    frozen = freeze_keras_model(backbone, classifier, cut_name="resnet_features")
     node_names = {node.name for node in frozen.graph_def.node}
     assert "resnet_features" in node_names, "the cut name must survive freezing"
     write_atomic(args.out, frozen.graph_def.SerializeToString())
