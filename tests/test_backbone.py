@@ -210,3 +210,5 @@ def test_a_keras_backbone_frozen_with_its_head_is_cut_at_the_name_given(tmp_path
     assert Backbone.load(path, cut="auto").cuts[0].tensor.name == "embedding:0"  # what feeds the classifier
     x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(loaded(x), backbone(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TransferError, match=r"^cut_name 'pixels' is the name of another op of the graph"):
+        freeze_keras_model(backbone, cut_name="pixels")  # the input's: the cut would be renamed pixels_1

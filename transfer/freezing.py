@@ -10,6 +10,7 @@ import dataclasses
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer.errors import TransferError
 from transfer.graph import subgraph
 
 
@@ -83,12 +84,18 @@ def freeze_keras_model(model, head=None, cut_name: str | None = None) -> FrozenG
     graph's top level: a cut (`--cut NAME`) that does not depend on how Keras names its ops."""
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
     single = len(specs) == 1
+    named = []  # the op the cut became: TensorFlow renames it when another op has the name
 
     @tf.function
     def serve(*inputs):
         outputs = model(inputs[0] if single else list(inputs), training=False)
         if cut_name is not None:
             outputs = tf.identity(outputs, name=cut_name)
+            named.append(outputs.op.name)
         return outputs if head is None else head(outputs)
 
-    return freeze_function(serve.get_concrete_function(*specs))
+    frozen = freeze_function(serve.get_concrete_function(*specs))
+    if named and named[0] != cut_name:
+        raise TransferError(f"cut_name {cut_name!r} is the name of another op of the graph (the cut would be "
+                            f"{named[0]!r}); choose another name")
+    return frozen

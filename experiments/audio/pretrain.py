@@ -10,6 +10,7 @@ Run: `python experiments/audio/pretrain.py` (under 2 min on 2 CPU cores; `tones.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 
-from transfer.files import write_atomic
-from transfer.freezing import freeze_keras_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretraining import pretrain_and_freeze  # noqa: E402  (the pretraining scripts' shared part)
 
 OUT = Path(__file__).resolve().parent / "tones.pb"
 RATE, SAMPLES = 8000, 1024
@@ -84,15 +85,8 @@ def main() -> None:
     keras.utils.set_random_seed(args.seed)
     x_train, y_train = make_tones(PRETRAIN_KINDS, args.per_kind, seed=1000 + args.seed)
     x_test, y_test = make_tones(PRETRAIN_KINDS, 100, seed=2000 + args.seed)
-    backbone = build_backbone()
-    classifier = keras.layers.Dense(len(PRETRAIN_KINDS), activation="softmax", name="classifier")
-    model = keras.Sequential([backbone, classifier])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0, shuffle=True)
-    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_keras_model(backbone, classifier, cut_name="audio_features")
-    assert "audio_features" in {node.name for node in frozen.graph_def.node}, "the cut name must survive freezing"
-    write_atomic(args.out, frozen.graph_def.SerializeToString())
+    accuracy = pretrain_and_freeze(build_backbone(), len(PRETRAIN_KINDS), (x_train, y_train), (x_test, y_test),
+                                   args.out, "audio_features", epochs=args.epochs)
     print(f"{len(PRETRAIN_KINDS)} pretraining kinds, held-out test accuracy {accuracy:.3f}; "
           f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 

@@ -16,6 +16,7 @@ Run: `python experiments/bignet/pretrain.py` (265 s on 2 shared CPU cores; `bign
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +25,8 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 
-from transfer.files import write_atomic
-from transfer.freezing import freeze_keras_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretraining import pretrain_and_freeze  # noqa: E402  (the pretraining scripts' shared part)
 
 OUT = Path(__file__).resolve().parent / "bignet.pb"
 SIZE = 32
@@ -162,16 +163,10 @@ def main() -> None:
     x_test, y_test = shapes(2000, args.seed + 1000)
     print(f"drew {len(x_train) + len(x_test)} images in {time.perf_counter() - started:.0f} s", flush=True)
     backbone = build_backbone(args.middle, args.width)
-    classifier = keras.layers.Dense(len(SHAPES), activation="softmax", name="classifier")
-    model = keras.Sequential([backbone, classifier])
     steps = args.epochs * -(-len(x_train) // 64)
-    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=2)
-    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_keras_model(backbone, classifier, cut_name="features")
-    assert "features" in {node.name for node in frozen.graph_def.node}, "the cut name must survive freezing"
-    write_atomic(args.out, frozen.graph_def.SerializeToString())
+    accuracy = pretrain_and_freeze(
+        backbone, len(SHAPES), (x_train, y_train), (x_test, y_test), args.out, "features", epochs=args.epochs,
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)), verbose=2)
     print(f"shapes held-out accuracy {accuracy:.3f}; {backbone.count_params()} parameters; wrote {args.out} "
           f"({args.out.stat().st_size / 1e3:.0f} kB) in {time.perf_counter() - started:.0f} s")
 

@@ -7,6 +7,7 @@ it to digits 5-9. Run: `python experiments/digits/pretrain.py` (about 30 s on 2 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ import keras
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from transfer.files import write_atomic
-from transfer.freezing import freeze_keras_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretraining import pretrain_and_freeze  # noqa: E402  (the pretraining scripts' shared part)
 
 OUT = Path(__file__).resolve().parents[2] / "transfer" / "examples" / "digits.pb"
 PRETRAIN_CLASSES = range(0, 5)
@@ -61,16 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
     x_train, x_test, y_train, y_test = load_split(PRETRAIN_CLASSES, args.seed)
-    backbone = build_backbone()
-    classifier = keras.layers.Dense(len(PRETRAIN_CLASSES), activation="softmax", name="classifier")
-    model = keras.Sequential([backbone, classifier])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
-    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    frozen = freeze_keras_model(backbone, classifier, cut_name="resnet_features")
-    node_names = {node.name for node in frozen.graph_def.node}
-    assert "resnet_features" in node_names, "the cut name must survive freezing"
-    write_atomic(args.out, frozen.graph_def.SerializeToString())
+    accuracy = pretrain_and_freeze(build_backbone(), len(PRETRAIN_CLASSES), (x_train, y_train), (x_test, y_test),
+                                   args.out, "resnet_features", epochs=args.epochs)
     print(f"digits 0-4 held-out accuracy {accuracy:.3f}; wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 
