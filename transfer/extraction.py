@@ -177,13 +177,13 @@ def _pooled_function(backbone, pool: str):
         return tf.concat(listed, axis=1) if joined else listed
 
     traced = _AnyBatch(pooled)
+    ends = np.cumsum([spec.shape[-1] for spec in specs.values()])[:-1] if joined else None  # where to split
 
     def run(prepared) -> dict:
         outputs = traced(prepared)
         if not joined:
             return {spec: np.asarray(output) for spec, output in zip(specs, outputs)}
-        widths = np.cumsum([spec.shape[-1] for spec in specs.values()])[:-1]
-        return dict(zip(specs, np.split(np.asarray(outputs), widths, axis=1)))
+        return dict(zip(specs, np.split(np.asarray(outputs), ends, axis=1)))
 
     return run
 
