@@ -124,3 +124,47 @@ def test_a_keras3_saved_model_that_only_the_tf1_loader_reads_freezes_with_its_tr
     inputs = np.random.default_rng(8).normal(size=(3, 40, 8)).astype("float32")
     backbone = Backbone.load(path, cut="note")
     np.testing.assert_allclose(backbone(inputs), model(inputs)["note"], rtol=1e-5, atol=1e-6)
+
+
+# -- a waveform model whose batch norm has one channel (issue 20) -----------------------------
+
+
+class HarmonicFrontEnd(tf.Module):
+    """Shaped like a real audio SavedModel: waveforms (None, 1024, 1), reshaped to frames and
+    `ExpandDims` to (None, 32, 32, 1), an inference-mode `FusedBatchNormV3` on that one channel
+    (its per-channel mean and variance are (1,): no batch), a conv, several signature outputs."""
+
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(5)
+        self.kernel = tf.Variable(rng.normal(0, 1, (3, 3, 1, 4)).astype("float32"))
+        self.dense = tf.Variable(rng.normal(0, 1, (4, 3)).astype("float32"))
+        self.norm = [tf.Variable([value]) for value in (1.5, 0.1, 0.2, 2.0)]  # scale, offset, mean, variance
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 1024, 1), tf.float32, name="waveform")])
+    def serve(self, waveform):
+        frames = tf.expand_dims(tf.reshape(waveform, [-1, 32, 32]), -1)
+        scale, offset, mean, variance = self.norm
+        normed, _, _ = tf.compat.v1.nn.fused_batch_norm(frames, scale, offset, mean=mean, variance=variance,
+                                                        is_training=False)
+        embedding = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(normed, self.kernel, 1, "SAME")), [1, 2])
+        logits = tf.matmul(embedding, self.dense)
+        return {"embedding": embedding, "logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+
+def test_a_one_channel_batch_norm_does_not_fix_the_batch(tmp_path, capsys):
+    front_end = HarmonicFrontEnd()
+    path = tmp_path / "harmonic"
+    tf.saved_model.save(front_end, str(path), signatures={"serving_default": front_end.serve})
+    graph = load_graph(path).graph_def
+    assert "FusedBatchNormV3" in {node.op for node in graph.node}
+    waveforms = np.random.default_rng(0).normal(0, 1, (80, 1024, 1)).astype("float32")
+    backbone = Backbone.load(path, cut="embedding")
+    np.testing.assert_allclose(backbone(waveforms[:32]), front_end.serve(waveforms[:32])["embedding"], atol=1e-5)
+    np.savez(tmp_path / "waves.npz", x=waveforms, y=np.arange(80) % 3)
+    code, out, err = run_cli(capsys, "fit", "--backbone", str(path), "--cut", "embedding", "--head", "linear",
+                             "--data", f"npz:{tmp_path / 'waves.npz'}", "--batch-size", "32", "--epochs", "1",
+                             "--export", "none", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert history["training"]["epochs_run"] == 1

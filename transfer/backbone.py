@@ -202,7 +202,7 @@ class Backbone:
         mixed = batch_mixed(self.graph_def, self.info, tensors)
         found = [t.name for t in tensors if t.name not in mixed
                  and {op.name for op in self.info.placeholders_needed([t.op])} <= fed_names
-                 and not self.info.batch_fixing_op([op.outputs[0] for op in fed], t)]
+                 and not self.info.batch_fixing_tensor([op.outputs[0] for op in fed], t)]
         if not found:
             raise TransferError(f"cut {cut_lib.CANDIDATES!r}: the graph has no candidate cut that its inputs reach "
                                 "(`transfer inspect --all` lists every tensor)")
@@ -290,13 +290,13 @@ class Backbone:
 
     def _check_batch(self, cut) -> None:
         """One line, at construction, if an op between the inputs and the cut fixes batch 1."""
-        found = self.info.batch_fixing_op(self.inputs, cut.tensor)
+        found = self.info.batch_fixing_tensor(self.inputs, cut.tensor)
         if found:
-            op, before = found
+            fixed, before = found
             name = before.op.name if before.value_index == 0 else before.name
             raise TransferError(
-                f"cut {cut.spec!r}: op {op.name!r} ({op.type}) fixes the batch to 1 "
-                f"({format_shape(op.outputs[0].shape)}) "
+                f"cut {cut.spec!r}: op {fixed.op.name!r} ({fixed.op.type}) fixes the batch to 1 "
+                f"({format_shape(fixed.shape)}) "
                 f"after {name!r} {format_shape(before.shape)}; cut at {name!r} (--cut {name}) to take batches")
 
 

@@ -168,21 +168,27 @@ class GraphInfo:
                 stack.extend(user.name for user in self.consumers.get(name, []))
         return seen
 
-    def batch_fixing_op(self, fed: list[tf.Tensor], cut: tf.Tensor) -> tuple[tf.Operation, tf.Tensor] | None:
-        """The first op between the fed tensors and `cut` whose result has batch 1 while its
+    def batch_fixing_tensor(self, fed: list[tf.Tensor], cut: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor] | None:
+        """The first tensor between the fed tensors and `cut` that has batch 1 while its op's
         input's batch is open (a Reshape to a constant [1, 2048]), with that input: the cut
         cannot take more than one example. None when the batch stays open (or is unknown)."""
         batched = {t.name for t in fed if t.shape.rank and t.shape[0] is None}
         stop = frozenset(t.op.name for t in fed)
-        for op in self.ancestors([cut.op], stop_at=stop):
+        needed = self.ancestors([cut.op], stop_at=stop)
+        # Only outputs on the way to the cut count: a batch norm's per-channel mean of one channel
+        # has shape (1,) and fixes nothing.
+        used = {t.name for op in needed for t in op.inputs} | {cut.name}
+        for op in needed:
             open_inputs = [t for t in op.inputs if t.name in batched]
             if op.name in stop or not open_inputs:
                 continue
             for output in op.outputs:
-                if output.shape.rank and output.shape[0] is None:
+                if output.name not in used or not output.shape.rank:
+                    continue
+                if output.shape[0] is None:
                     batched.add(output.name)
-                elif output.shape.rank and output.shape[0] == 1 and op.type != "ExpandDims":
-                    return op, open_inputs[0]
+                elif output.shape[0] == 1 and op.type != "ExpandDims":
+                    return output, open_inputs[0]
         return None
 
     # -- where images go in ----------------------------------------------------------------
