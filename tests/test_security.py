@@ -478,11 +478,18 @@ RAW_OPS = sorted(name for name in dir(tf.raw_ops) if not name.startswith("_"))
 
 def structural_mutation(data: bytes, rng, message_type) -> bytes:
     """One node edited: another op type, an attribute dropped or retyped, a Const's shape grown,
-    an input rewired, or the node duplicated."""
+    an input rewired, the node duplicated, its shapes or integer values (shape arguments)
+    multiplied by 10^3-10^6, or a function call redirected to another function."""
     message = message_type.FromString(data)
     graph_def = message if hasattr(message, "node") else message.meta_graphs[0].graph_def
     node = graph_def.node[rng.integers(len(graph_def.node))]
-    kind = rng.integers(6)
+    kind = rng.integers(8)
+    if kind == 6:
+        grow_shapes(node, int(10 ** rng.uniform(3, 6)))
+        return message.SerializeToString()
+    if kind == 7 and graph_def.library.function:
+        redirect_a_call(graph_def, rng)
+        return message.SerializeToString()
     if kind == 0:
         node.op = str(rng.choice(RAW_OPS))
     elif kind == 1 and node.attr:
@@ -501,6 +508,33 @@ def structural_mutation(data: bytes, rng, message_type) -> bytes:
     else:
         node.input.append(graph_def.node[rng.integers(len(graph_def.node))].name)
     return message.SerializeToString()
+
+
+def grow_shapes(node, factor: int) -> None:
+    """Every shape attribute's known dims, and an integer Const's values, times `factor`."""
+    for value in node.attr.values():
+        shapes = [value.shape] if value.HasField("shape") else list(value.list.shape)
+        for shape in shapes:
+            for dim in shape.dim:
+                dim.size = dim.size * factor if dim.size > 0 else dim.size
+        if value.HasField("tensor"):
+            tensor = value.tensor
+            if tensor.tensor_content and tensor.dtype in (tf.int32.as_datatype_enum, tf.int64.as_datatype_enum):
+                dtype = np.int32 if tensor.dtype == tf.int32.as_datatype_enum else np.int64
+                values = np.frombuffer(tensor.tensor_content, dtype) * factor
+                tensor.tensor_content = values.astype(dtype).tobytes()
+            for field in (tensor.int_val, tensor.int64_val):
+                field[:] = [min(v * factor, 2**31 - 1) for v in field]
+
+
+def redirect_a_call(graph_def, rng) -> None:
+    """One op (of the graph or a function) that names a function now names another (or itself)."""
+    names = [f.signature.name for f in graph_def.library.function]
+    callers = [n for n in [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+               if any(v.HasField("func") for v in n.attr.values())]
+    if callers:
+        caller = callers[rng.integers(len(callers))]
+        next(v for v in caller.attr.values() if v.HasField("func")).func.name = str(rng.choice(names))
 
 
 class _Deadline:
@@ -535,6 +569,34 @@ def test_fuzzed_graph_defs_never_crash_or_hang(tmp_path, tiny):
     outcomes = fuzz(lambda: inspect_graph(target) and Backbone.load(target, cut="auto"),
                     tiny.path.read_bytes(), target, count=300, seed=11, message_type=tf.compat.v1.GraphDef)
     assert outcomes["refused"] > 50 and outcomes["loaded"] > 10, outcomes
+
+
+def nested_function_graph(path) -> bytes:
+    """A TF1 graph that calls functions, one inside another (PartitionedCall): a function
+    library for the fuzzer to rewire."""
+    @tf.function(autograph=False)
+    def inner(x):
+        return tf.nn.relu(tf.reshape(x, [-1, 2, 2]) * 2.0)
+
+    @tf.function(autograph=False)
+    def outer(x):
+        return tf.reduce_sum(inner(x), axis=2) + inner(x + 1.0)[:, 0, :]
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 4), name="image")
+        tf.identity(outer(tf.matmul(x, tf.ones([4, 4]))), name="out")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path.read_bytes()
+
+
+def test_fuzzed_function_libraries_and_shapes_never_crash_or_hang(tmp_path):
+    target = tmp_path / "fuzzed.pb"
+    data = nested_function_graph(tmp_path / "functions.pb")
+    assert tf.compat.v1.GraphDef.FromString(data).library.function
+    outcomes = fuzz(lambda: inspect_graph(target) and Backbone.load(target, cut="out"), data, target, count=200,
+                    seed=13, message_type=tf.compat.v1.GraphDef)
+    assert outcomes["refused"] > 30 and outcomes["loaded"] > 10, outcomes
 
 
 def test_fuzzed_saved_models_never_crash_or_hang(tmp_path):

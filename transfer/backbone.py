@@ -16,6 +16,7 @@ from transfer.errors import TransferError, TransferWarning
 from transfer.feeding import FedGraph, feed_graph, json_value
 from transfer.graph import format_shape, rewrap
 from transfer.loading import LoadedGraph, load_graph
+from transfer.memory import check_cut_memory, memory_limit
 from transfer.safety import check_ops
 
 
@@ -25,12 +26,15 @@ class Backbone:
     `inputs`: where the graph is fed, at placeholders or at any other tensors (`"Mul"`: their
     batch dimension is opened, `transfer.feeding`); default: the placeholders the cuts need.
     `feeds`: constants for other placeholders (`{"keep_prob": 1.0}`).
+    `max_memory`: what one example's tensors may take at once (`"16G"`; default: half the memory
+    available), checked on the graph's static shapes before anything runs (`transfer.memory`).
     """
 
     def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=(), feeds=None, *,
-                 _fed: FedGraph | None = None):
+                 max_memory=None, _fed: FedGraph | None = None):
         self.loaded = loaded
         self.allow_ops = tuple(allow_ops)
+        self.max_memory = max_memory
         self.requested_inputs = None if inputs is None else input_names(inputs)
         # `_fed` (from `recut`): the graph is imported already, its weights are not copied again.
         fed = _fed or feed_graph(loaded.graph_def, str(loaded.path), self.requested_inputs, feeds, loaded.inputs)
@@ -42,12 +46,15 @@ class Backbone:
         for c in self.cuts:
             self._check_batch(c)
         self._check_ops()
+        self._check_memory()
         self._wrapped = fed.wrapped
 
     @classmethod
-    def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=(), feeds=None) -> "Backbone":
+    def load(cls, path, cut="auto", inputs=None, signature=None, allow_ops=(), feeds=None,
+             max_memory=None) -> "Backbone":
         """Load a `.pb`/`.pbtxt`, SavedModel directory or `.keras`/`.h5` file and cut it."""
-        return cls(load_graph(path, signature, allow_ops), cut=cut, inputs=inputs, allow_ops=allow_ops, feeds=feeds)
+        return cls(load_graph(path, signature, allow_ops), cut=cut, inputs=inputs, allow_ops=allow_ops, feeds=feeds,
+                   max_memory=max_memory)
 
     def recut(self, cut, inputs=None) -> "Backbone":
         """The same graph cut elsewhere, sharing this backbone's import and `GraphInfo` (a
@@ -55,7 +62,8 @@ class Backbone:
         this backbone is (`inputs`: elsewhere)."""
         fed = FedGraph(self.graph_def, self.info, rewrap(self.info.graph), self.feeds)
         inputs = self.requested_inputs if inputs is None else inputs
-        return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, _fed=fed)
+        return Backbone(self.loaded, cut=cut, inputs=inputs, allow_ops=self.allow_ops, max_memory=self.max_memory,
+                        _fed=fed)
 
     def subset(self, specs: list[str]) -> "Backbone":
         """Some of this backbone's cuts (by spec), fed exactly as it is: nothing resolved or
@@ -122,7 +130,8 @@ class Backbone:
     @property
     def feeding(self) -> dict:
         """Where and with what the graph is fed, as a run's config.json records it."""
-        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops)}
+        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops),
+                "max_memory": self.max_memory}
 
     def image_input_hint(self) -> str | None:
         """Where to feed instead when an input is no batch of images (a JPEG string, say)."""
@@ -275,6 +284,15 @@ class Backbone:
         needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=frozenset(t.op.name for t in tensors))
         check_ops(needed, {f.signature.name: f for f in self.graph_def.library.function}, self.allow_ops,
                   source=str(self.loaded.source or self.loaded.path))
+
+    def _check_memory(self) -> None:
+        """One line, before anything runs, if the cuts' tensors for one example (static shapes)
+        take more memory at once than allowed."""
+        limit, reason = memory_limit(self.max_memory)
+        fed = frozenset(t.op.name for t in self.inputs)
+        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=fed)
+        library = {f.signature.name: f for f in self.graph_def.library.function}
+        check_cut_memory(self.info.graph, library, needed, limit, reason, str(self.loaded.source or self.loaded.path))
 
     def _hint_past_refused_ops(self) -> str | None:
         """The image-input hint, when feeding where it says leaves every refused op out."""

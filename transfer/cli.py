@@ -12,6 +12,7 @@ import warnings
 
 from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
+from transfer.memory import memory_errors, parse_size
 from transfer.settings import FIELDS as SETTINGS
 from transfer.settings import OPTIMIZERS, TrainingSettings, default
 
@@ -220,7 +221,8 @@ def cmd_sweep(args) -> int:
 
 def _graph_options(args) -> dict:
     """Where and with what the graph is fed (`--inputs`, `--feed`, `--allow-op`), as API keywords."""
-    return {"inputs": args.inputs, "feeds": dict(args.feed) or None, "allow_ops": args.allow_op}
+    return {"inputs": args.inputs, "feeds": dict(args.feed) or None, "allow_ops": args.allow_op,
+            "max_memory": args.max_memory}
 
 
 def _choices(cast):
@@ -496,6 +498,16 @@ def _add_graph_arguments(parser) -> None:
                         help="give placeholder NAME the constant VALUE, e.g. keep_prob=1.0 (repeatable)")
     parser.add_argument("--allow-op", action="append", default=[], metavar="TYPE",
                         help="let the cut run ops of TYPE that are refused by default (repeatable)")
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE",
+                        help="what one example's tensors may take at once, read off the graph's static shapes before "
+                        "it runs, e.g. 16G (default: half the memory available)")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except TransferError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no size; give one such as 512M, 16G or 1.5T") from None
 
 
 def _feed(text: str):
@@ -565,7 +577,7 @@ def main(argv=None) -> int:
             args.runner = get_runner(args.runner, args.beam_option)
         if args.command not in COMMANDS_WITHOUT_TENSORFLOW:
             _load_tensorflow()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, memory_errors():
             warnings.simplefilter("always", TransferWarning)
             try:
                 return args.handler(args)

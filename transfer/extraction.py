@@ -113,7 +113,8 @@ class Extraction:
             return None
         return {"backbone": {"backbone": backbone.loaded.source, "signature": backbone.loaded.signature,
                              "cut": [cut.spec for cut in backbone.cuts], "inputs": backbone.requested_inputs,
-                             "feeds": backbone.feed_values or None, "allow_ops": list(backbone.allow_ops)},
+                             "feeds": backbone.feed_values or None, "allow_ops": list(backbone.allow_ops),
+                             "max_memory": backbone.max_memory},
                 "data": inputs.data_source, "preprocessing": inputs.kind.to_config().get("preprocessing"),
                 "batch_size": self.batch_size, "engine": self.engine.name, "pool": self.pool,
                 "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
@@ -125,7 +126,8 @@ class Extraction:
         source = description["backbone"]
         inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
                              signature=source["signature"], inputs=source["inputs"], feeds=source["feeds"],
-                             allow_ops=source["allow_ops"], preprocessing=description["preprocessing"],
+                             allow_ops=source["allow_ops"], max_memory=source.get("max_memory"),
+                             preprocessing=description["preprocessing"],
                              batch_size=description["batch_size"], engine=description["engine"],
                              **{k: v for k, v in description["data"].items() if k != "data"})
         return cls(inputs, description["engine_dir"], description["pool"])

@@ -17,13 +17,14 @@ TOP_OPS = 12
 
 
 def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, layers: bool = False, inputs=None,
-                  feeds=None, allow_ops=()) -> dict:
+                  feeds=None, allow_ops=(), max_memory=None) -> dict:
     """The report; with `cut`, also where each cut resolves (checked as a Backbone would); with
     `inputs`/`feeds`, of the graph as fed there (`Backbone`). Nothing of the graph runs: a
     SavedModel is checked (`transfer.safety`) before it loads."""
     loaded = load_graph(path, signature, allow_ops)
     fed = inputs is not None or bool(feeds)
-    backbone = Backbone(loaded, cut=cut or "auto", inputs=inputs, feeds=feeds, allow_ops=allow_ops) \
+    backbone = Backbone(loaded, cut=cut or "auto", inputs=inputs, feeds=feeds, allow_ops=allow_ops,
+                        max_memory=max_memory) \
         if cut or fed else None
     info = backbone.info if backbone else GraphInfo(import_graph_def(loaded.graph_def, str(loaded.path), wrapped=False))
     info.require_placeholder(str(loaded.path))

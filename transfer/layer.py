@@ -32,15 +32,17 @@ class FeatureLayer(keras.layers.Layer):
 
     Returns one tensor, or a dict keyed by cut when `cut` names several (`"a,b"`).
     `fingerprint`, when given (a saved layer's config does), must match the file's content.
+    `max_memory`: as for `Backbone.load` (kept in the config, so a saved layer loads with it).
     """
 
     def __init__(self, backbone, cut="auto", inputs=None, signature=None, fingerprint=None,
-                 allow_ops=(), feeds=None, **kwargs):
+                 allow_ops=(), feeds=None, max_memory=None, **kwargs):
         kwargs.pop("trainable", None)  # a frozen graph has nothing to train; thaw is separate
         embedded = kwargs.pop("embedded", None)  # a saved layer's specs: enough until its graph is read back
         super().__init__(trainable=False, **kwargs)
         if not isinstance(backbone, Backbone):
-            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded)
+            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded,
+                                      max_memory)
         self._backbone = backbone
         if fingerprint is not None and fingerprint != backbone.fingerprint:
             raise BackboneChanged(
@@ -56,6 +58,7 @@ class FeatureLayer(keras.layers.Layer):
             "fingerprint": backbone.fingerprint,
             "allow_ops": list(backbone.allow_ops),
             "feeds": backbone.feed_values,
+            "max_memory": backbone.max_memory,
         }
 
     @property
@@ -101,7 +104,8 @@ class FeatureLayer(keras.layers.Layer):
         loaded = load_embedded(graph.read_bytes(), described, described.get("sha256"))
         awaited = self._backbone
         backbone = Backbone(loaded, cut=self._config["cut"], inputs=self._config["inputs"],
-                            feeds=self._config["feeds"], allow_ops=self._config["allow_ops"])
+                            feeds=self._config["feeds"], allow_ops=self._config["allow_ops"],
+                            max_memory=self._config["max_memory"])
         if backbone.fingerprint != awaited.fingerprint or backbone.feature_specs.keys() != awaited.feature_specs.keys():
             raise TransferError(f"the graph embedded for backbone {self._config['backbone']} does not match the "
                                 "layer's config; the model file is inconsistent")
@@ -123,19 +127,20 @@ class FeatureLayer(keras.layers.Layer):
         return cls(**config)
 
 
-def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded):
+def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded, max_memory):
     """The backbone file, or (a saved layer whose file is gone or changed) a stand-in that
     carries its specs until `load_assets` reads the graph the `.keras` file embeds."""
     try:
-        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops, feeds=feeds)
+        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops, feeds=feeds,
+                                 max_memory=max_memory)
     except MissingBackbone:
         if embedded is None:
             raise
-        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
+        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded, max_memory)
     if embedded is not None and fingerprint is not None and fingerprint != backbone.fingerprint:
         warnings.warn(f"backbone {path} changed since this layer was saved; using the graph the model file "
                       "embeds", TransferWarning, stacklevel=2)
-        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded)
+        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded, max_memory)
     return backbone
 
 
@@ -158,13 +163,13 @@ class _AwaitedBackbone:
     """What a saved FeatureLayer knows of its backbone before its embedded graph is read: the
     names, input and feature specs that rebuilding the Keras model needs. It runs nothing."""
 
-    def __init__(self, path, signature, fingerprint, inputs, feeds, allow_ops, embedded: dict):
+    def __init__(self, path, signature, fingerprint, inputs, feeds, allow_ops, embedded: dict, max_memory=None):
         spec = lambda s: tf.TensorSpec(s["shape"], s["dtype"], name=s["name"])  # noqa: E731
         self.input_specs = [spec(s) for s in embedded["inputs"]]
         self.feature_specs = {key: spec(s) for key, s in embedded["features"].items()}
         self.cuts = [SimpleNamespace(spec=key) for key in self.feature_specs]
         self.multi_cut = len(self.cuts) > 1
-        self.fingerprint, self.allow_ops = fingerprint, tuple(allow_ops)
+        self.fingerprint, self.allow_ops, self.max_memory = fingerprint, tuple(allow_ops), max_memory
         self.requested_inputs = None if inputs is None else inputs.split(",")
         self.feed_values = dict(feeds or {})
         self.loaded = SimpleNamespace(source=str(path), signature=signature)

@@ -16,7 +16,8 @@ from google.protobuf import message, text_format
 from transfer.errors import TransferError
 from transfer.files import update_with_file
 from transfer.freezing import FrozenGraph, freeze_function, freeze_keras_model
-from transfer.safety import check_constants, check_memory, check_meta_graph
+from transfer.memory import check_memory
+from transfer.safety import check_constants, check_library, check_meta_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a message larger than 2 GiB
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -83,6 +84,7 @@ def _load(path: Path, signature: str | None, allow_ops: tuple) -> LoadedGraph:
     _check_size(path, size)
     data = path.read_bytes()
     graph_def = _parse_graph_def(path, data)
+    check_library(graph_def, str(path))
     check_memory(2 * check_constants(graph_def, size, str(path)), f"{path}")  # the proto and its tensors
     return LoadedGraph(path, "GraphDef", graph_def, fingerprint_bytes(data), size)
 
@@ -104,6 +106,7 @@ def load_embedded(data: bytes, description: dict, sha256: str) -> LoadedGraph:
         raise TransferError(f"the graph of backbone {source} embedded in the model file is corrupt (its SHA-256 "
                             "does not match the saved one)")
     graph_def = _parse_graph_def(Path(source), data)
+    check_library(graph_def, f"embedded graph of {source}")
     check_constants(graph_def, len(data), f"embedded graph of {source}")
     return LoadedGraph(Path(description["path"]), description["kind"], graph_def, description["fingerprint"],
                        description["size_bytes"], dict(description["inputs"]), dict(description["outputs"]),
@@ -212,6 +215,7 @@ def _load_saved_model(path: Path, signature: str | None, allow_ops: tuple) -> Lo
 
 def _check_saved_model(path: Path, meta, proto_size: int, allow_ops: tuple) -> None:
     """Everything loading can run or allocate, checked on the protobufs before TensorFlow loads."""
+    check_library(meta.graph_def, str(path))
     constants = check_constants(meta.graph_def, proto_size, str(path))
     variables = sum(p.stat().st_size for p in (path / "variables").glob("*") if p.is_file())
     check_memory(2 * constants + 3 * variables, str(path))  # loaded, then frozen into constants

@@ -166,16 +166,17 @@ def _zipped(streams: list) -> tf.data.Dataset:
 def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
                 per_class=None, seed: int = 0, preprocessing=None, scale=None, batch_size: int = 32,
                 augment: bool = False, crop_padding: int = 0, inputs=None, feeds=None, allow_ops=(),
-                engine: str = "tf") -> Inputs:
+                max_memory=None, engine: str = "tf") -> Inputs:
     """Load what a command needs; every user mistake here is one TransferError line. `inputs`,
-    `feeds`, `allow_ops`: where and with what the graph is fed, as for `Backbone.load`; `engine`:
+    `feeds`, `allow_ops`, `max_memory`: where and with what the graph is fed and what it may
+    take, as for `Backbone.load`; `engine`:
     what runs it when features are extracted (`transfer.engines`)."""
     from transfer.engines import check_engine
 
     check_engine(engine)
     if not isinstance(backbone, Backbone):
         backbone = Backbone.load(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
-                                 allow_ops=allow_ops)
+                                 allow_ops=allow_ops, max_memory=max_memory)
     splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
         data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
     if splits.num_classes < 2:

@@ -4,9 +4,11 @@
   pure-compute op types (`transfer.op_allowlist`), walking into the functions it calls (loop
   bodies, branches, function calls); a function that cannot be found is refused, not skipped.
   The user opts in op type by op type (`allow_ops=`, `--allow-op TYPE`).
-- **Sizes** (`check_constants`, `check_memory`): a Const may claim more values than it holds
-  (TensorFlow repeats the last one), so a 200-byte file can ask for gigabytes; what constants
-  expand to is capped, and a graph larger than the memory available is refused.
+- **Function libraries** (`check_library`): a function that calls itself, or calls nested
+  deeper than TensorFlow's import can follow, crashes the process on import: refused first.
+- **Sizes** (`check_constants`): a Const may claim more values than it holds (TensorFlow repeats
+  the last one), so a 200-byte file can ask for gigabytes; what constants expand to is capped.
+  (What the tensors computed at run time take: `transfer.memory`.)
 
 Works on `NodeDef`/`FunctionDef` protos only, so nothing here can run anything.
 """
@@ -14,14 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterable
 
 from transfer.errors import TransferError
+from transfer.memory import format_size
 from transfer.op_allowlist import ALLOWED_OPS, RESTORE_OPS
 
 # Constants may expand (fill values they do not hold) to at most this, or the file's size.
 EXPANSION_FLOOR = 64 * 2**20
+# Function calls nested deeper than this are refused: TensorFlow's import recurses through them
+# (5,000 levels crash it) and real graphs nest a handful.
+MAX_CALL_DEPTH = 100
 _CALLER_ROLES = {"body": "the body of loop", "cond": "the condition of loop", "then_branch": "a branch of",
                  "else_branch": "a branch of", "branches": "a branch of"}
 
@@ -58,6 +63,51 @@ def check_meta_graph(meta_graph, allow: Iterable[str] = (), source: str = "Saved
             checker.function(name, f"in function {name!r}")
 
 
+def check_library(graph_def, source: str = "graph") -> None:
+    """Raise if the function library calls itself (`f -> g -> f`, through any op or attribute
+    that names a function, or a registered gradient) or nests calls deeper than
+    `MAX_CALL_DEPTH`: TensorFlow's import recurses through calls and crashes the process
+    (a segmentation fault) on either, so this runs before any import."""
+    calls = _call_graph(graph_def.library)
+    depth: dict[str, int] = {}  # calls nested below each finished function (1: calls none)
+    on_path: dict[str, int] = {}  # the functions on the current path, by position
+    for root in calls:
+        if root in depth:
+            continue
+        path, pending = [root], [iter(calls[root])]
+        on_path[root] = 0
+        while path:
+            callee = next(pending[-1], None)
+            if callee is None:
+                done = path.pop()
+                pending.pop()
+                del on_path[done]
+                depth[done] = 1 + max((depth[c] for c in calls[done]), default=0)
+                if depth[done] > MAX_CALL_DEPTH:
+                    raise TransferError(f"{source}: function {done!r} nests calls {depth[done]} deep, more than "
+                                        f"{MAX_CALL_DEPTH}; refused (TensorFlow cannot import it safely)")
+            elif callee in on_path:
+                cycle = " -> ".join([*path[on_path[callee]:], callee])
+                raise TransferError(f"{source}: the function library calls itself ({cycle}); refused: "
+                                    "TensorFlow cannot import a recursive function")
+            elif callee not in depth:
+                on_path[callee] = len(path)
+                path.append(callee)
+                pending.append(iter(calls[callee]))
+
+
+def _call_graph(library) -> dict[str, list[str]]:
+    """Each library function -> the library functions it calls or names as its gradient."""
+    functions = {f.signature.name: f for f in library.function}
+    gradients = {g.function_name: g.gradient_func for g in library.gradient}
+    calls = {}
+    for name, function in functions.items():
+        named = [n.op for n in function.node_def] + [f for n in function.node_def for _, f in _called_functions(n)]
+        named.append(gradients.get(name, ""))
+        calls[name] = list(dict.fromkeys(f for f in named if f in functions))
+    return calls
+
+
 def check_constants(graph_def, file_size: int, source: str = "graph") -> int:
     """Raise if a constant (graph or function library) holds more values than its shape or
     expands to more than allowed; return the bytes all constants take once materialised."""
@@ -70,32 +120,11 @@ def check_constants(graph_def, file_size: int, source: str = "graph") -> int:
             expanded += declared
             if expanded > budget:
                 raise TransferError(
-                    f"{source}: Const {node_name!r} declares {_size(declared)} of values but holds {_size(held)}; "
-                    f"refused: constants may expand to at most {_size(budget)} in all (the larger of "
-                    f"{_size(EXPANSION_FLOOR)} and the file's size)")
+                    f"{source}: Const {node_name!r} declares {format_size(declared)} of values but holds "
+                    f"{format_size(held)}; "
+                    f"refused: constants may expand to at most {format_size(budget)} in all (the larger of "
+                    f"{format_size(EXPANSION_FLOOR)} and the file's size)")
     return total
-
-
-def check_memory(needed: int, what: str) -> None:
-    """Raise if `needed` bytes exceed the memory available now."""
-    available = available_memory()
-    if available is not None and needed > available:
-        raise TransferError(f"{what} needs about {_size(needed)} of memory and {_size(available)} is available; "
-                            "refused (use a machine with more memory)")
-
-
-def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 # -- walking ops and functions -------------------------------------------------------------------
@@ -111,23 +140,36 @@ class _Checker:
     visited: set = dataclasses.field(default_factory=set)
 
     def node(self, node_def, where: str) -> None:
+        """Check `node_def` and, depth first, every function it calls (a loop, not recursion:
+        nesting depth is the file's to choose)."""
+        stack = [(node_def, where)]
+        while stack:
+            node_def, where = stack.pop()
+            for name, inner in reversed(self._calls(node_def, where)):
+                if name not in self.visited:
+                    self.visited.add(name)
+                    stack.extend((called, inner) for called in reversed(self.library[name].node_def))
+
+    def function(self, name: str, where: str) -> None:
+        if name not in self.visited:
+            self.visited.add(name)
+            for node_def in self.library[name].node_def:
+                self.node(node_def, where)
+
+    def _calls(self, node_def, where: str) -> list[tuple[str, str]]:
+        """Check the op itself; return (function, where it is called) for the library functions it calls."""
+        calls = []
         if node_def.op in self.library:
-            self.function(node_def.op, _within(where, f"in function {node_def.op!r} called by {node_def.name!r}"))
+            calls.append((node_def.op, _within(where, f"in function {node_def.op!r} called by {node_def.name!r}")))
         elif not self.walk_only:
             self._check_type(node_def.op, node_def.name, where)
         for role, name in _called_functions(node_def):
             if name in self.library:
                 role_text = _CALLER_ROLES.get(role, f"function {name!r} called by")
-                self.function(name, _within(where, f"in {role_text} {node_def.name!r}"))
+                calls.append((name, _within(where, f"in {role_text} {node_def.name!r}")))
             elif not self.walk_only:
                 self._check_unknown_function(name, node_def, where)
-
-    def function(self, name: str, where: str) -> None:
-        if name in self.visited:
-            return
-        self.visited.add(name)
-        for node_def in self.library[name].node_def:
-            self.node(node_def, where)
+        return calls
 
     def _check_type(self, op_type: str, op_name: str, where: str) -> None:
         if op_type in ALLOWED_OPS or op_type in self.extra or op_type in self.allow:
@@ -215,8 +257,9 @@ def _tensor_bytes(tensor, node_name: str, source: str) -> tuple[int, int]:
     if tensor.tensor_content:
         held = len(tensor.tensor_content)
         if held != count * itemsize:
-            raise TransferError(f"{source}: Const {node_name!r} declares {count} values ({_size(count * itemsize)}) "
-                                f"but holds {_size(held)}; refused (corrupt or crafted)")
+            raise TransferError(f"{source}: Const {node_name!r} declares {count} values "
+                                f"({format_size(count * itemsize)}) but holds {format_size(held)}; "
+                                "refused (corrupt or crafted)")
         return held, held
     values = sum(len(getattr(tensor, f)) for f in _VALUE_FIELDS) + sum(
         len(getattr(tensor, f)) // 2 for f in _COMPLEX_FIELDS)
@@ -233,10 +276,3 @@ def _itemsize(dtype_enum: int) -> int:
     except TypeError:
         return 8
     return dtype.size if dtype.size else 8  # strings, resources, variants: at least a pointer each
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"

@@ -573,9 +573,9 @@ class SweepResult:
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = default("patience"), cut="auto", cuts=None, pool=None, signature=None, data_dir=None,
           validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
-          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), engine: str = "tf", runner=None,
-          out=None, export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
-          **axes) -> SweepResult:
+          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), max_memory=None, engine: str = "tf",
+          runner=None, out=None, export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True,
+          strategy=None, **axes) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -590,8 +590,9 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     thaw N trains its last N weight layers from the cached outputs of its frozen prefix (with
     several cuts, only for a head that reads them all: the layers before the deepest). The
     thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
-    the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`: where and with what the graph
-    is fed, as for `Backbone.load`. `runner`: where the extraction runs ("local", "beam" or a
+    the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`, `max_memory`: where and with what
+    the graph is fed and what one example may take, as for `Backbone.load`. `runner`: where the
+    extraction runs ("local", "beam" or a
     `transfer.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams summaries
     under `out/tensorboard`, the best setting's run under `out/best/tensorboard`. `strategy`:
     where every setting trains, as for `transfer.fit` (only the chief writes `out`).
@@ -615,7 +616,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
                   per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
-    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, engine=engine, **source)
+    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, max_memory=max_memory,
+                         engine=engine, **source)
     cut_specs = [c.spec for c in inputs.backbone.cuts]
     settings = _on_cuts(settings, cut_specs)
     one_cut = next((s["head"] for s in settings if s.get("thaw") and len(cut_specs) > 1 and s["cut"] != ALL_CUTS), None)

@@ -24,6 +24,7 @@ from transfer._version import __version__
 from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy_named
 from transfer.errors import TransferError, check_choice
 from transfer.export import FORMATS, export_all
+from transfer.memory import memory_errors
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.model import build_classifier, head_model
 from transfer.optimizers import optimizer_named
@@ -51,10 +52,11 @@ def default_run_dir(command: str = "fit") -> Path:
     return Path("runs") / f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
+@memory_errors()
 def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto", head="linear", head_options=None,
         preprocessing=None, scale=None, signature=None, data_dir=None, validation_split: float = 0.2,
         per_class=None, callbacks=(), cache_dir=None, cache_dtype: str = "float32", inputs=None, feeds=None,
-        allow_ops=(), engine: str = "tf", runner=None, out=None, export=("savedmodel", "pb"),
+        allow_ops=(), max_memory=None, engine: str = "tf", runner=None, out=None, export=("savedmodel", "pb"),
         tensorboard: bool = False, verbose="auto", strategy=None, **training) -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
@@ -65,8 +67,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     is written (config, metrics, history, plots, model.keras and the exports); without, nothing
     touches the disk. With `cache_dir`, the head trains on features from the feature cache
     (extracted once, reused by later runs; `runner`: where that extraction runs, "local" or
-    "beam" or a `transfer.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`: where and with
-    what the graph is fed, as for `Backbone.load` (ignored when `backbone` is a `Backbone` already).
+    "beam" or a `transfer.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`, `max_memory`:
+    where and with what the graph is fed and what one example may take, as for `Backbone.load`
+    (ignored when `backbone` is a `Backbone` already). Running out of memory is a TransferError.
     `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.distribute`) or
     a `tf.distribute.Strategy`; `batch_size` is the global batch, split across its replicas.
     Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
@@ -93,7 +96,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
                          validation_split=validation_split, per_class=per_class, seed=settings.seed,
                          preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
                          augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
-                         allow_ops=allow_ops, engine=engine)
+                         allow_ops=allow_ops, max_memory=max_memory, engine=engine)
     several_cuts = getattr(head_factory, "several_inputs", False)
     if inputs.backbone.multi_cut and not several_cuts:
         cuts = [c.spec for c in inputs.backbone.cuts]
