@@ -28,7 +28,7 @@ class TrialJournal:
     def __init__(self, directory, definition: dict):
         self.path = Path(directory) / JOURNAL
         self.definition = json.loads(_text(definition))  # as the journal gives it back
-        self.fingerprint = hashlib.sha256(_text(definition).encode()).hexdigest()
+        self.fingerprint = _fingerprint(definition)
         check_resumable(self.path.parent, definition)
         _, self.trials, end = _read(self.path)
         if self.trials:
@@ -57,7 +57,7 @@ def check_resumable(directory, definition: dict) -> int:
     """How many finished trials of this sweep the journal in `directory` holds (0: none, or no
     journal); a TransferError when they belong to a sweep of another definition."""
     header, trials, _ = _read(Path(directory) / JOURNAL)
-    if not trials or header.get("fingerprint") == hashlib.sha256(_text(definition).encode()).hexdigest():
+    if not trials or header.get("fingerprint") == _fingerprint(definition):
         return len(trials)
     theirs, ours = header.get("definition") or {}, json.loads(_text(definition))
     differing = [key for key in ours if theirs.get(key) != ours[key]] or ["definition"]
@@ -91,6 +91,10 @@ def _read(path: Path) -> tuple[dict, dict, int]:
             header = record
         end += len(line)
     return header, trials, end
+
+
+def _fingerprint(definition: dict) -> str:
+    return hashlib.sha256(_text(definition).encode()).hexdigest()
 
 
 def _trial_key(setting: dict, seed: int) -> str:
