@@ -1,5 +1,6 @@
 """The feature cache: keys, format, resume after kill -9, checksums, locking, bad input."""
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -107,6 +108,83 @@ def test_corrupt_shard_is_found_by_verify_and_extracted_again(tmp_path, capsys):
     assert FeatureCache(tmp_path).open(test.key).bad_shards() == [0]
 
 
+class _Canary:
+    """Unpickling this object creates the file `path`: whether a pickle was loaded shows on disk."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _poisoned(entry, how: str, canary) -> tuple:
+    """Shard 0 of `entry` replaced by a file that is not the array its manifest says, the
+    manifest's checksum updated to match (only the header can tell); (path, original bytes)."""
+    shard = entry.manifest["shards"][0]
+    key = "labels" if how == "int64 labels" else "features"
+    path = entry.path / shard[key]
+    original = path.read_bytes()
+    array = np.load(path)
+    if how == "pickle":
+        objects = np.empty(len(array), dtype=object)
+        objects[:] = [_Canary(canary) for _ in range(len(array))]
+        np.save(path, objects, allow_pickle=True)
+    elif how == "truncated header":
+        path.write_bytes(original[:30])
+    else:
+        changed = {"float64": lambda a: a.astype("float64"), "int64 labels": lambda a: a.astype("int64"),
+                   "shape": lambda a: a[:-1], "fortran order": np.asfortranarray}[how](array)
+        np.save(path, changed, allow_pickle=False)
+    shard[f"{key}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (entry.path / "manifest.json").write_text(json.dumps(entry.manifest))
+    assert path.read_bytes() != original
+    return path, original
+
+
+@pytest.mark.parametrize("how,problem", [
+    ("pickle", "holds Python objects (a pickle), not float32"),
+    ("float64", "holds float64, not float32"),
+    ("int64 labels", "holds int64, not int32"),
+    ("shape", "has shape (49, 4, 4, 32), not (50, 4, 4, 32)"),
+    ("truncated header", "has no valid .npy header"),
+    ("fortran order", "is in Fortran order, not C order"),
+])
+def test_a_shard_that_is_not_the_array_its_manifest_says_is_corrupt(tmp_path, capsys, how, problem):
+    """Checksum intact, header wrong: `cache verify` says corrupt, a load is one line before tf.data
+    reads anything, an extraction repairs it, and nothing is ever unpickled."""
+    canary = tmp_path / "unpickled"
+    _, entries = extract(tmp_path / "cache")
+    train = entries["train"]
+    path, original = _poisoned(train, how, canary)
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path / "cache")]) == 3
+    printed = capsys.readouterr()
+    assert f"entry {train.key}: corrupt or missing shard(s) [0] ({path.name} {problem}" in printed.err
+    assert "CORRUPT [0]" in printed.out
+    opened = FeatureCache(tmp_path / "cache").open(train.key)
+    for load in (opened.dataset, opened.arrays):
+        with pytest.raises(TransferError) as error:
+            load()
+        message = str(error.value)
+        assert message.startswith(f"cache shard {path} {problem}") and "the entry is corrupt" in message
+        assert "\n" not in message
+    _, repaired = extract(tmp_path / "cache")
+    assert path.read_bytes() == original and repaired["train"].bad_shards() == []
+    assert not canary.exists()
+
+
+def test_fit_from_a_cache_with_a_pickled_shard_extracts_it_again(tmp_path, capsys):
+    canary = tmp_path / "unpickled"
+    _, entries = extract(tmp_path / "cache")
+    path, original = _poisoned(entries["train"], "pickle", canary)
+    code = main(["fit", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA, "--epochs", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--export", "none"])
+    printed = capsys.readouterr()
+    assert code == 0 and "Traceback" not in printed.err, printed.err
+    assert path.read_bytes() == original and not canary.exists()
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["validation"]["accuracy"] is not None
+
+
 EXTRACT_ALL_DIGITS = ["-m", "transfer.cli", "extract", "--backbone", "example:digits", "--cut", "block1_out",
                       "--data", "digits", "--validation-split", "0", "--batch-size", "1", "--shard-size", "100",
                       "--json"]
@@ -210,13 +288,14 @@ def test_corrupt_manifest(capsys, tmp_path):
     ("count", "lots", "shard 0's 'count' is 'lots', not a count"),
     ("labels", "../../elsewhere.npy", "shard 0 names no labels file, or a file outside the entry"),
     ("shards", {"0": 1}, "'shards' is not a list"),
+    ("dtype", "object", "'dtype' is 'object', not one of float32, float16"),
 ])
 def test_a_manifest_field_of_the_wrong_type_is_one_line(capsys, tmp_path, field, value, problem):
     _, entries = extract(tmp_path)
     path = entries["train"].path / "manifest.json"
     manifest = _read_json(path)
-    if field == "shards":
-        manifest["shards"] = value
+    if field in ("shards", "dtype"):
+        manifest[field] = value
     else:
         manifest["shards"][0][field] = value
     path.write_text(json.dumps(manifest))

@@ -10,6 +10,7 @@ from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
 
 import tensorflow as tf  # noqa: E402
 
+from transfer.journal import JOURNAL, TrialJournal  # noqa: E402
 from transfer.sweep import (CSV_COLUMNS, FeatureSplits, expand_grid, format_table, load_grid,  # noqa: E402
                             run_sweep, train_setting, write_sweep)
 
@@ -235,6 +236,54 @@ def test_run_sweep_needs_a_validation_split():
     splits.validation = None
     with pytest.raises(TransferError, match="no validation split"):
         run_sweep(splits, [BAD])
+
+
+def _without_seconds(rows):
+    """Ranked rows as a rerun must repeat them: all but the time each run took."""
+    return [{key: value for key, value in row.items() if key != "seconds_mean"} for row in rows]
+
+
+def test_run_sweep_takes_finished_runs_from_its_journal_and_journals_the_rest(blob_splits, tmp_path, capsys):
+    """A journal cut after two of four runs, its last line torn (a kill): the rerun trains the other
+    two, with fresh TensorBoard logs, and ranks exactly as an uninterrupted sweep."""
+    settings = expand_grid(["linear"], lr=[0.03, 0.3], epochs=3)
+    whole = TrialJournal(tmp_path / "whole", {"grid": "two lr"})
+    uninterrupted = run_sweep(blob_splits, settings, repeats=2, progress=False, journal=whole)
+    lines = whole.path.read_text().splitlines(keepends=True)
+    assert len(lines) == 5 and [json.loads(line)["trial"] for line in lines[1:]] == [
+        "001-seed0", "001-seed1", "002-seed0", "002-seed1"]
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / JOURNAL).write_text("".join(lines[:3]) + lines[3][:40])  # two runs, then a torn line
+    (killed / "tb/001-seed0").mkdir(parents=True)
+    (killed / "tb/001-seed0/kept").write_text("a journaled run's logs")
+    (killed / "tb/002-seed0").mkdir(parents=True)
+    (killed / "tb/002-seed0/half-written").write_text("a killed run's logs")
+    capsys.readouterr()
+    resumed = run_sweep(blob_splits, settings, repeats=2, journal=TrialJournal(killed, {"grid": "two lr"}),
+                        log_dir=killed / "tb")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"resuming the sweep in {killed}: 2 of 4 trials taken from its journal (trials.jsonl)"
+    assert [line.split()[0] for line in err[1:]] == ["[3/4]", "[4/4]"]  # only the other two were trained
+    assert _without_seconds(resumed) == _without_seconds(uninterrupted)
+    seconds = [{row["lr"]: row["seconds_mean"] for row in rows}[0.03] for rows in (resumed, uninterrupted)]
+    assert seconds[0] == seconds[1]  # both runs of lr 0.03 as the journal has them
+    journal = (killed / JOURNAL).read_text().splitlines()
+    assert [json.loads(line)["trial"] for line in journal[1:]] == ["001-seed0", "001-seed1", "002-seed0", "002-seed1"]
+    assert (killed / "tb/001-seed0/kept").exists() and not (killed / "tb/002-seed0/half-written").exists()
+    assert list((killed / "tb/002-seed0").iterdir()), "the rerun run's own logs"
+
+
+def test_a_journal_of_another_sweep_is_refused_unless_it_holds_no_runs(blob_splits, tmp_path):
+    run_sweep(blob_splits, [BAD], progress=False, journal=TrialJournal(tmp_path, {"grid": [1], "seed": 0}))
+    with pytest.raises(TransferError) as error:
+        TrialJournal(tmp_path, {"grid": [2], "seed": 0})
+    assert str(error.value) == (f"{str(tmp_path)!r} holds an unfinished sweep of another grid (1 trial(s) done): "
+                                "remove it to start this sweep, or choose another --out")
+    lines = (tmp_path / JOURNAL).read_text().splitlines()
+    (tmp_path / JOURNAL).write_text(lines[0] + "\n")  # another sweep's journal, but no run finished: start afresh
+    journal = TrialJournal(tmp_path, {"grid": [2], "seed": 0})
+    assert journal.trials == {} and json.loads((tmp_path / JOURNAL).read_text())["definition"]["grid"] == [2]
 
 
 # --- reports -------------------------------------------------------------------------------------

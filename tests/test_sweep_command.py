@@ -1,6 +1,11 @@
 """`transfer sweep` end to end: extract once, train every setting, rank, export the best."""
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ import transfer
 from transfer import Backbone
 from transfer.cache import FeatureCache
 from transfer.cli import main
+from transfer.journal import finished_trials
 
 DATA = "digits:5-9?per_class=10"
 
@@ -207,3 +213,50 @@ def test_sweep_thaw_with_a_multilayer_head_on_several_cuts(tmp_path, capsys):
     images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(8)])
     predictions = Backbone.load(out / "best/export/model.pb", cut="probabilities")(images).numpy()
     np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+
+
+SWEEP = ["-m", "transfer.cli", "sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+         "--heads", "linear,mlp", "--lr", "0.01,0.03", "--epochs", "4", "--repeats", "2", "--export", "none"]
+
+
+def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
+    """A real `kill -9` after some trials have finished; the same command with another grid is
+    refused in one line, and with the same grid trains only the trials the journal lacks and
+    ends with the table of a sweep that was never killed (training is deterministic per seed)."""
+    out, partial = tmp_path / "sweep", tmp_path / "sweep.partial"
+    command = [sys.executable, *SWEEP, "--cache-dir", str(tmp_path / "cache")]
+    with open(tmp_path / "killed.err", "w") as err:
+        process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=err,
+                                   start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not finished_trials(partial):
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    done = finished_trials(partial)
+    assert 1 <= done < 8 and not out.exists(), ("the kill must land mid-sweep", done)
+    with open(partial / "trials.jsonl", "a") as journal:
+        journal.write('{"key": "0123')  # the line a kill tears
+
+    changed = subprocess.run([*command, "--lr", "0.01,0.1", "--out", str(out)], capture_output=True, text=True,
+                             timeout=300)
+    assert changed.returncode == 2 and changed.stderr.strip() == (
+        f"transfer sweep: error: {str(partial)!r} holds an unfinished sweep of another grid ({done} trial(s) done): "
+        "remove it to start this sweep, or choose another --out")
+    resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    err = resumed.stderr.splitlines()
+    assert f"resuming the sweep in {partial}: {done} of 8 trials taken from its journal (trials.jsonl)" in err
+    assert [line.split()[0] for line in err if line.startswith("[")] == [f"[{n}/8]" for n in range(done + 1, 9)]
+    assert finished_trials(out) == 8 and not partial.exists()
+
+    clean = subprocess.run([*command, "--out", str(tmp_path / "clean")], capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    rows, expected = (json.loads((run / "sweep.json").read_text()) for run in (out, tmp_path / "clean"))
+    for row in (*rows, *expected):
+        row.pop("seconds_mean")  # the one column that is time, not training
+    assert rows == expected
+    assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in (tmp_path / "clean").iterdir())

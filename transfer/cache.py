@@ -43,7 +43,7 @@ import numpy as np
 
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.files import update_with_file, write_atomic
-from transfer.storage import is_local, load_array, location, rmtree
+from transfer.storage import is_local, load_array, location, npy_problem, rmtree
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -105,16 +105,50 @@ class Entry:
         return sum(p.stat().st_size for p in self.path.glob("*.npy"))
 
     def bad_shards(self) -> list[int]:
-        """Indices of shards whose files are missing or whose checksums do not match."""
-        return [i for i, shard in enumerate(self.manifest["shards"]) if not self._intact(shard)]
+        """Indices of shards that are corrupt (see `shard_problems`)."""
+        return list(self.shard_problems())
+
+    def shard_problems(self) -> dict[int, str]:
+        """index -> what is wrong, for each shard with a file that is missing, fails its checksum,
+        or is not the array the manifest says (a `.npy` header of another dtype, shape or order,
+        or of Python objects: a pickle, which is never loaded)."""
+        problems = {i: self._problem(shard) for i, shard in enumerate(self.manifest["shards"])}
+        return {i: problem for i, problem in problems.items() if problem}
 
     def _intact(self, shard: dict) -> bool:
-        return all(_sha256_file(self.path / shard[name]) == shard[f"{name}_sha256"]
-                   for name in (*_feature_keys(len(self.feature_shapes)), "labels"))
+        return self._problem(shard) is None
+
+    def _problem(self, shard: dict) -> str | None:
+        for key, dtype, shape in self._files(shard):
+            if _sha256_file(self.path / shard[key]) != shard[f"{key}_sha256"]:
+                return f"{shard[key]} is missing or fails its checksum"
+            problem = npy_problem(self.path / shard[key], dtype, shape)
+            if problem:
+                return f"{shard[key]} {problem}"
+        return None
+
+    def _files(self, shard: dict) -> list[tuple]:
+        """(manifest key, dtype, shape) of each of a shard's files, as the cache writes them."""
+        count = shard["count"]
+        features = [(key, self.manifest["dtype"], (count, *shape))
+                    for key, shape in zip(_feature_keys(len(self.feature_shapes)), self.feature_shapes)]
+        return [*features, ("labels", "int32", (count,))]
+
+    def check_headers(self) -> None:
+        """Every shard file's `.npy` header as the manifest says, else one TransferError line: read
+        before tf.data or numpy touches the data (checksums are checked when the entry is opened
+        for extraction: `FeatureCache.extract` repairs what fails)."""
+        for shard in self.manifest["shards"]:
+            for key, dtype, shape in self._files(shard):
+                problem = npy_problem(self.path / shard[key], dtype, shape)
+                if problem:
+                    raise TransferError(f"cache shard {self.path / shard[key]} {problem}: the entry is corrupt; "
+                                        f"extract again to repair it, or `transfer cache rm {self.key}`")
 
     def arrays(self) -> tuple:
         """All features and labels in memory (for the scikit-learn probe and small data); the
         features are a tuple of arrays when each example holds several tensors."""
+        self.check_headers()
         keys = _feature_keys(len(self.feature_shapes))
         shards = self.manifest["shards"]
         features = tuple(np.concatenate([load_array(self.path / s[key]) for s in shards]).astype("float32")
@@ -129,6 +163,7 @@ class Entry:
         (a remote cache: each shard read whole through gfile): a cache larger than memory trains
         without being loaded."""
         import tensorflow as tf  # here only: `transfer cache ls` answers without TensorFlow
+        self.check_headers()  # a bad shard is one line now, not an error from inside tf.data later
         keys = _feature_keys(len(self.feature_shapes))
         shards = [([self.path / s[key] for key in keys], self.path / s["labels"]) for s in self.manifest["shards"]]
 
@@ -554,7 +589,7 @@ def _aligned(shard_size: int, batch_size: int) -> int:
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)  # C order, as `npy_problem` checks
     return buffer.getvalue()
 
 
@@ -565,6 +600,8 @@ def _manifest_problem(manifest) -> str | None:
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         return "'shards' is not a list"
+    if "dtype" in manifest and manifest["dtype"] not in DTYPES:  # an entry's (a task's record has none)
+        return f"'dtype' is {manifest['dtype']!r}, not one of {', '.join(DTYPES)}"
     for field in ("feature_shape", "feature_shapes", "batch_size", "shard_size"):
         if manifest.get(field) is not None and not isinstance(manifest[field], (list if "shape" in field else int)):
             return f"{field!r} is {manifest[field]!r}, not a {'list' if 'shape' in field else 'count'}"

@@ -164,8 +164,9 @@ def cmd_cache(args) -> int:
         print(f"no cache entries in {cache.root}")
     bad = [row for row in rows if row.get("bad_shards")]
     for row in bad:
-        print(f"entry {row['key']}: corrupt or missing shard(s) {row['bad_shards']}; the next extract or fit "
-              f"with this cache re-extracts them", file=sys.stderr)
+        print(f"entry {row['key']}: corrupt or missing shard(s) {row['bad_shards']} "
+              f"({'; '.join(row['problems'].values())}); the next extract or fit with this cache re-extracts them",
+              file=sys.stderr)
     return CORRUPT_CACHE if bad else 0
 
 
@@ -179,7 +180,8 @@ def _entry_row(entry, verify: bool = False) -> dict:
            "megabytes": round(entry.size_bytes() / 1e6, 2),
            "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source")}
     if verify:
-        row["bad_shards"] = entry.bad_shards()
+        problems = entry.shard_problems()
+        row["bad_shards"], row["problems"] = list(problems), {str(index): text for index, text in problems.items()}
     return row
 
 

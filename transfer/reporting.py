@@ -23,20 +23,31 @@ def check_new_run_dir(out) -> Path:
     return out
 
 
+def partial_dir(out) -> Path:
+    """Where a run directory is written until it is complete: `OUT.partial`."""
+    return Path(out).with_name(Path(out).name + ".partial")
+
+
 @contextlib.contextmanager
-def run_directory(out):
-    """Write into `OUT.partial`, rename to `OUT` only when all went well: never half a run."""
+def run_directory(out, keep=None):
+    """Write into `OUT.partial`, rename to `OUT` only when all went well: never half a run.
+    `keep(partial)`: whether a killed or failed run's partial directory holds work to resume
+    (a sweep's finished trials): it is then kept, else removed."""
     out = check_new_run_dir(out)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # the leftovers of a killed run
+    partial = partial_dir(out)
+    worth_keeping = keep or (lambda _: False)
+    resumed = worth_keeping(partial)
+    if not resumed:
+        shutil.rmtree(partial, ignore_errors=True)  # the leftovers of a killed run
     try:
-        partial.mkdir(parents=True)
+        partial.mkdir(parents=True, exist_ok=resumed)
     except OSError as error:
         raise TransferError(f"cannot create run directory {str(out)!r}: {error.strerror}") from None
     try:
         yield partial
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if not worth_keeping(partial):
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     os.replace(partial, out)
 

@@ -158,6 +158,41 @@ def load_array(path, mmap: bool = False):
     return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
 
 
+def npy_problem(path, dtype: str, shape: tuple) -> str | None:
+    """What is wrong with a `.npy` file as the array it must hold (numeric `dtype`, `shape`, C
+    order, as the cache writes them), or None. Only the header is read (numpy's own readers,
+    which parse a literal): nothing is unpickled, however the file was made."""
+    import numpy as np
+
+    try:
+        found_shape, fortran_order, found_dtype = _npy_header(path) if is_local(path) else _call(_npy_header, path)
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError, TypeError) as error:  # not .npy: a bad magic, a truncated or garbled header
+        return f"has no valid .npy header ({' '.join(str(error).split())})"
+    if found_dtype.hasobject:
+        return f"holds Python objects (a pickle), not {dtype}"
+    if found_dtype.kind not in "biuf" or found_dtype != np.dtype(dtype):
+        return f"holds {found_dtype}, not {dtype}"
+    if tuple(found_shape) != tuple(shape):
+        return f"has shape {tuple(found_shape)}, not {tuple(shape)}"
+    if fortran_order:
+        return "is in Fortran order, not C order"
+    return None
+
+
+def _npy_header(path) -> tuple:
+    """(shape, fortran_order, dtype) from a `.npy` file's header, by numpy's own readers."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    with path.open("rb") as handle:
+        version = npy.read_magic(handle)
+        if version not in readers:
+            raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+        return readers[version](handle)
+
+
 def _gfile(function: str, *args, **kwargs):
     """`tf.io.gfile.<function>(*args)`, its errors as OSError (what the cache's handlers expect)."""
     return _call(getattr(_tf_gfile(), function), *args, **kwargs)

@@ -6,7 +6,9 @@ tf.data source) and leaves a ranked table, `sweep.csv`, `sweep.json` and a bar c
 are ranked by validation accuracy; test accuracy only breaks exact ties, since choosing by it
 would fit the test split. `run_sweep` trains settings on any `FeatureSplits`; `sweep` adds what
 the command needs around it: the backbone and data, the feature cache, thawed layers, the files,
-and the best setting retrained into a full `transfer fit` run.
+and the best setting retrained into a full `transfer fit` run. With `out`, each finished trial is
+written to the run directory's journal as it finishes (`transfer.journal`), so a killed sweep rerun
+with the same `out` trains only the trials it lacks.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ import tensorflow as tf
 from transfer import heads as registry
 from transfer.errors import TransferError, check_int
 from transfer.files import written_whole
+from transfer.journal import TrialJournal, check_resumable, finished_trials
 from transfer.model import head_model
 from transfer.reporting import pyplot, write_json
 from transfer.pipeline import FeatureSplits
@@ -273,7 +277,7 @@ def _accuracy(predict, dataset: tf.data.Dataset | None) -> float | None:
 
 def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int = 1, seed: int = 0,
               patience: int | None = default("patience"), progress: bool = True, thawed=None,
-              log_dir=None) -> list[dict]:
+              log_dir=None, journal: TrialJournal | None = None) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
 
     `features`: one FeatureSplits, or a dict of them by cut when the settings name a `cut` each
@@ -281,6 +285,8 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
     Every head is built on the features before the first run, so a bad option or a head that
     cannot read these features fails at once rather than an hour into the sweep. `thawed`: see
     `train_setting`. `log_dir`: TensorBoard logs, one directory per run, with HParams summaries.
+    `journal`: where each finished run is written as it finishes, and the runs it holds already
+    are taken from (`transfer.journal`: a killed sweep resumes).
     """
     thawed = thawed or {}
     missing = sorted({s["thaw"] for s in settings if s.get("thaw")} - set(thawed))
@@ -297,18 +303,31 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
         _build(setting_features, setting, suffix)
     shown, cut_names = _varying(settings), short_cut_names([s.get("cut") for s in settings])
     if log_dir is not None:
+        for stale in Path(log_dir).glob("events.out.tfevents.*"):  # a resumed sweep's: written again
+            stale.unlink()
         write_hparams_config(Path(log_dir), [{**s, "seed": n} for s in settings for n in range(seed, seed + repeats)],
                              list(TENSORBOARD_SCORES))
+    taken = sum(journal.get(s, n) is not None for s in settings for n in range(seed, seed + repeats)) if journal else 0
+    if taken and progress:
+        print(f"resuming the sweep in {journal.path.parent}: {taken} of {len(settings) * repeats} trials taken from "
+              f"its journal ({journal.path.name})", file=sys.stderr, flush=True)
     rows, done = [], 0
     for number, setting in enumerate(settings, start=1):
         runs = []
         for run_seed in range(seed, seed + repeats):
             trial = f"{number:03d}" + (f"-seed{run_seed}" if repeats > 1 else "")
+            done += 1
+            if journal and journal.get(setting, run_seed) is not None:
+                runs.append(journal.get(setting, run_seed))
+                continue
             logs = TensorBoardLogs(None if log_dir is None else Path(log_dir) / trial)
+            if log_dir is not None:
+                shutil.rmtree(logs.log_dir, ignore_errors=True)  # a killed run's: this run writes its own
             runs.append(train_setting(features, setting, run_seed, patience, thawed, logs)[1])
             logs.hparams({**setting, "seed": run_seed}, {name: runs[-1][name] for name in TENSORBOARD_SCORES},
                          trial_id=trial)
-            done += 1
+            if journal:
+                journal.record(trial, setting, run_seed, runs[-1])
             if progress:
                 again = f" seed={run_seed}" if repeats > 1 else ""
                 print(f"[{done}/{len(settings) * repeats}] {_label(setting, shown, cut_names)}{again}: "
@@ -563,6 +582,15 @@ def _in_graph_order(backbone) -> list[str]:
     return [c.spec for c in sorted(backbone.cuts, key=lambda c: position[c.tensor.op.name])]
 
 
+def _definition(inputs, settings: list[dict], cut_specs: list[str], **terms) -> dict:
+    """What decides a sweep's results, its journal's fingerprint: a rerun resumes only the same sweep."""
+    backbone = inputs.backbone
+    return {"backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
+                         **backbone.feeding},
+            "cuts": cut_specs, "data": inputs.splits.identity, "preprocessing": inputs.kind.recipe(), "grid": settings,
+            **{key.replace("_", " "): value for key, value in terms.items()}}
+
+
 @dataclasses.dataclass
 class SweepResult:
     rows: list  # ranked, best first (see run_sweep)
@@ -599,7 +627,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     """
     from transfer.distribute import run_dir_of, strategy_named
     from transfer.pipeline import open_inputs
-    from transfer.reporting import check_new_run_dir, run_directory
+    from transfer.reporting import check_new_run_dir, partial_dir, run_directory
     from transfer.thawing import ThawedFeatureLayer
     from transfer.training import fit
 
@@ -626,6 +654,12 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                             "head of several cuts (multilayer): sweep the cuts frozen first, then thaw at the best "
                             "one (--cut CUT --thaw N)")
     pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
+    definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
+                             cache_dtype=cache_dtype, engine=engine, strategy=type(strategy).__name__,
+                             tensorboard=tensorboard)
+    resumable = out is not None and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)  # every
+    if resumable:  # worker runs the same trials, and only the chief has the journal
+        check_resumable(partial_dir(out), definition)  # another sweep's unfinished trials: before any extraction
     with strategy.scope():  # thawed weights are variables
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
@@ -636,10 +670,13 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress, runner=runner), layer)
               for count, layer in layers.items()}
     with run_dir_of(strategy, out) as written, \
-            run_directory(written) if written is not None else contextlib.nullcontext() as directory:  # OUT.partial
+            run_directory(written, keep=finished_trials if resumable else None) if written is not None \
+            else contextlib.nullcontext() as directory:  # OUT.partial, kept with its journal if the sweep is killed
+        journal = TrialJournal(directory, definition) if resumable and directory is not None else None
         with strategy.scope():  # every head and optimizer is made in it
             rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
-                             thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None)
+                             thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None,
+                             journal=journal)
         if directory is None:
             return SweepResult(rows, None, None)
         best = rows[0]["setting"]
@@ -648,6 +685,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
                                                **source, "cuts": cut_specs, "pool": pool,
                                                "cache_dir": str(cache_dir) if cache_dir else None})
+        shutil.rmtree(directory / "best", ignore_errors=True)  # a resumed sweep's, killed at its very end
         best_backbone = inputs.backbone if len(cut_specs) == 1 or best["cut"] == ALL_CUTS else inputs.backbone.recut(
             best["cut"])
         result = fit(best_backbone, inputs.splits, head=best["head"], head_options=_pooled_like(best, pool),
