@@ -130,8 +130,7 @@ class Backbone:
     @property
     def feeding(self) -> dict:
         """Where and with what the graph is fed, as a run's config.json records it."""
-        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops),
-                "max_memory": self.max_memory}
+        return {"inputs": self.requested_inputs, "feeds": self.feed_values, "allow_ops": list(self.allow_ops)}
 
     def image_input_hint(self) -> str | None:
         """Where to feed instead when an input is no batch of images (a JPEG string, say)."""
