@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from transfer.errors import TransferError, check_int
+from transfer.text import printable
 
 ARRAY_CHUNK_VALUES = 1 << 22  # values per batch when `adapt` is given whole arrays (32 MiB in float64)
 
@@ -154,7 +155,7 @@ def _features_of(element, several: bool):
 
 def warn_not_adapted(owner: str) -> None:
     """What a head says when it trains on statistics it never learned (identity standardization)."""
-    warnings.warn(f"{owner}: its input standardization was never adapted, so features pass unchanged; "
+    warnings.warn(f"{printable(owner)}: its input standardization was never adapted, so features pass unchanged; "
                   "call head.adapt(training_features) before training, or build the head with standardize=False",
                   StandardizationWarning, stacklevel=3)
 

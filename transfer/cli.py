@@ -1,6 +1,8 @@
 """The `transfer` command. It only parses arguments and calls the Python API.
 
 Exit status: 0 done, 2 user error (one line on stderr), 1 a bug (traceback).
+What it prints that came from a file (names, class labels, paths, cache manifests) is `printable`:
+tables escape their cells, the lines around them their fields; `--json` is `json.dumps`'s.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from transfer.errors import TransferError, TransferWarning
 from transfer.memory import memory_errors, parse_size
 from transfer.settings import FIELDS as SETTINGS
 from transfer.settings import OPTIMIZERS, TrainingSettings, default
+from transfer.text import printable
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
@@ -118,7 +121,7 @@ def cmd_fit(args) -> int:
         if "training" in result.metrics:
             print(result.metrics["training"]["summary"])
         print(", ".join(scores) or "no validation or test data to score")
-        print(f"run directory: {result.run_dir or 'written by the chief worker'}")
+        print(f"run directory: {printable(result.run_dir or 'written by the chief worker')}")
     return 0
 
 
@@ -137,7 +140,7 @@ def cmd_extract(args) -> int:
     else:
         from transfer.cache import FeatureCache
 
-        print(f"cache {FeatureCache(args.cache_dir).root}:")
+        print(f"cache {printable(FeatureCache(args.cache_dir).root)}:")
         print(_entry_table(rows))
     return 0
 
@@ -153,7 +156,7 @@ def cmd_cache(args) -> int:
     if args.action == "rm":
         for entry in entries:
             cache.remove(entry.key)
-            print(f"removed {entry.key}")
+            print(f"removed {printable(entry.key)}")
         return 0
     rows = [_entry_row(entry, verify=args.action == "verify") for entry in entries]
     if args.json:
@@ -161,12 +164,12 @@ def cmd_cache(args) -> int:
     elif rows:
         print(_entry_table(rows))
     else:
-        print(f"no cache entries in {cache.root}")
+        print(f"no cache entries in {printable(cache.root)}")
     bad = [row for row in rows if row.get("bad_shards")]
     for row in bad:
-        print(f"entry {row['key']}: corrupt or missing shard(s) {row['bad_shards']} "
-              f"({'; '.join(row['problems'].values())}); the next extract or fit with this cache re-extracts them",
-              file=sys.stderr)
+        print(f"entry {printable(row['key'])}: corrupt or missing shard(s) {row['bad_shards']} "
+              f"({printable('; '.join(row['problems'].values()))}); the next extract or fit with this cache "
+              "re-extracts them", file=sys.stderr)
     return CORRUPT_CACHE if bad else 0
 
 
@@ -216,8 +219,8 @@ def cmd_sweep(args) -> int:
         print(json.dumps(result.rows, indent=2))
     else:
         print(format_table(result.rows))
-        print(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})"
-              if result.run_dir else "sweep directory: written by the chief worker")
+        print(printable(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})"
+                        if result.run_dir else "sweep directory: written by the chief worker"))
     return 0
 
 
@@ -262,7 +265,8 @@ def cmd_predict(args) -> int:
         print(json.dumps(results, indent=2))
         return 0
     for result in results:
-        print(result["image"] + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]))
+        print(printable(result["image"]) + ": "
+              + ", ".join(f"{printable(t['class'])} {t['probability']:.3f}" for t in result["top"]))
     return 0
 
 
@@ -586,7 +590,7 @@ def main(argv=None) -> int:
             finally:
                 _print_user_warnings(args.command, caught)
     except TransferError as error:
-        print(f"transfer {args.command}: error: {error}", file=sys.stderr)
+        print(f"transfer {args.command}: error: {printable(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `transfer cache ls | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -598,7 +602,7 @@ def _print_user_warnings(command: str, caught) -> None:
     warnings (Keras, TF) stay out of the user's way."""
     for warning in caught:
         if issubclass(warning.category, TransferWarning):
-            print(f"transfer {command}: warning: {warning.message}", file=sys.stderr)
+            print(f"transfer {command}: warning: {printable(warning.message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

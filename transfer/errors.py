@@ -2,20 +2,30 @@
 
 A `TransferError` carries a single line that names the bad value and what would be valid;
 the CLI prints it and exits 2 without a traceback. Anything else escaping is a bug (exit 1).
+Its message, and a `TransferWarning`'s, is made `printable` when it is made: the names it quotes
+may come from a file (a graph, a folder, a manifest, a TensorFlow error that echoes them).
 """
 from __future__ import annotations
 
 import math
 import numbers
 
+from transfer.text import printable
+
 
 class TransferError(ValueError):
     """A user error: bad path, unknown cut, wrong shape, corrupt file, unprepared dataset."""
+
+    def __init__(self, message="", *args):
+        super().__init__(printable(message), *args)
 
 
 class TransferWarning(UserWarning):
     """Something the user should know that did not stop the work (skipped image files).
     The CLI prints these as one line each."""
+
+    def __init__(self, message="", *args):
+        super().__init__(printable(message), *args)
 
 
 # Every checked value fails in one format: `NAME=VALUE (--flag) must be ...`.

@@ -11,6 +11,7 @@ from transfer.backbone import Backbone
 from transfer.feature_info import batch_mixed, feature_info
 from transfer.graph import GraphInfo, format_shape, import_graph_def
 from transfer.tables import format_table
+from transfer.text import printable
 from transfer.loading import DEFAULT_SIGNATURE, HUB_SIGNATURE, load_graph
 
 TOP_OPS = 12
@@ -92,6 +93,8 @@ def _shape(row) -> str:
 
 
 def format_report(report: dict) -> str:
+    """The report as text: every line `printable` (names come from the file), table cells
+    escaped before they are aligned."""
     lines = [
         f"{report['path']}",
         f"  {report['kind']}" + (f" (signature {report['signature']})" if report["signature"] else "")
@@ -128,7 +131,7 @@ def format_report(report: dict) -> str:
         lines += _table([("#", "scope", "ops", "weights", "frozen statistics", "parameters")] + [
             (r["index"], r["scope"], "+".join(r["ops"]), " ".join(r["weights"]), " ".join(r["statistics"]) or "-",
              r["parameters"]) for r in report["layers"]])
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
 
 
 def _blank(value) -> str:

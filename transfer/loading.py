@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import tensorflow as tf
@@ -177,6 +178,16 @@ def _looks_like_graph(graph_def) -> bool:
     return all(node.name and node.op for node in graph_def.node)
 
 
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9_.\\/>-]*")  # what tf.name_scope accepts (Keras scopes every layer)
+
+
+def _layer_names(layer):
+    """The names of a Keras model and of its layers, nested models' included."""
+    yield layer.name
+    for inner in getattr(layer, "layers", ()):
+        yield from _layer_names(inner)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
@@ -311,6 +322,13 @@ def _load_keras_file(path: Path) -> LoadedGraph:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         raise TransferError(f"{path} does not load as a Keras model: {_first_line(error)}") from None
-    frozen: FrozenGraph = freeze_keras_model(model)
+    try:
+        frozen: FrozenGraph = freeze_keras_model(model)
+    except ValueError:  # a layer name TensorFlow refuses as a scope: Keras' long, multi-line error
+        bad = next((name for name in _layer_names(model) if not _SCOPE_NAME.fullmatch(name)), None)
+        if bad is None:
+            raise
+        raise TransferError(f"{path}: layer {bad!r} has a name TensorFlow cannot trace (valid: letters, digits "
+                            f"and _ . - > /); rename the layer") from None
     return LoadedGraph(path, "Keras", frozen.graph_def, fingerprint_path(path), path.stat().st_size,
                        frozen.inputs, frozen.outputs)

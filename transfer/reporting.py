@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError
+from transfer.text import printable
 
 MODEL_FILE = "model.keras"  # a run directory's trained model (config.json beside it)
 
@@ -116,18 +117,21 @@ def plot_learning_curves(path: Path, history: dict, kept_epoch: int | None = Non
     plt.close(figure)
 
 
-def plot_confusion_matrix(path: Path, matrix, class_names, title: str) -> None:
+def plot_confusion_matrix(path: Path, matrix, class_names, title: str):
+    """The matrix with the class names on both axes; returns the (closed) figure. Class names come
+    from folder names: `printable`, and shown as they are, not as mathtext (`$...$`)."""
     plt = pyplot()
     matrix = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
     ticks = np.arange(len(class_names))
-    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axis.set_yticks(ticks, class_names)
+    names = [printable(name) for name in class_names]
+    axis.set_xticks(ticks, names, rotation=45, ha="right", parse_math=False)
+    axis.set_yticks(ticks, names, parse_math=False)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(title)
+    axis.set_title(printable(title), parse_math=False)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, str(count), ha="center", va="center",
@@ -135,3 +139,4 @@ def plot_confusion_matrix(path: Path, matrix, class_names, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return figure

@@ -40,6 +40,7 @@ from transfer.thaw_training import ThawTraining
 from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
 from transfer.training import adapt_on_features, averages_positions, train_keras, trained_with_refit
 from transfer import tables
+from transfer.text import printable
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
 # head has no training loop of its own (the scikit-learn probe).
@@ -397,10 +398,11 @@ def best_per_cut(rows: list[dict], cuts: list) -> dict:
     return {head: [per_cut[cut] for cut in cuts] for head, per_cut in best.items()}
 
 
-def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
+def _plot_cuts(path: Path, rows: list[dict], cuts: list):
     """Validation (solid) and test (dotted) accuracy per cut, deepest on the right: where the
     features transfer. One line per head, its best setting at each cut; a head that reads all
-    cuts at once (`multilayer`) is a dashed level across (its best validation accuracy)."""
+    cuts at once (`multilayer`) is a dashed level across (its best validation accuracy). Cut
+    names are `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
     plt = pyplot()
     names = short_cut_names(cuts)
     figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(cuts) + 2), 4.5))
@@ -411,11 +413,12 @@ def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
             values = [np.nan if row is None or row[f"{split}_accuracy_mean"] is None else row[f"{split}_accuracy_mean"]
                       for row in best]
             axis.plot(positions, values, style, marker="o" if split == "val" else None, color=color,
-                      label=f"{head} ({'validation' if split == 'val' else 'test'})")
+                      label=f"{printable(head)} ({'validation' if split == 'val' else 'test'})")
     for number, row in enumerate({row["head"]: row for row in reversed(rows) if row["cut"] == ALL_CUTS}.values()):
         axis.axhline(_score(row["val_accuracy_mean"]), linestyle="--", color=f"C{number + 5}",
-                     label=f"{row['head']}, all {len(cuts)} cuts (validation)")
-    axis.set_xticks(positions, [names[cut] for cut in cuts], rotation=70, ha="right", fontsize=7)
+                     label=f"{printable(row['head'])}, all {len(cuts)} cuts (validation)")
+    axis.set_xticks(positions, [printable(names[cut]) for cut in cuts], rotation=70, ha="right", fontsize=7,
+                    parse_math=False)
     axis.set_xlabel("cut, in graph order (deeper to the right)")
     axis.set_ylabel("accuracy")
     axis.set_ylim(0, 1.02)
@@ -425,6 +428,7 @@ def _plot_cuts(path: Path, rows: list[dict], cuts: list) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return figure
 
 
 def format_table(rows: list[dict]) -> str:
@@ -453,8 +457,9 @@ def short_cut_names(specs: list) -> dict:
     return {spec: "/".join(p[shared:]) for spec, p in zip(distinct, parts)}
 
 
-def _plot(path: Path, rows: list[dict]) -> None:
-    """Horizontal bars of mean validation accuracy with std error bars, best on top."""
+def _plot(path: Path, rows: list[dict]):
+    """Horizontal bars of mean validation accuracy with std error bars, best on top; the labels
+    `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
     plt = pyplot()
     shown = _varying([row["setting"] for row in rows])
     cut_names = short_cut_names([row["cut"] for row in rows])
@@ -467,7 +472,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
     axis.barh(positions, means, xerr=errors, capsize=3, color="tab:blue", alpha=0.8)
     for position, mean, error in zip(positions, means, errors):
         axis.text(mean + error + 0.01, position, f"{mean:.3f}", va="center", fontsize=8)
-    axis.set_yticks(positions, labels)
+    axis.set_yticks(positions, labels, parse_math=False)
     axis.invert_yaxis()  # rank 1 on top
     axis.set_xlim(0, 1.12)
     axis.set_xlabel("validation accuracy")
@@ -477,6 +482,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return figure
 
 
 def _varying(settings: list[dict]) -> list[str]:
@@ -496,7 +502,8 @@ def _describe(setting: dict, keys: list[str], cut_names: dict | None = None) -> 
 
 
 def _label(setting: dict, keys: list[str], cut_names: dict | None = None) -> str:
-    return f"{setting['head']} {_describe(setting, keys, cut_names)}".rstrip()
+    """A setting in one line for the terminal and plots: `printable` (cut names come from the graph)."""
+    return printable(f"{setting['head']} {_describe(setting, keys, cut_names)}".rstrip())
 
 
 def _show(value) -> str:
