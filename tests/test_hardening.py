@@ -7,6 +7,8 @@ assert exit 2, one line, no traceback, no control character, nothing written.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -267,3 +269,45 @@ def test_a_recursive_function_is_one_line_not_a_segfault(tmp_path):
         code, out, err = run_capped(tmp_path, *command)
         assert_refused(code, out, err, r"the function library calls itself \(f0 -> f1 -> f0\); refused")
     assert not (tmp_path / "work" / "run").exists()
+
+
+def test_an_escape_in_a_node_name_reaches_the_terminal_escaped(tmp_path):
+    """TensorFlow refuses the name on import and quotes it in its error: one line, escaped."""
+    graph_def = tf.compat.v1.GraphDef.FromString(open(frozen_graph(tmp_path / "g.pb", tf.identity), "rb").read())
+    evil = "evil\x1b[2J\x1b[31m\nforged line"
+    for node in graph_def.node:
+        node.name = evil if node.name == "features" else node.name
+    (tmp_path / "evil.pb").write_bytes(graph_def.SerializeToString())
+    code, out, err = run_capped(tmp_path, "fit", "--backbone", str(tmp_path / "evil.pb"), "--data",
+                                digits_npz(tmp_path), "--out", "run")
+    assert_refused(code, out, err, r"does not import as a TensorFlow graph: .*evil\\x1b\[2J\\x1b\[31m")
+    assert not (tmp_path / "work" / "run").exists()
+
+
+def test_a_pickled_shard_is_corrupt_and_never_unpickled(tmp_path):
+    from transfer.pipeline import open_inputs
+
+    cache = tmp_path / "cache"
+    entry = open_inputs("example:digits", "digits:5-9?per_class=10", cut="block2_out").extract(
+        cache, progress=False)["train"][0]
+    shard = entry.manifest["shards"][0]
+    path = entry.path / shard["features"]
+    objects = np.empty(3, dtype=object)
+    objects[:] = [_Canary(tmp_path / "unpickled")] * 3
+    np.save(path, objects, allow_pickle=True)
+    shard["features_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # only the header can tell
+    (entry.path / "manifest.json").write_text(json.dumps(entry.manifest))
+    code, out, err = run_capped(tmp_path, "cache", "verify", "--cache-dir", str(cache))
+    assert code == 3 and "Traceback" not in err, err
+    assert re.search(r"corrupt or missing shard\(s\) \[0\] \(.* holds Python objects \(a pickle\)", err), err
+    assert not (tmp_path / "unpickled").exists()
+
+
+class _Canary:
+    """Unpickling this creates the file `path`: whether a pickle was ever loaded shows on disk."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
