@@ -308,7 +308,7 @@ def test_cache_ls_verify_and_rm_show_manifest_fields_escaped(capsys, saved_model
     evil = cache_dir / key
     shutil.copytree(entry.path, evil)
     manifest = json.loads((evil / "manifest.json").read_text())
-    manifest.update(key=key, role=EVIL, dtype=f"float32{EVIL}")
+    manifest.update(key=key, role=EVIL)
     manifest["ingredients"]["backbone"]["cut"] = EVIL
     manifest["ingredients"]["pool"] = RTL
     (evil / "manifest.json").write_text(json.dumps(manifest))
@@ -316,12 +316,17 @@ def test_cache_ls_verify_and_rm_show_manifest_fields_escaped(capsys, saved_model
     code, out, _ = run(capsys, "cache", "ls", "--cache-dir", cache_dir)
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith(printable(key)))
-    assert re.search(rf"\s{re.escape(SHOWN)}\s+48\s+\(3,\)\s+float32{re.escape(SHOWN)}\s", line), line
+    assert re.search(rf"\s{re.escape(SHOWN)}\s+48\s+\(3,\)\s+float32\s", line), line
     assert re.search(rf"\s{re.escape(SHOWN)}\s+{re.escape(printable(RTL))}\s+ok$", line), line
     code, out, _ = run(capsys, "cache", "ls", "--cache-dir", cache_dir, "--json")
     assert code == 0
     row = next(row for row in json.loads(out) if row["key"] == key)
     assert (row["role"], row["cut"], row["pool"]) == (EVIL, EVIL, RTL)
+
+    (evil / "manifest.json").write_text(json.dumps({**manifest, "dtype": f"float32{EVIL}"}))  # no dtype of ours
+    err = user_error(capsys, "cache", "ls", "--cache-dir", cache_dir)
+    assert f"'dtype' is 'float32{SHOWN}'" in err
+    (evil / "manifest.json").write_text(json.dumps(manifest))
 
     next(evil.glob("features-*.npy")).write_bytes(b"corrupt")
     code, out, err = run(capsys, "cache", "verify", "--cache-dir", cache_dir)
