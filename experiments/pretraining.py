@@ -8,7 +8,7 @@ import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 
 from transfer.files import write_atomic
-from transfer.freezing import freeze_keras_model
+from transfer.graph.freezing import freeze_keras_model
 
 
 def pretrain_and_freeze(backbone: keras.Model, num_classes: int, train: tuple, test: tuple, out: Path,

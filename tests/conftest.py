@@ -41,7 +41,7 @@ def freeze_to_pb(model, path: Path, input_name: str = "image") -> Path:
 def feature_model(inputs, features=None) -> keras.Model:
     """Raw examples -> features as a Keras model (preprocessing + FeatureLayer): the reference
     that extraction (`Inputs.feature_batch`) must match."""
-    from transfer.model import build_classifier
+    from transfer.layers.model import build_classifier
 
     return build_classifier(features or inputs.feature_layer(), keras.layers.Identity(), inputs.kind,
                             name="feature_extractor")

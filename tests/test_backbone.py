@@ -198,7 +198,7 @@ def test_a_keras_backbone_frozen_with_its_head_is_cut_at_the_name_given(tmp_path
     the backbone's output is a cut by that name, equal to the Keras backbone's output."""
     import keras
 
-    from transfer.freezing import freeze_keras_model
+    from transfer.graph.freezing import freeze_keras_model
 
     image = keras.Input((8, 8, 1), name="pixels")
     backbone = keras.Model(image, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image)))

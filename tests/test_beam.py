@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 from transfer import datasets
-from transfer.cache import FeatureCache
-from transfer.cli import main
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
 from transfer.errors import TransferError, TransferWarning
-from transfer.pipeline import open_inputs
-from transfer.runners import BeamRunner, get_runner
+from transfer.features.inputs import open_inputs
+from transfer.features.runners import BeamRunner, get_runner
 
 DATA = "digits:5-9?per_class=10"
 TWO_WORKERS = {"direct_num_workers": "2", "direct_running_mode": "multi_processing"}
@@ -101,7 +101,7 @@ def test_fit_and_a_thawed_sweep_extract_on_beam(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0
     assert stamps(tmp_path / "cache") == before
     inputs = open_inputs("example:digits", DATA, cut="block2_out")
-    from transfer.thawing import ThawedFeatureLayer
+    from transfer.layers.thawing import ThawedFeatureLayer
 
     layer = ThawedFeatureLayer(inputs.backbone, last=1)
     inputs.cached_prefix(layer, tmp_path / "prefix-plain", progress=False)
@@ -233,7 +233,7 @@ def test_bad_runner_and_beam_options(capsys):
 
 
 def test_beam_missing_is_one_line_saying_what_to_install(tmp_path):
-    code = ("import sys; sys.modules['apache_beam'] = None; from transfer.cli import main; "
+    code = ("import sys; sys.modules['apache_beam'] = None; from transfer.cli.main import main; "
             f"sys.exit(main(['extract', '--backbone', 'example:digits', '--data', {DATA!r}, '--runner', 'beam']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == (

@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from transfer import cache as cache_module
-from transfer.cache import FeatureCache
-from transfer.cli import main
+from transfer.features import cache as cache_module
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
 from transfer.errors import TransferError
-from transfer.pipeline import open_inputs
+from transfer.features.inputs import open_inputs
 
 from conftest import feature_model
 
@@ -69,7 +69,7 @@ def test_every_ingredient_changes_the_key(tmp_path, tiny):
 
 
 def test_changed_backbone_file_is_a_new_entry(tmp_path):
-    from transfer.loading import EXAMPLES_DIR
+    from transfer.graph.loading import EXAMPLES_DIR
 
     copy = tmp_path / "digits.pb"
     shutil.copy(EXAMPLES_DIR / "digits.pb", copy)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from transfer import Backbone, TransferError
-from transfer.cli import main
+from transfer.cli.main import main
 
 
 def run_cli(capsys, *argv):
@@ -231,7 +231,7 @@ def test_usage_errors_exit_2(capsys):
 def test_readme_quick_start_is_the_cli_main_job_and_ci_runs_the_test_command():
     from pathlib import Path
 
-    from transfer.cli import MAIN_JOB
+    from transfer.cli.main import MAIN_JOB
 
     root = Path(__file__).resolve().parents[1]
     quick_start = (root / "README.md").read_text().split("```bash")[1].split("```")[0].strip().splitlines()
@@ -242,7 +242,7 @@ def test_readme_quick_start_is_the_cli_main_job_and_ci_runs_the_test_command():
 def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
     import shlex
 
-    from transfer.cli import MAIN_JOB
+    from transfer.cli.main import MAIN_JOB
 
     argv = shlex.split(MAIN_JOB)[1:] + ["--out", str(tmp_path / "run")]
     assert main(argv) == 0

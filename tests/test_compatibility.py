@@ -12,7 +12,7 @@ import pytest
 import transfer  # noqa: F401  (pins the Keras backend; registers the Keras classes)
 import keras
 
-from transfer.cli import main
+from transfer.cli.main import main
 
 WRITTEN = Path(__file__).parent / "fixtures" / "written_before_rooms"
 WHERE_WRITTEN = Path("/tmp/transfer-compat-fixture")  # cache keys hold the data file's absolute path
@@ -33,7 +33,7 @@ def test_an_old_run_directory_loads_and_predicts_the_same(run, tmp_path, capsys)
 
 
 def test_an_old_cache_keeps_its_keys_and_is_not_extracted_again(tmp_path):
-    from transfer.pipeline import open_inputs
+    from transfer.features.inputs import open_inputs
 
     if WHERE_WRITTEN.exists():
         shutil.rmtree(WHERE_WRITTEN)

@@ -17,8 +17,8 @@ import tensorflow as tf
 import keras
 import transfer
 
-from transfer import distribute
-from transfer.cli import STRATEGIES, main
+from transfer.training import distribute
+from transfer.cli.main import STRATEGIES, main
 from transfer.errors import TransferError
 
 DIGITS = "digits:5-9?per_class=10"
@@ -51,7 +51,7 @@ def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras, numpy as np, transfer
-        from transfer.distribute import fit_model
+        from transfer.training.distribute import fit_model
 
         def run(strategy):
             result = transfer.fit("example:digits", "digits:5-9?per_class=20", cut="block2_out", head="linear",
@@ -79,7 +79,7 @@ def test_mirrored_over_two_logical_cpus_learns_as_well_as_one_device(tmp_path):
             moved = max(float(np.abs(t - w.numpy()).max()) for t, w in zip(trained, layer.thawed_weights))
             return {"moved": moved, "stages": result.history["stage"]}
 
-        mirrored = transfer.distribute.strategy_named("mirrored")
+        mirrored = transfer.training.distribute.strategy_named("mirrored")
         print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "one": run("default"),
                           "two": run(mirrored), "weights_one": unshuffled(tf.distribute.get_strategy()),
                           "weights_two": unshuffled(mirrored), "thawed": thawed(mirrored)}))
@@ -318,7 +318,7 @@ def test_a_worker_whose_address_is_taken_says_so():
         hosts = [f"127.0.0.1:{taken.getsockname()[1]}", f"127.0.0.1:{free_ports(1)[0]}"]
         done = run_python("""
             import transfer
-            from transfer.distribute import strategy_named
+            from transfer.training.distribute import strategy_named
             try:
                 strategy_named("multiworker")
             except transfer.TransferError as error:
@@ -348,7 +348,7 @@ def test_multiworker_after_tensorflow_started_says_how_to_pass_a_strategy():
     gets one line saying what to do instead of TF's RuntimeError."""
     done = run_python("""
         import json, tensorflow as tf, transfer
-        from transfer.distribute import strategy_named
+        from transfer.training.distribute import strategy_named
         tf.constant(1.0) + 1
         try:
             strategy_named("multiworker")

@@ -12,7 +12,7 @@ import transfer  # noqa: F401  (pins the Keras backend)
 import tensorflow as tf
 
 from transfer import Backbone, TransferError
-from transfer.engines import OnnxRuntime, choose_engine, convert
+from transfer.features.engines import OnnxRuntime, choose_engine, convert
 from transfer.errors import TransferWarning
 
 
@@ -90,8 +90,8 @@ def test_unknown_engine_names_the_valid_ones(tiny):
 
 
 def test_extract_fit_and_sweep_take_the_engine_and_it_is_part_of_the_cache_key(tmp_path, capsys):
-    from transfer.cache import FeatureCache
-    from transfer.cli import main
+    from transfer.features.cache import FeatureCache
+    from transfer.cli.main import main
 
     cache = tmp_path / "cache"
     common = ["--backbone", "example:digits", "--cut", "block2_out", "--data", "digits:5-9?per_class=10",
@@ -130,8 +130,8 @@ def test_feature_extractor_takes_the_engine(tiny, images):
 def test_cuts_pooled_under_onnxruntime_agree_with_tensorflow(tmp_path, capsys):
     """`--pool avg` with ONNX Runtime pools after its run (outside the traced function) and
     stores what TensorFlow's pass stores, pooled in its trace."""
-    from transfer.cache import FeatureCache
-    from transfer.cli import main
+    from transfer.features.cache import FeatureCache
+    from transfer.cli.main import main
 
     cache = tmp_path / "cache"
     common = ["--backbone", "example:digits", "--cut", "block1_out,block2_out", "--data", "digits:5-9?per_class=10",

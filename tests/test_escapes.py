@@ -21,11 +21,11 @@ import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
 
-from transfer.cache import FeatureCache
-from transfer.cli import main
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
 from transfer.errors import TransferError, TransferWarning
-from transfer.reporting import plot_confusion_matrix
-from transfer.sweep import _plot, _plot_cuts
+from transfer.training.reporting import plot_confusion_matrix
+from transfer.sweep.sweeping import _plot, _plot_cuts
 from transfer.text import printable
 
 EVIL = "evil\x1b[2J\x1b[31m\nforged"  # clears the screen, turns it red, forges a line

@@ -6,8 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 
-from transfer.estimators import FeatureExtractor
-from transfer.pipeline import open_inputs
+from transfer.features.estimators import FeatureExtractor
+from transfer.features.inputs import open_inputs
 
 from conftest import feature_model
 

@@ -13,10 +13,10 @@ import tensorflow as tf
 import keras
 import transfer
 from transfer import Backbone, FeatureLayer, heads
-from transfer.cli import main
+from transfer.cli.main import main
 from transfer.heads.sklearn_probe import probe_as_head
-from transfer.reporting import run_directory
-from transfer.pipeline import resolve_preprocessing
+from transfer.training.reporting import run_directory
+from transfer.features.inputs import resolve_preprocessing
 
 DIGITS = "digits:5-9?per_class=10"
 FLATTEN = {"pooling": "flatten"}
@@ -95,7 +95,7 @@ def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
 
 def test_exports_reproduce_in_process_predictions(digits_run):
     result, _ = digits_run
-    from transfer.model import model_parts
+    from transfer.layers.model import model_parts
 
     assert model_parts(result.model)[2].adapted  # the exports must carry the head's standardization
     images = np.stack([x for x, _ in transfer.datasets.load("digits:5-9", validation_split=0).train.take(16)])
@@ -160,7 +160,7 @@ def test_every_training_path_adapts_the_head_on_the_features_it_sees(tmp_path):
     """Raw examples through the backbone, cached features, and with a thaw (from raw examples or
     from the cached prefix outputs): the head's standardization holds the mean and variance of the
     training split's features at the start of training (a thaw's are the pretrained ones)."""
-    from transfer.model import model_parts
+    from transfer.layers.model import model_parts
 
     common = dict(cut="block2_out", head="conv", head_options={"filters": 4}, epochs=1, patience=None,
                   export=(), verbose=0)
@@ -377,7 +377,7 @@ def test_some_unreadable_images_are_skipped_with_a_one_line_warning(capsys, tiny
 
 
 def test_fit_from_the_feature_cache_trains_the_same_head_without_the_backbone(tmp_path):
-    from transfer.cache import FeatureCache
+    from transfer.features.cache import FeatureCache
 
     cached = transfer.fit("example:digits", DIGITS, cut="block2_out", head="linear", head_options=FLATTEN,
                           epochs=25, lr=0.01, cache_dir=tmp_path / "cache", out=tmp_path / "run", verbose=0)
@@ -448,7 +448,7 @@ def test_inputs_on_another_scale_than_the_training_data_are_warned_about(digits_
 
 
 def test_a_head_adapts_on_examples_spread_over_a_split_stored_class_by_class():
-    from transfer.training import spread_sample
+    from transfer.training.fitting import spread_sample
 
     labels = np.repeat(np.arange(5), 1000)  # sorted by class, as an image folder is
     stream = tf.data.Dataset.from_tensor_slices(labels)

@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from transfer import Backbone
 from transfer.errors import TransferError
-from transfer.memory import available_memory, memory_limit, parse_size
-from transfer.safety import MAX_CALL_DEPTH, check_library, check_ops
+from transfer.graph.memory import available_memory, memory_limit, parse_size
+from transfer.graph.safety import MAX_CALL_DEPTH, check_library, check_ops
 
 FLOAT = tf.float32.as_datatype_enum
 CAP_GIB = 8  # the child's address space: TensorFlow starts in ~3 GiB of it
@@ -105,7 +105,7 @@ def test_the_limit_follows_the_memory_available_and_max_memory_moves_it(tmp_path
 
 def test_ordinary_backbones_pass_with_their_real_peak(tiny):
     backbone = Backbone.load(tiny.path, cut="auto")
-    from transfer.memory import check_cut_memory
+    from transfer.graph.memory import check_cut_memory
 
     ops = backbone.info.ancestors([backbone.cuts[0].tensor.op])
     peak = check_cut_memory(backbone.info.graph, {}, ops, None, "", "tiny")
@@ -219,7 +219,7 @@ def test_a_library_without_cycles_still_loads_and_runs(tmp_path):
 CHILD = textwrap.dedent(f"""
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, ({CAP_GIB} * 2**30, {CAP_GIB} * 2**30))
-    from transfer.cli import main
+    from transfer.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -285,7 +285,7 @@ def test_an_escape_in_a_node_name_reaches_the_terminal_escaped(tmp_path):
 
 
 def test_a_pickled_shard_is_corrupt_and_never_unpickled(tmp_path):
-    from transfer.pipeline import open_inputs
+    from transfer.features.inputs import open_inputs
 
     cache = tmp_path / "cache"
     entry = open_inputs("example:digits", "digits:5-9?per_class=10", cut="block2_out").extract(

@@ -12,8 +12,8 @@ from conftest import extra_inputs_graph
 import keras
 import transfer
 from transfer import Backbone, FeatureLayer, TransferError
-from transfer.cli import main
-from transfer.estimators import FeatureExtractor
+from transfer.cli.main import main
+from transfer.features.estimators import FeatureExtractor
 
 IMAGE_HINT = r"input 'DecodeJpeg/contents' is a string scalar .*the image enters the network at 'Mul' .*--inputs Mul"
 

@@ -11,9 +11,9 @@ import tensorflow as tf  # noqa: E402
 
 from transfer.heads import MultiLayerHead, available, choose_multilayer, get  # noqa: E402
 from transfer.heads.multilayer import GridPooling  # noqa: E402
-from transfer.model import head_model, model_parts  # noqa: E402
-from transfer.pipeline import FeatureSplits  # noqa: E402
-from transfer.sweep import expand_grid, train_setting  # noqa: E402
+from transfer.layers.model import head_model, model_parts  # noqa: E402
+from transfer.features.inputs import FeatureSplits  # noqa: E402
+from transfer.sweep.sweeping import expand_grid, train_setting  # noqa: E402
 
 NUM_CLASSES = 3
 SHAPES = [(4, 4, 6), (10,), (5, 7)]  # a map, vectors, a sequence: the informative one is input 1
@@ -295,7 +295,7 @@ def test_fit_with_thaw_on_several_cuts_from_the_cache_keeps_the_trained_values_o
     strong penalty drops block1_out, and the recut layer keeps the trained thawed values."""
     import transfer
     from transfer import Backbone
-    from transfer.cache import FeatureCache
+    from transfer.features.cache import FeatureCache
 
     result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=CUTS, head="multilayer",
                           head_options={"strength": 0.1}, thaw=2, epochs=20, lr=0.01, cache_dir=tmp_path / "cache",
@@ -314,7 +314,7 @@ def test_fit_with_thaw_on_several_cuts_from_the_cache_keeps_the_trained_values_o
 
 def test_fit_several_cuts_bad_input(tmp_path, capsys):
     import transfer
-    from transfer.cli import main
+    from transfer.cli.main import main
 
     code = main(["fit", "--backbone", "example:digits", "--data", "digits:5-9?per_class=10", "--cut",
                  "block1_out,block2_out", "--head", "multilayer", "--thaw", "11", "--out", str(tmp_path / "run")])

@@ -14,11 +14,11 @@ import tensorflow_datasets as tfds
 
 import transfer
 from transfer import Backbone
-from transfer.cache import FeatureCache
-from transfer.cli import main
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
 from transfer.errors import TransferError
-from transfer.pipeline import open_inputs
-from transfer.sweep import sweep
+from transfer.features.inputs import open_inputs
+from transfer.sweep.sweeping import sweep
 
 
 def tones(count: int, length: int = 1024, seed: int = 0):
@@ -273,7 +273,7 @@ def test_an_input_of_unknown_rank_takes_the_datas_shape(tmp_path):
 
 
 def test_feature_extractor_takes_the_backbones_arrays(tokens):
-    from transfer.estimators import FeatureExtractor
+    from transfer.features.estimators import FeatureExtractor
 
     x, _ = sentences(12)
     features = FeatureExtractor(tokens.path).fit(x).transform(x)  # int64 ids, cast to the input's int32

@@ -22,7 +22,7 @@ def test_wheel_maps_heads_and_datasets_under_transfer(tmp_path):
     assert "transfer/examples/digits.pb" in names
     assert not [n for n in names if n.startswith(("heads/", "datasets/"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "transfer = transfer.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "transfer = transfer.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_editable_install_imports_the_mapped_packages():

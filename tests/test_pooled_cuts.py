@@ -1,4 +1,4 @@
-"""Cuts averaged inside the backbone's function (`transfer.pooled_cuts`): averages of cuts that
+"""Cuts averaged inside the backbone's function (`transfer.features.pooled_cuts`): averages of cuts that
 are per-channel affine functions of other extracted cuts are derived from theirs, and equal the
 averages computed from the full maps; anything else is computed."""
 import numpy as np
@@ -7,8 +7,8 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer import Backbone
-from transfer.extraction import _pooled_function
-from transfer.pooled_cuts import derived_averages, pool_positions
+from transfer.features.extraction import _pooled_function
+from transfer.features.pooled_cuts import derived_averages, pool_positions
 
 
 @pytest.fixture(scope="module")

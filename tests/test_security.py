@@ -21,12 +21,12 @@ import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
 from transfer import Backbone, FeatureLayer
-from transfer.cli import main
+from transfer.cli.main import main
 from transfer.errors import TransferError
-from transfer.inspection import inspect_graph
-from transfer.loading import load_graph
-from transfer.op_allowlist import ALLOWED_OPS, RESTORE_OPS
-from transfer.safety import check_ops
+from transfer.graph.inspection import inspect_graph
+from transfer.graph.loading import load_graph
+from transfer.graph.op_allowlist import ALLOWED_OPS, RESTORE_OPS
+from transfer.graph.safety import check_ops
 
 BATCH = np.ones((2, 4), np.float32)
 

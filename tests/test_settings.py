@@ -5,10 +5,10 @@ import json
 import pytest
 
 import transfer
-from transfer.cli import build_parser, main
+from transfer.cli.main import build_parser, main
 from transfer.errors import TransferError
-from transfer.settings import FIELDS, TrainingSettings, default
-from transfer.sweep import TRAINING_AXES
+from transfer.training.settings import FIELDS, TrainingSettings, default
+from transfer.sweep.sweeping import TRAINING_AXES
 
 DIGITS = "digits:5-9?per_class=10"
 

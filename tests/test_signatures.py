@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from transfer import Backbone
-from transfer.loading import load_graph
+from transfer.graph.loading import load_graph
 from test_cli import assert_user_error, run_cli
 
 

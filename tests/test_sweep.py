@@ -10,8 +10,8 @@ from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
 
 import tensorflow as tf  # noqa: E402
 
-from transfer.journal import JOURNAL, TrialJournal  # noqa: E402
-from transfer.sweep import (CSV_COLUMNS, FeatureSplits, expand_grid, format_table, load_grid,  # noqa: E402
+from transfer.sweep.journal import JOURNAL, TrialJournal  # noqa: E402
+from transfer.sweep.sweeping import (CSV_COLUMNS, FeatureSplits, expand_grid, format_table, load_grid,  # noqa: E402
                             run_sweep, train_setting, write_sweep)
 
 CLASSES = ["a", "b", "c"]

@@ -12,9 +12,9 @@ import pytest
 
 import transfer
 from transfer import Backbone
-from transfer.cache import FeatureCache
-from transfer.cli import main
-from transfer.journal import finished_trials
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
+from transfer.sweep.journal import finished_trials
 
 DATA = "digits:5-9?per_class=10"
 
@@ -148,7 +148,7 @@ def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     backbone = Backbone.load("example:digits", cut="candidates")
     assert sorted(row["cut"] for row in rows) == sorted(c.spec for c in backbone.cuts) and len(rows) == 22
-    from transfer.sweep import best_per_cut
+    from transfer.sweep.sweeping import best_per_cut
 
     order = json.loads((tmp_path / "sweep/config.json").read_text())["cuts"]
     assert order[0].endswith("scale_1/add:0") and order[-1] == "Identity:0"

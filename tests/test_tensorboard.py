@@ -9,9 +9,9 @@ from tensorboard.backend.event_processing.event_accumulator import TENSORS, Even
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import transfer
-from transfer.cli import main
+from transfer.cli.main import main
 from transfer.errors import TransferError
-from transfer.sweep import sweep
+from transfer.sweep.sweeping import sweep
 
 DIGITS = "digits:5-9?per_class=10"
 
@@ -104,7 +104,7 @@ def test_sweep_writes_hparams_that_tensorboard_compares(tmp_path):
 
 def test_sweep_without_the_tensorboard_package_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['tensorboard'] = None\n"
-              "from transfer.cli import main\n"
+              "from transfer.cli.main import main\n"
               f"sys.exit(main(['sweep', '--backbone', 'example:digits', '--data', '{DIGITS}', '--tensorboard',"
               f" '--out', '{tmp_path / 'sweep'}']))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -9,12 +9,12 @@ import tensorflow as tf
 import keras
 import transfer
 from transfer import Backbone, TransferError
-from transfer.cache import FeatureCache
-from transfer.cli import main
-from transfer.export import export_frozen_graph
-from transfer.layer import FeatureLayer
-from transfer.pipeline import open_inputs
-from transfer.thawing import describe_layers, thaw
+from transfer.features.cache import FeatureCache
+from transfer.cli.main import main
+from transfer.layers.export import export_frozen_graph
+from transfer.layers.feature_layer import FeatureLayer
+from transfer.features.inputs import open_inputs
+from transfer.layers.thawing import describe_layers, thaw
 
 from conftest import feature_model
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 import keras
 import transfer
 from transfer import GradualUnfreezing, GroupedOptimizer, TransferError, TwoStageSchedule, thaw
-from transfer.cli import main
+from transfer.cli.main import main
 
 LR = 0.1
 LABELS = np.arange(6) % 2

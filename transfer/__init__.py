@@ -13,11 +13,12 @@ from transfer.errors import TransferError
 ensure_tensorflow_backend()
 
 _PUBLIC = {  # name -> module: the API, imported with TensorFlow
-    "heads": None, "Backbone": "backbone", "GradualUnfreezing": "callbacks", "TwoStageSchedule": "callbacks",
-    "FeatureExtractor": "estimators", "inspect_graph": "inspection", "FeatureLayer": "layer",
-    "PreprocessingLayer": "model", "GroupedOptimizer": "optimizers", "evaluate": "prediction",
-    "predict": "prediction", "ThawedFeatureLayer": "thawing", "thaw": "thawing",
-    "ReleaseTracedSteps": "trace_memory", "fit": "training", "TrainingSettings": "settings",
+    "heads": None, "Backbone": "graph.backbone", "inspect_graph": "graph.inspection",
+    "FeatureLayer": "layers.feature_layer", "PreprocessingLayer": "layers.model",
+    "ThawedFeatureLayer": "layers.thawing", "thaw": "layers.thawing", "FeatureExtractor": "features.estimators",
+    "GradualUnfreezing": "training.callbacks", "TwoStageSchedule": "training.callbacks",
+    "GroupedOptimizer": "training.optimizers", "evaluate": "training.prediction", "predict": "training.prediction",
+    "ReleaseTracedSteps": "training.trace_memory", "fit": "training.fitting", "TrainingSettings": "training.settings",
 }
 
 

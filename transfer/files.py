@@ -13,7 +13,7 @@ from transfer.errors import TransferError
 def write_atomic(path: Path, data: bytes, full_disk_hint: str = "") -> str:
     """Write `data` to `path` so that a reader never sees half of it; return its SHA-256.
     `full_disk_hint` ends the error when the disk is full (what the user keeps, what to do).
-    `path` may be a `transfer.storage.RemotePath` (a tf.io.gfile location): its own temporary
+    `path` may be a `transfer.features.storage.RemotePath` (a tf.io.gfile location): its own temporary
     name and rename, no fsync."""
     if not isinstance(path, Path):
         try:

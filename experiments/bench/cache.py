@@ -4,7 +4,7 @@ Network: keras.applications.ResNet50 (weights=None, 64×64×3 input, 10 classes)
 .pb and cut at `auto` (avg_pool, 2048 features). Data: scikit-learn's digits, upsampled to
 64×64 RGB (0..255), written as `.npz` files (arrays x, y, and x_test, y_test where a test
 split is wanted) and as PNG folders. Parts:
-  (a) a sweep of 8 head settings with the cache (`transfer.sweep.sweep`, empty cache, so the one
+  (a) a sweep of 8 head settings with the cache (`transfer.sweep.sweeping.sweep`, empty cache, so the one
       extraction is timed) against the same 8 settings as 8 `transfer.fit` calls without it;
   (b) one training epoch of a linear head fed from a cache entry on disk against the same
       features in memory (`from_tensor_slices`), plus plain iteration without a model;
@@ -40,13 +40,13 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer import Backbone, heads
-from transfer.cache import FORMAT_VERSION, MANIFEST, SHARD_BYTES, Entry, FeatureCache, _write_atomic
-from transfer.pipeline import FeatureSplits, open_inputs
-from transfer.sweep import expand_grid, sweep
+from transfer.features.cache import FORMAT_VERSION, MANIFEST, SHARD_BYTES, Entry, FeatureCache, _write_atomic
+from transfer.features.inputs import FeatureSplits, open_inputs
+from transfer.sweep.sweeping import expand_grid, sweep
 
 SIZE = 64  # image height and width
 FEATURES = 2048  # ResNet50's avg_pool
-CLI = "import sys; from transfer.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from transfer.cli.main import main; sys.exit(main(sys.argv[1:]))"
 # Keras says this at the end of every epoch over a dataset of unknown length (the cache's streams).
 warnings.filterwarnings("ignore", message="Your input ran out of data")
 
@@ -161,7 +161,7 @@ def bench_sweep(pb_path: Path, spec: str, cache_dir: Path, epochs: int) -> None:
           ["variant", "seconds", "per setting", "speed-up"],
           [["8 x transfer.fit without cache (backbone every epoch)", f"{plain_seconds:.1f}",
             f"{plain_seconds / len(settings):.1f}", ratio(1)],
-           ["transfer.sweep.sweep, empty cache (1 extraction + 8 heads)", f"{cached_seconds:.1f}",
+           ["transfer.sweep.sweeping.sweep, empty cache (1 extraction + 8 heads)", f"{cached_seconds:.1f}",
             f"{cached_seconds / len(settings):.1f}", ratio(plain_seconds / cached_seconds)]])
     sizes = transfer.datasets.load(spec).sizes
     once = sizes["train"] + sizes["validation"] + sizes["test"]

@@ -31,8 +31,8 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer import Backbone
-from transfer.pipeline import open_inputs
-from transfer.sweep import sweep
+from transfer.features.inputs import open_inputs
+from transfer.sweep.sweeping import sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cache import table, timed  # noqa: E402  (the benchmarks' shared printing)

@@ -27,14 +27,14 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer import Backbone
-from transfer.engines import OnnxRuntime, agreement
+from transfer.features.engines import OnnxRuntime, agreement
 
 NETWORKS = {"ResNet50": keras.applications.ResNet50, "MobileNetV2": keras.applications.MobileNetV2}
 CONVERT_IN_CHILD = """
 import resource, sys, time
 import transfer
 from transfer import Backbone
-from transfer.engines import OnnxRuntime
+from transfer.features.engines import OnnxRuntime
 backbone = Backbone.load(sys.argv[1], cut="auto")
 start = time.perf_counter()
 OnnxRuntime.for_backbone(backbone, sys.argv[2])

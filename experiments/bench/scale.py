@@ -42,7 +42,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 SIZE, REPEATS, SHARD = 128, 4, 512
-CLI = "import sys; from transfer.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from transfer.cli.main import main; sys.exit(main(sys.argv[1:]))"
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 VARIANTS = {  # name: (flags, environment, workers)
     "plain": ([], ONE_THREAD, 1),

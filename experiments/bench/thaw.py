@@ -27,7 +27,7 @@ import numpy as np
 
 import transfer
 import keras
-from transfer.pipeline import open_inputs
+from transfer.features.inputs import open_inputs
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from transfer.sweep import sweep
+from transfer.sweep.sweeping import sweep
 
 DATA = "digits:5-9?per_class=10"
 COMMON = dict(repeats=3, epochs=60, lr=0.01, export=(), progress=False)

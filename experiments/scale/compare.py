@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from transfer.freezing import freeze_function
+from transfer.graph.freezing import freeze_function
 
 CUT = "small_features"
 MEANS = (0.046,)  # the mean of the features in the issue

@@ -14,15 +14,15 @@ import warnings
 
 from transfer._version import __version__
 from transfer.errors import TransferError, TransferWarning
-from transfer.memory import memory_errors, parse_size
-from transfer.settings import FIELDS as SETTINGS
-from transfer.settings import OPTIMIZERS, TrainingSettings, default
+from transfer.graph.memory import memory_errors, parse_size
+from transfer.training.settings import FIELDS as SETTINGS
+from transfer.training.settings import OPTIMIZERS, TrainingSettings, default
 from transfer.text import printable
 
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
-ENGINES = ("tf", "onnxruntime", "auto")  # transfer.engines.ENGINES, named here without importing TensorFlow
-STRATEGIES = ("default", "mirrored", "multiworker")  # transfer.distribute.STRATEGIES, likewise
-RUNNERS = ("local", "beam")  # transfer.runners.RUNNERS
+ENGINES = ("tf", "onnxruntime", "auto")  # transfer.features.engines.ENGINES, named here without importing TensorFlow
+STRATEGIES = ("default", "mirrored", "multiworker")  # transfer.training.distribute.STRATEGIES, likewise
+RUNNERS = ("local", "beam")  # transfer.features.runners.RUNNERS
 CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
 
 MAIN_JOB = ("transfer fit --backbone example:digits --cut block2_out --head linear --head-opt pooling=flatten "
@@ -92,7 +92,7 @@ def _load_tensorflow() -> None:
 
 
 def cmd_inspect(args) -> int:
-    from transfer.inspection import format_report, inspect_graph
+    from transfer.graph.inspection import format_report, inspect_graph
 
     report = inspect_graph(args.backbone_path or args.backbone, signature=args.signature, all_tensors=args.all,
                            cut=args.cut or ("auto" if args.layers else None), layers=args.layers,
@@ -102,7 +102,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from transfer.training import default_run_dir, fit
+    from transfer.training.fitting import default_run_dir, fit
 
     out = args.out or default_run_dir("fit")
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
@@ -126,7 +126,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from transfer.pipeline import open_inputs
+    from transfer.features.inputs import open_inputs
 
     inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
                          validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
@@ -138,7 +138,7 @@ def cmd_extract(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        from transfer.cache import FeatureCache
+        from transfer.features.cache import FeatureCache
 
         print(f"cache {printable(FeatureCache(args.cache_dir).root)}:")
         print(_entry_table(rows))
@@ -146,7 +146,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from transfer.cache import FeatureCache
+    from transfer.features.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     if args.action == "rm" and not args.keys and not args.all:
@@ -198,8 +198,8 @@ def _entry_table(rows) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from transfer.sweep import format_table, sweep
-    from transfer.training import default_run_dir
+    from transfer.sweep.sweeping import format_table, sweep
+    from transfer.training.fitting import default_run_dir
 
     axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",
                                                 "thaw_weight_decay", "unfreeze_every", "head_epochs")
@@ -241,7 +241,7 @@ def _choices(cast):
 
 
 def cmd_evaluate(args) -> int:
-    from transfer.prediction import evaluate
+    from transfer.training.prediction import evaluate
 
     metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size, split=args.split)
     if args.json:
@@ -258,7 +258,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from transfer.prediction import predict
+    from transfer.training.prediction import predict
 
     results = predict(args.run, args.images, top_k=args.top_k)
     if args.json:
@@ -457,7 +457,7 @@ def _add_training_arguments(fit) -> None:
 
 
 def _add_strategy_argument(parser) -> None:
-    """Where training runs (`transfer.distribute`): the same flag on fit and sweep."""
+    """Where training runs (`transfer.training.distribute`): the same flag on fit and sweep."""
     parser.add_argument("--strategy", default="default", choices=STRATEGIES,
                         help="where training runs: default (one device), mirrored (every GPU, else every logical "
                         "CPU, of this machine) or multiworker (the machines in $TF_CONFIG; the chief writes the "
@@ -578,7 +578,7 @@ def main(argv=None) -> int:
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")
     try:
         if hasattr(args, "runner"):  # where extraction runs: a bad --beam-option is said before TensorFlow loads
-            from transfer.runners import get_runner
+            from transfer.features.runners import get_runner
 
             args.runner = get_runner(args.runner, args.beam_option)
         if args.command not in COMMANDS_WITHOUT_TENSORFLOW:

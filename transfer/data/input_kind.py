@@ -1,6 +1,6 @@
 """How a run's raw examples reach the backbone's input: as images, or as arrays as they are.
 
-The choice is made once per run (`transfer.pipeline.input_kind`, README "Non-image inputs"),
+The choice is made once per run (`transfer.features.inputs.input_kind`, README "Non-image inputs"),
 recorded in config.json, and then asked of this object by everything that touches raw
 examples: the tf.data pipelines, the Keras model's first layer, the feature cache's key, the
 exports, `evaluate` and `predict`. No other module branches on what the input is.
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
 from transfer.errors import TransferError
-from transfer.model import PreprocessingLayer
+from transfer.layers.model import PreprocessingLayer
 
 
 class ImageInput:

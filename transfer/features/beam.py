@@ -6,7 +6,7 @@ as a plain pass would (extraction batch, shard size: from one example's features
 is missing into shard tasks (`FeatureCache.plan`: per split and shard index, shards aligned to
 whole extraction batches). The pipeline spreads the tasks over the workers; each worker rebuilds
 the extraction once from plain data (`DoFn.setup`: backbone, cut, data, engine) and computes its
-shards with the cache's atomic writes and checksums (`transfer.cache.extract_shard`); one final
+shards with the cache's atomic writes and checksums (`transfer.features.cache.extract_shard`); one final
 step lists them in each manifest (`FeatureCache.finish`). A rerun skips every finished shard.
 
 Why a DoFn with `setup`, not `RunInference`: RunInference's elements are single examples that
@@ -25,17 +25,17 @@ import re
 import sys
 import threading
 
-from transfer.runners import beam_value, import_beam
+from transfer.features.runners import beam_value, import_beam
 
 import_beam()
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from transfer._backend import parked_stderr  # noqa: E402
-from transfer.cache import FINISHED, FeatureCache, entry_key, extract_shard  # noqa: E402
+from transfer.features.cache import FINISHED, FeatureCache, entry_key, extract_shard  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
-from transfer.extraction import Extraction  # noqa: E402
-from transfer.storage import location  # noqa: E402
+from transfer.features.extraction import Extraction  # noqa: E402
+from transfer.features.storage import location  # noqa: E402
 
 WORKER_LOST = ("Channel closed prematurely", "Worker subprocess exited")  # the DirectRunner's words for it
 QUIET_WORKERS = {"default_sdk_harness_log_level": "WARNING"}  # a worker process logs every channel it opens

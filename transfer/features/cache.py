@@ -5,7 +5,7 @@ everything that decides the features (graph bytes, cut, inputs, preprocessing, p
 data's identity and split, the stored dtype, the engine), so a changed ingredient is a new
 entry, never stale features; several cuts extracted in one pass are one entry each, so adding a
 cut later extracts only that cut. What to extract comes from an extractor
-(`transfer.extraction.Extraction`): this module knows files, not backbones.
+(`transfer.features.extraction.Extraction`): this module knows files, not backbones.
 
 Batch-size independence: an entry records the extraction batch it was started with and keeps
 it when resumed or repaired, so its shards are computed from the same batches whatever the
@@ -17,12 +17,12 @@ finished shard, and a corrupt shard is found by its checksum and extracted again
 exclusive lock per entry lets two processes share one cache directory.
 
 Shards computed elsewhere (`plan` cuts what is missing into `ShardTask`s, each computable on its
-own: a pipeline's work items, `transfer.runners`): a task writes its shard files and a small
+own: a pipeline's work items, `transfer.features.runners`): a task writes its shard files and a small
 record beside them (`.shard-NNNNN.json`); `finish` then lists them in the manifest, exactly as a
 plain pass would have. A rerun after a killed pipeline keeps every recorded shard.
 
 Where the cache lives: a local directory, or any location `tf.io.gfile` reaches
-(`transfer.storage`); a remote one has no lock (one warning says so) and is read through gfile.
+(`transfer.features.storage`); a remote one has no lock (one warning says so) and is read through gfile.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import numpy as np
 
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.files import update_with_file, write_atomic
-from transfer.storage import is_local, load_array, location, npy_problem, rmtree
+from transfer.features.storage import is_local, load_array, location, npy_problem, rmtree
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -71,7 +71,7 @@ def entry_key(ingredients: dict) -> str:
 class Entry:
     """One cached split: `manifest` is what `manifest.json` says."""
 
-    path: Path  # or a transfer.storage.RemotePath
+    path: Path  # or a transfer.features.storage.RemotePath
     manifest: dict
     finished: dict = dataclasses.field(default_factory=dict, repr=False)  # index -> record: shards done by
     # tasks after a gap in the manifest's list (a pipeline still running, or killed)
@@ -245,7 +245,7 @@ class FeatureCache:
         """Every split's entries, one per output of `extractor`, extracting only what is missing
         or corrupt: the missing outputs of a split in one pass.
 
-        `extractor` (`transfer.extraction.Extraction` is one) has `outputs` (names, one entry
+        `extractor` (`transfer.features.extraction.Extraction` is one) has `outputs` (names, one entry
         each), `roles` (the splits), `batch_size`, `note` (said before extracting), `size(role)`
         (examples, or None), `recipe(role, output, dtype)` (the entry's ingredients: its key) and
         `batches(role, outputs, batch_size, skip, take)` (([one float array per output], int32

@@ -176,6 +176,6 @@ def _numpy_dtype(onnx_type: str):
 
 
 def _default_dir() -> Path:
-    from transfer.cache import default_cache_dir
+    from transfer.features.cache import default_cache_dir
 
     return default_cache_dir()

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from transfer.datasets import DataSplits
 from transfer.datasets.arrays import stored_dtype
 from transfer.heads.pooling import pool_array
-from transfer.pipeline import Batches, Inputs, input_kind
+from transfer.features.inputs import Batches, Inputs, input_kind
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -26,7 +26,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
     "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
-    graph is fed, as for `Backbone.load`; `engine`: "tf", "onnxruntime" or "auto" (`transfer.engines`).
+    graph is fed, as for `Backbone.load`; `engine`: "tf", "onnxruntime" or "auto" (`transfer.features.engines`).
     Follows scikit-learn's rules: `__init__` only stores.
     """
 
@@ -46,8 +46,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
-        `transfer.pipeline.input_kind`), so that `transform` is cheap."""
-        from transfer.backbone import Backbone
+        `transfer.features.inputs.input_kind`), so that `transform` is cheap."""
+        from transfer.graph.backbone import Backbone
 
         self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
                                        feeds=self.feeds, allow_ops=self.allow_ops)

@@ -1,6 +1,6 @@
 """What the feature cache extracts from: a backbone's cuts over one dataset's splits, as numpy batches.
 
-`Extraction` is the cache's extractor (see `transfer.cache.FeatureCache.extract`): it names the
+`Extraction` is the cache's extractor (see `transfer.features.cache.FeatureCache.extract`): it names the
 outputs (one per cut, each cached as its own entry), says what decides each output's features
 (the key's ingredients), and computes batches of them. Every cut comes from one pass of the
 backbone (one pruned function with all cuts as outputs); a pass for only some cuts (the others
@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import check_choice
-from transfer.pooled_cuts import DerivedAverages, derived_averages, pool_positions
+from transfer.features.pooled_cuts import DerivedAverages, derived_averages, pool_positions
 
 POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
 ROLES = ("train", "validation", "test")
@@ -44,7 +44,7 @@ def check_pool(pool: str | None) -> str:
 
 
 class Extraction:
-    """The cuts of `inputs.backbone` over `inputs`' splits (`transfer.pipeline.Inputs`), for the cache.
+    """The cuts of `inputs.backbone` over `inputs`' splits (`transfer.features.inputs.Inputs`), for the cache.
 
     `engine_dir`: where a converted engine is kept (the cache's `onnx/`). `pool`: `avg` or
     `max` reduces every axis between batch and channels before storing (a cut sweep's probe
@@ -121,7 +121,7 @@ class Extraction:
 
     @classmethod
     def rebuilt(cls, description: dict) -> "Extraction":
-        from transfer.pipeline import open_inputs
+        from transfer.features.inputs import open_inputs
 
         source = description["backbone"]
         inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
@@ -149,7 +149,7 @@ class Extraction:
         pooling is traced with it into one function: the full-size maps of many cuts then never
         leave the graph (measured on ResNet50's 177 cuts: 1.6x a batch when every map was pooled
         after the call), and averages that follow from other cuts' are derived from them
-        (`transfer.pooled_cuts`)."""
+        (`transfer.features.pooled_cuts`)."""
         if self.pool == "none":
             return inputs.feature_batch
         if inputs.extraction_engine(self.engine_dir).name != "tf":  # ONNX Runtime: pooled after its run

@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import datasets
-from transfer.backbone import Backbone
+from transfer.graph.backbone import Backbone
 from transfer.datasets.preprocessing import Augmentation, Preprocessing
 from transfer.errors import TransferError
-from transfer.input_kind import ArrayInput, ImageInput, InputKind
-from transfer.layer import FeatureLayer
+from transfer.data.input_kind import ArrayInput, ImageInput, InputKind
+from transfer.layers.feature_layer import FeatureLayer
 
 SHUFFLE_BYTES = 2**30
 _TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
@@ -31,7 +31,7 @@ class Inputs:
     splits: datasets.DataSplits
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
-    engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.engines`)
+    engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.features.engines`)
     data_source: dict | None = None  # open_inputs' data arguments when the data came from a spec: what a
     # pipeline's worker loads again (`Extraction.description`)
     chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
@@ -43,11 +43,11 @@ class Inputs:
     def extract(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
                 pool: str | None = None, runner=None) -> dict:
         """Every split's cache entries, one per cut (`{role: [Entry, ...]}`), extracting what is
-        not there yet in one pass (`transfer.cache`, `transfer.extraction`). `runner`: where the
-        pass runs (`transfer.runners`: None or "local" here, "beam" or a `BeamRunner` on Beam)."""
-        from transfer.cache import FeatureCache
-        from transfer.extraction import Extraction
-        from transfer.runners import get_runner
+        not there yet in one pass (`transfer.features.cache`, `transfer.features.extraction`). `runner`: where the
+        pass runs (`transfer.features.runners`: None or "local" here, "beam" or a `BeamRunner` on Beam)."""
+        from transfer.features.cache import FeatureCache
+        from transfer.features.extraction import Extraction
+        from transfer.features.runners import get_runner
 
         run = get_runner(runner)  # an unknown runner, or Beam missing, before any work
         cache = FeatureCache(cache_dir, shard_size=shard_size)
@@ -91,10 +91,10 @@ class Inputs:
         return [low, high]
 
     def extraction_engine(self, cache_dir=None):
-        """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.engines`;
+        """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.features.engines`;
         ONNX Runtime is checked against TensorFlow, and timed for `auto`, on the first batch)."""
         if self.chosen_engine is None:
-            from transfer.engines import choose_engine
+            from transfer.features.engines import choose_engine
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None
@@ -170,8 +170,8 @@ def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, va
     """Load what a command needs; every user mistake here is one TransferError line. `inputs`,
     `feeds`, `allow_ops`, `max_memory`: where and with what the graph is fed and what it may
     take, as for `Backbone.load`; `engine`:
-    what runs it when features are extracted (`transfer.engines`)."""
-    from transfer.engines import check_engine
+    what runs it when features are extracted (`transfer.features.engines`)."""
+    from transfer.features.engines import check_engine
 
     check_engine(engine)
     if not isinstance(backbone, Backbone):

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from transfer.graph import import_graph_def, subgraph
+from transfer.graph.analysis import import_graph_def, subgraph
 from transfer.heads.pooling import pool_tensor
 
 # Ops that are affine in their one input-dependent operand (the other constant), the same at every

@@ -3,7 +3,7 @@ pipeline (`beam`). One interface, `get_runner(name, options).extract(cache, extr
 progress)`, so that the cache, fit and sweep never branch on it.
 
 This module imports neither TensorFlow nor Apache Beam: the Beam pipeline itself is
-`transfer.beam_extraction`, loaded when a Beam runner extracts.
+`transfer.features.beam`, loaded when a Beam runner extracts.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class LocalRunner:
 
 class BeamRunner:
     """Extraction as an Apache Beam pipeline, one work item per missing shard (see
-    `transfer.beam_extraction`). `options`: Beam pipeline options as {name: value} or
+    `transfer.features.beam`). `options`: Beam pipeline options as {name: value} or
     [(name, value), ...] (`--beam-option direct_num_workers=2`); default: the DirectRunner."""
 
     name = "beam"
@@ -38,7 +38,7 @@ class BeamRunner:
         self.options = check_beam_options(dict(options))
 
     def extract(self, cache, extractor, dtype: str = "float32", progress: bool = True) -> dict:
-        from transfer.beam_extraction import extract
+        from transfer.features.beam import extract
 
         return extract(cache, extractor, self.options, dtype=dtype, progress=progress)
 

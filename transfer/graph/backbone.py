@@ -11,23 +11,23 @@ import warnings
 
 import tensorflow as tf
 
-from transfer import cuts as cut_lib
+from transfer.graph import cuts as cut_lib
 from transfer.errors import TransferError, TransferWarning
-from transfer.feeding import FedGraph, feed_graph, json_value
-from transfer.graph import format_shape, rewrap
-from transfer.loading import LoadedGraph, load_graph
-from transfer.memory import check_cut_memory, memory_limit
-from transfer.safety import check_ops
+from transfer.graph.feeding import FedGraph, feed_graph, json_value
+from transfer.graph.analysis import format_shape, rewrap
+from transfer.graph.loading import LoadedGraph, load_graph
+from transfer.graph.memory import check_cut_memory, memory_limit
+from transfer.graph.safety import check_ops
 
 
 class Backbone:
     """Callable feature extractor. Build it with `Backbone.load(path, cut=...)`.
 
     `inputs`: where the graph is fed, at placeholders or at any other tensors (`"Mul"`: their
-    batch dimension is opened, `transfer.feeding`); default: the placeholders the cuts need.
+    batch dimension is opened, `transfer.graph.feeding`); default: the placeholders the cuts need.
     `feeds`: constants for other placeholders (`{"keep_prob": 1.0}`).
     `max_memory`: what one example's tensors may take at once (`"16G"`; default: half the memory
-    available), checked on the graph's static shapes before anything runs (`transfer.memory`).
+    available), checked on the graph's static shapes before anything runs (`transfer.graph.memory`).
     """
 
     def __init__(self, loaded: LoadedGraph, cut="auto", inputs=None, allow_ops=(), feeds=None, *,
@@ -201,7 +201,7 @@ class Backbone:
     def candidate_cuts(self) -> list[str]:
         """The tensor names `transfer inspect` lists as candidate cuts, in graph order, that the
         fed inputs reach and that take batches: what `--cut candidates` expands to."""
-        from transfer.feature_info import batch_mixed
+        from transfer.graph.feature_info import batch_mixed
 
         aliases = {self.loaded.inputs.get(name, name) for name in self.requested_inputs or ()}
         fed = [op for op in self.info.placeholders if not aliases or op.name in aliases]

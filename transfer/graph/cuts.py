@@ -15,7 +15,7 @@ import re
 import tensorflow as tf
 
 from transfer.errors import TransferError
-from transfer.graph import GraphInfo, component_matches, find_penultimate
+from transfer.graph.analysis import GraphInfo, component_matches, find_penultimate
 
 AUTO = "auto"
 CANDIDATES = "candidates"

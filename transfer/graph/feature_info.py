@@ -21,7 +21,7 @@ import fractions
 
 import tensorflow as tf
 
-from transfer.graph import GraphInfo, subgraph
+from transfer.graph.analysis import GraphInfo, subgraph
 
 PROBE_SIZES = (256, 512)
 _SPATIAL_AXES = {3: (1,), 4: (1, 2)}  # sequences (batch, time, channels) and NHWC images

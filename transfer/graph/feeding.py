@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import TransferError
-from transfer.graph import GraphInfo, format_shape, import_graph_def, subgraph
+from transfer.graph.analysis import GraphInfo, format_shape, import_graph_def, subgraph
 
 FEEDABLE = ("Placeholder", "PlaceholderWithDefault")
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transfer.errors import TransferError
-from transfer.graph import subgraph
+from transfer.graph.analysis import subgraph
 
 
 @dataclasses.dataclass

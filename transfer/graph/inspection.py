@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transfer import cuts as cut_lib
-from transfer.backbone import Backbone
-from transfer.feature_info import batch_mixed, feature_info
-from transfer.graph import GraphInfo, format_shape, import_graph_def
+from transfer.graph import cuts as cut_lib
+from transfer.graph.backbone import Backbone
+from transfer.graph.feature_info import batch_mixed, feature_info
+from transfer.graph.analysis import GraphInfo, format_shape, import_graph_def
 from transfer.tables import format_table
 from transfer.text import printable
-from transfer.loading import DEFAULT_SIGNATURE, HUB_SIGNATURE, load_graph
+from transfer.graph.loading import DEFAULT_SIGNATURE, HUB_SIGNATURE, load_graph
 
 TOP_OPS = 12
 
@@ -21,7 +21,7 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, lay
                   feeds=None, allow_ops=(), max_memory=None) -> dict:
     """The report; with `cut`, also where each cut resolves (checked as a Backbone would); with
     `inputs`/`feeds`, of the graph as fed there (`Backbone`). Nothing of the graph runs: a
-    SavedModel is checked (`transfer.safety`) before it loads."""
+    SavedModel is checked (`transfer.graph.safety`) before it loads."""
     loaded = load_graph(path, signature, allow_ops)
     fed = inputs is not None or bool(feeds)
     backbone = Backbone(loaded, cut=cut or "auto", inputs=inputs, feeds=feeds, allow_ops=allow_ops,
@@ -54,7 +54,7 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, lay
     if backbone:
         report["cuts"] = [dict(_tensor_row(c.tensor), spec=c.spec, reason=c.reason) for c in backbone.cuts]
     if layers:
-        from transfer.thawing import describe_layers
+        from transfer.layers.thawing import describe_layers
 
         report["layers"] = describe_layers(backbone)
     if all_tensors:

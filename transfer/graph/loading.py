@@ -16,12 +16,12 @@ from google.protobuf import message, text_format
 
 from transfer.errors import TransferError
 from transfer.files import update_with_file
-from transfer.freezing import FrozenGraph, freeze_function, freeze_keras_model
-from transfer.memory import check_memory
-from transfer.safety import check_constants, check_library, check_meta_graph
+from transfer.graph.freezing import FrozenGraph, freeze_function, freeze_keras_model
+from transfer.graph.memory import check_memory
+from transfer.graph.safety import check_constants, check_library, check_meta_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a message larger than 2 GiB
-EXAMPLES_DIR = Path(__file__).parent / "examples"
+EXAMPLES_DIR = Path(__file__).parents[1] / "examples"  # transfer/examples
 EXAMPLE_PREFIX = "example:"
 SERVING_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -66,7 +66,7 @@ def resolve_path(path) -> Path:
 
 
 def load_graph(path, signature: str | None = None, allow_ops=()) -> LoadedGraph:
-    """Read and check a backbone file (`transfer.safety`: sizes, and for a SavedModel every op its
+    """Read and check a backbone file (`transfer.graph.safety`: sizes, and for a SavedModel every op its
     loading can run, before TensorFlow loads it); `allow_ops` are op types the user trusts."""
     source = os.fspath(path)
     loaded = _load(resolve_path(path), signature, tuple(allow_ops))

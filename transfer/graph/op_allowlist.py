@@ -3,7 +3,7 @@
 This is an allow-list, reviewed by hand: TensorFlow adds file-, dataset- and network-touching
 ops every release (`PrintV2` to `file://`, `SqlDataset`, `InitializeTableFromTextFile`,
 `DatasetFromGraph` running a graph serialized in a string …), so anything not named here is
-refused (`transfer.safety`) unless the user opts in with `--allow-op TYPE`. An op belongs here
+refused (`transfer.graph.safety`) unless the user opts in with `--allow-op TYPE`. An op belongs here
 only if it reads and writes nothing but its tensors, in-process variables and tables: no files,
 no network, no Python, no datasets, no logging, no process control. `tests/test_security.py`
 checks every name against TensorFlow's op registry and prints what `tf.raw_ops` has beyond it.

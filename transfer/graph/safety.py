@@ -1,14 +1,14 @@
 """A graph is code: check it as protobufs before TensorFlow imports, loads or runs any of it.
 
 - **Ops** (`check_ops`, `check_meta_graph`): every op that can run must be on the allow-list of
-  pure-compute op types (`transfer.op_allowlist`), walking into the functions it calls (loop
+  pure-compute op types (`transfer.graph.op_allowlist`), walking into the functions it calls (loop
   bodies, branches, function calls); a function that cannot be found is refused, not skipped.
   The user opts in op type by op type (`allow_ops=`, `--allow-op TYPE`).
 - **Function libraries** (`check_library`): a function that calls itself, or calls nested
   deeper than TensorFlow's import can follow, crashes the process on import: refused first.
 - **Sizes** (`check_constants`): a Const may claim more values than it holds (TensorFlow repeats
   the last one), so a 200-byte file can ask for gigabytes; what constants expand to is capped.
-  (What the tensors computed at run time take: `transfer.memory`.)
+  (What the tensors computed at run time take: `transfer.graph.memory`.)
 
 Works on `NodeDef`/`FunctionDef` protos only, so nothing here can run anything.
 """
@@ -19,8 +19,8 @@ import math
 from collections.abc import Iterable
 
 from transfer.errors import TransferError
-from transfer.memory import format_size
-from transfer.op_allowlist import ALLOWED_OPS, RESTORE_OPS
+from transfer.graph.memory import format_size
+from transfer.graph.op_allowlist import ALLOWED_OPS, RESTORE_OPS
 
 # Constants may expand (fill values they do not hold) to at most this, or the file's size.
 EXPANSION_FLOOR = 64 * 2**20

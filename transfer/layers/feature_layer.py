@@ -2,7 +2,7 @@
 
 Unlike `keras.layers.TFSMLayer`, it cuts anywhere, reads `.pb` files too, and comes back from
 a `.keras` file in safe mode: its config names the backbone file and a content fingerprint,
-and the graph's ops were checked (`transfer.safety`) before anything runs. A `.keras` file
+and the graph's ops were checked (`transfer.graph.safety`) before anything runs. A `.keras` file
 also embeds the graph (Keras assets), so the model loads where the backbone file is gone.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import keras
 import tensorflow as tf
 
-from transfer.backbone import Backbone, check_shape, order_inputs
+from transfer.graph.backbone import Backbone, check_shape, order_inputs
 from transfer.errors import TransferError, TransferWarning
-from transfer.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
+from transfer.graph.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
 
 EMBEDDED_GRAPH, EMBEDDED_DESCRIPTION = "backbone.pb", "backbone.json"
 
@@ -93,7 +93,7 @@ class FeatureLayer(keras.layers.Layer):
 
     def load_assets(self, dir_path):
         """Keras calls this after rebuilding a loaded model: read the embedded graph if the layer
-        is waiting for it. It is checked like a file (`transfer.safety`) before anything runs."""
+        is waiting for it. It is checked like a file (`transfer.graph.safety`) before anything runs."""
         if not self.awaits_graph:
             return
         graph, description = Path(dir_path) / EMBEDDED_GRAPH, Path(dir_path) / EMBEDDED_DESCRIPTION

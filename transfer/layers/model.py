@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from transfer.datasets.preprocessing import Preprocessing
-from transfer.layer import FeatureLayer
+from transfer.layers.feature_layer import FeatureLayer
 
 
 @keras.saving.register_keras_serializable(package="transfer")
@@ -37,7 +37,7 @@ class PreprocessingLayer(keras.layers.Layer):
 
 
 def build_classifier(features: FeatureLayer, head, kind, name: str = "transfer_classifier") -> keras.Model:
-    """Raw examples as `kind` (`transfer.input_kind`) describes them -> head output."""
+    """Raw examples as `kind` (`transfer.data.input_kind`) describes them -> head output."""
     raw = keras.Input(kind.shape, dtype=kind.dtype.name, name=kind.name)
     return keras.Model(raw, head(_as_head_input(features(kind.layer()(raw)))), name=name)
 

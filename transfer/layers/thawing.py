@@ -21,10 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer.backbone import Backbone
+from transfer.graph.backbone import Backbone
 from transfer.errors import TransferError
-from transfer.graph import NORM_OPS, GraphInfo, format_shape
-from transfer.layer import FeatureLayer, feature_output_spec
+from transfer.graph.analysis import NORM_OPS, GraphInfo, format_shape
+from transfer.layers.feature_layer import FeatureLayer, feature_output_spec
 
 
 @dataclasses.dataclass
@@ -187,7 +187,7 @@ def build_suffix(backbone: Backbone, plan: ThawPlan):
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in plan.boundary] + [tf.TensorSpec(w.shape, w.dtype)
                                                                         for w in plan.weights]
     cuts = [c.name for c in backbone.cuts]
-    graph_def = backbone.graph_def  # as fed (`transfer.feeding`): placeholders given constants are Consts
+    graph_def = backbone.graph_def  # as fed (`transfer.graph.feeding`): placeholders given constants are Consts
 
     def body(*tensors):
         return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),

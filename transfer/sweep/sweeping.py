@@ -7,7 +7,7 @@ are ranked by validation accuracy; test accuracy only breaks exact ties, since c
 would fit the test split. `run_sweep` trains settings on any `FeatureSplits`; `sweep` adds what
 the command needs around it: the backbone and data, the feature cache, thawed layers, the files,
 and the best setting retrained into a full `transfer fit` run. With `out`, each finished trial is
-written to the run directory's journal as it finishes (`transfer.journal`), so a killed sweep rerun
+written to the run directory's journal as it finishes (`transfer.sweep.journal`), so a killed sweep rerun
 with the same `out` trains only the trials it lacks.
 """
 from __future__ import annotations
@@ -30,22 +30,22 @@ import tensorflow as tf
 from transfer import heads as registry
 from transfer.errors import TransferError, check_int
 from transfer.files import written_whole
-from transfer.journal import TrialJournal, check_resumable, finished_trials
-from transfer.model import head_model
-from transfer.reporting import pyplot, write_json
-from transfer.pipeline import FeatureSplits
-from transfer.runners import get_runner
-from transfer.settings import check_setting, default
-from transfer.thaw_training import ThawTraining
-from transfer.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training import adapt_on_features, averages_positions, train_keras, trained_with_refit
+from transfer.sweep.journal import TrialJournal, check_resumable, finished_trials
+from transfer.layers.model import head_model
+from transfer.training.reporting import pyplot, write_json
+from transfer.features.inputs import FeatureSplits
+from transfer.features.runners import get_runner
+from transfer.training.settings import check_setting, default
+from transfer.training.thaw_schedule import ThawTraining
+from transfer.training.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
+from transfer.training.fitting import adapt_on_features, averages_positions, train_keras, trained_with_refit
 from transfer import tables
 from transfer.text import printable
 
 # The training axes and their defaults (those of `transfer.fit`; thaw 0 = frozen); None where a
 # head has no training loop of its own (the scikit-learn probe).
 TRAINING_AXES = {**{name: (default(name),) for name in ("lr", "epochs", "batch_size", "optimizer")}, "thaw": (0,)}
-# How thawed layers train (`transfer.thaw_training`): axes of the settings with thaw > 0 only.
+# How thawed layers train (`transfer.training.thaw_schedule`): axes of the settings with thaw > 0 only.
 THAW_AXES = {name: (None,) for name in ThawTraining.__dataclass_fields__ if name != "thaw_epochs"}
 SETTING_AXES = {**TRAINING_AXES, **THAW_AXES}
 GRID_KEYS = ("heads", "cuts", *SETTING_AXES, "head_options")
@@ -287,7 +287,7 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
     cannot read these features fails at once rather than an hour into the sweep. `thawed`: see
     `train_setting`. `log_dir`: TensorBoard logs, one directory per run, with HParams summaries.
     `journal`: where each finished run is written as it finishes, and the runs it holds already
-    are taken from (`transfer.journal`: a killed sweep resumes).
+    are taken from (`transfer.sweep.journal`: a killed sweep resumes).
     """
     thawed = thawed or {}
     missing = sorted({s["thaw"] for s in settings if s.get("thaw")} - set(thawed))
@@ -548,7 +548,7 @@ def _swept_cuts(cut, cuts):
 def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool) -> str:
     """What extraction does to spatial features (see `sweep`): averaged when every setting
     averages positions anyway and several cuts make the cache large."""
-    from transfer.extraction import check_pool
+    from transfer.features.extraction import check_pool
 
     if pool is not None:
         return check_pool(pool)
@@ -628,15 +628,15 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`, `max_memory`: where and with what
     the graph is fed and what one example may take, as for `Backbone.load`. `runner`: where the
     extraction runs ("local", "beam" or a
-    `transfer.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams summaries
+    `transfer.features.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams summaries
     under `out/tensorboard`, the best setting's run under `out/best/tensorboard`. `strategy`:
     where every setting trains, as for `transfer.fit` (only the chief writes `out`).
     """
-    from transfer.distribute import run_dir_of, strategy_named
-    from transfer.pipeline import open_inputs
-    from transfer.reporting import check_new_run_dir, partial_dir, run_directory
-    from transfer.thawing import ThawedFeatureLayer
-    from transfer.training import fit
+    from transfer.training.distribute import run_dir_of, strategy_named
+    from transfer.features.inputs import open_inputs
+    from transfer.training.reporting import check_new_run_dir, partial_dir, run_directory
+    from transfer.layers.thawing import ThawedFeatureLayer
+    from transfer.training.fitting import fit
 
     runner = get_runner(runner)  # unknown, or Beam missing: before any slow work
     if out is not None:

@@ -2,7 +2,7 @@
 
 Training is plain Keras `model.fit` on tf.data pipelines, so the user's own callbacks see the
 usual logs; under a `tf.distribute` strategy (`strategy=`) every variable is made in its
-scope and `transfer.distribute.fit_model` trains (the same contract on several workers). The
+scope and `transfer.training.distribute.fit_model` trains (the same contract on several workers). The
 scikit-learn probe (`logreg`) is fitted on extracted features instead and then turned into the
 equivalent Dense head, so that every head exports the same way.
 """
@@ -21,20 +21,20 @@ import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
-from transfer.distribute import fit_model, run_dir_of, strategy_config, strategy_named
+from transfer.training.distribute import fit_model, run_dir_of, strategy_config, strategy_named
 from transfer.errors import TransferError, check_choice
-from transfer.export import FORMATS, export_all
-from transfer.memory import memory_errors
+from transfer.layers.export import FORMATS, export_all
+from transfer.graph.memory import memory_errors
 from transfer.heads.sklearn_probe import probe_as_head
-from transfer.model import build_classifier, head_model
-from transfer.optimizers import optimizer_named
-from transfer.settings import TrainingSettings
-from transfer.pipeline import open_inputs, predict_batches
-from transfer.runners import get_runner
-from transfer.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
+from transfer.layers.model import build_classifier, head_model
+from transfer.training.optimizers import optimizer_named
+from transfer.training.settings import TrainingSettings
+from transfer.features.inputs import open_inputs, predict_batches
+from transfer.features.runners import get_runner
+from transfer.training.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)
-from transfer.tensorboard_logs import TensorBoardLogs
-from transfer.trace_memory import forgetting_step_gradients
+from transfer.training.tensorboard_logs import TensorBoardLogs
+from transfer.training.trace_memory import forgetting_step_gradients
 
 ADAPT_EXAMPLES = 1024  # training examples a head's input standardization is adapted on (`adapt_head`)
 
@@ -67,10 +67,10 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     is written (config, metrics, history, plots, model.keras and the exports); without, nothing
     touches the disk. With `cache_dir`, the head trains on features from the feature cache
     (extracted once, reused by later runs; `runner`: where that extraction runs, "local" or
-    "beam" or a `transfer.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`, `max_memory`:
+    "beam" or a `transfer.features.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`, `max_memory`:
     where and with what the graph is fed and what one example may take, as for `Backbone.load`
     (ignored when `backbone` is a `Backbone` already). Running out of memory is a TransferError.
-    `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.distribute`) or
+    `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.training.distribute`) or
     a `tf.distribute.Strategy`; `batch_size` is the global batch, split across its replicas.
     Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
     """
@@ -164,7 +164,7 @@ def _feature_layer(inputs, settings: TrainingSettings):
     """The frozen FeatureLayer, or with a thaw the ThawedFeatureLayer whose last layers train."""
     if not settings.thawing:
         return inputs.feature_layer()
-    from transfer.thawing import ThawedFeatureLayer
+    from transfer.layers.thawing import ThawedFeatureLayer
 
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
@@ -348,7 +348,7 @@ class TrainingLog:
 def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer, patience,
                 callbacks=(), class_weight=None, verbose=0) -> TrainingLog:
     """Compile and `model.fit` with early stopping on val_loss (best epoch restored), under the
-    strategy the model was made in (`transfer.distribute.fit_model`)."""
+    strategy the model was made in (`transfer.training.distribute.fit_model`)."""
     if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
         optimizer = optimizer_named(optimizer, lr)
     model.compile(optimizer=optimizer,

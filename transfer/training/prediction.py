@@ -1,6 +1,6 @@
 """Use a finished run: `evaluate` it on labelled data, `predict` classes of image files or arrays.
 
-The run's config.json says what its model takes (`transfer.input_kind`): images, resized to fit,
+The run's config.json says what its model takes (`transfer.data.input_kind`): images, resized to fit,
 or the backbone's own arrays, checked for shape and dtype.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import datasets, input_kind
+from transfer import datasets
+from transfer.data import input_kind
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.datasets.folder import IMAGE_SUFFIXES
-from transfer.reporting import MODEL_FILE, classification_metrics
-from transfer.pipeline import Batches, predict_batches
+from transfer.training.reporting import MODEL_FILE, classification_metrics
+from transfer.features.inputs import Batches, predict_batches
 
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from transfer.errors import TransferError, check_choice, check_number, flag_of
 
 if TYPE_CHECKING:
-    from transfer.thaw_training import ThawTraining
+    from transfer.training.thaw_schedule import ThawTraining
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # Keras' names
 CLASS_WEIGHTS = (None, "balanced")
@@ -42,7 +42,7 @@ class TrainingSettings:
     crop_padding: int = 0  # random shifts: pad by N pixels, crop back
     thaw: int | None = None  # also train the last N weight layers before the cut
     thaw_from: str | None = None  # ... or every weight layer from this scope to the cut
-    # How thawed layers train (`transfer.thaw_training`):
+    # How thawed layers train (`transfer.training.thaw_schedule`):
     thaw_lr_scale: float | None = None
     thaw_weight_decay: float | None = None
     unfreeze_every: int | None = None
@@ -71,7 +71,7 @@ class TrainingSettings:
 
     @property
     def thaw_training(self) -> ThawTraining:
-        from transfer.thaw_training import ThawTraining
+        from transfer.training.thaw_schedule import ThawTraining
 
         return ThawTraining(**{name: getattr(self, name) for name in ThawTraining.__dataclass_fields__})
 

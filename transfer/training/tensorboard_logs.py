@@ -33,7 +33,7 @@ class TensorBoardLogs:
             return
         import tensorflow as tf
 
-        from transfer.reporting import plot_confusion_matrix
+        from transfer.training.reporting import plot_confusion_matrix
 
         for role in ("validation", "test"):
             if role not in metrics:

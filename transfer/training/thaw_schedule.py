@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 
-from transfer.callbacks import GradualUnfreezing, TwoStageSchedule
+from transfer.training.callbacks import GradualUnfreezing, TwoStageSchedule
 from transfer.errors import TransferError, check_number, flag_of
-from transfer.optimizers import GroupedOptimizer, optimizer_named
+from transfer.training.optimizers import GroupedOptimizer, optimizer_named
 
 
 @dataclasses.dataclass(frozen=True)
