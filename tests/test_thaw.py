@@ -14,7 +14,8 @@ from transfer.cli.main import main
 from transfer.layers.export import export_frozen_graph
 from transfer.layers.feature_layer import FeatureLayer
 from transfer.features.inputs import open_inputs
-from transfer.layers.thawing import describe_layers, thaw
+from transfer.graph.thaw_plan import describe_layers
+from transfer.layers.thawing import thaw
 
 from conftest import feature_model
 

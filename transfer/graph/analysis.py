@@ -333,7 +333,7 @@ _CLASSIFIER_OPS = frozenset({"MatMul", "Conv2D", "BatchMatMulV2", "BatchMatMulV3
 
 
 def find_penultimate(info: GraphInfo, output: tf.Tensor) -> tuple[tf.Tensor | None, str]:
-    """DESIGN's `auto`: walk back from `output` through what does not learn; the last weight
+    """What `auto` cuts at: walk back from `output` through what does not learn; the last weight
     layer met is the classifier and the tensor that feeds it is the feature. With no classifier
     there (a detector's output comes out of NMS loops), the feature is the last tensor the last
     weight layers read: the feature extractor's output the box predictors share.

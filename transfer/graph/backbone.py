@@ -1,7 +1,7 @@
 """A frozen graph cut at chosen tensors, as a TF2 callable: input(s) -> feature(s).
 
 The graph is imported once into `tf.compat.v1.wrap_function` and pruned to the cut, so a call
-runs only the ops the features need (DESIGN: "Frozen graph as a TF2 callable").
+runs only the ops the features need (README "Architecture": the frozen graph as a TF2 callable).
 """
 from __future__ import annotations
 

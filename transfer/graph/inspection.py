@@ -54,7 +54,7 @@ def inspect_graph(path, signature=None, all_tensors: bool = False, cut=None, lay
     if backbone:
         report["cuts"] = [dict(_tensor_row(c.tensor), spec=c.spec, reason=c.reason) for c in backbone.cuts]
     if layers:
-        from transfer.layers.thawing import describe_layers
+        from transfer.graph.thaw_plan import describe_layers
 
         report["layers"] = describe_layers(backbone)
     if all_tensors:
