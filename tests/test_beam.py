@@ -50,12 +50,12 @@ def plain(tmp_path_factory):
 
 def test_beam_writes_the_plain_entries_byte_for_byte_and_a_rerun_skips_them(tmp_path, plain, capsys):
     inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
-    entries = inputs.extract(tmp_path, shard_size=64, runner="beam")
+    entries = inputs.extract(tmp_path, shard_size=64, runner=get_runner("beam"))
     assert "beam: 15 shard task(s) for 6 entries on DirectRunner" in capsys.readouterr().out
     assert digests(tmp_path) == plain and len(plain) == 6 * 2 + 2 * 2 * 15  # locks, manifests, 15 shards a cut
     assert [entry.count for entry in entries["test"]] == [667, 667] and all(e.complete for e in entries["test"])
     before = stamps(tmp_path)
-    again = inputs.extract(tmp_path, shard_size=64, runner="beam")
+    again = inputs.extract(tmp_path, shard_size=64, runner=get_runner("beam"))
     assert stamps(tmp_path) == before and "beam:" not in capsys.readouterr().out  # nothing to do: no pipeline
     assert [e.key for e in again["test"]] == [e.key for e in entries["test"]]
 
@@ -77,7 +77,8 @@ def test_beam_repairs_a_corrupt_shard_and_completes_what_a_plain_run_started(tmp
         (other.path / name).unlink()
     untouched = {p: t for p, t in stamps(tmp_path).items() if p.parent != entry.path and p.parent != other.path}
     other_batches = open_inputs("example:digits", DATA, cut="block1_out,block2_out", batch_size=8)
-    other_batches.extract(tmp_path, shard_size=999, runner="beam", progress=False)  # the recorded layout wins
+    # the recorded layout wins
+    other_batches.extract(tmp_path, shard_size=999, runner=get_runner("beam"), progress=False)
     assert digests(tmp_path) == plain
     assert json.loads((entry.path / "manifest.json").read_text()) == manifest
     assert {p: t for p, t in stamps(tmp_path).items() if p in untouched} == untouched
@@ -105,7 +106,7 @@ def test_fit_and_a_thawed_sweep_extract_on_beam(tmp_path, capsys):
 
     layer = ThawedFeatureLayer(inputs.backbone, last=1)
     inputs.cached_prefix(layer, tmp_path / "prefix-plain", progress=False)
-    inputs.cached_prefix(layer, tmp_path / "prefix-beam", progress=False, runner="beam")
+    inputs.cached_prefix(layer, tmp_path / "prefix-beam", progress=False, runner=get_runner("beam"))
     assert digests(tmp_path / "prefix-beam") == digests(tmp_path / "prefix-plain")
     assert "runs the extraction into the feature cache" in cli_error(
         capsys, [*argv[:-2], "--runner", "beam", "--out", str(tmp_path / "uncached")])
@@ -119,7 +120,7 @@ def test_a_ram_cache_holds_the_plain_entries_and_trains(tmp_path, plain, capsys)
     for runner in ("local", "beam"):
         root = f"ram://transfer-{runner}/cache"
         with pytest.warns(TransferWarning, match=f"cache {root} is not on the local disk: its entries have no lock"):
-            entries = inputs.extract(root, shard_size=64, runner=runner, progress=False)
+            entries = inputs.extract(root, shard_size=64, runner=get_runner(runner), progress=False)
         assert digests(root) == {name: digest for name, digest in plain.items() if not name.endswith(".lock")}
     assert entries["test"][0].path.name == entries["test"][0].key and str(entries["test"][0].path).startswith("ram://")
     local = FeatureCache(tmp_path).entries()
@@ -244,6 +245,6 @@ def test_data_in_memory_cannot_be_sent_to_workers(tmp_path):
     splits = datasets.load(DATA)
     inputs = open_inputs("example:digits", splits, cut="block2_out")
     with pytest.raises(TransferError, match="loads the data again on every worker, from its spec"):
-        inputs.extract(tmp_path, runner="beam", progress=False)
+        inputs.extract(tmp_path, runner=get_runner("beam"), progress=False)
     inputs.extract(tmp_path, progress=False)  # once cached, nothing is sent anywhere
-    assert inputs.extract(tmp_path, runner="beam", progress=False)["train"][0].complete
+    assert inputs.extract(tmp_path, runner=get_runner("beam"), progress=False)["train"][0].complete

@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 
-from transfer.features.runners import beam_value, import_beam
+from transfer.features.beam_options import beam_value, import_beam
 
 import_beam()
 import apache_beam as beam  # noqa: E402
@@ -35,6 +35,7 @@ from transfer._backend import parked_stderr  # noqa: E402
 from transfer.features.cache import FINISHED, FeatureCache, entry_key, extract_shard  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.features.extraction import Extraction  # noqa: E402
+from transfer.features.inputs import open_extraction  # noqa: E402
 from transfer.features.storage import location  # noqa: E402
 
 WORKER_LOST = ("Channel closed prematurely", "Worker subprocess exited")  # the DirectRunner's words for it
@@ -73,7 +74,7 @@ class ExtractShards(beam.DoFn):
         import transfer
 
         transfer.load_tensorflow()
-        self.extractor = Extraction.rebuilt(self.description)
+        self.extractor = open_extraction(self.description)
 
     def process(self, task):
         self._check(task)

@@ -106,8 +106,9 @@ class Extraction:
     # -- the same extraction in another process (a pipeline's worker) --------------------------
 
     def description(self) -> dict | None:
-        """Plain data from which `rebuilt` makes this extraction again in another process (a
-        pipeline's worker), or None when the data did not come from a spec (arrays in memory)."""
+        """Plain data from which `transfer.features.inputs.open_extraction` makes this extraction again
+        in another process (a pipeline's worker), or None when the data did not come from a spec
+        (arrays in memory)."""
         inputs, backbone = self.inputs, self.inputs.backbone
         if inputs.data_source is None:
             return None
@@ -118,19 +119,6 @@ class Extraction:
                 "data": inputs.data_source, "preprocessing": inputs.kind.to_config().get("preprocessing"),
                 "batch_size": self.batch_size, "engine": self.engine.name, "pool": self.pool,
                 "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
-
-    @classmethod
-    def rebuilt(cls, description: dict) -> "Extraction":
-        from transfer.features.inputs import open_inputs
-
-        source = description["backbone"]
-        inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
-                             signature=source["signature"], inputs=source["inputs"], feeds=source["feeds"],
-                             allow_ops=source["allow_ops"], max_memory=source.get("max_memory"),
-                             preprocessing=description["preprocessing"],
-                             batch_size=description["batch_size"], engine=description["engine"],
-                             **{k: v for k, v in description["data"].items() if k != "data"})
-        return cls(inputs, description["engine_dir"], description["pool"])
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from transfer.graph.backbone import Backbone
 from transfer.datasets.preprocessing import Augmentation, Preprocessing
 from transfer.errors import TransferError
 from transfer.data.input_kind import ArrayInput, ImageInput, InputKind
+from transfer.features.cache import FeatureCache
+from transfer.features.extraction import Extraction
 from transfer.layers.feature_layer import FeatureLayer
 
 SHUFFLE_BYTES = 2**30
@@ -43,16 +45,17 @@ class Inputs:
     def extract(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
                 pool: str | None = None, runner=None) -> dict:
         """Every split's cache entries, one per cut (`{role: [Entry, ...]}`), extracting what is
-        not there yet in one pass (`transfer.features.cache`, `transfer.features.extraction`). `runner`: where the
-        pass runs (`transfer.features.runners`: None or "local" here, "beam" or a `BeamRunner` on Beam)."""
-        from transfer.features.cache import FeatureCache
-        from transfer.features.extraction import Extraction
-        from transfer.features.runners import get_runner
-
-        run = get_runner(runner)  # an unknown runner, or Beam missing, before any work
+        not there yet in one pass (`transfer.features.cache`, `transfer.features.extraction`). `runner`:
+        where the pass runs: None (this process), or a runner made by `transfer.features.runners.get_runner`
+        (`get_runner("beam")`: on Apache Beam), which this layer only calls."""
+        if runner is not None and not callable(getattr(runner, "extract", None)):
+            raise TransferError(f"runner {runner!r}: give a runner made by transfer.features.runners.get_runner, "
+                                "e.g. get_runner('beam')")
         cache = FeatureCache(cache_dir, shard_size=shard_size)
         extraction = Extraction(self, cache.root if cache.local else None, pool)  # a converted engine stays local
-        return run.extract(cache, extraction, dtype=dtype, progress=progress)
+        if runner is None:
+            return cache.extract(extraction, dtype=dtype, progress=progress)
+        return runner.extract(cache, extraction, dtype=dtype, progress=progress)
 
     def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
                         pool: str | None = None, runner=None) -> FeatureSplits:
@@ -302,3 +305,15 @@ def _batch_predictor(model):
     if model.distribute_strategy.num_replicas_in_sync == 1:
         return model.predict_on_batch
     return tf.function(lambda examples: model(examples, training=False), reduce_retracing=True)
+
+
+def open_extraction(description: dict) -> Extraction:
+    """The extraction `Extraction.description` describes, made again in another process (a
+    pipeline's worker): its backbone loaded and checked, its data opened from their spec."""
+    source = description["backbone"]
+    inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
+                         signature=source["signature"], inputs=source["inputs"], feeds=source["feeds"],
+                         allow_ops=source["allow_ops"], max_memory=source.get("max_memory"),
+                         preprocessing=description["preprocessing"], batch_size=description["batch_size"],
+                         engine=description["engine"], **{k: v for k, v in description["data"].items() if k != "data"})
+    return Extraction(inputs, description["engine_dir"], description["pool"])

@@ -7,15 +7,10 @@ This module imports neither TensorFlow nor Apache Beam: the Beam pipeline itself
 """
 from __future__ import annotations
 
-import contextlib
-import difflib
-import io
-import logging
-
 from transfer.errors import TransferError, check_choice
+from transfer.features.beam_options import check_beam_options, flag
 
 RUNNERS = ("local", "beam")
-BEAM_EXTRA = "pip install 'transfer[beam]'"
 
 
 class LocalRunner:
@@ -50,54 +45,7 @@ def get_runner(runner=None, options=()) -> LocalRunner | BeamRunner:
     name = check_choice("runner", runner or "local", RUNNERS, flag="--runner")
     if name == "local":
         if options:
-            raise TransferError(f"--beam-option {_flag(*next(iter(dict(options).items())))} sets a Beam pipeline "
+            raise TransferError(f"--beam-option {flag(*next(iter(dict(options).items())))} sets a Beam pipeline "
                                 "option: add --runner beam")
         return LocalRunner()
     return BeamRunner(options)
-
-
-def check_beam_options(options: dict) -> dict:
-    """Each option a name Beam's PipelineOptions know, with a value they accept: one line
-    naming the bad one (and the closest names) otherwise; Beam missing: what to install."""
-    import_beam()
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    known = PipelineOptions([]).get_all_options(retain_unknown_options=False)
-    for name, value in options.items():
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            raise TransferError(f"--beam-option {_flag(name, value)}: Beam has no pipeline option {name!r}"
-                                + (f"; did you mean {', '.join(close)}?" if close else
-                                   " (e.g. runner, direct_num_workers, direct_running_mode)"))
-        messages = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(messages):  # Beam's argparse says what is wrong, then exits
-                PipelineOptions.from_dictionary({name: beam_value(value)}).get_all_options()
-        except SystemExit:
-            problem = messages.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-            raise TransferError(f"--beam-option {_flag(name, value)}: {problem}") from None
-    return options
-
-
-def import_beam() -> None:
-    """Apache Beam, without its import-time notices (a missing BigQuery client) on the root
-    logger; missing: one line saying what to install."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        import apache_beam  # noqa: F401
-    except ImportError:
-        raise TransferError(f"--runner beam needs Apache Beam: {BEAM_EXTRA}") from None
-    finally:
-        logging.disable(previous)
-
-
-def beam_value(value):
-    """`true`/`false` as booleans (Beam's switches take no value), anything else as text."""
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
-
-
-def _flag(name, value) -> str:
-    return f"{name}={value}"
