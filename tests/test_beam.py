@@ -17,6 +17,7 @@ import tensorflow as tf
 from transfer import datasets
 from transfer.features.cache import FeatureCache
 from transfer.cli.main import main
+from cli_checks import user_error
 from transfer.errors import TransferError, TransferWarning
 from transfer.features.inputs import open_inputs
 from transfer.features.runners import BeamRunner, get_runner
@@ -108,7 +109,7 @@ def test_fit_and_a_thawed_sweep_extract_on_beam(tmp_path, capsys):
     inputs.cached_prefix(layer, tmp_path / "prefix-plain", progress=False)
     inputs.cached_prefix(layer, tmp_path / "prefix-beam", progress=False, runner=get_runner("beam"))
     assert digests(tmp_path / "prefix-beam") == digests(tmp_path / "prefix-plain")
-    assert "runs the extraction into the feature cache" in cli_error(
+    assert "runs the extraction into the feature cache" in user_error(
         capsys, [*argv[:-2], "--runner", "beam", "--out", str(tmp_path / "uncached")])
 
 
@@ -206,12 +207,6 @@ def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
 # -- bad input: one line, exit 2 ---------------------------------------------------------------------
 
 
-def cli_error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    return err
-
 
 def test_bad_runner_and_beam_options(capsys):
     extract = ["extract", "--backbone", "example:digits", "--data", DATA]
@@ -222,12 +217,12 @@ def test_bad_runner_and_beam_options(capsys):
         main([*extract, "--runner", "beam", "--beam-option", "direct_num_workers"])
     assert exit_.value.code == 2 and "expected KEY=VALUE (a Beam pipeline option), got 'direct_num_workers'" in \
         capsys.readouterr().err
-    err = cli_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_num_worker=2"])
+    err = user_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_num_worker=2"])
     assert err.endswith("Beam has no pipeline option 'direct_num_worker'; did you mean direct_num_workers, "
                         "num_workers, max_num_workers?")
-    err = cli_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_running_mode=fast"])
+    err = user_error(capsys, [*extract, "--runner", "beam", "--beam-option", "direct_running_mode=fast"])
     assert "direct_running_mode=fast: argument --direct_running_mode: invalid choice: 'fast'" in err
-    assert "sets a Beam pipeline option: add --runner beam" in cli_error(
+    assert "sets a Beam pipeline option: add --runner beam" in user_error(
         capsys, [*extract, "--beam-option", "direct_num_workers=2"])
     with pytest.raises(TransferError, match=r"runner='spark' \(--runner\) must be one of local, beam"):
         get_runner("spark")

@@ -15,6 +15,7 @@ import pytest
 from transfer.features import cache as cache_module
 from transfer.features.cache import FeatureCache
 from transfer.cli.main import main
+from cli_checks import user_error
 from transfer.errors import TransferError
 from transfer.features.inputs import open_inputs
 
@@ -238,17 +239,11 @@ def _read_json(path):
 # -- bad input: one line, exit 2, nothing already cached lost ---------------------------------------
 
 
-def cli_error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    return err
-
 
 def test_unwritable_cache_directory(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--data", DATA,
+    err = user_error(capsys, ["extract", "--backbone", "example:digits", "--data", DATA,
                              "--cache-dir", str(blocker / "cache")])
     assert f"cache directory '{blocker / 'cache'}' is not writable" in err
 
@@ -263,7 +258,7 @@ def test_full_disk_keeps_the_finished_shards(capsys, tmp_path, monkeypatch):
         real_fsync(fd)
 
     monkeypatch.setattr(cache_module.os, "fsync", fsync_until_full)
-    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+    err = user_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
                              "--shard-size", "20", "--batch-size", "10", "--cache-dir", str(tmp_path)])
     assert "no space left on the device" in err and "shards already finished are kept" in err
     (entry,) = FeatureCache(tmp_path).entries()
@@ -278,7 +273,7 @@ def test_corrupt_manifest(capsys, tmp_path):
     _, entries = extract(tmp_path)
     entry = entries["train"]
     (entry.path / "manifest.json").write_text("{ not json")
-    err = cli_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path)])
+    err = user_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path)])
     assert f"cache manifest {entry.path / 'manifest.json'} is corrupt" in err
     assert f"transfer cache rm {entry.key}" in err
     assert list(entry.path.glob("features-*.npy")), "shards are kept"
@@ -299,7 +294,7 @@ def test_a_manifest_field_of_the_wrong_type_is_one_line(capsys, tmp_path, field,
     else:
         manifest["shards"][0][field] = value
     path.write_text(json.dumps(manifest))
-    assert problem in cli_error(capsys, ["cache", "verify", "--cache-dir", str(tmp_path)])
+    assert problem in user_error(capsys, ["cache", "verify", "--cache-dir", str(tmp_path)])
 
 
 def test_temporary_files_of_a_dead_extraction_are_removed_on_the_next_run(tmp_path):
@@ -321,12 +316,12 @@ def test_entry_that_belongs_to_another_backbone(capsys, tmp_path):
     manifest = _read_json(entry.path / "manifest.json")
     manifest["backbone_fingerprint"] = "0" * 64
     (entry.path / "manifest.json").write_text(json.dumps(manifest))
-    err = cli_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
+    err = user_error(capsys, ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
                              "--cache-dir", str(tmp_path)])
     assert f"cache entry {entry.key} belongs to backbone fingerprint 000000000000" in err
     moved = tmp_path / ("f" * 32)
     shutil.copytree(entries["test"].path, moved)
-    err = cli_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path), "f" * 32])
+    err = user_error(capsys, ["cache", "ls", "--cache-dir", str(tmp_path), "f" * 32])
     assert f"holds the manifest of entry '{entries['test'].key}'" in err
 
 
@@ -338,8 +333,8 @@ def test_cache_ls_and_rm(capsys, tmp_path):
     assert {row["role"]: row["examples"] for row in listed} == {"train": 50, "validation": 179, "test": 667}
     assert main(["cache", "rm", "--cache-dir", str(tmp_path), entries["train"].key]) == 0
     assert not entries["train"].path.exists() and entries["test"].path.exists()
-    assert "no cache entry 'nope'" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path), "nope"])
-    assert "or --all to remove every entry" in cli_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path)])
+    assert "no cache entry 'nope'" in user_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path), "nope"])
+    assert "or --all to remove every entry" in user_error(capsys, ["cache", "rm", "--cache-dir", str(tmp_path)])
     assert entries["test"].path.exists()
     assert main(["cache", "rm", "--cache-dir", str(tmp_path), "--all"]) == 0
     capsys.readouterr()

@@ -12,21 +12,7 @@ import tensorflow as tf
 
 from transfer import Backbone, TransferError
 from transfer.cli.main import main
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(capsys, argv, pattern):
-    code, out, err = run_cli(capsys, *argv)
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
+from cli_checks import run_cli, user_error
 
 
 def test_inspect_tiny_graph_text(capsys, tiny):
@@ -101,42 +87,42 @@ def test_help_shows_an_example(capsys):
 
 
 def test_missing_path(capsys, tmp_path):
-    assert_user_error(capsys, ["inspect", str(tmp_path / "nope.pb")], r"backbone '.*nope\.pb' does not exist")
+    user_error(capsys, ["inspect", str(tmp_path / "nope.pb")], r"backbone '.*nope\.pb' does not exist")
 
 
 def test_directory_that_is_no_saved_model(capsys, tmp_path):
     (tmp_path / "variables").mkdir()
-    assert_user_error(capsys, ["inspect", str(tmp_path)], r"is a directory but not a SavedModel \(no saved_model\.pb")
+    user_error(capsys, ["inspect", str(tmp_path)], r"is a directory but not a SavedModel \(no saved_model\.pb")
 
 
 def test_truncated_pb(capsys, tiny, tmp_path):
     truncated = tmp_path / "truncated.pb"
     truncated.write_bytes(tiny.path.read_bytes()[: tiny.path.stat().st_size // 2])
-    assert_user_error(capsys, ["inspect", str(truncated)],
+    user_error(capsys, ["inspect", str(truncated)],
                       r"truncated\.pb is not a TensorFlow GraphDef \(truncated or corrupt\?\)")
 
 
 def test_image_file_is_not_a_graph(capsys, tmp_path):
     image = tmp_path / "photo.pb"
     image.write_bytes(tf.io.encode_png(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype="uint8")).numpy())
-    assert_user_error(capsys, ["inspect", str(image)], r"photo\.pb is not a TensorFlow GraphDef")
+    user_error(capsys, ["inspect", str(image)], r"photo\.pb is not a TensorFlow GraphDef")
 
 
 def test_text_file_is_not_a_graph(capsys, tmp_path):
     text = tmp_path / "notes.pbtxt"
     text.write_text("these are my notes, not a graph\n")
-    assert_user_error(capsys, ["inspect", str(text)], r"notes\.pbtxt is not a TensorFlow GraphDef.*text protobuf")
+    user_error(capsys, ["inspect", str(text)], r"notes\.pbtxt is not a TensorFlow GraphDef.*text protobuf")
 
 
 def test_empty_file_and_empty_graph(capsys, tmp_path):
     empty = tmp_path / "empty.pb"
     empty.write_bytes(b"")
-    assert_user_error(capsys, ["inspect", str(empty)], r"empty\.pb is empty: no graph in it")
+    user_error(capsys, ["inspect", str(empty)], r"empty\.pb is empty: no graph in it")
     no_nodes = tmp_path / "no_nodes.pb"
     graph_def = tf.compat.v1.GraphDef()
     graph_def.versions.producer = 1
     no_nodes.write_bytes(graph_def.SerializeToString())
-    assert_user_error(capsys, ["inspect", str(no_nodes)], r"no_nodes\.pb holds an empty graph \(no nodes\)")
+    user_error(capsys, ["inspect", str(no_nodes)], r"no_nodes\.pb holds an empty graph \(no nodes\)")
 
 
 def test_graph_without_placeholder(capsys, tmp_path):
@@ -145,25 +131,25 @@ def test_graph_without_placeholder(capsys, tmp_path):
         tf.add(tf.constant([1.0]), tf.constant([2.0]), name="sum")
     path = tmp_path / "constants.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
-    assert_user_error(capsys, ["inspect", str(path)], r"constants\.pb has no Placeholder")
+    user_error(capsys, ["inspect", str(path)], r"constants\.pb has no Placeholder")
     with pytest.raises(TransferError, match="has no Placeholder"):
         Backbone.load(path, cut="sum")
 
 
 @pytest.mark.slow
 def test_unknown_cut_names_the_closest(capsys, resnet50):
-    assert_user_error(capsys, ["inspect", str(resnet50.path), "--cut", "conv5_blok3_out"],
+    user_error(capsys, ["inspect", str(resnet50.path), "--cut", "conv5_blok3_out"],
                       r"unknown cut 'conv5_blok3_out'; closest: resnet50_1/conv5_block3_out_1/Relu")
 
 
 def test_ambiguous_cut_lists_the_matches(capsys, tiny):
-    assert_user_error(capsys, ["inspect", str(tiny.path), "--cut", "BiasAdd"],
+    user_error(capsys, ["inspect", str(tiny.path), "--cut", "BiasAdd"],
                       r"cut 'BiasAdd' is ambiguous: matches several: tiny_1/conv1_1/BiasAdd, ")
 
 
 def test_cut_not_reachable_from_the_input(capsys, tiny):
     constant = "tiny_1/bn1_1/batchnorm/Rsqrt"
-    assert_user_error(capsys, ["inspect", str(tiny.path), "--cut", constant],
+    user_error(capsys, ["inspect", str(tiny.path), "--cut", constant],
                       rf"cut '{constant}' is not reachable from the input image")
 
 
@@ -196,27 +182,27 @@ def test_protobuf_over_2gb(capsys, tmp_path):
     huge = tmp_path / "huge.pb"
     with open(huge, "wb") as handle:
         handle.truncate(2**31 + 10)  # sparse: costs no disk
-    assert_user_error(capsys, ["inspect", str(huge)], r"huge\.pb is 2\.00 GiB, over protobuf's 2 GiB limit")
+    user_error(capsys, ["inspect", str(huge)], r"huge\.pb is 2\.00 GiB, over protobuf's 2 GiB limit")
 
 
 def test_corrupt_saved_model_and_unknown_signature(capsys, tmp_path, tiny_saved_model):
     corrupt = tmp_path / "corrupt_saved_model"
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"\x0a\xff\xff\xff\xff garbage")
-    assert_user_error(capsys, ["inspect", str(corrupt)], r"saved_model\.pb is corrupt")
-    assert_user_error(capsys, ["inspect", str(tiny_saved_model.path), "--signature", "predict"],
+    user_error(capsys, ["inspect", str(corrupt)], r"saved_model\.pb is corrupt")
+    user_error(capsys, ["inspect", str(tiny_saved_model.path), "--signature", "predict"],
                       r"unknown signature 'predict' in .*; available: embed, serving_default")
 
 
 def test_signature_on_a_plain_graph_file(capsys, tiny):
-    assert_user_error(capsys, ["inspect", str(tiny.path), "--signature", "serving_default"],
+    user_error(capsys, ["inspect", str(tiny.path), "--signature", "serving_default"],
                       r"--signature 'serving_default' applies to SavedModels only")
 
 
 def test_unsupported_keras_file(capsys, tmp_path):
     bad = tmp_path / "model.keras"
     bad.write_bytes(b"not a zip")
-    assert_user_error(capsys, ["inspect", str(bad)], r"model\.keras does not load as a Keras model")
+    user_error(capsys, ["inspect", str(bad)], r"model\.keras does not load as a Keras model")
 
 
 def test_usage_errors_exit_2(capsys):

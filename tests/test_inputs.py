@@ -13,6 +13,7 @@ import keras
 import transfer
 from transfer import Backbone, FeatureLayer, TransferError
 from transfer.cli.main import main
+from cli_checks import user_error
 from transfer.features.estimators import FeatureExtractor
 
 IMAGE_HINT = r"input 'DecodeJpeg/contents' is a string scalar .*the image enters the network at 'Mul' .*--inputs Mul"
@@ -20,15 +21,6 @@ IMAGE_HINT = r"input 'DecodeJpeg/contents' is a string scalar .*the image enters
 
 def images(count, size=32, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (count, size, size, 3)).astype("float32")
-
-
-def one_line_error(capsys, argv, pattern):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def graph_fed_at(path, feed: str, fetch: str, shape):
@@ -103,7 +95,7 @@ def test_a_reshape_to_batch_1_is_named_with_the_tensor_before_it(inception_like)
 def test_unknown_input_names_the_closest(inception_like, capsys):
     with pytest.raises(TransferError, match=r"unknown input 'Mull'; .*closest tensors: Mul\b"):
         Backbone.load(inception_like.path, inputs="Mull", cut="pool_3")
-    one_line_error(capsys, ["inspect", inception_like.path, "--inputs", "Mull"], r"unknown input 'Mull'.*Mul")
+    user_error(capsys, ["inspect", inception_like.path, "--inputs", "Mull"], r"unknown input 'Mull'.*Mul")
 
 
 def test_a_cut_before_the_input_is_an_error(inception_like):
@@ -196,7 +188,7 @@ def test_a_refused_op_before_the_image_says_where_to_feed_past_it(tmp_path):
 def test_fit_says_where_the_image_goes_in(inception_like, arrays_npz, capsys, tmp_path):
     with pytest.raises(TransferError, match=IMAGE_HINT):
         transfer.fit(inception_like.path, f"npz:{arrays_npz}", cut="pool_3", epochs=1, verbose=0)
-    one_line_error(capsys, ["fit", "--backbone", inception_like.path, "--cut", "pool_3", "--data", f"npz:{arrays_npz}",
+    user_error(capsys, ["fit", "--backbone", inception_like.path, "--cut", "pool_3", "--data", f"npz:{arrays_npz}",
                             "--out", tmp_path / "run"],
                     r"input 'DecodeJpeg/contents' expects string examples of shape \(\), got float32 .*" + IMAGE_HINT)
     assert not (tmp_path / "run").exists()
@@ -259,7 +251,7 @@ def test_an_unfed_placeholder_is_named(keep_prob_graph, small_npz, capsys, tmp_p
         Backbone.load(keep_prob_graph, cut="features")
     with pytest.raises(TransferError, match=r"also needs placeholder\(s\) keep_prob, .*--feed keep_prob=VALUE"):
         Backbone.load(keep_prob_graph, cut="features", inputs="images")
-    one_line_error(capsys, ["fit", "--backbone", keep_prob_graph, "--cut", "features", "--data", f"npz:{small_npz}",
+    user_error(capsys, ["fit", "--backbone", keep_prob_graph, "--cut", "features", "--data", f"npz:{small_npz}",
                             "--out", tmp_path / "run"], r"placeholder 'keep_prob' .* --feed keep_prob=VALUE")
 
 
@@ -296,9 +288,9 @@ def test_cli_feed_is_recorded_and_bad_feeds_are_one_line(keep_prob_graph, small_
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["feeds"] == {"keep_prob": 1.0, "is_training": False} and config["allow_ops"] == ["ReadFile"]
-    one_line_error(capsys, ["inspect", keep_prob_graph, "--feed", "keep_prob=abc"],
+    user_error(capsys, ["inspect", keep_prob_graph, "--feed", "keep_prob=abc"],
                    r"feed keep_prob=abc is not a float32")
-    one_line_error(capsys, ["inspect", keep_prob_graph, "--feed", "dropout=1"], r"--feed dropout: no such placeholder")
+    user_error(capsys, ["inspect", keep_prob_graph, "--feed", "dropout=1"], r"--feed dropout: no such placeholder")
     code = main(["inspect", str(keep_prob_graph), "--feed", "keep_prob=1", "--cut", "features"])
     assert code == 0 and "fed a constant: keep_prob = 1.0" in capsys.readouterr().out
 

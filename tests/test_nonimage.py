@@ -16,6 +16,7 @@ import transfer
 from transfer import Backbone
 from transfer.features.cache import FeatureCache
 from transfer.cli.main import main
+from cli_checks import fit_error
 from transfer.errors import TransferError
 from transfer.features.inputs import open_inputs
 from transfer.sweep.sweeping import sweep
@@ -203,47 +204,38 @@ def test_a_spectrogram_of_exactly_the_inputs_shape_passes_unchanged(spectrogram,
 # -- the data checked against the input: one line naming both --------------------------------
 
 
-def fit_error(capsys, tmp_path, backbone, data, *extra):
-    out = tmp_path / "bad_run"
-    code = main(["fit", "--backbone", str(backbone), "--data", data, "--epochs", "1", "--out", str(out), *extra])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert not out.exists() and not out.with_name("bad_run.partial").exists()
-    return err
-
-
 def test_shape_mismatch_names_the_input_expected_and_got(audio, capsys, tmp_path):
     x, y = tones(6)
     data = save_npz(tmp_path / "short.npz", x[:, :1000], y)
-    err = fit_error(capsys, tmp_path, audio.path, data)
+    err = fit_error(capsys, tmp_path, backbone=audio.path, data=data)
     assert err.endswith(f"input 'waveform' expects float32 examples of shape (1024, 1), got float32 (1000, 1) "
                         f"from {data}")
     data = save_npz(tmp_path / "flat.npz", x[..., 0], y)
-    err = fit_error(capsys, tmp_path, audio.path, data)
+    err = fit_error(capsys, tmp_path, backbone=audio.path, data=data)
     assert f"expects float32 examples of shape (1024, 1), got float32 (1024,) from {data}; add the channel axis" in err
 
 
 def test_dtype_mismatch_names_the_input_expected_and_got(tokens, capsys, tmp_path):
     x, y = sentences(8)
     data = save_npz(tmp_path / "floats.npz", x.astype("float32"), y)
-    err = fit_error(capsys, tmp_path, tokens.path, data)
+    err = fit_error(capsys, tmp_path, backbone=tokens.path, data=data)
     assert err.endswith(f"input 'tokens' expects int32 examples of shape (10,), got float32 (10,) from {data}")
 
 
 def test_image_settings_are_refused_for_arrays(audio, capsys, tmp_path):
     x, y = tones(6)
     data = save_npz(tmp_path / "t.npz", x, y)
-    err = fit_error(capsys, tmp_path, audio.path, data, "--scale", "0..1")
+    err = fit_error(capsys, tmp_path, "--scale", "0..1", backbone=audio.path, data=data)
     assert "--scale '0..1' applies to image inputs; input 'waveform' takes float32 arrays of shape (1024, 1)" in err
     assert "augmentation (--augment, --crop-padding) applies to image inputs" in fit_error(
-        capsys, tmp_path, audio.path, data, "--augment")
+        capsys, tmp_path, "--augment", backbone=audio.path, data=data)
     (tmp_path / "prep.json").write_text(json.dumps({"scale": "0..1"}))
     assert "preprocessing settings (--preprocessing) applies to image inputs" in fit_error(
-        capsys, tmp_path, audio.path, data, "--preprocessing", str(tmp_path / "prep.json"))
+        capsys, tmp_path, "--preprocessing", tmp_path / "prep.json", backbone=audio.path, data=data)
 
 
 def test_images_cannot_feed_a_waveform_input(audio, capsys, tmp_path):
-    err = fit_error(capsys, tmp_path, audio.path, "digits:0-1")
+    err = fit_error(capsys, tmp_path, backbone=audio.path, data="digits:0-1")
     assert re.search(r"fit needs a backbone that takes images .* its input 'waveform' has shape \(None, 1024, 1\)", err)
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from transfer import Backbone
 from transfer.graph.loading import load_graph
-from test_cli import assert_user_error, run_cli
+from cli_checks import run_cli, user_error
 
 
 def test_inspect_lists_each_output_with_its_key_tensor_and_shape(capsys, multi_output_saved_model):
@@ -55,16 +55,16 @@ def test_auto_on_a_multi_output_model_is_the_shared_trunk(multi_output_saved_mod
 
 
 def test_unknown_output_key_names_the_closest_keys(capsys, multi_output_saved_model):
-    assert_user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--cut", "notes"],
+    user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--cut", "notes"],
                       r"^transfer inspect: error: unknown cut 'notes'; closest: note\b")
-    assert_user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--cut", "onsets"],
+    user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--cut", "onsets"],
                       r"unknown cut 'onsets'; closest: onset\b")
 
 
 def test_unknown_signature_lists_the_available_ones(capsys, multi_output_saved_model, hub_module):
-    assert_user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--signature", "serve"],
+    user_error(capsys, ["inspect", str(multi_output_saved_model.path), "--signature", "serve"],
                       r"unknown signature 'serve' in .*multi_output_saved_model; available: serving_default$")
-    assert_user_error(capsys, ["inspect", str(hub_module.path), "--signature", "image_features"],
+    user_error(capsys, ["inspect", str(hub_module.path), "--signature", "image_features"],
                       r"unknown signature 'image_features' in .*; available: default, image_feature_vector$")
 
 
