@@ -217,7 +217,7 @@ def test_usage_errors_exit_2(capsys):
 def test_readme_quick_start_is_the_cli_main_job_and_ci_runs_the_test_command():
     from pathlib import Path
 
-    from transfer.cli.main import MAIN_JOB
+    from transfer.cli.fit_command import MAIN_JOB
 
     root = Path(__file__).resolve().parents[1]
     quick_start = (root / "README.md").read_text().split("```bash")[1].split("```")[0].strip().splitlines()
@@ -228,7 +228,7 @@ def test_readme_quick_start_is_the_cli_main_job_and_ci_runs_the_test_command():
 def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
     import shlex
 
-    from transfer.cli.main import MAIN_JOB
+    from transfer.cli.fit_command import MAIN_JOB
 
     argv = shlex.split(MAIN_JOB)[1:] + ["--out", str(tmp_path / "run")]
     assert main(argv) == 0

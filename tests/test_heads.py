@@ -309,7 +309,7 @@ def test_adapted_statistics_survive_a_safe_mode_keras_file(tmp_path):
 
 
 def test_standardize_is_a_head_option_on_the_command_line():
-    from transfer.cli.main import _key_value
+    from transfer.cli.arguments import key_value as _key_value
 
     assert _key_value("standardize=false") == ("standardize", False)
     assert _key_value("standardize=true,false") == ("standardize", [True, False])  # a sweep axis

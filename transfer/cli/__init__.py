@@ -1,5 +1,3 @@
-"""The `transfer` command (`main`): it parses arguments and calls the Python API. No TensorFlow is
-imported here: `--help`, argument errors and `cache ls` answer at once."""
-from transfer.cli.main import main
-
-__all__ = ["main"]
+"""Layer 7: the `transfer` command (`transfer.cli.main:main`), one module per command and what
+they share (`arguments`). It parses arguments and calls the Python API; `--help`, argument errors
+and `cache ls` import no TensorFlow, so they answer at once."""

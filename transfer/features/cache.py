@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from transfer.errors import TransferError, TransferWarning, check_choice
+from transfer.choices import CACHE_DTYPES
 from transfer.files import update_with_file, write_atomic
 from transfer.features.storage import is_local, load_array, location, npy_problem, rmtree
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPES = ("float32", "float16")
+DTYPES = CACHE_DTYPES
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
 PASS_BYTES = 2**30  # at most ~1 GiB of every output's unwritten shards held by one pass (many cuts)
 FINISHED = ".shard-{index:05d}.json"  # a task's record of a finished shard, until the manifest lists it

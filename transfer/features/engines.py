@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import TransferError, TransferWarning, check_choice
+from transfer.choices import ENGINES
 from transfer.files import write_atomic
 
-ENGINES = ("tf", "onnxruntime", "auto")
 OPSET = 17
 # Agreement on the first batch: max |onnxruntime - tf| <= RELATIVE * max |tf| + ABSOLUTE.
 RELATIVE, ABSOLUTE = 1e-4, 1e-5

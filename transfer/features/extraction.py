@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import check_choice
+from transfer.choices import POOLS
 from transfer.features.pooled_cuts import DerivedAverages, derived_averages, pool_positions
 
-POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
 ROLES = ("train", "validation", "test")
 
 

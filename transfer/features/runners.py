@@ -8,9 +8,9 @@ This module imports neither TensorFlow nor Apache Beam: the Beam pipeline itself
 from __future__ import annotations
 
 from transfer.errors import TransferError, check_choice
+from transfer.choices import RUNNERS
 from transfer.features.beam_options import check_beam_options, flag
 
-RUNNERS = ("local", "beam")
 
 
 class LocalRunner:

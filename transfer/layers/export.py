@@ -13,13 +13,14 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer.choices import EXPORT_FORMATS
 from transfer.graph.freezing import freeze_function
 from transfer.layers.model import model_parts, raw_input_spec
 
 SAVED_MODEL = "saved_model"
 FROZEN_GRAPH = "model.pb"
 TFLITE = "model.tflite"
-FORMATS = ("savedmodel", "pb", "tflite")
+FORMATS = EXPORT_FORMATS
 
 
 def serving_function(model):

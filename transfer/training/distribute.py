@@ -24,8 +24,8 @@ import keras
 import tensorflow as tf
 
 from transfer.errors import TransferError, TransferWarning, check_choice
+from transfer.choices import STRATEGIES
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 

@@ -12,11 +12,11 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from transfer.errors import TransferError, check_choice, check_number, flag_of
+from transfer.choices import OPTIMIZERS
 
 if TYPE_CHECKING:
     from transfer.training.thaw_schedule import ThawTraining
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # Keras' names
 CLASS_WEIGHTS = (None, "balanced")
 _NUMBERS = {  # name -> check_number's range
     "epochs": dict(minimum=1, integer=True),  # 0 would write an untrained model

@@ -1,0 +1,15 @@
+"""The names a user chooses among, each list in one place.
+
+The CLI offers them (argparse `choices`, help texts) without importing TensorFlow, and the modules
+that act on them check values against the same tuples, so a new engine, strategy or format is
+added here once.
+"""
+from __future__ import annotations
+
+ENGINES = ("tf", "onnxruntime", "auto")  # what runs the frozen backbone when features are extracted
+RUNNERS = ("local", "beam")  # where extraction runs
+STRATEGIES = ("default", "mirrored", "multiworker")  # where training runs (tf.distribute)
+POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
+CACHE_DTYPES = ("float32", "float16")  # how the cache stores features
+EXPORT_FORMATS = ("savedmodel", "pb", "tflite")  # what a run exports
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # Keras' names

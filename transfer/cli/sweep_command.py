@@ -1,0 +1,85 @@
+"""`transfer sweep`: many heads and settings over one extraction, ranked; the best retrained."""
+from __future__ import annotations
+
+import json
+
+from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument,
+                                     add_strategy_argument, choices_of, command, export_formats, graph_options,
+                                     key_value)
+from transfer.text import printable
+from transfer.training.settings import default
+
+EXAMPLES = """examples:
+  transfer sweep --backbone example:digits --cut block2_out --data 'digits:5-9?per_class=10' \\
+      --heads linear,mlp,logreg --head-opt pooling=avg,flatten --lr 1e-3,1e-2 --epochs 40 --repeats 3
+  transfer sweep --backbone model.pb --cut resnet_features --data photos/ --grid grid.toml
+  transfer sweep --backbone example:digits --cuts candidates --heads logreg --data 'digits:5-9?per_class=10'"""
+
+
+def add(commands) -> None:
+    sweep = command(commands, "sweep", run, "train many heads and settings on features extracted once; "
+                    "rank them; export the best", EXAMPLES)
+    add_input_arguments(sweep)
+    sweep.add_argument("--cuts", metavar="A,B|candidates",
+                       help="cuts to sweep, all extracted in one pass; 'candidates': every candidate cut that "
+                       "`transfer inspect` lists (default: the one --cut)")
+    add_pool_argument(sweep)
+    sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
+                       help="heads to sweep, e.g. linear,mlp,logreg (default: linear)")
+    sweep.add_argument("--head-opt", type=key_value, action="append", default=[], metavar="KEY=A,B",
+                       help="a head option's choices, e.g. pooling=avg,flatten or 'hidden=[[64],[128,64]]' "
+                       "(applies to the heads that take it; repeatable)")
+    sweep.add_argument("--lr", type=choices_of(float), metavar="A,B", help=f"learning rates (default {default('lr')})")
+    sweep.add_argument("--epochs", type=choices_of(int), metavar="A,B", help=f"epochs (default {default('epochs')})")
+    sweep.add_argument("--batch-size", type=choices_of(int), metavar="A,B",
+                       help=f"global batch sizes, split across the devices of --strategy "
+                       f"(default {default('batch_size')})")
+    sweep.add_argument("--optimizer", type=lambda text: text.split(","), metavar="A,B",
+                       help=f"optimizers (default {default('optimizer')})")
+    sweep.add_argument("--thaw", type=choices_of(int), metavar="A,B",
+                       help="also train the last N weight layers before the cut, from cached prefix outputs "
+                            "(0 = frozen; default 0)")
+    for flag, cast, meaning in (("--thaw-lr-scale", float, "thawed layers' learning rate / --lr"),
+                                ("--thaw-weight-decay", float, "weight decay on the thawed layers"),
+                                ("--unfreeze-every", int, "gradual unfreezing: one more layer every K epochs"),
+                                ("--head-epochs", int, "epochs of the head alone before the thawed layers train")):
+        sweep.add_argument(flag, type=choices_of(cast), metavar="A,B", help=f"{meaning} (settings with thaw > 0)")
+    sweep.add_argument("--grid", metavar="FILE", help="a TOML or YAML grid file instead of the axis flags")
+    sweep.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per setting: mean ± std")
+    sweep.add_argument("--patience", type=int, default=default("patience"),
+                       help=f"early-stopping patience (default {default('patience')})")
+    add_strategy_argument(sweep)
+    add_cache_arguments(sweep, CACHE_HELP)
+    sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/sweep-<timestamp>)")
+    sweep.add_argument("--export", type=export_formats, default=("savedmodel", "pb"), metavar="FORMATS",
+                       help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
+    sweep.add_argument("--tensorboard", action="store_true",
+                       help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
+    sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
+
+
+def run(args) -> int:
+    from transfer.sweep.sweeping import format_table, sweep
+    from transfer.training.fitting import default_run_dir
+
+    axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",
+                                                "thaw_weight_decay", "unfreeze_every", "head_epochs")
+            if getattr(args, key) is not None}
+    result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
+                   head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
+                   repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut, cuts=args.cuts,
+                   pool=args.pool,
+                   signature=args.signature, **graph_options(args),
+                   data_dir=args.data_dir, validation_split=args.validation_split,
+                   per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
+                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
+                   out=args.out or default_run_dir("sweep"),
+                   export=args.export, tensorboard=args.tensorboard, progress=not args.json,
+                   strategy=args.strategy, **axes)
+    if args.json:
+        print(json.dumps(result.rows, indent=2))
+    else:
+        print(format_table(result.rows))
+        print(printable(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})"
+                        if result.run_dir else "sweep directory: written by the chief worker"))
+    return 0
