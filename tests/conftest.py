@@ -20,7 +20,8 @@ import pytest
 import transfer  # noqa: F401  (pins the Keras backend before keras is imported)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from transfer import _compat
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ def freeze_to_pb(model, path: Path, input_name: str = "image") -> Path:
     """The plain TF way to freeze a Keras model: trace, convert variables, write the GraphDef."""
     spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype, name=input_name)
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(_compat.freeze_variables(function).graph.as_graph_def().SerializeToString())
     return path
 
 

@@ -4,9 +4,8 @@ averages computed from the full maps; anything else is computed."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from transfer import Backbone
+from transfer import Backbone, _compat
 from transfer.features.extraction import _pooled_function
 from transfer.features.pooled_cuts import derived_averages, pool_positions
 
@@ -45,7 +44,7 @@ def affine_graph(tmp_path_factory):
         return tf.add_n([tf.reduce_sum(ramped + squared, axis=[1, 2, 3]), *convolved], name="total")
 
     path = tmp_path_factory.mktemp("pooled") / "affine.pb"
-    graph_def = convert_variables_to_constants_v2(net.get_concrete_function()).graph.as_graph_def()
+    graph_def = _compat.freeze_variables(net.get_concrete_function()).graph.as_graph_def()
     path.write_bytes(graph_def.SerializeToString())
     return path
 

@@ -18,9 +18,8 @@ import pytest
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework import op_def_registry
 
-from transfer import Backbone, FeatureLayer
+from transfer import Backbone, FeatureLayer, _compat
 from transfer.cli.main import main
 from transfer.errors import TransferError
 from transfer.graph.inspection import inspect_graph
@@ -50,7 +49,7 @@ NAMED_IN_ISSUE = [
 
 
 def test_every_allowed_op_is_a_registered_tensorflow_op():
-    unknown = sorted(op for op in ALLOWED_OPS | RESTORE_OPS if op_def_registry.get(op) is None)
+    unknown = sorted(op for op in ALLOWED_OPS | RESTORE_OPS if not _compat.is_registered_op(op))
     assert unknown == []
 
 
@@ -114,13 +113,11 @@ def print_in_while_loop(canary):
 
 def print_in_v1_while_loop(canary):
     def attach(f):
-        from tensorflow.python.ops import control_flow_v2_toggles
-
-        control_flow_v2_toggles.disable_control_flow_v2()
+        tf.compat.v1.disable_control_flow_v2()
         try:
             return print_in_while_loop(canary)(f)
         finally:
-            control_flow_v2_toggles.enable_control_flow_v2()
+            tf.compat.v1.enable_control_flow_v2()
     return attach
 
 

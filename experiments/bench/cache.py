@@ -37,8 +37,8 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer._compat import freeze_variables
 from transfer import Backbone, heads
 from transfer.features.cache import FORMAT_VERSION, MANIFEST, SHARD_BYTES, Entry, FeatureCache, _write_atomic
 from transfer.features.inputs import FeatureSplits, open_inputs
@@ -60,7 +60,7 @@ def build_network(workdir: Path) -> Path:
     spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     pb_path = workdir / "resnet50_64.pb"
-    pb_path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    pb_path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return pb_path
 
 

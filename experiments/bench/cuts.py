@@ -28,8 +28,8 @@ from pathlib import Path
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer._compat import freeze_variables
 from transfer import Backbone
 from transfer.features.inputs import open_inputs
 from transfer.sweep.sweeping import sweep
@@ -43,7 +43,7 @@ def frozen_resnet50(size: int, workdir: Path) -> Path:
     spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     path = workdir / "ResNet50.pb"
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return path
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer._compat import freeze_variables
 from transfer import Backbone
 from transfer.features.engines import OnnxRuntime, agreement
 
@@ -47,7 +47,7 @@ def frozen(name: str, workdir: Path) -> Path:
     spec = tf.TensorSpec([None, 224, 224, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     path = workdir / f"{name}.pb"
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return path
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer._compat import freeze_variables
 from transfer import FeatureLayer
 
 
@@ -32,7 +32,7 @@ def build_network(workdir: Path) -> tuple[Path, Path]:
     spec = tf.TensorSpec([None, 224, 224, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     pb_path = workdir / "resnet50.pb"
-    pb_path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    pb_path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     saved_model = workdir / "resnet50_saved_model"
     model.export(str(saved_model), verbose=False)
     return pb_path, saved_model

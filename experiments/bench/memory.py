@@ -43,12 +43,12 @@ def write_resnet(path: Path) -> None:
     import transfer  # noqa: F401  (pins the Keras backend)
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from transfer._compat import freeze_variables
 
     model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
     spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import transfer  # noqa: F401  (pins the Keras backend)
 import keras
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from transfer._compat import freeze_variables
 
 SIZE, REPEATS, SHARD = 128, 4, 512
 CLI = "import sys; from transfer.cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -60,7 +60,7 @@ def build_network(workdir: Path) -> Path:
     spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     path = workdir / f"mobilenet_v2_{SIZE}.pb"
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return path
 
 

@@ -29,7 +29,7 @@ import transfer
 import keras
 from transfer.features.inputs import open_inputs
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from transfer._compat import freeze_variables
 
 BLOCK = "conv5_block3_"
 
@@ -39,7 +39,7 @@ def frozen_resnet(workdir: Path):
     spec = tf.TensorSpec([None, 224, 224, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     path = workdir / "resnet50.pb"
-    path.write_bytes(convert_variables_to_constants_v2(function).graph.as_graph_def().SerializeToString())
+    path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return model, path
 
 

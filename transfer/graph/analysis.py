@@ -10,6 +10,7 @@ import functools
 
 import tensorflow as tf
 
+from transfer import _compat
 from transfer.errors import TransferError
 
 # Ops that consume learned weights: a "weight layer" is one of these fed by a float constant.
@@ -390,9 +391,7 @@ def component_matches(pattern: str, component: str) -> bool:
 
 def subgraph(graph_def, keep: list[str]):
     """The nodes `keep` needs (`extract_sub_graph`, without its deprecation notice on every call)."""
-    from tensorflow.python.util import deprecation
-
-    with deprecation.silence():
+    with _compat.deprecation_silenced():
         return tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
 
 
@@ -417,6 +416,4 @@ def import_graph_def(graph_def, source: str = "graph", wrapped: bool = True):
 def rewrap(graph):
     """A wrapped function over a graph `import_graph_def` made (its function long gone), so that it
     can be pruned again without importing the GraphDef again."""
-    from tensorflow.python.eager import wrap_function
-
-    return wrap_function.WrappedFunction(graph, wrap_function.VariableHolder())
+    return _compat.wrapped_function(graph)

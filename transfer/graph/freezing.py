@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer import _compat
 from transfer.errors import TransferError
 from transfer.graph.analysis import subgraph
 
@@ -28,7 +28,7 @@ def freeze_function(function) -> FrozenGraph:
     `StatefulPartitionedCall:0`, `:1`, … of one op), and the shape the function declares where
     the frozen graph's shape inference knows less (a Keras `Dense` on a sequence loses the time
     size in its `Tensordot` reshapes)."""
-    frozen = convert_variables_to_constants_v2(function)
+    frozen = _compat.freeze_variables(function)
     arg_names = _argument_names(function)
     inputs = {name: t.op.name for name, t in zip(arg_names, frozen.inputs) if t.dtype != tf.resource}
     keys = _output_keys(function)

@@ -14,6 +14,7 @@ from pathlib import Path
 import tensorflow as tf
 from google.protobuf import message, text_format
 
+from transfer import _compat
 from transfer.errors import TransferError
 from transfer.files import update_with_file
 from transfer.graph.freezing import FrozenGraph, freeze_function, freeze_keras_model
@@ -270,10 +271,8 @@ def _load_signatures(path: Path, tags: list[str]):
     try:
         loaded = tf.saved_model.load(str(path), tags=tags)
     except Exception as first_error:  # noqa: BLE001 - any reviving failure sends us to the v1 loader
-        from tensorflow.python.saved_model import load_v1_in_v2
-
         try:
-            loader = load_v1_in_v2._EagerSavedModelLoader(str(path))
+            loader = _compat.v1_saved_model_loader(str(path))
             read_restored_variables(loader.get_meta_graph_def_from_tags(tags))  # edited in place
             loaded = loader.load(tags=tags)
         except Exception as error:  # noqa: BLE001

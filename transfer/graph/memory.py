@@ -16,6 +16,7 @@ import math
 import os
 import re
 
+from transfer import _compat
 from transfer.errors import TransferError
 
 # The share of the available memory one example's tensors may take by default: a batch takes
@@ -136,15 +137,13 @@ class _Sizer:
     def _body_peak(self, name: str) -> Peak:
         """A function's peak, its inputs of unknown shape (what it makes from constants is known)."""
         if name not in self._bodies:
-            from tensorflow.python.framework import function_def_to_graph
-
             import tensorflow as tf
 
             function = self.library[name]
             self._bodies[name] = Peak()  # a call to itself (refused on load) would not loop here
             try:
                 with self.graph.as_default():
-                    body = function_def_to_graph.function_def_to_graph(
+                    body = _compat.function_body_graph(
                         function, input_shapes=[tf.TensorShape(None)] * len(function.signature.input_arg))
             except (ValueError, TypeError, KeyError, tf.errors.OpError):
                 return Peak()  # shapes unknown here: the run-time check remains

@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
+from transfer import _compat
 from transfer.errors import TransferError
 from transfer.graph.memory import format_size
 from transfer.graph.op_allowlist import ALLOWED_OPS, RESTORE_OPS
@@ -180,9 +181,7 @@ class _Checker:
             f"network); refused. If you trust this graph: --allow-op {op_type} (allow_ops=[{op_type!r}])")
 
     def _check_unknown_function(self, name: str, node_def, where: str) -> None:
-        from tensorflow.python.framework import op_def_registry
-
-        if op_def_registry.get(name) is not None:  # a gradient or call naming a primitive op
+        if _compat.is_registered_op(name):  # a gradient or call naming a primitive op
             self._check_type(name, node_def.name, where)
             return
         raise TransferError(f"{self.source}: op {node_def.name!r} ({node_def.op}{f', {where}' if where else ''}) "
@@ -269,10 +268,10 @@ def _tensor_bytes(tensor, node_name: str, source: str) -> tuple[int, int]:
 
 
 def _itemsize(dtype_enum: int) -> int:
-    from tensorflow.python.framework import dtypes
+    import tensorflow as tf
 
     try:
-        dtype = dtypes.as_dtype(dtype_enum)
+        dtype = tf.as_dtype(dtype_enum)
     except TypeError:
         return 8
     return dtype.size if dtype.size else 8  # strings, resources, variants: at least a pointer each

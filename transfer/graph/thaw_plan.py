@@ -15,6 +15,7 @@ import re
 
 import tensorflow as tf
 
+from transfer import _compat
 from transfer.errors import TransferError
 from transfer.graph.analysis import NORM_OPS, GraphInfo, format_shape
 from transfer.graph.backbone import Backbone
@@ -158,14 +159,13 @@ _CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # TF differe
 def check_differentiable(info: GraphInfo, cuts: list[tf.Tensor], weights: list[tf.Tensor]) -> None:
     """Raise, before any training, if an op that gradients must pass from the thawed weights to
     a cut has no gradient in TensorFlow (training would stop with a LookupError mid-epoch)."""
-    from tensorflow.python.framework import ops as tf_ops
-
     path = _thawed_region(info, cuts, [w.op for w in weights])
     for op in sorted((info.by_name[n] for n in path), key=lambda op: info.position[op.name]):
-        if op.type in _CALLS or info.graph._is_function(op.type) or not any(t.dtype.is_floating for t in op.outputs):
+        if (op.type in _CALLS or _compat.is_library_function(info.graph, op.type)
+                or not any(t.dtype.is_floating for t in op.outputs)):
             continue
         try:
-            tf_ops.get_gradient_function(op)
+            _compat.gradient_function(op)
         except LookupError:
             raise TransferError(
                 f"cannot thaw through op {op.name!r} ({op.type}): TensorFlow has no gradient for it and it lies "

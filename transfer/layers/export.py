@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transfer import _compat
 from transfer.choices import EXPORT_FORMATS
 from transfer.graph.freezing import freeze_function
 from transfer.layers.model import model_parts, raw_input_spec
@@ -56,7 +56,7 @@ def export_tflite(model, path: Path) -> Path:
     """Converted from a SavedModel of the *frozen* serving function: converting one with variables
     keeps them as TFLite resource variables that the interpreter never initialises."""
     function = serving_function(model).get_concrete_function()
-    frozen = convert_variables_to_constants_v2(function)
+    frozen = _compat.freeze_variables(function)
 
     @tf.function(input_signature=function.structured_input_signature[0])
     def serve(raw):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import keras
 import tensorflow as tf
 
+from transfer import _compat
 from transfer.graph.backbone import Backbone, check_shape, order_inputs
 from transfer.errors import TransferError, TransferWarning
 from transfer.graph.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
@@ -192,6 +193,4 @@ def _batch_size(inputs):
 def _in_safe_mode(safe_mode) -> bool:
     if safe_mode is not None:
         return bool(safe_mode)
-    from keras.src.saving import serialization_lib
-
-    return serialization_lib.in_safe_mode() is not False
+    return _compat.keras_safe_mode() is not False

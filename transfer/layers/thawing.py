@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transfer import _compat
 from transfer.errors import TransferError
 from transfer.graph.backbone import Backbone
 from transfer.graph.thaw_plan import build_suffix, layers_before, plan_thaw
@@ -56,11 +57,8 @@ class ThawedFeatureLayer(FeatureLayer):
         if not self.awaits_graph:
             return
         super().load_assets(dir_path)
-        self._tracker.unlock()  # Keras locks a built layer's state; these weights are its own, made late
-        try:
+        with _compat.tracking_unlocked(self):  # Keras locks a built layer's state; these weights are its own, made late
             self._thaw()
-        finally:
-            self._tracker.lock()
         for weight, value in zip(self.thawed_weights, self._saved_values or []):
             weight.assign(value)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 
+from transfer import _compat
 from transfer.errors import TransferError, check_number
 
 
@@ -39,7 +40,7 @@ def build_optimizer(model, features) -> None:
         optimizer.build(model.trainable_variables + [w for w in features.thawed_weights if id(w) not in known])
         return
     try:
-        optimizer._check_variables_are_known(features.thawed_weights)  # Keras' own check, before any epoch
+        _compat.optimizer_check_known(optimizer, features.thawed_weights)  # Keras' own check, before any epoch
     except ValueError:
         raise TransferError("the optimizer was built without some thawed weights, so it cannot train them: "
                             "compile again (a new optimizer) or use transfer.GroupedOptimizer") from None

@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from transfer import _compat
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.choices import STRATEGIES
 
@@ -168,11 +169,9 @@ class _StepLoop:
     def fit(self, train, validation, epochs: int, callbacks: list, class_weight, verbose) -> keras.callbacks.History:
         model, strategy = self.model, self.strategy
         if class_weight:
-            from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
-
-            train = train.map(make_class_weight_map_fn(class_weight))  # as model.fit does
+            train = train.map(_compat.class_weight_map_fn(class_weight))  # as model.fit does
         with strategy.scope():
-            model._symbolic_build(data_batch=next(iter(train)))  # metric and optimizer variables, as fit makes them
+            _compat.symbolic_build(model, next(iter(train)))  # metric and optimizer variables, as fit makes them
         batches = strategy.experimental_distribute_dataset(_sharded_by_data(train))
         checks = None if validation is None else strategy.experimental_distribute_dataset(_sharded_by_data(validation))
         callbacks = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=model,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import keras
 
+from transfer import _compat
 from transfer.errors import TransferError, check_number
 
 GROUP_KEYS = {"variables", "paths", "lr_scale", "weight_decay"}
+_key = _compat.optimizer_variable_key  # (optimizer, variable) -> the key Keras files it under
 
 
 def optimizer_named(name: str, lr: float) -> keras.optimizers.Optimizer:
@@ -50,42 +52,45 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             for index, (scale, decay) in enumerate(scales)]
 
     def build(self, variables):
-        candidates = {self._var_key(v): v for v in variables}
+        candidates = {_key(self, v): v for v in variables}
         for group in self.groups:  # with the group variables that do not train yet
-            candidates.update({self._var_key(v): v for v in group.get("variables", ())})
+            candidates.update({_key(self, v): v for v in group.get("variables", ())})
         variables = list(candidates.values())
-        group_keys = [{self._var_key(v) for v in group.get("variables", ())} for group in self.groups]
+        group_keys = [{_key(self, v) for v in group.get("variables", ())} for group in self.groups]
         super().build(variables)
         route = {}
         for variable in variables:
-            key, path = self._var_key(variable), getattr(variable, "path", None)
+            key, path = _key(self, variable), getattr(variable, "path", None)
             route[key] = next((index for index, (group, keys) in enumerate(zip(self.groups, group_keys), start=1)
                                if key in keys or path in group.get("paths", ())), 0)
-        _untracked(self, _route=route, _members=[[v for v in variables if route[self._var_key(v)] == index]
+        _untracked(self, _route=route, _members=[[v for v in variables if route[_key(self, v)] == index]
                                                  for index in range(len(self.group_optimizers))])
         for inner, members in zip(self.group_optimizers, self._members):
             inner.build(members)
 
     def apply(self, grads, trainable_variables=None):
         """Each inner optimizer steps on its own variables; `iterations` counts whole steps."""
-        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        if trainable_variables is None:
+            variables = _compat.optimizer_built_variables(self)
+        else:
+            variables = list(trainable_variables)
         if not self.built:
             self.build(variables)
-        self._check_variables_are_known(variables)
+        _compat.optimizer_check_known(self, variables)
         routed = [([], []) for _ in self.group_optimizers]
         for grad, variable in zip(grads, variables):
             if grad is not None:
-                group_grads, group_variables = routed[self._route[self._var_key(variable)]]
+                group_grads, group_variables = routed[self._route[_key(self, variable)]]
                 group_grads.append(grad)
                 group_variables.append(variable)
         for inner, (group_grads, group_variables) in zip(self.group_optimizers, routed):
             if group_grads:  # a group with nothing trainable this step keeps its state (and Adam's step count)
                 inner.apply(group_grads, group_variables)
-        self._iterations.assign_add(1)
+        self.iterations.assign_add(1)  # the step variable itself: no gradient accumulation here
 
     @property
     def variables(self):
-        return self._variables + [v for inner in self.group_optimizers for v in inner.variables]
+        return super().variables + [v for inner in self.group_optimizers for v in inner.variables]
 
     def finalize_variable_values(self, var_list):
         for inner, members in zip(self.group_optimizers, self._members):

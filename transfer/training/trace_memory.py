@@ -11,9 +11,7 @@ import contextlib
 
 import keras
 
-
-# Names of the tf.functions Keras traces its train/test/predict steps in (keras/src/backend/tensorflow/trainer.py).
-_KERAS_STEP_GRAPHS = frozenset({"one_step_on_data", "one_step_on_data_distributed", "multi_step_on_iterator"})
+from transfer import _compat
 
 
 @contextlib.contextmanager
@@ -28,16 +26,14 @@ def forgetting_step_gradients():
     already holds its gradient ops, so once fit returns those entries serve nothing: drop the ones
     this fit added whose tensors live in a Keras step graph (none where TF no longer captures them).
     """
-    from tensorflow.python.framework import ops
-
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    before = set(registry) if isinstance(registry, dict) else None
+    registry = _compat.gradient_registry()
+    before = set(registry) if registry is not None else None
     try:
         yield
     finally:
         if before is not None:
-            for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
-                if any(_in_keras_step(graph) for graph in _closure_graphs(registry[name].get("type"))):
+            for name in [n for n in registry if n not in before and _compat.is_custom_gradient_name(n)]:
+                if any(_in_keras_step(graph) for graph in _closure_graphs(_compat.registered_gradient(registry[name]))):
                     registry.pop(name, None)
 
 
@@ -58,7 +54,7 @@ def _closure_graphs(function, depth: int = 3):
 
 def _in_keras_step(graph) -> bool:
     while graph is not None:
-        if getattr(graph, "name", None) in _KERAS_STEP_GRAPHS:
+        if _compat.is_keras_step_graph_name(getattr(graph, "name", None)):
             return True
         graph = getattr(graph, "outer_graph", None)
     return False
