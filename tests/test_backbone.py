@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import keras_features
+from graphs import keras_features
 
 from transfer import Backbone, TransferError
 

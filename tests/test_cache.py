@@ -19,7 +19,7 @@ from cli_checks import user_error
 from transfer.errors import TransferError
 from transfer.features.inputs import open_inputs
 
-from conftest import feature_model
+from graphs import feature_model
 
 DATA = "digits:5-9?per_class=10"
 

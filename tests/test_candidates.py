@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from transfer import Backbone
 from test_cli import run_cli
-from conftest import freeze_to_pb
+from graphs import freeze_to_pb
 
 LOOP_TYPES = {"Enter", "Exit", "Switch", "Merge", "NextIteration", "LoopCond"}
 

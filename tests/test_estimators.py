@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from transfer.features.estimators import FeatureExtractor
 from transfer.features.inputs import open_inputs
 
-from conftest import feature_model
+from graphs import feature_model
 
 
 def digits_5_to_9(count=200):

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import extra_inputs_graph
+from graphs import extra_inputs_graph
 
 import keras
 import transfer

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import freeze_to_pb, keras_features, tiny_cnn
+from graphs import freeze_to_pb, keras_features, tiny_cnn
 
 import keras
 from transfer.errors import TransferWarning

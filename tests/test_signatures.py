@@ -94,7 +94,7 @@ def test_a_keras3_saved_model_that_only_the_tf1_loader_reads_freezes_with_its_tr
     another); the TF1 loader restores only the second, so its readers are pointed at it."""
     from collections import deque
 
-    from conftest import break_object_graph
+    from graphs import break_object_graph
     from tensorflow.core.protobuf import saved_model_pb2
 
     keras.utils.set_random_seed(3)

@@ -17,7 +17,7 @@ from transfer.features.inputs import open_inputs
 from transfer.graph.thaw_plan import describe_layers
 from transfer.layers.thawing import thaw
 
-from conftest import feature_model
+from graphs import feature_model
 
 
 def gradients(layer, images):
