@@ -41,8 +41,8 @@ class HeadTraits:
 
     keras: trained by Keras `model.fit` (so thawed layers can train with it); False: fitted by
       scikit-learn, `fit(X, y)` then `predict_proba(X)` (the `logreg` probe).
-    several_cuts: takes a list of feature tensors, one per cut (`multilayer`), and standardizes
-      each itself.
+    several_cuts: takes a list of feature tensors, one per cut (a tensor when there is one cut),
+      and standardizes each itself (`multilayer`); without it, a head of several cuts is refused.
     averages_positions: (option, value): with that option at that value (its default counts),
       the head first averages each feature tensor over its positions, so that a cache may store
       the averages instead of the maps. None: it reads the positions.
