@@ -7,7 +7,8 @@ counts through what the backbone already wrote into the feature itself.
 import keras
 from keras import ops
 
-from .base import Head, check_int, check_rate
+from .base import DROPOUT, HEAD_OPTIONS, Head, check_int, check_rate
+from .protocol import Option
 from .registry import register
 
 
@@ -16,6 +17,8 @@ from .registry import register
 class AttentionHead(Head):
     """MultiHeadAttention from one learned query token over (batch, positions, channels)."""
 
+    options = (*HEAD_OPTIONS, Option("num_heads", 4, "an integer >= 1"), Option("key_dim", 64, "an integer >= 1"),
+               DROPOUT)
     ranks = (3, 4)
     needs = (
         "3-D sequence (batch, positions, channels) "

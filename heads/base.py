@@ -3,8 +3,9 @@ standardized inputs.
 
 A head is `standardization` (per-channel mean and variance, adapted on training features; None
 with `standardize=False`), `body` (a list of layers run in order) and `classifier` (Dense to
-classes, softmax unless `logits=True`). Subclasses only fill `body` and list their options;
-heads whose layers do not chain (attention) override `build` and `call`.
+classes, softmax unless `logits=True`). Subclasses only fill `body` and declare their `options`
+(and `traits` where they differ: `transfer.heads.protocol`); heads whose layers do not chain
+(attention) override `build` and `call`.
 
 Adapting: `transfer.fit` and sweeps call `head.adapt(...)` on the training features before
 training. In your own script, call `head.adapt(train_features)` (an array, or a tf.data.Dataset
@@ -20,7 +21,17 @@ import numpy as np
 from transfer import errors
 from transfer.errors import TransferError, check_int
 
+from .protocol import REQUIRED, HeadTraits, Option
 from .standardization import Moments, Standardization, feature_batches, warn_not_adapted
+
+# The options every Keras head takes, and two that several share (`options` of the head classes).
+HEAD_OPTIONS = (
+    Option("num_classes", REQUIRED, "an integer >= 2 (set from the data by fit and sweeps)"),
+    Option("logits", False, "true or false: return logits instead of probabilities"),
+    Option("standardize", True, "true or false: standardize the features per channel first"),
+)
+DROPOUT = Option("dropout", 0.0, "a rate in [0, 1)")
+ACTIVATION = Option("activation", "relu", "a Keras activation name")
 
 
 def check_choice(owner, option, value, choices):
@@ -51,11 +62,11 @@ def check_flag(owner, option, value):
 class Head(keras.layers.Layer):
     """Base of the Keras heads: features of an accepted rank in, class probabilities out."""
 
-    is_keras = True  # the sklearn probe says False: a training loop branches on this
+    traits = HeadTraits(adapts=True, logits=True)  # trained by Keras, on one cut
+    options = HEAD_OPTIONS
     head_name = "head"  # set by `register`
     ranks = (2, 3, 4)
     needs = "2-D, 3-D or 4-D features"
-    several_inputs = False  # True: a list of feature tensors in, standardized by the head itself
 
     def __init__(self, num_classes, logits=False, standardize=True, **kwargs):
         super().__init__(**kwargs)
@@ -63,7 +74,7 @@ class Head(keras.layers.Layer):
         self.num_classes = check_int(self.owner, "num_classes", num_classes, minimum=2)
         self.logits = bool(logits)
         self.standardize = check_flag(self.owner, "standardize", standardize)
-        one = self.standardize and not self.several_inputs
+        one = self.standardize and not self.traits.several_cuts  # several: per cut, by the head
         self.standardization = Standardization(name="standardization") if one else None
         self._warned = False
         self.body = []

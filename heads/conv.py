@@ -4,8 +4,9 @@ For cuts taken before a backbone's last stage, where a little spatial processing
 """
 import keras
 
-from .base import Head, check_int, check_rate, check_sizes
-from .pooling import FeaturePooling, check_pooling
+from .base import ACTIVATION, DROPOUT, HEAD_OPTIONS, Head, check_int, check_rate, check_sizes
+from .pooling import POOLING, FeaturePooling, check_pooling
+from .protocol import Option
 from .registry import register
 
 
@@ -14,6 +15,9 @@ from .registry import register
 class ConvHead(Head):
     """One "same"-padded Conv2D per entry of `filters`, then pooling, dropout and Dense."""
 
+    # traits: the base's; it pools only after its convolutions, which read the positions
+    options = (*HEAD_OPTIONS, Option("filters", (256,), "filter counts, e.g. 256 or 256,128"),
+               Option("kernel_size", 3, "an integer >= 1"), ACTIVATION, POOLING, DROPOUT)
     ranks = (4,)
     needs = "4-D spatial features (batch, height, width, channels)"
 

@@ -1,8 +1,10 @@
 """`linear`: pooling, then one Dense to the classes: the standard linear probe."""
+import dataclasses
+
 import keras
 
-from .base import Head, check_rate
-from .pooling import FeaturePooling, check_pooling
+from .base import DROPOUT, HEAD_OPTIONS, Head, check_rate
+from .pooling import POOLING, FeaturePooling, check_pooling
 from .registry import register
 
 
@@ -10,6 +12,9 @@ from .registry import register
 @keras.saving.register_keras_serializable(package="transfer")
 class LinearHead(Head):
     """Pool features to vectors (`pooling`: avg, max or flatten), optional dropout, Dense."""
+
+    traits = dataclasses.replace(Head.traits, averages_positions=("pooling", "avg"))
+    options = (*HEAD_OPTIONS, POOLING, DROPOUT)
 
     def __init__(self, num_classes, pooling="avg", dropout=0.0, logits=False, standardize=True, **kwargs):
         super().__init__(num_classes, logits, standardize, **kwargs)

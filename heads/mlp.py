@@ -1,8 +1,11 @@
 """`mlp`: pooling, hidden Dense blocks, Dense to the classes: for features a line cannot split."""
+import dataclasses
+
 import keras
 
-from .base import Head, check_choice, check_rate, check_sizes
-from .pooling import FeaturePooling, check_pooling
+from .base import ACTIVATION, DROPOUT, HEAD_OPTIONS, Head, check_choice, check_rate, check_sizes
+from .pooling import POOLING, FeaturePooling, check_pooling
+from .protocol import Option
 from .registry import register
 
 NORMS = (None, "batch", "layer")
@@ -12,6 +15,10 @@ NORMS = (None, "batch", "layer")
 @keras.saving.register_keras_serializable(package="transfer")
 class MLPHead(Head):
     """Hidden blocks of Dense(width) -> norm (None, "batch", "layer") -> activation -> dropout."""
+
+    traits = dataclasses.replace(Head.traits, averages_positions=("pooling", "avg"))
+    options = (*HEAD_OPTIONS, Option("hidden", (256,), "layer widths, e.g. 256 or 256,128"), ACTIVATION, DROPOUT,
+               Option("norm", None, "none, batch or layer"), POOLING)
 
     def __init__(
         self,

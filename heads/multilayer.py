@@ -29,7 +29,8 @@ from keras import ops
 
 from transfer.errors import TransferError, check_number
 
-from .base import Head, check_choice, check_int
+from .base import HEAD_OPTIONS, Head, check_choice, check_int
+from .protocol import Option
 from .registry import register
 from .standardization import Moments, Standardization, feature_batches
 
@@ -100,7 +101,13 @@ class GroupPenalty(keras.regularizers.Regularizer):
 class MultiLayerHead(Head):
     """A list of feature tensors (one per cut) -> pooled, standardized, concatenated -> sparse Dense."""
 
-    several_inputs = True
+    traits = dataclasses.replace(Head.traits, several_cuts=True, averages_positions=("grid", 1), refits=True,
+                                 subsets=True)
+    options = (*HEAD_OPTIONS, Option("grid", 1, "cells per spatial axis, an integer >= 1 (1: global average)"),
+               Option("penalty", "group_lasso", "group_lasso, l1 or none"),
+               Option("strength", 1e-2, "the penalty's weight, a number >= 0"),
+               Option("tolerance", 0.1, "a cut is kept with a norm >= tolerance x the largest, in [0, 1]"),
+               Option("refit", 0.0, "the fraction of features refitted without penalty, in [0, 1] (0: none)"))
     needs = "a list of 2-D, 3-D or 4-D feature tensors (one per cut)"
 
     def __init__(self, num_classes, grid=1, penalty="group_lasso", strength=1e-2, tolerance=0.1, logits=False,

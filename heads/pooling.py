@@ -14,8 +14,10 @@ from keras import ops
 from transfer.errors import TransferError
 
 from .base import check_choice
+from .protocol import Option
 
 POOLINGS = ("avg", "max", "flatten")
+POOLING = Option("pooling", "avg", "avg, max or flatten")  # the option of the heads that pool
 
 
 def check_pooling(owner, pooling):

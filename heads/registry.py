@@ -3,9 +3,13 @@
 Plain dicts and a decorator, as in timm's `register_model`. A name that is not registered is
 taken as an import path if it reads `module:attribute`, else looked up among the entry points
 of the group `transfer.heads` (third-party packages; loaded only on a miss, so importing the
-registry stays cheap). Every user mistake is one `TransferError` line that names the
-bad value and lists the valid ones.
+registry stays cheap). `kind_of(name)` is what training code reads before it builds a head: the
+factory with its declared traits and options (`transfer.heads.protocol`). Every user mistake is
+one `TransferError` line that names the bad value and lists the valid ones.
 """
+from __future__ import annotations
+
+import dataclasses
 import difflib
 import fnmatch
 import importlib
@@ -16,9 +20,74 @@ import keras
 
 from transfer.errors import TransferError
 
+from .protocol import REQUIRED, HeadTraits, Option, traits_of
+
 ENTRY_POINT_GROUP = "transfer.heads"
-_LAYER_OPTIONS = ("dtype", "name", "trainable")  # what keras.layers.Layer takes through **kwargs
+CLASS_COUNT = "num_classes"  # every head's first argument, set by training from the data: not a user's option
 _HEADS = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadKind:
+    """A head name resolved: its factory, the traits it declares, the options it takes (None:
+    any, for a factory whose **kwargs are its own)."""
+
+    name: str
+    factory: object
+    traits: HeadTraits
+    options: tuple[Option, ...] | None
+
+    @property
+    def settable(self) -> list[str] | None:
+        """The names of the options a user sets (`--head-opt`, `head_options=`), sorted; None: any."""
+        return None if self.options is None else sorted(o.name for o in self.options if o.name != CLASS_COUNT)
+
+    def takes(self, option: str) -> bool:
+        """Whether the head declares `option` (a head that takes any declares none)."""
+        return self.options is not None and any(o.name == option for o in self.options)
+
+    def default(self, option: str):
+        """The default of an option the head takes (REQUIRED where it has none)."""
+        return next(o.default for o in self.options if o.name == option)
+
+    def averages_positions(self, options: dict) -> bool:
+        """Whether the head, with these options, reduces each feature tensor to its mean over
+        positions anyway (`traits.averages_positions`), so that a cache may store those means."""
+        if self.traits.averages_positions is None:
+            return False
+        option, value = self.traits.averages_positions
+        return self.takes(option) and options.get(option, self.default(option)) == value
+
+    def check_options(self, options) -> None:
+        """Refuse, in one line, an option a user gave (`--head-opt`, `head_options=`) that the head
+        does not take; `num_classes` is the data's, never the user's."""
+        if CLASS_COUNT in options:
+            raise TransferError(f"head {self.name!r}: {CLASS_COUNT} is set from the data's classes, not as a head "
+                                f"option; valid options: {self.valid_options()}")
+        if self.options is not None:
+            self._check_names(options, self.settable)
+
+    def build(self, **arguments):
+        """A new head from these arguments (`num_classes` and options), each checked first."""
+        if self.options is not None:
+            self._check_names(arguments, [o.name for o in self.options])
+            for option in self.options:
+                if option.default is REQUIRED and option.name not in arguments:
+                    raise TransferError(f"head {self.name!r} needs option {option.name!r}; "
+                                        f"valid options: {self.valid_options()}")
+        return self.factory(**arguments)
+
+    def valid_options(self) -> str:
+        """The options a user may set, as an error lists them."""
+        return "any" if self.options is None else ", ".join(self.settable)
+
+    def _check_names(self, given, names) -> None:
+        for option in given:
+            if option not in names:
+                close = difflib.get_close_matches(option, names, n=1)
+                hint = f"; did you mean {close[0]!r}" if close else ""
+                raise TransferError(f"head {self.name!r} has no option {option!r}{hint}; "
+                                    f"valid options: {self.valid_options()}")
 
 
 def register(name):
@@ -47,17 +116,20 @@ def available(pattern="*"):
 
 
 def get(name, **options):
-    """A new head `name` built with `options`; unknown names and options are one-line errors."""
+    """A new head `name` built with `options` (`num_classes` among them); unknown names and
+    options are one-line errors."""
+    return kind_of(name).build(**options)
+
+
+def kind_of(name) -> HeadKind:
+    """The head behind a name, entry point or `module:attr` path, with its declared traits and
+    options: what a training loop reads before it builds one."""
     factory = resolve(name)
-    _check_options(name, factory, options)
-    return factory(**options)
+    return HeadKind(name, factory, traits_of(factory), _options_of(factory))
 
 
 def resolve(name):
-    """The factory (usually a class) behind a head name, entry point or `module:attr` path.
-
-    A training loop can look at `resolve(name).is_keras` before building anything.
-    """
+    """The factory (usually a class) behind a head name, entry point or `module:attr` path."""
     if not isinstance(name, str):
         heads = ", ".join(available())
         raise TransferError(f"a head name is a string, got {name!r}; registered heads: {heads}")
@@ -106,24 +178,20 @@ def _check_callable(name, factory):
         raise TransferError(f"head {name!r} is a {kind}, not a head class or factory")
 
 
-def _check_options(name, factory, options):
+def _options_of(factory) -> tuple[Option, ...] | None:
+    """The options a head factory declares itself (`options`, on the class or function, not
+    inherited: a subclass with other arguments declares its own); for one that declares none, its
+    constructor's keyword parameters. None (any option) for a factory that takes **kwargs of its
+    own; a Keras layer's **kwargs are the base Layer's (name, dtype, trainable), not head options."""
+    declared = vars(factory).get("options") if hasattr(factory, "__dict__") else None
+    if declared is not None:
+        return tuple(declared)
     parameters = inspect.signature(factory).parameters.values()
-    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        if not (inspect.isclass(factory) and issubclass(factory, keras.layers.Layer)):
-            return  # a factory taking **kwargs: nothing to check against
-        named += _LAYER_OPTIONS
-    valid = ", ".join(sorted(named))
-    for option in options:
-        if option not in named:
-            close = difflib.get_close_matches(option, named, n=1)
-            hint = f"; did you mean {close[0]!r}" if close else ""
-            raise TransferError(
-                f"head {name!r} has no option {option!r}{hint}; valid options: {valid}"
-            )
-    for p in parameters:
-        if p.name in named and p.default is p.empty and p.name not in options:
-            raise TransferError(f"head {name!r} needs option {p.name!r}; valid options: {valid}")
+    if any(p.kind is p.VAR_KEYWORD for p in parameters) and not (
+            inspect.isclass(factory) and issubclass(factory, keras.layers.Layer)):
+        return None
+    return tuple(Option(p.name, REQUIRED if p.default is p.empty else p.default)
+                 for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def _qualname(factory):

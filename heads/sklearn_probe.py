@@ -1,8 +1,9 @@
 """`logreg`: a scikit-learn logistic-regression probe on (cached) features.
 
 Not a Keras layer: it trains in one `fit` call, with no epochs or optimizer, which makes it the
-quickest honest measure of how linearly separable a cut's features are. `is_keras = False`
-tells a training loop to call `fit(X, y)` / `predict_proba(X)` instead of building a model.
+quickest honest measure of how linearly separable a cut's features are. Its traits say
+`keras=False` (`transfer.heads.protocol`): a training loop calls `fit(X, y)` / `predict_proba(X)`
+instead of building a model.
 Like the Keras heads it standardizes its (pooled) features first (a StandardScaler;
 `standardize=False` turns it off), so C means the same at every feature scale.
 """
@@ -15,7 +16,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from transfer.errors import TransferError
 
 from .base import check_flag, check_int
-from .pooling import check_pooling, pool_array
+from .pooling import POOLING, check_pooling, pool_array
+from .protocol import HeadTraits, Option
 from .registry import register
 
 
@@ -27,7 +29,11 @@ class LogRegProbe(ClassifierMixin, BaseEstimator):
     num_classes columns (zero for a class absent from training), like the Keras heads.
     """
 
-    is_keras = False
+    traits = HeadTraits(keras=False, averages_positions=("pooling", "avg"))
+    options = (Option("num_classes", None, "an integer >= 2, or none: the classes seen in training"),
+               Option("C", 1.0, "the inverse regularization strength, a number > 0"),
+               Option("max_iter", 1000, "an integer >= 1"), POOLING,
+               Option("standardize", True, "true or false: standardize the features first"))
 
     def __init__(self, num_classes=None, C=1.0, max_iter=1000, pooling="avg", standardize=True):
         self.num_classes = num_classes

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
 import itertools
 import json
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer import heads as registry
+from transfer.heads.registry import CLASS_COUNT
 from transfer.errors import TransferError, check_int
 from transfer.files import written_whole
 from transfer.sweep.journal import TrialJournal, check_resumable, finished_trials
@@ -38,7 +38,7 @@ from transfer.features.runners import get_runner
 from transfer.training.settings import check_setting, default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
-from transfer.training.fitting import adapt_on_features, averages_positions, train_keras, trained_with_refit
+from transfer.training.fitting import adapt_on_features, train_keras, trained_with_refit
 from transfer import tables
 from transfer.text import printable
 
@@ -75,18 +75,17 @@ def expand_grid(heads, *, head_options=None, **axes) -> list[dict]:
     thawing = _thaw_axes({key: _axis(key, axes.get(key, default)) for key, default in THAW_AXES.items()},
                          any(training["thaw"]))
     options = {key: _axis(f"head option {key!r}", values) for key, values in (head_options or {}).items()}
-    factories = {name: registry.resolve(name) for name in _axis("heads", heads)}
-    accepted = {name: _accepted_options(factory) for name, factory in factories.items()}
+    kinds = {name: registry.kind_of(name) for name in _axis("heads", heads)}
+    if CLASS_COUNT in options:  # set from the data: the one-line error `transfer.fit` gives
+        next(iter(kinds.values())).check_options(options)
     for option in options:
-        if not any(names is None or option in names for names in accepted.values()):
-            taken = "; ".join(f"{name}: {', '.join(sorted(names)) if names is not None else 'any'}"
-                              for name, names in accepted.items())
+        if not any(kind.settable is None or option in kind.settable for kind in kinds.values()):
+            taken = "; ".join(f"{name}: {kind.valid_options()}" for name, kind in kinds.items())
             raise TransferError(f"head option {option!r} applies to none of the swept heads ({taken})")
     settings = []
-    for name, names in accepted.items():
-        own = {key: values for key, values in options.items() if names is None or key in names}
-        keras_head = getattr(factories[name], "is_keras", True)
-        own_training = training if keras_head else {key: (None,) for key in TRAINING_AXES}
+    for name, kind in kinds.items():
+        own = {key: values for key, values in options.items() if kind.settable is None or key in kind.settable}
+        own_training = training if kind.traits.keras else {key: (None,) for key in TRAINING_AXES}
         for trained, chosen in itertools.product(itertools.product(*own_training.values()),
                                                  itertools.product(*own.values())):
             setting = dict(zip(own_training, trained))
@@ -161,15 +160,6 @@ def _thaw_axes(axes: dict, thawing: bool) -> dict:
     return axes
 
 
-def _accepted_options(factory) -> set | None:
-    """The options a head takes by name; None if it takes any (a plain factory with **kwargs)."""
-    parameters = inspect.signature(factory).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters) and not (
-            inspect.isclass(factory) and issubclass(factory, keras.layers.Layer)):
-        return None
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"num_classes"}
-
-
 def _key(setting: dict) -> str:
     return json.dumps(setting, sort_keys=True, default=str)
 
@@ -218,8 +208,9 @@ def _features_for(setting: dict, features, thawed) -> tuple:
 
 def _build(features: FeatureSplits, setting: dict, suffix=None):
     """The setting's head and, for a Keras head, its model (building it checks the feature rank)."""
-    head = registry.get(setting["head"], num_classes=len(features.class_names), **setting["head_options"])
-    if not getattr(head, "is_keras", True):
+    kind = registry.kind_of(setting["head"])
+    head = kind.build(num_classes=len(features.class_names), **setting["head_options"])
+    if not kind.traits.keras:
         return head, None
     return head, head_model(features.feature_shapes, head, suffix)
 
@@ -552,7 +543,7 @@ def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool
 
     if pool is not None:
         return check_pool(pool)
-    if not several_cuts or not all(averages_positions(registry.resolve(s["head"]), s["head_options"])
+    if not several_cuts or not all(registry.kind_of(s["head"]).averages_positions(s["head_options"])
                                    for s in settings):
         return "none"
     if progress:
@@ -566,8 +557,7 @@ def _on_cuts(settings: list[dict], cut_specs: list[str]) -> list[dict]:
     at once (its `cut` is ALL_CUTS when there are several)."""
     crossed = []
     for setting in settings:
-        several = getattr(registry.resolve(setting["head"]), "several_inputs", False)
-        if several and len(cut_specs) > 1:
+        if registry.kind_of(setting["head"]).traits.several_cuts and len(cut_specs) > 1:
             crossed.append({"cut": ALL_CUTS, **setting})
         else:
             crossed += [{"cut": spec, **setting} for spec in cut_specs]
@@ -578,8 +568,7 @@ def _pooled_like(setting: dict, pool: str) -> dict:
     """The best setting's head options for its retraining on the cut's full features: the pooling
     the sweep's cache applied, made the head's own."""
     options = dict(setting["head_options"])
-    takes_pooling = "pooling" in inspect.signature(registry.resolve(setting["head"])).parameters
-    if pool != "none" and takes_pooling:
+    if pool != "none" and registry.kind_of(setting["head"]).takes("pooling"):
         options.setdefault("pooling", pool)
     return options
 

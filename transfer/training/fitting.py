@@ -4,14 +4,15 @@ Training is plain Keras `model.fit` on tf.data pipelines, so the user's own call
 usual logs; under a `tf.distribute` strategy (`strategy=`) every variable is made in its
 scope and `transfer.training.distribute.fit_model` trains (the same contract on several workers). The
 scikit-learn probe (`logreg`) is fitted on extracted features instead and then turned into the
-equivalent Dense head, so that every head exports the same way.
+equivalent Dense head, so that every head exports the same way. What a head is (trained by
+Keras or fitted by scikit-learn, reads several cuts, averages positions, adapts, refits, keeps a
+subset of cuts) is read from its declared traits (`transfer.heads.protocol`), never probed.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from transfer.training.distribute import fit_model, run_dir_of, strategy_config,
 from transfer.errors import TransferError, check_choice
 from transfer.layers.export import FORMATS, export_all
 from transfer.graph.memory import memory_errors
+from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.layers.model import build_classifier, head_model
 from transfer.training.optimizers import optimizer_named
@@ -86,8 +88,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
     elif tensorboard:
         raise TransferError("TensorBoard logs are written in the run directory: give `out` with `tensorboard`")
     head_options = dict(head_options or {})
-    head_factory = heads.resolve(head)  # an unknown head fails before any slow work
-    if settings.thawing and not getattr(head_factory, "is_keras", True):
+    kind = heads.kind_of(head)  # an unknown head or option fails before any slow work
+    kind.check_options(head_options)
+    if settings.thawing and not kind.traits.keras:
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
@@ -97,8 +100,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
                          preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
                          augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
                          allow_ops=allow_ops, max_memory=max_memory, engine=engine)
-    several_cuts = getattr(head_factory, "several_inputs", False)
-    if inputs.backbone.multi_cut and not several_cuts:
+    if inputs.backbone.multi_cut and not kind.traits.several_cuts:
         cuts = [c.spec for c in inputs.backbone.cuts]
         raise TransferError(f"head {head!r} trains on one cut; got {len(cuts)} cuts ({', '.join(cuts[:4])}"
                             f"{', …' if len(cuts) > 4 else ''}); a head of several cuts: --head multilayer")
@@ -126,10 +128,9 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             feature_layer = _feature_layer(inputs, settings)
             source = _training_source(inputs, feature_layer, settings, cache_dir, cache_dtype, runner,
-                                      progress=verbose != 0, pool=cache_pool(inputs.backbone, head_factory,
-                                                                             head_options))
+                                      progress=verbose != 0, pool=cache_pool(inputs.backbone, kind, head_options))
             started = time.perf_counter()
-            head_layer, trained, log = _train_head(source, feature_layer, settings, head, head_options,
+            head_layer, trained, log = _train_head(source, feature_layer, settings, kind, head_options,
                                                    [*logs.callbacks(), *callbacks], verbose)
             feature_layer, head_layer, kept = keep_selected_cuts(inputs, feature_layer, head_layer)
             model = build_classifier(feature_layer, head_layer, inputs.kind)
@@ -185,20 +186,13 @@ def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_di
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
-def averages_positions(head_factory, head_options: dict) -> bool:
-    """Whether the head reduces each feature tensor to its mean over positions anyway (`pooling`
-    avg; `multilayer`: grid 1), so that the cache may store those means instead of the maps."""
-    name, averaging = ("grid", 1) if getattr(head_factory, "several_inputs", False) else ("pooling", "avg")
-    parameter = inspect.signature(head_factory).parameters.get(name)
-    return parameter is not None and head_options.get(name, parameter.default) == averaging
-
-
-def cache_pool(backbone, head_factory, head_options: dict) -> str:
-    """What the cache stores of several cuts for a head that reads them all: their averages
-    when the head averages each over positions anyway, which keeps a cache of many cuts small;
-    else the features as they are. Frozen features only: a thaw caches its prefix's outputs whole."""
-    several = getattr(head_factory, "several_inputs", False)
-    return "avg" if backbone.multi_cut and several and averages_positions(head_factory, head_options) else "none"
+def cache_pool(backbone, kind, head_options: dict) -> str:
+    """What the cache stores of several cuts for a head (`heads.kind_of`) that reads them all:
+    their averages when the head averages each over positions anyway (`multilayer`: grid 1), which
+    keeps a cache of many cuts small; else the features as they are. Frozen features only: a thaw
+    caches its prefix's outputs whole."""
+    averaged = backbone.multi_cut and kind.traits.several_cuts and kind.averages_positions(head_options)
+    return "avg" if averaged else "none"
 
 
 def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
@@ -207,7 +201,7 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     cuts only with the head made for them, so that the model (and every export) computes only
     those; a thawed layer keeps the trained values of the layers those cuts depend on
     (`ThawedFeatureLayer.recut`). Returns (feature layer, head, the kept cut specs or None)."""
-    if not callable(getattr(head, "subset", None)):
+    if not traits_of(head).subsets:
         return feature_layer, head, None
     head.set_mask(head.kept_features())
     kept = list(head.kept)
@@ -221,16 +215,16 @@ def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
     return feature_layer.recut(kept_specs), head.subset(kept), kept_specs
 
 
-def _train_head(source, feature_layer, settings: TrainingSettings, head, head_options, callbacks, verbose):
-    """A Keras head trained with `model.fit`, or the scikit-learn probe fitted on extracted
-    features and turned into the equivalent Dense head: (head layer, trained model, log)."""
+def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_options, callbacks, verbose):
+    """A Keras head (`heads.kind_of`) trained with `model.fit`, or the scikit-learn probe fitted on
+    extracted features and turned into the equivalent Dense head: (head layer, trained model, log)."""
     num_classes = source.num_classes
-    if not getattr(heads.resolve(head), "is_keras", True):
-        probe = heads.get(head, num_classes=num_classes, **head_options)
+    if not kind.traits.keras:
+        probe = kind.build(num_classes=num_classes, **head_options)
         x_train, y_train = predict_batches(source.model(keras.layers.Identity()), source.split("train"))
         head_layer = probe_as_head(probe.fit(x_train, y_train), x_train.shape)
         return head_layer, source.model(head_layer), TrainingLog({})
-    head_layer = heads.get(head, num_classes=num_classes, **head_options)
+    head_layer = kind.build(num_classes=num_classes, **head_options)
     trained = source.model(head_layer)
     adapt_head(head_layer, source)
     class_weight = settings.class_weight
@@ -253,7 +247,7 @@ def trained_with_refit(head, train_once) -> list:
     the head has a refit step (`multilayer` with refit > 0: Head2Toe's fit of the kept features
     without penalty): the training logs, the last one the model's as it ends."""
     logs = [train_once()]
-    if getattr(head, "refit", 0):
+    if traits_of(head).refits and head.refit:
         head.begin_refit()
         logs.append(train_once())
     return logs
@@ -262,8 +256,9 @@ def trained_with_refit(head, train_once) -> list:
 def adapt_head(head, source) -> None:
     """Adapt a head's input standardization (`transfer.heads`) on what it will see at the start of
     training: the features of at most ADAPT_EXAMPLES training examples, spread over the split;
-    with a thaw, the thawed layers' outputs before they train. Heads without one: nothing to do."""
-    if not getattr(head, "standardize", False) or not callable(getattr(head, "adapt", None)):
+    with a thaw, the thawed layers' outputs before they train. Heads that do not adapt (their
+    traits), or built with standardize=False: nothing to do."""
+    if not (traits_of(head).adapts and head.standardize):
         return
     inputs = source.model(keras.layers.Identity())
     head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
@@ -352,7 +347,7 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
     if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
         optimizer = optimizer_named(optimizer, lr)
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=getattr(head, "logits", False)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=traits_of(head).logits and head.logits),
                   metrics=["accuracy"])
     callbacks, stopper = list(callbacks), None
     if patience is not None and validation is not None:
