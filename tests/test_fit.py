@@ -14,6 +14,7 @@ import keras
 import transfer
 from transfer import Backbone, FeatureLayer, heads
 from transfer.cli.main import main
+from cli_checks import fit_error
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.training.reporting import run_directory
 from transfer.features.inputs import resolve_preprocessing
@@ -248,15 +249,6 @@ def test_preprocessing_json_beside_the_backbone_is_used(tiny, tmp_path):
 
 
 # -- bad input: one line, exit 2, no run directory -------------------------------------------------
-
-
-def fit_error(capsys, tmp_path, *extra, backbone="example:digits", data=DIGITS):
-    out = tmp_path / "bad_run"
-    code = main(["fit", "--backbone", str(backbone), "--data", str(data), "--epochs", "1", "--out", str(out), *extra])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert not out.exists() and not out.with_name("bad_run.partial").exists()
-    return err
 
 
 def test_unknown_head_lists_the_registered_ones(capsys, tmp_path):

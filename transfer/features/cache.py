@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPES = CACHE_DTYPES
 SHARD_BYTES = 64 * 2**20  # ~64 MiB of features per shard: streamable, cheap to re-extract
 PASS_BYTES = 2**30  # at most ~1 GiB of every output's unwritten shards held by one pass (many cuts)
 FINISHED = ".shard-{index:05d}.json"  # a task's record of a finished shard, until the manifest lists it
@@ -266,7 +265,7 @@ class FeatureCache:
 
     def begin(self, extractor, dtype: str, progress: bool) -> None:
         """What every extraction checks and says first, whatever runs it."""
-        check_choice("cache dtype", dtype, DTYPES, flag="--cache-dtype")
+        check_choice("cache dtype", dtype, CACHE_DTYPES, flag="--cache-dtype")
         self.check_writable()
         if not self.local:
             warnings.warn(TransferWarning(
@@ -601,8 +600,8 @@ def _manifest_problem(manifest) -> str | None:
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         return "'shards' is not a list"
-    if "dtype" in manifest and manifest["dtype"] not in DTYPES:  # an entry's (a task's record has none)
-        return f"'dtype' is {manifest['dtype']!r}, not one of {', '.join(DTYPES)}"
+    if "dtype" in manifest and manifest["dtype"] not in CACHE_DTYPES:  # an entry's (a task's record has none)
+        return f"'dtype' is {manifest['dtype']!r}, not one of {', '.join(CACHE_DTYPES)}"
     for field in ("feature_shape", "feature_shapes", "batch_size", "shard_size"):
         if manifest.get(field) is not None and not isinstance(manifest[field], (list if "shape" in field else int)):
             return f"{field!r} is {manifest[field]!r}, not a {'list' if 'shape' in field else 'count'}"

@@ -13,14 +13,12 @@ from pathlib import Path
 import tensorflow as tf
 
 from transfer import _compat
-from transfer.choices import EXPORT_FORMATS
 from transfer.graph.freezing import freeze_function
 from transfer.layers.model import model_parts, raw_input_spec
 
 SAVED_MODEL = "saved_model"
 FROZEN_GRAPH = "model.pb"
 TFLITE = "model.tflite"
-FORMATS = EXPORT_FORMATS
 
 
 def serving_function(model):

@@ -23,8 +23,9 @@ import numpy as np
 from transfer import heads
 from transfer._version import __version__
 from transfer.training.distribute import fit_model, run_dir_of, strategy_config, strategy_named
+from transfer.choices import EXPORT_FORMATS
 from transfer.errors import TransferError, check_choice
-from transfer.layers.export import FORMATS, export_all
+from transfer.layers.export import export_all
 from transfer.graph.memory import memory_errors
 from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
@@ -82,7 +83,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
     export = tuple(export or ())
     for name in export:
-        check_choice("export format", name, FORMATS, flag="--export")
+        check_choice("export format", name, EXPORT_FORMATS, flag="--export")
     if out is not None:
         check_new_run_dir(out)
     elif tensorboard:
