@@ -151,7 +151,9 @@ def probe_deprecation_silenced(tmp_path):
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger("tensorflow")
+    level = logger.level  # the CLI's tests set it to ERROR: a notice would be dropped before any handler
     logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
     try:
         deprecation._PRINTED_WARNING.clear()
         with _compat.deprecation_silenced():
@@ -161,6 +163,7 @@ def probe_deprecation_silenced(tmp_path):
         loud = [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert silenced == [], silenced
     assert loud, "extract_sub_graph printed no deprecation notice: silencing it may no longer be needed"
 
