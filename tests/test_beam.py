@@ -85,12 +85,14 @@ def test_beam_repairs_a_corrupt_shard_and_completes_what_a_plain_run_started(tmp
     assert {p: t for p, t in stamps(tmp_path).items() if p in untouched} == untouched
 
 
+@pytest.mark.slow
 def test_two_worker_processes_write_the_plain_entries(tmp_path, plain):
     inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
     inputs.extract(tmp_path, shard_size=64, progress=False, runner=BeamRunner(TWO_WORKERS))
     assert digests(tmp_path) == plain
 
 
+@pytest.mark.slow
 def test_fit_and_a_thawed_sweep_extract_on_beam(tmp_path, capsys):
     """fit --runner beam fills the cache (a plain fit then finds it); a thaw's prefix (a recut
     backbone) is rebuilt on the workers as well."""
@@ -165,6 +167,7 @@ def beam_workers(session: int) -> list:
     return sorted(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed_process", ["worker", "launcher"])
 def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
     """`kill -9` of one worker process of a two-worker `transfer extract --runner beam` (the
@@ -228,6 +231,7 @@ def test_bad_runner_and_beam_options(capsys):
         get_runner("spark")
 
 
+@pytest.mark.slow
 def test_beam_missing_is_one_line_saying_what_to_install(tmp_path):
     code = ("import sys; sys.modules['apache_beam'] = None; from transfer.cli.main import main; "
             f"sys.exit(main(['extract', '--backbone', 'example:digits', '--data', {DATA!r}, '--runner', 'beam']))")

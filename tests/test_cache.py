@@ -191,6 +191,7 @@ EXTRACT_ALL_DIGITS = ["-m", "transfer.cli", "extract", "--backbone", "example:di
                       "--json"]
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_to_the_same_result(tmp_path):
     """A real `kill -9` in the middle of a real extraction, then a second run."""
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
@@ -220,6 +221,7 @@ def test_killed_extraction_resumes_to_the_same_result(tmp_path):
     assert sum(s["count"] for s in resumed["shards"]) == 1797
 
 
+@pytest.mark.slow
 def test_two_processes_extracting_into_one_cache(tmp_path):
     runs = [subprocess.Popen([sys.executable, *EXTRACT_ALL_DIGITS[:-5], "--shard-size", "300", "--json",
                               "--cache-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

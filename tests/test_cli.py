@@ -63,6 +63,7 @@ def test_inspect_saved_model_names_signature_inputs(capsys, tiny_saved_model):
     assert all(c["op"] not in ("VarHandleOp", "ReadVariableOp") for c in report["candidates"])
 
 
+@pytest.mark.slow
 def test_console_script_runs_the_example_and_exits_2_on_user_error(tmp_path):
     env = dict(os.environ, PYTHONPATH="")
     ok = subprocess.run([sys.executable, "-m", "transfer.cli", "inspect", "example:digits"],

@@ -266,6 +266,7 @@ def test_a_worker_killed_mid_training_stops_the_other_with_one_line(tmp_path):
     assert not list(tmp_path.glob("run*"))
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_setting_under_the_strategy(tmp_path, capsys):
     """One strategy for the whole sweep, the best setting's fit run included (a second
     MirroredStrategy inside the first one's scope would be refused by TensorFlow)."""
@@ -307,6 +308,7 @@ def test_a_good_tf_config_passes_as_tensorflow_reads_it(tf_config):
     assert distribute.check_tf_config(json.dumps(tf_config)) == tf_config
 
 
+@pytest.mark.slow
 def test_a_worker_whose_address_is_taken_says_so():
     """Two workers started with the same task index: the second cannot bind its address."""
     with socket.socket() as taken:
@@ -340,6 +342,7 @@ def test_unknown_strategy_names_the_valid_ones(capsys):
         distribute.strategy_named(2)
 
 
+@pytest.mark.slow
 def test_multiworker_after_tensorflow_started_says_how_to_pass_a_strategy():
     """TensorFlow allows collective ops only before its first op; a script that ran TF already
     gets one line saying what to do instead of TF's RuntimeError."""

@@ -157,6 +157,7 @@ def test_probe_as_head_matches_predict_proba(classes, shape, pooling, standardiz
     np.testing.assert_allclose(head(features), probe.predict_proba(features), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_every_training_path_adapts_the_head_on_the_features_it_sees(tmp_path):
     """Raw examples through the backbone, cached features, and with a thaw (from raw examples or
     from the cached prefix outputs): the head's standardization holds the mean and variance of the
@@ -209,6 +210,7 @@ def color_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_cli_fit_folder_then_predict_and_evaluate(tiny, color_folder, tmp_path, capsys):
     """... also once the backbone file is gone: the run directory is self-contained."""
     out, backbone = tmp_path / "run", tmp_path / "backbone.pb"
@@ -337,6 +339,7 @@ def test_predict_errors(capsys, digits_run, tmp_path):
     assert "the run was trained on ['5', '6', '7', '8', '9']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_saved_model_file_loads_in_a_fresh_process_after_import_transfer(digits_run):
     """Keras finds FeatureLayer, the preprocessing layer and the heads once `transfer` is imported."""
     import subprocess
@@ -368,6 +371,7 @@ def test_some_unreadable_images_are_skipped_with_a_one_line_warning(capsys, tiny
     assert config["crop_padding"] == 2 and config["augment"] is True and not (tmp_path / "run/export").exists()
 
 
+@pytest.mark.slow
 def test_fit_from_the_feature_cache_trains_the_same_head_without_the_backbone(tmp_path):
     from transfer.features.cache import FeatureCache
 

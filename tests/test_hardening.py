@@ -252,6 +252,7 @@ def digits_npz(tmp_path) -> str:
     ("Fill", r"op 'Fill' \(Fill\) makes a tensor of 15.3 GiB .*; refused$"),
     ("data_sized_fill", r"out of memory: op 'Fill' could not allocate a tensor of shape \[64000,64000\]"),
 ])
+@pytest.mark.slow
 def test_fit_refuses_memory_attacks_in_one_line_and_writes_nothing(tmp_path, attack, pattern):
     path = frozen_graph(tmp_path / "attack.pb", MEMORY_ATTACKS.get(attack) or data_sized_fill)
     code, out, err = run_capped(tmp_path, "fit", "--backbone", path, "--cut", "features", "--data",
@@ -261,6 +262,7 @@ def test_fit_refuses_memory_attacks_in_one_line_and_writes_nothing(tmp_path, att
     assert written == []
 
 
+@pytest.mark.slow
 def test_a_recursive_function_is_one_line_not_a_segfault(tmp_path):
     path = tmp_path / "recursive.pb"
     path.write_bytes(function_graph({"f0": "f1", "f1": "f0"}).SerializeToString())
@@ -271,6 +273,7 @@ def test_a_recursive_function_is_one_line_not_a_segfault(tmp_path):
     assert not (tmp_path / "work" / "run").exists()
 
 
+@pytest.mark.slow
 def test_an_escape_in_a_node_name_reaches_the_terminal_escaped(tmp_path):
     """TensorFlow refuses the name on import and quotes it in its error: one line, escaped."""
     graph_def = tf.compat.v1.GraphDef.FromString(open(frozen_graph(tmp_path / "g.pb", tf.identity), "rb").read())
@@ -284,6 +287,7 @@ def test_an_escape_in_a_node_name_reaches_the_terminal_escaped(tmp_path):
     assert not (tmp_path / "work" / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_pickled_shard_is_corrupt_and_never_unpickled(tmp_path):
     from transfer.features.inputs import open_inputs
 

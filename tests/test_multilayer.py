@@ -181,6 +181,7 @@ def test_a_refit_trains_the_kept_fraction_again_without_penalty():
     assert metrics["epochs_run"] > train_setting(features, plain, seed=0)[1]["epochs_run"]  # both fits counted
 
 
+@pytest.mark.slow
 def test_choose_multilayer_picks_a_strength_and_a_keep_fraction_on_validation():
     xs, y = three_cuts(n=300)
     train = split(xs, y, slice(0, 200))
@@ -224,6 +225,7 @@ def test_inputs_it_cannot_read_are_one_line_errors():
 # --- fit: several cuts, the selection kept in the exports ------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_on_several_cuts_exports_only_the_cuts_it_kept(tmp_path):
     """A strong group-lasso penalty drops a cut; the model, its .keras file and the frozen .pb then
     compute only the kept cuts, and give the trained (masked) head's probabilities."""
@@ -261,6 +263,7 @@ def constants(thawed):
     return [tf.make_ndarray(t.op.get_attr("value")) for t in thawed.plan.weights]
 
 
+@pytest.mark.slow
 def test_fit_with_thaw_on_several_cuts_trains_the_thawed_layers_and_exports_them(tmp_path):
     """Thaw 2 (block2's last conv and batch norm) under a head of three cuts: the thawed weights
     train, block1_out (before them) stays the pretrained features, and the SavedModel, the frozen
@@ -290,6 +293,7 @@ def test_fit_with_thaw_on_several_cuts_trains_the_thawed_layers_and_exports_them
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_with_thaw_on_several_cuts_from_the_cache_keeps_the_trained_values_of_the_cuts_it_kept(tmp_path):
     """From cached prefix outputs, which stay whole although grid=1 would average frozen ones; a
     strong penalty drops block1_out, and the recut layer keeps the trained thawed values."""
@@ -326,6 +330,7 @@ def test_fit_several_cuts_bad_input(tmp_path, capsys):
         transfer.fit("example:digits", "digits:5-9?per_class=10", cut="block1_out,block2_out", epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_fit_with_a_refit_keeps_the_mask_of_the_refit(tmp_path):
     """`transfer.fit` runs the refit step too, and the model it keeps uses the refit's features."""
     import transfer

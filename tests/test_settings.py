@@ -58,6 +58,7 @@ def test_settings_record_under_the_keyword_names_and_change_by_replace():
     assert dataclasses.is_dataclass(settings) and hash(settings) == hash(TrainingSettings.of(settings))
 
 
+@pytest.mark.slow
 def test_fit_takes_a_settings_object_or_its_keywords(tmp_path):
     settings = TrainingSettings(epochs=2, lr=0.01, seed=3)
     by_object = transfer.fit("example:digits", DIGITS, settings, cut="block2_out", head_options={"pooling": "flatten"},

@@ -19,6 +19,7 @@ from transfer.sweep.journal import finished_trials
 DATA = "digits:5-9?per_class=10"
 
 
+@pytest.mark.slow
 def test_sweep_ranks_settings_and_exports_the_best(tmp_path, capsys):
     out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     code = main(["sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
@@ -64,6 +65,7 @@ def test_sweep_bad_input(tmp_path, capsys):
     assert "bad.toml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_thaw_trains_thawed_layers_from_cached_prefix_outputs(tmp_path, capsys):
     """On the digits example the penultimate cut fits the new digits badly: thaw 2 wins clearly."""
     out, cache_dir = tmp_path / "sweep", tmp_path / "cache"
@@ -95,6 +97,7 @@ def test_sweep_thaw_bad_values_fail_before_any_extraction(tmp_path, capsys):
         assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_sweep_thaw_options_are_axes_of_the_thawed_settings(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DATA,
@@ -139,6 +142,7 @@ def test_sweep_over_cuts_extracts_once_and_ranks_every_cut(tmp_path, capsys):
     assert best["head_options"].get("pooling") == "avg"  # retrained on the full cut, averaged as in the sweep
 
 
+@pytest.mark.slow
 def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     grid.write_text('heads = ["logreg"]\ncuts = "candidates"\n')
@@ -171,6 +175,7 @@ def test_sweep_cuts_bad_input(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_sweep_over_cuts_with_a_multilayer_head_trains_it_on_all_cuts_at_once(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--backbone", "example:digits", "--cuts", "block1_out,block2_out,resnet_features",
@@ -192,6 +197,7 @@ def test_sweep_over_cuts_with_a_multilayer_head_trains_it_on_all_cuts_at_once(tm
         assert best["cut"] == rows[0]["cut"]
 
 
+@pytest.mark.slow
 def test_sweep_thaw_with_a_multilayer_head_on_several_cuts(tmp_path, capsys):
     """Thaw 0 and 1 under a head of two cuts: the frozen cuts cached averaged (grid 1), the thawed
     prefix's outputs cached whole once, the best setting retrained and exported."""
@@ -219,6 +225,7 @@ SWEEP = ["-m", "transfer.cli", "sweep", "--backbone", "example:digits", "--cut",
          "--heads", "linear,mlp", "--lr", "0.01,0.03", "--epochs", "4", "--repeats", "2", "--export", "none"]
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
     """A real `kill -9` after some trials have finished; the same command with another grid is
     refused in one line, and with the same grid trains only the trials the journal lacks and

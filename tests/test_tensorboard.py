@@ -102,6 +102,7 @@ def test_sweep_writes_hparams_that_tensorboard_compares(tmp_path):
     assert best["head"] == result.rows[0]["head"] and (out / "best/tensorboard").is_dir()
 
 
+@pytest.mark.slow
 def test_sweep_without_the_tensorboard_package_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['tensorboard'] = None\n"
               "from transfer.cli.main import main\n"

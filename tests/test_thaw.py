@@ -103,6 +103,7 @@ def test_training_moves_only_thawed_weights_and_exports_the_trained_values(tiny,
     np.testing.assert_allclose(restored.predict(images16, verbose=0), model.predict(images16, verbose=0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_with_thaw_exports_a_frozen_graph_with_the_trained_values(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", "--backbone", "example:digits", "--cut", "resnet_features", "--data",
@@ -162,6 +163,7 @@ def test_prefix_recuts_the_backbone_import_instead_of_importing_again(tiny, imag
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_fit_with_thaw_trains_from_the_prefix_cache(tmp_path):
     cache, data = tmp_path / "cache", "digits:5-9?per_class=10"
     first = transfer.fit("example:digits", data, cut="resnet_features", thaw=2, cache_dir=cache, epochs=4, lr=0.01,
