@@ -64,3 +64,15 @@ def flag_of(name: str) -> str:
 
 def _shown(name: str, value, flag: str | None) -> str:
     return f"{name}={value!r}" + (f" ({flag})" if flag else "")
+
+
+def check_keywords(owner: str, given, valid) -> None:
+    """A one-line `TransferError` for the first of `given` not in `valid`, listing the valid
+    names closest first (`fit: unknown keyword argument 'epoch'; valid: epochs, ...`)."""
+    import difflib
+
+    valid = list(valid)
+    for name in given:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=len(valid), cutoff=0.0)
+            raise TransferError(f"{owner}: unknown keyword argument {name!r}; valid: {', '.join(close)}")

@@ -186,3 +186,20 @@ def table(rows) -> str:
     from transfer.tables import format_table
 
     return "\n".join(format_table(rows))
+
+
+def backbone_spec(args):
+    """The backbone flags (`--cut`, `--signature`, `--inputs`, `--feed`, `--allow-op`, `--max-memory`)
+    as one `BackboneSpec`, checked now."""
+    from transfer.graph.spec import BackboneSpec
+
+    return BackboneSpec(args.backbone, cut=args.cut, signature=args.signature, **graph_options(args))
+
+
+def data_spec(args):
+    """The data flags (`--data-dir`, `--validation-split`, `--per-class`, `--seed`, `--preprocessing`,
+    `--scale`) as one `DataSpec`, checked now."""
+    from transfer.data.spec import DataSpec
+
+    return DataSpec(args.data, data_dir=args.data_dir, validation_split=args.validation_split,
+                    per_class=args.per_class, seed=args.seed, preprocessing=args.preprocessing, scale=args.scale)

@@ -6,7 +6,7 @@ import json
 import sys
 
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument, command,
-                                     graph_options, table)
+                                     backbone_spec, data_spec, table)
 from transfer.errors import TransferError
 from transfer.text import printable
 
@@ -60,10 +60,7 @@ def _add_cache(commands) -> None:
 def run_extract(args) -> int:
     from transfer.features.inputs import open_inputs
 
-    inputs = open_inputs(args.backbone, args.data, cut=args.cut, signature=args.signature, data_dir=args.data_dir,
-                         validation_split=args.validation_split, per_class=args.per_class, seed=args.seed,
-                         preprocessing=args.preprocessing, scale=args.scale, batch_size=args.batch_size,
-                         engine=args.engine, **graph_options(args))
+    inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine)
     entries = inputs.extract(args.cache_dir, dtype=args.cache_dtype, shard_size=args.shard_size,
                              progress=not args.json, pool=args.pool, runner=args.runner)
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from transfer.cli.arguments import (add_cache_arguments, add_input_arguments, add_thaw_training_arguments,
-                                     add_training_arguments, command, export_formats, graph_options, key_value)
+                                     add_training_arguments, backbone_spec, command, data_spec, export_formats,
+                                     key_value)
 from transfer.text import printable
 from transfer.training.settings import FIELDS as SETTINGS
 from transfer.training.settings import TrainingSettings
@@ -56,10 +57,8 @@ def run(args) -> int:
 
     out = args.out or default_run_dir("fit")
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
-    result = fit(args.backbone, args.data, settings, cut=args.cut, head=args.head, head_options=dict(args.head_opt),
+    result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=dict(args.head_opt),
                  cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                 preprocessing=args.preprocessing, scale=args.scale, signature=args.signature, **graph_options(args),
-                 data_dir=args.data_dir, validation_split=args.validation_split, per_class=args.per_class,
                  out=out, export=args.export, tensorboard=args.tensorboard, strategy=args.strategy,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
     if args.json:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument,
-                                     add_strategy_argument, choices_of, command, export_formats, graph_options,
-                                     key_value)
+                                     add_strategy_argument, backbone_spec, choices_of, command, data_spec,
+                                     export_formats, key_value)
 from transfer.text import printable
 from transfer.training.settings import default
 
@@ -65,13 +65,9 @@ def run(args) -> int:
     axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",
                                                 "thaw_weight_decay", "unfreeze_every", "head_epochs")
             if getattr(args, key) is not None}
-    result = sweep(args.backbone, args.data, heads=args.heads or ["linear"], grid=args.grid,
+    result = sweep(backbone_spec(args), data_spec(args), heads=args.heads or ["linear"], grid=args.grid,
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
-                   repeats=args.repeats, seed=args.seed, patience=args.patience, cut=args.cut, cuts=args.cuts,
-                   pool=args.pool,
-                   signature=args.signature, **graph_options(args),
-                   data_dir=args.data_dir, validation_split=args.validation_split,
-                   per_class=args.per_class, preprocessing=args.preprocessing, scale=args.scale,
+                   repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                    out=args.out or default_run_dir("sweep"),
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,

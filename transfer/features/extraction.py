@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from transfer.errors import check_choice
 from transfer.choices import POOLS
+from transfer.graph.spec import BackboneSpec
 from transfer.features.pooled_cuts import DerivedAverages, derived_averages, pool_positions
 
 ROLES = ("train", "validation", "test")
@@ -109,14 +110,12 @@ class Extraction:
         """Plain data from which `transfer.features.inputs.open_extraction` makes this extraction again
         in another process (a pipeline's worker), or None when the data did not come from a spec
         (arrays in memory)."""
-        inputs, backbone = self.inputs, self.inputs.backbone
-        if inputs.data_source is None:
+        inputs = self.inputs
+        if inputs.data_spec is None:
             return None
-        return {"backbone": {"backbone": backbone.loaded.source, "signature": backbone.loaded.signature,
-                             "cut": [cut.spec for cut in backbone.cuts], "inputs": backbone.requested_inputs,
-                             "feeds": backbone.feed_values or None, "allow_ops": list(backbone.allow_ops),
-                             "max_memory": backbone.max_memory},
-                "data": inputs.data_source, "preprocessing": inputs.kind.to_config().get("preprocessing"),
+        data = dataclasses.replace(inputs.data_spec, preprocessing=inputs.kind.to_config().get("preprocessing"),
+                                   scale=None)  # as resolved: the same images, wherever the worker runs
+        return {"backbone": BackboneSpec.of_backbone(inputs.backbone).to_dict(), "data": data.to_dict(),
                 "batch_size": self.batch_size, "engine": self.engine.name, "pool": self.pool,
                 "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
 

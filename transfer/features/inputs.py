@@ -16,9 +16,11 @@ import tensorflow as tf
 
 from transfer import datasets
 from transfer.graph.backbone import Backbone
+from transfer.graph.spec import FIELDS as BACKBONE_FIELDS, BackboneSpec
 from transfer.datasets.preprocessing import Augmentation, Preprocessing
 from transfer.errors import TransferError
 from transfer.data.input_kind import ArrayInput, ImageInput, InputKind
+from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
 from transfer.features.cache import FeatureCache
 from transfer.features.extraction import Extraction
 from transfer.layers.feature_layer import FeatureLayer
@@ -34,7 +36,7 @@ class Inputs:
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.features.engines`)
-    data_source: dict | None = None  # open_inputs' data arguments when the data came from a spec: what a
+    data_spec: DataSpec | None = None  # the data's spec when they came from a spec string: what a
     # pipeline's worker loads again (`Extraction.description`)
     chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
     _prepare: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -166,35 +168,46 @@ def _zipped(streams: list) -> tf.data.Dataset:
     return tf.data.Dataset.zip(tuple(streams)).map(lambda *pairs: (tuple(f for f, _ in pairs), pairs[0][1]))
 
 
-def open_inputs(backbone, data, *, cut="auto", signature=None, data_dir=None, validation_split: float = 0.2,
-                per_class=None, seed: int = 0, preprocessing=None, scale=None, batch_size: int = 32,
-                augment: bool = False, crop_padding: int = 0, inputs=None, feeds=None, allow_ops=(),
-                max_memory=None, engine: str = "tf") -> Inputs:
-    """Load what a command needs; every user mistake here is one TransferError line. `inputs`,
-    `feeds`, `allow_ops`, `max_memory`: where and with what the graph is fed and what it may
-    take, as for `Backbone.load`; `engine`:
-    what runs it when features are extracted (`transfer.features.engines`)."""
+def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, crop_padding: int = 0,
+                engine: str = "tf", **options) -> Inputs:
+    """Load what a command needs; every user mistake here is one TransferError line.
+
+    `backbone`: a `Backbone`, a `BackboneSpec` or a path (`example:NAME`); `data`: a `DataSpec`,
+    a data spec string or `DataSplits`. `options`: the fields of either spec given as keywords
+    (cut, signature, inputs, feeds, allow_ops, max_memory; data_dir, validation_split, per_class,
+    seed, preprocessing, scale), applied to it. `engine`: what runs the backbone when features
+    are extracted (`transfer.features.engines`)."""
     from transfer.features.engines import check_engine
 
     check_engine(engine)
+    backbone, data = specs_of(backbone, data, options, owner="open_inputs")
     if not isinstance(backbone, Backbone):
-        backbone = Backbone.load(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
-                                 allow_ops=allow_ops, max_memory=max_memory)
-    splits = data if isinstance(data, datasets.DataSplits) else datasets.load(
-        data, data_dir=data_dir, validation_split=validation_split, per_class=per_class, seed=seed)
+        backbone = backbone.load()
+    splits = data.load()
     if splits.num_classes < 2:
         raise TransferError(f"data has {splits.num_classes} class(es) ({', '.join(splits.class_names)}); "
                             "a classifier needs at least 2")
-    where = data if isinstance(data, str) else "the data"
-    kind = input_kind(backbone, splits, preprocessing, scale, where)
+    where = data.data if data.named else "the data"
+    kind = input_kind(backbone, splits, data.preprocessing, data.scale, where)
+    seed = data.seed
     augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
     if augmentation is not None and not kind.images:
         kind.refuse("augmentation (--augment, --crop-padding)")
-    data_source = None if not isinstance(data, str) else dict(
-        data=data, data_dir=None if data_dir is None else str(data_dir), validation_split=validation_split,
-        per_class=per_class, seed=seed)
     return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine,
-                  data_source=data_source)
+                  data_spec=data if data.named else None)
+
+
+def specs_of(backbone, data, options: dict, owner: str) -> tuple:
+    """(`backbone` as a Backbone or BackboneSpec, `data` as a DataSpec), the keyword `options` of
+    either spec applied; an unknown keyword is one line naming the valid ones. Options of a
+    backbone's spec are ignored when `backbone` is a loaded `Backbone` already."""
+    from transfer.errors import check_keywords
+
+    check_keywords(owner, options, (*BACKBONE_FIELDS, *DATA_FIELDS))
+    if not isinstance(backbone, Backbone):
+        backbone = BackboneSpec.of(backbone, **{k: v for k, v in options.items() if k in BACKBONE_FIELDS})
+    data = DataSpec.of(data, **{k: v for k, v in options.items() if k in DATA_FIELDS})
+    return backbone, data
 
 
 def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:
@@ -310,10 +323,6 @@ def _batch_predictor(model):
 def open_extraction(description: dict) -> Extraction:
     """The extraction `Extraction.description` describes, made again in another process (a
     pipeline's worker): its backbone loaded and checked, its data opened from their spec."""
-    source = description["backbone"]
-    inputs = open_inputs(source["backbone"], description["data"]["data"], cut=source["cut"],
-                         signature=source["signature"], inputs=source["inputs"], feeds=source["feeds"],
-                         allow_ops=source["allow_ops"], max_memory=source.get("max_memory"),
-                         preprocessing=description["preprocessing"], batch_size=description["batch_size"],
-                         engine=description["engine"], **{k: v for k, v in description["data"].items() if k != "data"})
+    inputs = open_inputs(BackboneSpec.from_dict(description["backbone"]), DataSpec.from_dict(description["data"]),
+                         batch_size=description["batch_size"], engine=description["engine"])
     return Extraction(inputs, description["engine_dir"], description["pool"])

@@ -35,6 +35,9 @@ from transfer.layers.model import head_model
 from transfer.training.reporting import pyplot, write_json
 from transfer.features.inputs import FeatureSplits
 from transfer.features.runners import get_runner
+from transfer.features.spec import CacheSpec
+from transfer.graph.spec import BackboneSpec
+from transfer.training.keywords import DataSpec, dispatch
 from transfer.training.settings import check_setting, default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs, hparams_api, write_hparams_config
@@ -294,15 +297,7 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
         setting_features, suffix = _features_for(setting, features, thawed)
         _build(setting_features, setting, suffix)
     shown, cut_names = _varying(settings), short_cut_names([s.get("cut") for s in settings])
-    if log_dir is not None:
-        for stale in Path(log_dir).glob("events.out.tfevents.*"):  # a resumed sweep's: written again
-            stale.unlink()
-        write_hparams_config(Path(log_dir), [{**s, "seed": n} for s in settings for n in range(seed, seed + repeats)],
-                             list(TENSORBOARD_SCORES))
-    taken = sum(journal.get(s, n) is not None for s in settings for n in range(seed, seed + repeats)) if journal else 0
-    if taken and progress:
-        print(f"resuming the sweep in {journal.path.parent}: {taken} of {len(settings) * repeats} trials taken from "
-              f"its journal ({journal.path.name})", file=sys.stderr, flush=True)
+    _begin_runs(settings, range(seed, seed + repeats), log_dir, journal, progress)
     rows, done = [], 0
     for number, setting in enumerate(settings, start=1):
         runs = []
@@ -328,6 +323,20 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
         rows.append(_row(setting, runs))
     rows.sort(key=lambda row: (-_score(row["val_accuracy_mean"]), -_score(row["test_accuracy_mean"])))
     return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
+
+
+def _begin_runs(settings: list[dict], seeds: range, log_dir, journal, progress: bool) -> None:
+    """The HParams summaries of every run (a resumed sweep's stale ones removed), and what a resumed
+    sweep takes from its journal, said once."""
+    if log_dir is not None:
+        for stale in Path(log_dir).glob("events.out.tfevents.*"):  # a resumed sweep's: written again
+            stale.unlink()
+        write_hparams_config(Path(log_dir), [{**s, "seed": n} for s in settings for n in seeds],
+                             list(TENSORBOARD_SCORES))
+    taken = sum(journal.get(s, n) is not None for s in settings for n in seeds) if journal else 0
+    if taken and progress:
+        print(f"resuming the sweep in {journal.path.parent}: {taken} of {len(settings) * len(seeds)} trials taken "
+              f"from its journal ({journal.path.name})", file=sys.stderr, flush=True)
 
 
 def _row(setting: dict, runs: list[dict]) -> dict:
@@ -594,103 +603,184 @@ class SweepResult:
     best: object  # the FitResult of the best setting, retrained into best/ (None without `out`)
 
 
+@dataclasses.dataclass
+class _SweepRun:
+    """One `sweep` call once its arguments are checked and its features extracted."""
+
+    inputs: object  # transfer.features.inputs.Inputs
+    data: object  # what the user gave as data (config.json records it)
+    settings: list
+    cut_specs: list
+    sources: dict  # the backbone's and data's settings as config.json records them
+    cache: CacheSpec
+    pool: str
+    definition: dict
+    resumable: bool
+    repeats: int
+    seed: int
+    patience: int | None
+    out: object
+    export: tuple
+    tensorboard: bool
+    progress: bool
+    strategy: object
+
+
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
-          patience: int | None = default("patience"), cut="auto", cuts=None, pool=None, signature=None, data_dir=None,
-          validation_split: float = 0.2, per_class=None, preprocessing=None, scale=None, cache_dir=None,
-          cache_dtype: str = "float32", inputs=None, feeds=None, allow_ops=(), max_memory=None, engine: str = "tf",
-          runner=None, out=None, export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True,
-          strategy=None, **axes) -> SweepResult:
+          patience: int | None = default("patience"), cuts=None, cache: CacheSpec | None = None, out=None,
+          export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
+          **options) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
 
+    `backbone`, `data`: as for `transfer.fit` (a path, `BackboneSpec` or `Backbone`; a spec,
+    `DataSpec` or `DataSplits`), and so are the backbone's, data's and cache's keyword `options`
+    (cut, signature, inputs, feeds, allow_ops, max_memory; data_dir, validation_split, per_class,
+    preprocessing, scale; cache_dir, cache_dtype, engine, runner, pool; or `cache`, a `CacheSpec`).
     `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
     `cuts`: the cuts to sweep (`"a,b"`, a list, or `"candidates"`: every candidate cut), all
     extracted in one pass, each cut's features its own cache entry; every setting trains on
     every cut. `pool`: `none`, `avg`, `max`: what extraction does to spatial features before
     they are cached (default: `avg` when several cuts are swept and every swept head averages
     positions anyway, else `none`).
-    `axes`: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each a list of choices; a
-    thaw N trains its last N weight layers from the cached outputs of its frozen prefix (with
-    several cuts, only for a head that reads them all: the layers before the deepest). The
-    thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs) are axes of
-    the settings with thaw > 0. `inputs`, `feeds`, `allow_ops`, `max_memory`: where and with what
-    the graph is fed and what one example may take, as for `Backbone.load`. `runner`: where the
-    extraction runs ("local", "beam" or a
-    `transfer.features.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams summaries
-    under `out/tensorboard`, the best setting's run under `out/best/tensorboard`. `strategy`:
-    where every setting trains, as for `transfer.fit` (only the chief writes `out`).
+    The other `options` are the axes: lr, epochs, batch_size, optimizer, thaw (0 = frozen), each
+    a list of choices; a thaw N trains its last N weight layers from the cached outputs of its
+    frozen prefix (with several cuts, only for a head that reads them all: the layers before the
+    deepest). The thaw options (thaw_lr_scale, thaw_weight_decay, unfreeze_every, head_epochs)
+    are axes of the settings with thaw > 0. `runner`: where the extraction runs ("local", "beam"
+    or a `transfer.features.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams
+    summaries under `out/tensorboard`, the best setting's run under `out/best/tensorboard`.
+    `strategy`: where every setting trains, as for `transfer.fit` (only the chief writes `out`).
+    An unknown keyword is one line naming the valid ones.
     """
-    from transfer.training.distribute import run_dir_of, strategy_named
+    from transfer.training.distribute import strategy_named
     from transfer.features.inputs import open_inputs
-    from transfer.training.reporting import check_new_run_dir, partial_dir, run_directory
-    from transfer.layers.thawing import ThawedFeatureLayer
-    from transfer.training.fitting import fit
 
-    runner = get_runner(runner)  # unknown, or Beam missing: before any slow work
+    spec, data_spec, cache, axes = dispatch("sweep", backbone, data, options, cache=cache, own=tuple(SETTING_AXES))
+    cache = CacheSpec.of(cache, runner=get_runner(cache.runner))  # unknown, or Beam missing: before any slow work
+    _check_sweep_output(out, tensorboard)
+    grid_axes = {"heads": heads, "head_options": head_options, "cuts": cuts, **axes,
+                 **(load_grid(grid) if grid else {})}
+    cut = _swept_cuts(spec.cut if isinstance(spec, BackboneSpec) else "auto", grid_axes.pop("cuts"))
+    spec = BackboneSpec.of(spec, cut=cut) if isinstance(spec, BackboneSpec) else spec  # a Backbone is cut already
+    settings = expand_grid(grid_axes.pop("heads"), head_options=grid_axes.pop("head_options"), **grid_axes)
+    data_spec = DataSpec.of(data_spec, seed=seed)
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
+    inputs = open_inputs(spec, data_spec, engine=cache.engine)
+    settings, cut_specs = _settings_on_cuts(settings, inputs.backbone)
+    pool = _storage_pool(cache.pool, settings, len(cut_specs) > 1, progress)
+    definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
+                             cache_dtype=cache.dtype, engine=cache.engine, strategy=type(strategy).__name__,
+                             tensorboard=tensorboard)
+    sources = {"cut": _listed(spec.cut) if isinstance(spec, BackboneSpec) else cut_specs,
+               "signature": spec.signature if isinstance(spec, BackboneSpec) else inputs.backbone.loaded.signature,
+               **{key: getattr(data_spec, key) for key in ("data_dir", "validation_split", "per_class", "seed",
+                                                           "preprocessing", "scale")}}
+    return _sweep_run(_SweepRun(inputs, data, settings, cut_specs, sources, cache, pool, definition,
+                                _resumable(out, strategy, definition), repeats, seed, patience, out, export,
+                                tensorboard, progress, strategy))
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_sweep_output(out, tensorboard: bool) -> None:
+    from transfer.training.reporting import check_new_run_dir
+
     if out is not None:
         check_new_run_dir(out)
     elif tensorboard:
         raise TransferError("TensorBoard logs are written in the sweep directory: give `out` with `tensorboard`")
     if tensorboard:
         hparams_api()  # the tensorboard package is there, before any slow work
-    spec = {"heads": heads, "head_options": head_options, "cuts": cuts, **axes, **(load_grid(grid) if grid else {})}
-    cut = _swept_cuts(cut, spec.pop("cuts"))
-    settings = expand_grid(spec.pop("heads"), head_options=spec.pop("head_options"), **spec)
-    source = dict(cut=cut, signature=signature, data_dir=data_dir, validation_split=validation_split,
-                  per_class=per_class, seed=seed, preprocessing=preprocessing, scale=scale)
-    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
-    inputs = open_inputs(backbone, data, inputs=inputs, feeds=feeds, allow_ops=allow_ops, max_memory=max_memory,
-                         engine=engine, **source)
-    cut_specs = [c.spec for c in inputs.backbone.cuts]
+
+
+def _settings_on_cuts(settings: list[dict], backbone) -> tuple:
+    """(every setting on the backbone's cuts, the cut specs); a thaw over several cuts only for a
+    head that reads them all."""
+    cut_specs = [c.spec for c in backbone.cuts]
     settings = _on_cuts(settings, cut_specs)
     one_cut = next((s["head"] for s in settings if s.get("thaw") and len(cut_specs) > 1 and s["cut"] != ALL_CUTS), None)
     if one_cut:  # a thaw N is one layer on all the cuts (below); a head of one cut would need one per cut
         raise TransferError(f"sweep: head {one_cut!r} trains on one cut, and a thaw on {len(cut_specs)} cuts trains a "
                             "head of several cuts (multilayer): sweep the cuts frozen first, then thaw at the best "
                             "one (--cut CUT --thaw N)")
-    pool = _storage_pool(pool, settings, len(cut_specs) > 1, progress)
-    definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
-                             cache_dtype=cache_dtype, engine=engine, strategy=type(strategy).__name__,
-                             tensorboard=tensorboard)
-    resumable = out is not None and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)  # every
-    if resumable:  # worker runs the same trials, and only the chief has the journal
-        check_resumable(partial_dir(out), definition)  # another sweep's unfinished trials: before any extraction
-    with strategy.scope():  # thawed weights are variables
+    return settings, cut_specs
+
+
+def _resumable(out, strategy, definition: dict) -> bool:
+    """Whether the sweep keeps a journal (every worker runs the same trials, and only the chief has
+    it); another sweep's unfinished trials in `out` are refused before any extraction."""
+    from transfer.training.reporting import partial_dir
+
+    resumable = out is not None and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if resumable:
+        check_resumable(partial_dir(out), definition)
+    return resumable
+
+
+def _extracted(run: _SweepRun) -> tuple:
+    """(the features by cut, or None when every setting thaws; thaw N -> (its prefix outputs, its
+    ThawedFeatureLayer)), from the cache, extracting what is not there yet."""
+    from transfer.layers.thawing import ThawedFeatureLayer
+
+    inputs, cache, settings = run.inputs, run.cache, run.settings
+    with run.strategy.scope():  # thawed weights are variables
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     joined = ALL_CUTS if any(s["cut"] == ALL_CUTS for s in settings) else None
-    features = (inputs.cached_features_by_cut(cache_dir, cache_dtype, progress=progress, pool=pool, joined=joined,
-                                              runner=runner)
+    features = (inputs.cached_features_by_cut(cache.dir, cache.dtype, progress=run.progress, pool=run.pool,
+                                              joined=joined, runner=cache.runner)
                 if any(not s.get("thaw") for s in settings) else None)
-    thawed = {count: (inputs.cached_prefix(layer, cache_dir, cache_dtype, progress=progress, runner=runner), layer)
+    thawed = {count: (inputs.cached_prefix(layer, cache.dir, cache.dtype, progress=run.progress,
+                                           runner=cache.runner), layer)
               for count, layer in layers.items()}
-    with run_dir_of(strategy, out) as written, \
-            run_directory(written, keep=finished_trials if resumable else None) if written is not None \
-            else contextlib.nullcontext() as directory:  # OUT.partial, kept with its journal if the sweep is killed
-        journal = TrialJournal(directory, definition) if resumable and directory is not None else None
-        with strategy.scope():  # every head and optimizer is made in it
-            rows = run_sweep(features, settings, repeats=repeats, seed=seed, patience=patience, progress=progress,
-                             thawed=thawed, log_dir=directory / "tensorboard" if tensorboard else None,
-                             journal=journal)
+    return features, thawed
+
+
+def _sweep_run(run: _SweepRun) -> SweepResult:
+    """Train every setting (OUT.partial, kept with its journal if the sweep is killed), write the
+    sweep files and retrain the best setting into `out/best`."""
+    from transfer.training.distribute import run_dir_of
+    from transfer.training.reporting import run_directory
+
+    features, thawed = _extracted(run)
+    with run_dir_of(run.strategy, run.out) as written, \
+            run_directory(written, keep=finished_trials if run.resumable else None) if written is not None \
+            else contextlib.nullcontext() as directory:
+        journal = TrialJournal(directory, run.definition) if run.resumable and directory is not None else None
+        with run.strategy.scope():  # every head and optimizer is made in it
+            rows = run_sweep(features, run.settings, repeats=run.repeats, seed=run.seed, patience=run.patience,
+                             progress=run.progress, thawed=thawed,
+                             log_dir=directory / "tensorboard" if run.tensorboard else None, journal=journal)
         if directory is None:
             return SweepResult(rows, None, None)
-        best = rows[0]["setting"]
-        write_sweep(directory, rows, _in_graph_order(inputs.backbone))
-        write_json(directory / "config.json", {"backbone": inputs.backbone.loaded.source, "data": data,
-                                               **inputs.backbone.feeding, "settings": settings, "repeats": repeats,
-                                               **source, "cuts": cut_specs, "pool": pool,
-                                               "cache_dir": str(cache_dir) if cache_dir else None})
-        shutil.rmtree(directory / "best", ignore_errors=True)  # a resumed sweep's, killed at its very end
-        best_backbone = inputs.backbone if len(cut_specs) == 1 or best["cut"] == ALL_CUTS else inputs.backbone.recut(
-            best["cut"])
-        result = fit(best_backbone, inputs.splits, head=best["head"], head_options=_pooled_like(best, pool),
-                     **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
-                     **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=patience,
-                     seed=seed, preprocessing=inputs.kind.preprocessing, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                     engine=engine, runner=runner, out=directory / "best", export=export, tensorboard=tensorboard,
-                     verbose=0, strategy=strategy)
-    if written != out:  # another worker than the chief: it wrote nothing
+        write_sweep(directory, rows, _in_graph_order(run.inputs.backbone))
+        write_json(directory / "config.json", {"backbone": run.inputs.backbone.loaded.source, "data": run.data,
+                                               **run.inputs.backbone.feeding, "settings": run.settings,
+                                               "repeats": run.repeats, **run.sources, "cuts": run.cut_specs,
+                                               "pool": run.pool, "cache_dir": run.cache.dir})
+        result = _fit_best(run, rows[0]["setting"], directory)
+    if written != run.out:  # another worker than the chief: it wrote nothing
         return SweepResult(rows, None, result)
-    result.run_dir = Path(out) / "best"
-    return SweepResult(rows, Path(out), result)
+    result.run_dir = Path(run.out) / "best"
+    return SweepResult(rows, Path(run.out), result)
+
+
+def _fit_best(run: _SweepRun, best: dict, directory: Path):
+    """The best setting retrained into `directory/best`, a full `transfer fit` run."""
+    from transfer.training.fitting import fit
+
+    shutil.rmtree(directory / "best", ignore_errors=True)  # a resumed sweep's, killed at its very end
+    backbone = run.inputs.backbone
+    if len(run.cut_specs) > 1 and best["cut"] != ALL_CUTS:
+        backbone = backbone.recut(best["cut"])
+    cache = run.cache
+    return fit(backbone, run.inputs.splits, head=best["head"], head_options=_pooled_like(best, run.pool),
+               **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
+               **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=run.patience,
+               seed=run.seed, preprocessing=run.inputs.kind.preprocessing, cache_dir=cache.dir,
+               cache_dtype=cache.dtype, engine=cache.engine, runner=cache.runner, out=directory / "best",
+               export=run.export, tensorboard=run.tensorboard, verbose=0, strategy=run.strategy)

@@ -31,7 +31,9 @@ from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.layers.model import build_classifier, head_model
 from transfer.training.optimizers import optimizer_named
-from transfer.training.settings import TrainingSettings
+from transfer.training.keywords import DataSpec, dispatch
+from transfer.training.settings import FIELDS as SETTING_FIELDS, TrainingSettings
+from transfer.features.spec import CacheSpec
 from transfer.features.inputs import open_inputs, predict_batches
 from transfer.features.runners import get_runner
 from transfer.training.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
@@ -55,30 +57,81 @@ def default_run_dir(command: str = "fit") -> Path:
     return Path("runs") / f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
+@dataclasses.dataclass
+class _FitRun:
+    """One `fit` call once its arguments are checked: what the training steps read."""
+
+    inputs: object  # transfer.features.inputs.Inputs
+    head: str
+    kind: object  # heads.kind_of(head)
+    head_options: dict
+    settings: TrainingSettings
+    cache: CacheSpec
+    config: dict
+    callbacks: list
+    out: object
+    export: tuple
+    tensorboard: bool
+    verbose: object
+    strategy: object
+
+
 @memory_errors()
-def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto", head="linear", head_options=None,
-        preprocessing=None, scale=None, signature=None, data_dir=None, validation_split: float = 0.2,
-        per_class=None, callbacks=(), cache_dir=None, cache_dtype: str = "float32", inputs=None, feeds=None,
-        allow_ops=(), max_memory=None, engine: str = "tf", runner=None, out=None, export=("savedmodel", "pb"),
-        tensorboard: bool = False, verbose="auto", strategy=None, **training) -> FitResult:
+def fit(backbone, data, settings: TrainingSettings | None = None, *, head="linear", head_options=None, callbacks=(),
+        cache: CacheSpec | None = None, out=None, export=("savedmodel", "pb"), tensorboard: bool = False,
+        verbose="auto", strategy=None, **options) -> FitResult:
     """Train `head` on the features of `backbone` cut at `cut`; see README "transfer fit".
 
-    `backbone`: a path, `example:NAME` or a `Backbone`; `data`: a spec (`transfer.datasets.load`)
-    or `DataSplits`. How it trains: `settings` (`TrainingSettings`) or its fields as keyword
-    arguments (epochs, batch_size, lr, optimizer, patience, class_weight, seed, augment,
-    crop_padding, thaw=N or thaw_from=SCOPE with the thaw options). With `out`, a run directory
-    is written (config, metrics, history, plots, model.keras and the exports); without, nothing
-    touches the disk. With `cache_dir`, the head trains on features from the feature cache
-    (extracted once, reused by later runs; `runner`: where that extraction runs, "local" or
-    "beam" or a `transfer.features.runners.BeamRunner`). `inputs`, `feeds`, `allow_ops`, `max_memory`:
-    where and with what the graph is fed and what one example may take, as for `Backbone.load`
-    (ignored when `backbone` is a `Backbone` already). Running out of memory is a TransferError.
-    `strategy`: where it trains, `default`, `mirrored`, `multiworker` (`transfer.training.distribute`) or
-    a `tf.distribute.Strategy`; `batch_size` is the global batch, split across its replicas.
-    Under `multiworker` only the chief writes `out`; the other workers return no run_dir.
+    `backbone`: a path, `example:NAME`, a `BackboneSpec` or a `Backbone`; `data`: a spec
+    (`transfer.datasets.load`), a `DataSpec` or `DataSplits`. How it trains: `settings`
+    (`TrainingSettings`) or its fields as keyword arguments (epochs, batch_size, lr, optimizer,
+    patience, class_weight, seed, augment, crop_padding, thaw=N or thaw_from=SCOPE with the thaw
+    options); `seed` also splits the data. `options`, besides those: the backbone's (cut,
+    signature, inputs, feeds, allow_ops, max_memory: where and with what the graph is fed and
+    what one example may take, as for `Backbone.load`; ignored when `backbone` is a `Backbone`
+    already), the data's (data_dir, validation_split, per_class, preprocessing, scale) and the
+    cache's (cache_dir, cache_dtype, engine, runner; or `cache`, a `CacheSpec`). With `out`, a
+    run directory is written (config, metrics, history, plots, model.keras and the exports);
+    without, nothing touches the disk. With `cache_dir`, the head trains on features from the
+    feature cache (extracted once, reused by later runs; `runner`: where that extraction runs,
+    "local" or "beam" or a `transfer.features.runners.BeamRunner`). Running out of memory is a
+    TransferError. `strategy`: where it trains, `default`, `mirrored`, `multiworker`
+    (`transfer.training.distribute`) or a `tf.distribute.Strategy`; `batch_size` is the global
+    batch, split across its replicas. Under `multiworker` only the chief writes `out`; the other
+    workers return no run_dir. An unknown keyword is one line naming the valid ones.
     """
+    backbone, data, cache, settings = fit_specs(backbone, data, settings, cache, options)
+    verbose, export = _checked_output(out, export, tensorboard, verbose)
+    head_options = dict(head_options or {})
+    kind = _checked_head(head, head_options, settings)
+    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
+    keras.utils.set_random_seed(settings.seed)
+    inputs = open_inputs(backbone, data, batch_size=settings.batch_size, augment=settings.augment,
+                         crop_padding=settings.crop_padding, engine=cache.engine)
+    _check_inputs(inputs, head, kind, cache)
+    config = {"transfer_version": __version__,
+              "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
+              **_source_config(inputs, data), "head": head, "head_options": head_options, **settings.to_config(),
+              "cache_dir": cache.dir, "cache_dtype": cache.dtype, "engine": cache.engine, "runner": cache.runner.name,
+              "export": list(export), "strategy": strategy_config(strategy)}
+    return _fit_run(_FitRun(inputs, head, kind, head_options, settings, cache, config, list(callbacks), out, export,
+                            tensorboard, verbose, strategy))
+
+
+def fit_specs(backbone, data, settings: TrainingSettings | None, cache: CacheSpec | None, options: dict,
+              owner: str = "fit") -> tuple:
+    """`fit`'s keyword arguments as (backbone or BackboneSpec, DataSpec, CacheSpec with its runner
+    made, TrainingSettings): each checked when made, before any slow work; the data split with
+    the training seed."""
+    backbone, data, cache, training = dispatch(owner, backbone, data, options, cache=cache, own=SETTING_FIELDS,
+                                               cache_keywords=("cache_dir", "cache_dtype", "engine", "runner"))
     settings = TrainingSettings.of(settings, **training)
-    runner = get_runner(runner)  # unknown, or Beam missing: before any slow work
+    runner = get_runner(cache.runner)  # unknown, or Beam missing: before any slow work
+    return backbone, DataSpec.of(data, seed=settings.seed), CacheSpec.of(cache, runner=runner), settings
+
+
+def _checked_output(out, export, tensorboard: bool, verbose) -> tuple:
+    """(verbose, export formats), checked with where the run is written, before any slow work."""
     if verbose == "auto" and not sys.stdout.isatty():
         verbose = 2  # a line per epoch: a progress bar's ANSI codes would litter a log file
     export = tuple(export or ())
@@ -88,51 +141,46 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
         check_new_run_dir(out)
     elif tensorboard:
         raise TransferError("TensorBoard logs are written in the run directory: give `out` with `tensorboard`")
-    head_options = dict(head_options or {})
-    kind = heads.kind_of(head)  # an unknown head or option fails before any slow work
+    return verbose, export
+
+
+def _checked_head(head, head_options: dict, settings: TrainingSettings):
+    """The head's kind (`heads.kind_of`): an unknown head or option fails before any slow work."""
+    kind = heads.kind_of(head)
     kind.check_options(head_options)
     if settings.thawing and not kind.traits.keras:
         raise TransferError(f"head {head!r} is fitted by scikit-learn on frozen features, so thawed layers would not "
                             "train: use a Keras head (linear, mlp, conv, attention) with --thaw")
-    strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
-    keras.utils.set_random_seed(settings.seed)
-    inputs = open_inputs(backbone, data, cut=cut, signature=signature, data_dir=data_dir,
-                         validation_split=validation_split, per_class=per_class, seed=settings.seed,
-                         preprocessing=preprocessing, scale=scale, batch_size=settings.batch_size,
-                         augment=settings.augment, crop_padding=settings.crop_padding, inputs=inputs, feeds=feeds,
-                         allow_ops=allow_ops, max_memory=max_memory, engine=engine)
+    return kind
+
+
+def _check_inputs(inputs, head, kind, cache: CacheSpec) -> None:
+    """What the loaded backbone and data refuse for this head and cache."""
     if inputs.backbone.multi_cut and not kind.traits.several_cuts:
         cuts = [c.spec for c in inputs.backbone.cuts]
         raise TransferError(f"head {head!r} trains on one cut; got {len(cuts)} cuts ({', '.join(cuts[:4])}"
                             f"{', …' if len(cuts) > 4 else ''}); a head of several cuts: --head multilayer")
-    if cache_dir is None and engine != "tf":
-        raise TransferError(f"--engine {engine} runs the backbone when features are extracted into the cache; "
-                            "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")
-    if cache_dir is None and runner.name != "local":
-        raise TransferError(f"--runner {runner.name} runs the extraction into the feature cache; without --cache-dir "
-                            "nothing is extracted: add --cache-dir")
-    if cache_dir is not None and inputs.batches.augmentation is not None:
+    cache.check_uncached()
+    if cache.dir is not None and inputs.batches.augmentation is not None:
         raise TransferError("augmentation changes the images every epoch, cached features cannot; "
                             "drop --augment/--crop-padding or --cache-dir")
-    config = {"transfer_version": __version__,
-              "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
-              **_source_config(inputs, data, data_dir, validation_split, per_class),
-              "head": head, "head_options": head_options, **settings.to_config(),
-              "cache_dir": None if cache_dir is None else str(cache_dir), "cache_dtype": cache_dtype,
-              "engine": engine, "runner": runner.name, "export": list(export),
-              "strategy": strategy_config(strategy)}
-    # Written as OUT.partial while training (TensorBoard can watch it), renamed when all went well;
-    # by the chief only: another worker writes into a temporary directory that it removes.
-    with run_dir_of(strategy, out) as written, \
+
+
+def _fit_run(run: _FitRun) -> FitResult:
+    """Train and evaluate; written as OUT.partial while training (TensorBoard can watch it), renamed
+    when all went well; by the chief only: another worker writes into a temporary directory that it
+    removes."""
+    inputs, settings, config = run.inputs, run.settings, run.config
+    with run_dir_of(run.strategy, run.out) as written, \
             run_directory(written) if written is not None else contextlib.nullcontext() as directory:
-        logs = TensorBoardLogs(directory / "tensorboard" if tensorboard and directory else None)
-        with strategy.scope():  # the thawed weights, the head and the optimizer are made in it
+        logs = TensorBoardLogs(directory / "tensorboard" if run.tensorboard and directory else None)
+        with run.strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             feature_layer = _feature_layer(inputs, settings)
-            source = _training_source(inputs, feature_layer, settings, cache_dir, cache_dtype, runner,
-                                      progress=verbose != 0, pool=cache_pool(inputs.backbone, kind, head_options))
+            source = _training_source(inputs, feature_layer, settings, run.cache, progress=run.verbose != 0,
+                                      pool=cache_pool(inputs.backbone, run.kind, run.head_options))
             started = time.perf_counter()
-            head_layer, trained, log = _train_head(source, feature_layer, settings, kind, head_options,
-                                                   [*logs.callbacks(), *callbacks], verbose)
+            head_layer, trained, log = _train_head(source, feature_layer, settings, run.kind, run.head_options,
+                                                   [*logs.callbacks(), *run.callbacks], run.verbose)
             feature_layer, head_layer, kept = keep_selected_cuts(inputs, feature_layer, head_layer)
             model = build_classifier(feature_layer, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
@@ -145,20 +193,20 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, cut="auto",
             metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
                                    "kept_epoch": log.kept_epoch, "summary": log.summary()}
         if directory is not None:
-            _write_run(directory, model, config, metrics, log, inputs.splits.class_names, export)
-    run_dir = Path(out) if out is not None and written == out else None
+            _write_run(directory, model, config, metrics, log, inputs.splits.class_names, run.export)
+    run_dir = Path(run.out) if run.out is not None and written == run.out else None
     return FitResult(model, log.history, metrics, run_dir, inputs.splits.class_names)
 
 
-def _source_config(inputs, data, data_dir, validation_split, per_class) -> dict:
+def _source_config(inputs, data: DataSpec) -> dict:
     """What a run records of its backbone, cut, data and inputs: enough to repeat it."""
     backbone, splits = inputs.backbone, inputs.splits
     return {"backbone": backbone.loaded.source, "backbone_fingerprint": backbone.fingerprint,
             "signature": backbone.loaded.signature, "cut": ",".join(c.spec for c in backbone.cuts),
             "cut_tensor": ",".join(c.name for c in backbone.cuts), **backbone.feeding,
-            "data": data if isinstance(data, str) else None, "data_identity": splits.identity,
-            "data_dir": None if data_dir is None else str(data_dir), "validation_split": validation_split,
-            "per_class": per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
+            "data": data.data if data.named else None, "data_identity": splits.identity,
+            "data_dir": data.data_dir, "validation_split": data.validation_split,
+            "per_class": data.per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
             "input_range": inputs.input_range()}
 
 
@@ -171,19 +219,19 @@ def _feature_layer(inputs, settings: TrainingSettings):
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
 
-def _training_source(inputs, feature_layer, settings: TrainingSettings, cache_dir, cache_dtype, runner,
-                     progress: bool, pool: str = "none"):
+def _training_source(inputs, feature_layer, settings: TrainingSettings, cache: CacheSpec, progress: bool,
+                     pool: str = "none"):
     """Where the head's examples come from: raw examples through the backbone, or the cache."""
-    if cache_dir is None:
+    if cache.dir is None:
         return _UncachedTraining(inputs, feature_layer)
     if not settings.thawing:
-        return _CachedTraining(inputs.cached_features(cache_dir, cache_dtype, progress=progress, pool=pool,
-                                                      runner=runner),
+        return _CachedTraining(inputs.cached_features(cache.dir, cache.dtype, progress=progress, pool=pool,
+                                                      runner=cache.runner),
                                settings.batch_size, settings.seed)
     # the cache holds the frozen prefix's outputs, never pooled (`pool` is for frozen features): the
     # thawed suffix trains from them and needs them whole
-    return _CachedTraining(inputs.cached_prefix(feature_layer, cache_dir, cache_dtype, progress=progress,
-                                                runner=runner),
+    return _CachedTraining(inputs.cached_prefix(feature_layer, cache.dir, cache.dtype, progress=progress,
+                                                runner=cache.runner),
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
