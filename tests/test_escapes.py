@@ -25,7 +25,7 @@ from transfer.features.cache import FeatureCache
 from transfer.cli.main import main
 from transfer.errors import TransferError, TransferWarning
 from transfer.training.reporting import plot_confusion_matrix
-from transfer.sweep.sweeping import _plot, _plot_cuts
+from transfer.sweep.report import _plot, _plot_cuts
 from transfer.text import printable
 
 EVIL = "evil\x1b[2J\x1b[31m\nforged"  # clears the screen, turns it red, forges a line

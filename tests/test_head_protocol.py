@@ -16,7 +16,8 @@ from keras import ops  # noqa: E402
 import transfer  # noqa: E402
 from transfer.cli.main import main  # noqa: E402
 from transfer.heads import REQUIRED, Head, HeadTraits, Option, available, get, kind_of, registry, traits_of  # noqa: E402
-from transfer.sweep.sweeping import _storage_pool, expand_grid  # noqa: E402
+from transfer.sweep.grid import expand_grid  # noqa: E402
+from transfer.sweep.sweeping import _storage_pool  # noqa: E402
 from transfer.training.fitting import adapt_head, cache_pool, trained_with_refit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ from transfer.heads import MultiLayerHead, available, choose_multilayer, get  # 
 from transfer.heads.multilayer import GridPooling  # noqa: E402
 from transfer.layers.model import head_model, model_parts  # noqa: E402
 from transfer.features.inputs import FeatureSplits  # noqa: E402
-from transfer.sweep.sweeping import expand_grid, train_setting  # noqa: E402
+from transfer.sweep.grid import expand_grid
+from transfer.sweep.trials import train_setting  # noqa: E402
 
 NUM_CLASSES = 3
 SHAPES = [(4, 4, 6), (10,), (5, 7)]  # a map, vectors, a sequence: the informative one is input 1

@@ -8,7 +8,7 @@ import transfer
 from transfer.cli.main import build_parser, main
 from transfer.errors import TransferError
 from transfer.training.settings import FIELDS, TrainingSettings, default
-from transfer.sweep.sweeping import TRAINING_AXES
+from transfer.sweep.grid import TRAINING_AXES
 
 DIGITS = "digits:5-9?per_class=10"
 

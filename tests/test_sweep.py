@@ -11,8 +11,11 @@ from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
 import tensorflow as tf  # noqa: E402
 
 from transfer.sweep.journal import JOURNAL, TrialJournal  # noqa: E402
-from transfer.sweep.sweeping import (CSV_COLUMNS, FeatureSplits, expand_grid, format_table, load_grid,  # noqa: E402
-                            run_sweep, train_setting, write_sweep)
+from transfer.features.inputs import FeatureSplits  # noqa: E402
+from transfer.sweep.grid import CSV_COLUMNS, expand_grid, load_grid  # noqa: E402
+from transfer.sweep.ranking import run_sweep  # noqa: E402
+from transfer.sweep.report import format_table, write_sweep  # noqa: E402
+from transfer.sweep.trials import train_setting  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
 SIZES = {"train": 120, "validation": 60, "test": 60}

@@ -152,7 +152,7 @@ def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     backbone = Backbone.load("example:digits", cut="candidates")
     assert sorted(row["cut"] for row in rows) == sorted(c.spec for c in backbone.cuts) and len(rows) == 22
-    from transfer.sweep.sweeping import best_per_cut
+    from transfer.sweep.report import best_per_cut
 
     order = json.loads((tmp_path / "sweep/config.json").read_text())["cuts"]
     assert order[0].endswith("scale_1/add:0") and order[-1] == "Identity:0"

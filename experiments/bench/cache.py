@@ -42,7 +42,8 @@ from transfer._compat import freeze_variables
 from transfer import Backbone, heads
 from transfer.features.cache import FORMAT_VERSION, MANIFEST, SHARD_BYTES, Entry, FeatureCache, _write_atomic
 from transfer.features.inputs import FeatureSplits, open_inputs
-from transfer.sweep.sweeping import expand_grid, sweep
+from transfer.sweep.grid import expand_grid
+from transfer.sweep.sweeping import sweep
 
 SIZE = 64  # image height and width
 FEATURES = 2048  # ResNet50's avg_pool

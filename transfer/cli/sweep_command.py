@@ -59,7 +59,8 @@ def add(commands) -> None:
 
 
 def run(args) -> int:
-    from transfer.sweep.sweeping import format_table, sweep
+    from transfer.sweep.report import format_table
+    from transfer.sweep.sweeping import sweep
     from transfer.training.fitting import default_run_dir
 
     axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",

@@ -1,0 +1,183 @@
+"""What a sweep leaves and shows: `sweep.csv`, `sweep.json`, the bar chart and the per-cut plot,
+the ranked table, and the short labels of settings in progress lines."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from transfer.files import written_whole
+from transfer.training.reporting import pyplot, write_json
+from transfer import tables
+from transfer.text import printable
+from transfer.sweep.grid import ALL_CUTS, CSV_COLUMNS, SETTING_AXES
+
+
+def write_sweep(directory, rows: list[dict], cut_order: list | None = None) -> None:
+    """`sweep.csv`, `sweep.json` and `sweep.png` in `directory`, each written whole or not at all;
+    with several cuts also `sweep_cuts.png`, accuracy per cut in `cut_order` (graph order)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with written_whole(directory / "sweep.csv") as path, open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([_show(row[column]) for column in CSV_COLUMNS] for row in rows)
+    with written_whole(directory / "sweep.json") as path:
+        write_json(path, rows)
+    with written_whole(directory / "sweep.png") as path:
+        _plot(path, rows)
+    cuts = [cut for cut in cut_order or dict.fromkeys(row["cut"] for row in rows) if cut != ALL_CUTS]
+    if len(cuts) > 1:
+        with written_whole(directory / "sweep_cuts.png") as path:
+            _plot_cuts(path, rows, cuts)
+
+
+def best_per_cut(rows: list[dict], cuts: list) -> dict:
+    """head -> [the best row of that head at each cut (None where it was not trained)]; heads
+    that read all cuts at once are left out (see `_plot_cuts`)."""
+    best = {}
+    for row in rows:  # ranked: the first row of a (head, cut) is its best
+        if row["cut"] == ALL_CUTS:
+            continue
+        per_cut = best.setdefault(row["head"], dict.fromkeys(cuts))
+        if per_cut.get(row["cut"]) is None:
+            per_cut[row["cut"]] = row
+    return {head: [per_cut[cut] for cut in cuts] for head, per_cut in best.items()}
+
+
+def _plot_cuts(path: Path, rows: list[dict], cuts: list):
+    """Validation (solid) and test (dotted) accuracy per cut, deepest on the right: where the
+    features transfer. One line per head, its best setting at each cut; a head that reads all
+    cuts at once (`multilayer`) is a dashed level across (its best validation accuracy). Cut
+    names are `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
+    plt = pyplot()
+    names = short_cut_names(cuts)
+    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(cuts) + 2), 4.5))
+    positions = np.arange(len(cuts))
+    for number, (head, best) in enumerate(best_per_cut(rows, cuts).items()):
+        color = f"C{number}"
+        for split, style in (("val", "-"), ("test", ":")):
+            values = [np.nan if row is None or row[f"{split}_accuracy_mean"] is None else row[f"{split}_accuracy_mean"]
+                      for row in best]
+            axis.plot(positions, values, style, marker="o" if split == "val" else None, color=color,
+                      label=f"{printable(head)} ({'validation' if split == 'val' else 'test'})")
+    for number, row in enumerate({row["head"]: row for row in reversed(rows) if row["cut"] == ALL_CUTS}.values()):
+        axis.axhline(score(row["val_accuracy_mean"]), linestyle="--", color=f"C{number + 5}",
+                     label=f"{printable(row['head'])}, all {len(cuts)} cuts (validation)")
+    axis.set_xticks(positions, [printable(names[cut]) for cut in cuts], rotation=70, ha="right", fontsize=7,
+                    parse_math=False)
+    axis.set_xlabel("cut, in graph order (deeper to the right)")
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"accuracy per cut ({len(cuts)} cuts)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return figure
+
+
+def format_table(rows: list[dict]) -> str:
+    """The ranked rows as an aligned text table for the terminal.
+
+    `options` holds a row's head options and the training axes that vary in the sweep.
+    """
+    varying = varying_keys([row["setting"] for row in rows])
+    training = [key for key in varying if key in SETTING_AXES and key != "lr"]
+    cuts = short_cut_names([row["cut"] for row in rows]) if "cut" in varying else None
+    header = ("rank", *(["cut"] if cuts else []), "head", "lr", "options", "val", "test", "seconds")
+    lines = [(str(row["rank"]), *([cuts[row["cut"]]] if cuts else []), row["head"], _show(row["lr"]) or "-",
+              _describe(row["setting"], [*training, *row["head_options"]]) or "-",
+              _mean_std(row, "val"), _mean_std(row, "test"), f"{row['seconds_mean']:.1f}") for row in rows]
+    return "\n".join(tables.format_table([header, *lines]))
+
+
+def short_cut_names(specs: list) -> dict:
+    """Cut specs as a person reads them: `:0` and the scopes every cut shares dropped
+    (`digits_resnet_1/block1_out_1/Relu:0` -> `block1_out_1/Relu`)."""
+    distinct = list(dict.fromkeys(spec for spec in specs if spec is not None))
+    parts = [(spec[:-2] if spec.endswith(":0") else spec).split("/") for spec in distinct]
+    shared = 0
+    while len(parts) > 1 and all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return {spec: "/".join(p[shared:]) for spec, p in zip(distinct, parts)}
+
+
+def _plot(path: Path, rows: list[dict]):
+    """Horizontal bars of mean validation accuracy with std error bars, best on top; the labels
+    `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
+    plt = pyplot()
+    shown = varying_keys([row["setting"] for row in rows])
+    cut_names = short_cut_names([row["cut"] for row in rows])
+    labels = [f"{row['rank']}. {label(row['setting'], shown, cut_names)}" for row in rows]
+    means = [score(row["val_accuracy_mean"]) for row in rows]
+    errors = [row["val_accuracy_std"] or 0.0 for row in rows]
+    width = 5 + 0.07 * max(map(len, labels), default=0)
+    figure, axis = plt.subplots(figsize=(width, 1.2 + 0.35 * len(rows)))
+    positions = np.arange(len(rows))
+    axis.barh(positions, means, xerr=errors, capsize=3, color="tab:blue", alpha=0.8)
+    for position, mean, error in zip(positions, means, errors):
+        axis.text(mean + error + 0.01, position, f"{mean:.3f}", va="center", fontsize=8)
+    axis.set_yticks(positions, labels, parse_math=False)
+    axis.invert_yaxis()  # rank 1 on top
+    axis.set_xlim(0, 1.12)
+    axis.set_xlabel("validation accuracy")
+    repeats = rows[0]["repeats"] if rows else 1
+    axis.set_title(f"{len(rows)} settings, best first" + (f" (mean ± std of {repeats} runs)" if repeats > 1 else ""))
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return figure
+
+
+def varying_keys(settings: list[dict]) -> list[str]:
+    """The axes whose value differs between settings: what a label shows to tell them apart."""
+    keys = ["cut", *SETTING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
+    return [key for key in keys
+            if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > 1]
+
+
+def _value(setting: dict, key: str):
+    return setting.get(key) if key in SETTING_AXES or key == "cut" else setting["head_options"].get(key)
+
+
+def _describe(setting: dict, keys: list[str], cut_names: dict | None = None) -> str:
+    shown = {**setting, "cut": (cut_names or {}).get(setting.get("cut"), setting.get("cut"))}
+    return " ".join(f"{key}={_show(_value(shown, key))}" for key in keys if _value(shown, key) is not None)
+
+
+def label(setting: dict, keys: list[str], cut_names: dict | None = None) -> str:
+    """A setting in one line for the terminal and plots: `printable` (cut names come from the graph)."""
+    return printable(f"{setting['head']} {_describe(setting, keys, cut_names)}".rstrip())
+
+
+def _show(value) -> str:
+    """One compact text form for tables, labels and CSV cells."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def accuracy_text(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _mean_std(row: dict, split: str) -> str:
+    """`0.912 ± 0.004` over repeats; a single run has no spread to show."""
+    mean, std = row[f"{split}_accuracy_mean"], row[f"{split}_accuracy_std"]
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if row["repeats"] > 1 else f"{mean:.3f}"
+
+
+def score(value) -> float:
+    """An accuracy to sort and plot by: a missing one (no such split) below every real one."""
+    return -1.0 if value is None else value
