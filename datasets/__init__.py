@@ -3,7 +3,7 @@
 An example is an image (image folders, TFDS image features, digits) or any array (npz arrays and
 other TFDS features: waveforms, spectrograms, token ids, vectors), kept as stored; whether it
 feeds the backbone as an image is decided later, against the backbone's input
-(`transfer.features.inputs.input_kind`).
+(`transfer.data.input_kind.input_kind`).
 
 Spec grammar (``load(spec)``; the CLI's ``--data SPEC``)::
 

@@ -17,7 +17,7 @@ from transfer.cli.main import main
 from cli_checks import fit_error
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.training.reporting import run_directory
-from transfer.features.inputs import resolve_preprocessing
+from transfer.data.input_kind import resolve_preprocessing
 
 DIGITS = "digits:5-9?per_class=10"
 FLATTEN = {"pooling": "flatten"}

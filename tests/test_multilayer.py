@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 from transfer.heads import MultiLayerHead, available, choose_multilayer, get  # noqa: E402
 from transfer.heads.multilayer import GridPooling  # noqa: E402
 from transfer.layers.model import head_model, model_parts  # noqa: E402
-from transfer.features.inputs import FeatureSplits  # noqa: E402
+from transfer.features.feature_splits import FeatureSplits  # noqa: E402
 from transfer.sweep.grid import expand_grid
 from transfer.sweep.trials import train_setting  # noqa: E402
 

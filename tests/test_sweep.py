@@ -11,7 +11,7 @@ from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
 import tensorflow as tf  # noqa: E402
 
 from transfer.sweep.journal import JOURNAL, TrialJournal  # noqa: E402
-from transfer.features.inputs import FeatureSplits  # noqa: E402
+from transfer.features.feature_splits import FeatureSplits  # noqa: E402
 from transfer.sweep.grid import CSV_COLUMNS, expand_grid, load_grid  # noqa: E402
 from transfer.sweep.ranking import run_sweep  # noqa: E402
 from transfer.sweep.report import format_table, write_sweep  # noqa: E402

@@ -41,7 +41,8 @@ import tensorflow as tf
 from transfer._compat import freeze_variables
 from transfer import Backbone, heads
 from transfer.features.cache import FORMAT_VERSION, MANIFEST, SHARD_BYTES, Entry, FeatureCache, _write_atomic
-from transfer.features.inputs import FeatureSplits, open_inputs
+from transfer.features.feature_splits import FeatureSplits
+from transfer.features.inputs import open_inputs
 from transfer.sweep.grid import expand_grid
 from transfer.sweep.sweeping import sweep
 

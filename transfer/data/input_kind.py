@@ -1,6 +1,6 @@
 """How a run's raw examples reach the backbone's input: as images, or as arrays as they are.
 
-The choice is made once per run (`transfer.features.inputs.input_kind`, README "Non-image inputs"),
+The choice is made once per run (`transfer.data.input_kind.input_kind`, README "Non-image inputs"),
 recorded in config.json, and then asked of this object by everything that touches raw
 examples: the tf.data pipelines, the Keras model's first layer, the feature cache's key, the
 exports, `evaluate` and `predict`. No other module branches on what the input is.
@@ -11,12 +11,16 @@ exports, `evaluate` and `predict`. No other module branches on what the input is
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess
 from transfer.errors import TransferError
+from transfer.graph.backbone import Backbone
 from transfer.layers.model import PreprocessingLayer
 
 
@@ -145,3 +149,70 @@ def _castable(got: tf.DType, want: tf.DType) -> bool:
 
 def _shape(shape) -> str:
     return "(" + ", ".join(str(size) for size in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+# -- the decision ------------------------------------------------------------------------------
+
+
+def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:
+    """Images or arrays, decided once (README "Non-image inputs").
+
+    Images: the data are pictures (image files, a TFDS Image feature, digits), or the backbone
+    takes images (rank 4 with 1 or 3 channels, float or uint8) and each example looks like one
+    ((height, width) or (height, width, channels)); they are resized, channel-matched and scaled,
+    so data of exactly the input's shape pass unchanged. Anything else passes as it is, after a
+    check of its shape and dtype against the input's.
+    """
+    (spec,) = backbone.input_specs
+    looks_like_image = len(splits.example_shape) == 2 or (
+        len(splits.example_shape) == 3 and splits.example_shape[-1] in (1, 2, 3, 4))
+    if splits.images or (takes_images(spec) and looks_like_image):
+        prep = resolve_preprocessing(backbone, preprocessing, scale)
+        kind = ImageInput(prep, model_input_shape(splits, prep))
+    else:
+        kind = ArrayInput.of(spec, splits.example_shape)
+        if preprocessing is not None:
+            kind.refuse("preprocessing settings (--preprocessing)")
+        if scale not in (None, "none"):
+            kind.refuse(f"--scale {scale!r}")
+    try:
+        kind.check(splits.example_shape, splits.example_dtype, where)
+    except TransferError as error:
+        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
+        raise TransferError(f"{error}; {hint}" if hint else str(error)) from None
+    return kind
+
+
+def takes_images(spec: tf.TensorSpec) -> bool:
+    """A batch of images: (batch, height, width, 1 or 3 channels), float or uint8 pixels."""
+    return (spec.shape.rank == 4 and spec.shape[-1] in (1, 3, None)
+            and (spec.dtype.is_floating or spec.dtype == tf.uint8))
+
+
+def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
+    """Explicit settings, else the JSON beside the backbone, else what the graph's input says."""
+    if isinstance(preprocessing, (str, Path)):
+        preprocessing = Preprocessing.from_json(preprocessing)
+    elif isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if preprocessing is None and backbone.path.exists():
+        preprocessing = Preprocessing.beside(backbone.path)
+    if preprocessing is None:
+        (spec,) = backbone.input_specs
+        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
+        if spec.shape.rank != 4 or hint:
+            raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
+                                f"its input {spec.name!r} has shape {spec.shape}" + (f"; {hint}" if hint else ""))
+        preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
+    if scale is not None:
+        preprocessing = dataclasses.replace(preprocessing, scale=scale)
+    return preprocessing
+
+
+def model_input_shape(splits, prep: Preprocessing) -> tuple:
+    """The data's image shape when it already has the backbone's size; else any size is accepted."""
+    height, width, *channels = splits.example_shape
+    channels = channels[0] if channels else 1  # gray (height, width) gets a channel axis
+    if prep.size is None or (height, width) == tuple(prep.size):
+        return (height, width, channels)
+    return (None, None, channels)

@@ -17,7 +17,9 @@ from sklearn.utils.validation import check_is_fitted
 from transfer.datasets import DataSplits
 from transfer.datasets.arrays import stored_dtype
 from transfer.heads.pooling import pool_array
-from transfer.features.inputs import Batches, Inputs, input_kind
+from transfer.data.batches import Batches
+from transfer.data.input_kind import input_kind
+from transfer.features.inputs import Inputs
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -46,7 +48,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
-        `transfer.features.inputs.input_kind`), so that `transform` is cheap."""
+        `transfer.data.input_kind.input_kind`), so that `transform` is cheap."""
         from transfer.graph.backbone import Backbone
 
         self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,

@@ -1,15 +1,15 @@
 """From a backbone and a data spec to what training and extraction both need.
 
 `open_inputs` loads the backbone and the data, decides once how the examples reach the backbone
-(`input_kind`: as images, or as arrays as they are), and builds the tf.data pipelines
-(`Batches`): one place, so that `fit`, `extract` and `sweep` see exactly the same examples in
-the same order.
+(`transfer.data.input_kind`: as images, or as arrays as they are), and builds the tf.data
+pipelines (`transfer.data.batches.Batches`): one place, so that `fit`, `extract` and `sweep` see
+exactly the same examples in the same order. `Inputs` then extracts their features into the cache
+(`FeatureSplits`, `transfer.features.feature_splits`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -17,15 +17,16 @@ import tensorflow as tf
 from transfer import datasets
 from transfer.graph.backbone import Backbone
 from transfer.graph.spec import FIELDS as BACKBONE_FIELDS, BackboneSpec
-from transfer.datasets.preprocessing import Augmentation, Preprocessing
+from transfer.datasets.preprocessing import Augmentation
 from transfer.errors import TransferError
-from transfer.data.input_kind import ArrayInput, ImageInput, InputKind
+from transfer.data.batches import Batches
+from transfer.data.input_kind import InputKind, input_kind
 from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
 from transfer.features.cache import FeatureCache
 from transfer.features.extraction import Extraction
+from transfer.features.feature_splits import FeatureSplits
 from transfer.layers.feature_layer import FeatureLayer
 
-SHUFFLE_BYTES = 2**30
 _TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
 
 
@@ -131,43 +132,6 @@ class Inputs:
         return self._prepare(examples)
 
 
-@dataclasses.dataclass
-class FeatureSplits:
-    """Features already extracted by a backbone (the cache's, or in memory): what cached training
-    and sweeps train heads on."""
-
-    train: tf.data.Dataset  # unbatched (features, int32 label) pairs
-    validation: tf.data.Dataset | None
-    test: tf.data.Dataset | None
-    feature_shapes: list  # one example's shape per tensor, e.g. [(4, 4, 32)]; several: one per cut, or
-    class_names: list     # a thawed suffix's inputs (each example is then a tuple of tensors)
-
-    @classmethod
-    def of_entries(cls, entries: dict, class_names: list) -> FeatureSplits:
-        """`{role: [Entry, ...]}` (one entry per tensor, `FeatureCache.extract`) as streamed splits."""
-        streams = {role: _zipped([entry.dataset() for entry in listed]) for role, listed in entries.items()}
-        shapes = [shape for entry in entries["train"] for shape in entry.feature_shapes]
-        return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names)
-
-    def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
-        """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
-        example_bytes = sum(4 * int(np.prod([size or 1 for size in shape])) for shape in self.feature_shapes)
-        buffer = max(1, min(10_000, SHUFFLE_BYTES // example_bytes))
-        return self.train.shuffle(buffer, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    def evaluation(self, role: str, batch_size: int = 256) -> tf.data.Dataset | None:
-        stream = getattr(self, role)
-        return None if stream is None else stream.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-
-def _zipped(streams: list) -> tf.data.Dataset:
-    """(features, label) streams of the same examples as one stream of ((features, ...), label)."""
-    if len(streams) == 1:
-        return streams[0]
-    return tf.data.Dataset.zip(tuple(streams)).map(lambda *pairs: (tuple(f for f, _ in pairs), pairs[0][1]))
-
-
 def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, crop_padding: int = 0,
                 engine: str = "tf", **options) -> Inputs:
     """Load what a command needs; every user mistake here is one TransferError line.
@@ -208,116 +172,6 @@ def specs_of(backbone, data, options: dict, owner: str) -> tuple:
         backbone = BackboneSpec.of(backbone, **{k: v for k, v in options.items() if k in BACKBONE_FIELDS})
     data = DataSpec.of(data, **{k: v for k, v in options.items() if k in DATA_FIELDS})
     return backbone, data
-
-
-def input_kind(backbone: Backbone, splits, preprocessing=None, scale=None, where: str = "the data") -> InputKind:
-    """Images or arrays, decided once (README "Non-image inputs").
-
-    Images: the data are pictures (image files, a TFDS Image feature, digits), or the backbone
-    takes images (rank 4 with 1 or 3 channels, float or uint8) and each example looks like one
-    ((height, width) or (height, width, channels)); they are resized, channel-matched and scaled,
-    so data of exactly the input's shape pass unchanged. Anything else passes as it is, after a
-    check of its shape and dtype against the input's.
-    """
-    (spec,) = backbone.input_specs
-    looks_like_image = len(splits.example_shape) == 2 or (
-        len(splits.example_shape) == 3 and splits.example_shape[-1] in (1, 2, 3, 4))
-    if splits.images or (takes_images(spec) and looks_like_image):
-        prep = resolve_preprocessing(backbone, preprocessing, scale)
-        kind = ImageInput(prep, model_input_shape(splits, prep))
-    else:
-        kind = ArrayInput.of(spec, splits.example_shape)
-        if preprocessing is not None:
-            kind.refuse("preprocessing settings (--preprocessing)")
-        if scale not in (None, "none"):
-            kind.refuse(f"--scale {scale!r}")
-    try:
-        kind.check(splits.example_shape, splits.example_dtype, where)
-    except TransferError as error:
-        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
-        raise TransferError(f"{error}; {hint}" if hint else str(error)) from None
-    return kind
-
-
-def takes_images(spec: tf.TensorSpec) -> bool:
-    """A batch of images: (batch, height, width, 1 or 3 channels), float or uint8 pixels."""
-    return (spec.shape.rank == 4 and spec.shape[-1] in (1, 3, None)
-            and (spec.dtype.is_floating or spec.dtype == tf.uint8))
-
-
-def resolve_preprocessing(backbone: Backbone, preprocessing=None, scale: str | None = None) -> Preprocessing:
-    """Explicit settings, else the JSON beside the backbone, else what the graph's input says."""
-    if isinstance(preprocessing, (str, Path)):
-        preprocessing = Preprocessing.from_json(preprocessing)
-    elif isinstance(preprocessing, dict):
-        preprocessing = Preprocessing.from_dict(preprocessing)
-    if preprocessing is None and backbone.path.exists():
-        preprocessing = Preprocessing.beside(backbone.path)
-    if preprocessing is None:
-        (spec,) = backbone.input_specs
-        hint = backbone.image_input_hint()  # a JPEG string, a scalar, a batch of 1: where to feed instead
-        if spec.shape.rank != 4 or hint:
-            raise TransferError(f"fit needs a backbone that takes images (batch, height, width, channels); "
-                                f"its input {spec.name!r} has shape {spec.shape}" + (f"; {hint}" if hint else ""))
-        preprocessing = Preprocessing.for_input(spec.shape.as_list(), "uint8" if spec.dtype == tf.uint8 else "float32")
-    if scale is not None:
-        preprocessing = dataclasses.replace(preprocessing, scale=scale)
-    return preprocessing
-
-
-def model_input_shape(splits, prep: Preprocessing) -> tuple:
-    """The data's image shape when it already has the backbone's size; else any size is accepted."""
-    height, width, *channels = splits.example_shape
-    channels = channels[0] if channels else 1  # gray (height, width) gets a channel axis
-    if prep.size is None or (height, width) == tuple(prep.size):
-        return (height, width, channels)
-    return (None, None, channels)
-
-
-
-class Batches:
-    """The tf.data pipelines: examples made batchable as `kind` says (images resized to the
-    backbone's size, float32; arrays cast to the input's dtype)."""
-
-    def __init__(self, splits, kind: InputKind, batch_size: int, seed: int, augmentation):
-        self.splits, self.batch_size, self.seed, self.augmentation = splits, batch_size, seed, augmentation
-        self.kind = kind
-
-    def training(self) -> tf.data.Dataset:
-        size = self.splits.sizes.get("train") or 10_000
-        stream = self.splits.train.shuffle(min(size, 10_000), seed=self.seed, reshuffle_each_iteration=True)
-        return self._batched(stream, self.augmentation)
-
-    def evaluation(self, role: str, skip: int = 0, take: int = -1, batch_size: int | None = None):
-        """Unshuffled batches of one split, optionally of examples [skip, skip + take) only
-        (where the source allows, the others are not read: a pipeline's shard), of this
-        pipeline's batch size or `batch_size`."""
-        stream = self.splits.window(role, skip, take)
-        return None if stream is None else self._batched(stream, None, batch_size)
-
-    def _batched(self, stream, augmentation, batch_size: int | None = None) -> tf.data.Dataset:
-        batched = self.kind.batchable(stream, augmentation).batch(batch_size or self.batch_size)
-        return batched.prefetch(tf.data.AUTOTUNE)
-
-
-def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs and labels of a batched (example, label) dataset, in one pass."""
-    predict, outputs, labels = _batch_predictor(model), [], []
-    for examples, y in dataset:
-        outputs.append(np.asarray(predict(examples)))
-        labels.append(y.numpy())
-    if not outputs:
-        return np.zeros((0,)), np.zeros((0,), "int32")
-    return np.concatenate(outputs), np.concatenate(labels)
-
-
-def _batch_predictor(model):
-    """`model.predict_on_batch`; for a model made under a strategy with several replicas, its
-    call traced once instead: there Keras 3.15's `predict_on_batch` runs the whole batch on every
-    replica and returns the outputs once per replica (and fails across workers)."""
-    if model.distribute_strategy.num_replicas_in_sync == 1:
-        return model.predict_on_batch
-    return tf.function(lambda examples: model(examples, training=False), reduce_retracing=True)
 
 
 def open_extraction(description: dict) -> Extraction:

@@ -11,7 +11,7 @@ import numpy as np
 
 from transfer.errors import TransferError, check_int
 from transfer.sweep.journal import TrialJournal
-from transfer.features.inputs import FeatureSplits
+from transfer.features.feature_splits import FeatureSplits
 from transfer.training.settings import default
 from transfer.training.tensorboard_logs import TensorBoardLogs, write_hparams_config
 from transfer.sweep.grid import SETTING_AXES, TENSORBOARD_SCORES, setting_key

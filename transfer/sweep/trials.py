@@ -12,7 +12,7 @@ import tensorflow as tf
 from transfer import heads as registry
 from transfer.errors import TransferError
 from transfer.layers.model import head_model
-from transfer.features.inputs import FeatureSplits
+from transfer.features.feature_splits import FeatureSplits
 from transfer.training.settings import default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs

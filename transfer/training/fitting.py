@@ -34,7 +34,8 @@ from transfer.training.optimizers import optimizer_named
 from transfer.training.keywords import DataSpec, dispatch
 from transfer.training.settings import FIELDS as SETTING_FIELDS, TrainingSettings
 from transfer.features.spec import CacheSpec
-from transfer.features.inputs import open_inputs, predict_batches
+from transfer.features.inputs import open_inputs
+from transfer.training.prediction import predict_batches
 from transfer.features.runners import get_runner
 from transfer.training.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
                                 plot_learning_curves, run_directory, write_history, write_json)

@@ -18,8 +18,7 @@ from transfer.data import input_kind
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.datasets.folder import IMAGE_SUFFIXES
 from transfer.training.reporting import MODEL_FILE, classification_metrics
-from transfer.features.inputs import Batches, predict_batches
-
+from transfer.data.batches import Batches
 
 
 def load_run(run_dir) -> tuple[keras.Model, dict]:
@@ -123,3 +122,23 @@ def _read(path: Path, images: bool) -> np.ndarray:
         return tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False).numpy()
     except tf.errors.OpError:
         raise TransferError(f"{path} is not a readable image (valid: {', '.join(IMAGE_SUFFIXES)}, .npy)") from None
+
+
+def predict_batches(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs and labels of a batched (example, label) dataset, in one pass."""
+    predict, outputs, labels = _batch_predictor(model), [], []
+    for examples, y in dataset:
+        outputs.append(np.asarray(predict(examples)))
+        labels.append(y.numpy())
+    if not outputs:
+        return np.zeros((0,)), np.zeros((0,), "int32")
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def _batch_predictor(model):
+    """`model.predict_on_batch`; for a model made under a strategy with several replicas, its
+    call traced once instead: there Keras 3.15's `predict_on_batch` runs the whole batch on every
+    replica and returns the outputs once per replica (and fails across workers)."""
+    if model.distribute_strategy.num_replicas_in_sync == 1:
+        return model.predict_on_batch
+    return tf.function(lambda examples: model(examples, training=False), reduce_retracing=True)

@@ -1,0 +1,47 @@
+"""Features already extracted (the cache's, or in memory) as tf.data splits: what cached training
+and sweeps train heads on."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+SHUFFLE_BYTES = 2**30  # the most features a training shuffle buffer holds
+
+
+@dataclasses.dataclass
+class FeatureSplits:
+    """Features already extracted by a backbone (the cache's, or in memory): what cached training
+    and sweeps train heads on."""
+
+    train: tf.data.Dataset  # unbatched (features, int32 label) pairs
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset | None
+    feature_shapes: list  # one example's shape per tensor, e.g. [(4, 4, 32)]; several: one per cut, or
+    class_names: list     # a thawed suffix's inputs (each example is then a tuple of tensors)
+
+    @classmethod
+    def of_entries(cls, entries: dict, class_names: list) -> FeatureSplits:
+        """`{role: [Entry, ...]}` (one entry per tensor, `FeatureCache.extract`) as streamed splits."""
+        streams = {role: _zipped([entry.dataset() for entry in listed]) for role, listed in entries.items()}
+        shapes = [shape for entry in entries["train"] for shape in entry.feature_shapes]
+        return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names)
+
+    def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
+        """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
+        example_bytes = sum(4 * int(np.prod([size or 1 for size in shape])) for shape in self.feature_shapes)
+        buffer = max(1, min(10_000, SHUFFLE_BYTES // example_bytes))
+        return self.train.shuffle(buffer, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def evaluation(self, role: str, batch_size: int = 256) -> tf.data.Dataset | None:
+        stream = getattr(self, role)
+        return None if stream is None else stream.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+
+def _zipped(streams: list) -> tf.data.Dataset:
+    """(features, label) streams of the same examples as one stream of ((features, ...), label)."""
+    if len(streams) == 1:
+        return streams[0]
+    return tf.data.Dataset.zip(tuple(streams)).map(lambda *pairs: (tuple(f for f, _ in pairs), pairs[0][1]))
