@@ -444,7 +444,7 @@ def test_inputs_on_another_scale_than_the_training_data_are_warned_about(digits_
 
 
 def test_a_head_adapts_on_examples_spread_over_a_split_stored_class_by_class():
-    from transfer.training.fitting import spread_sample
+    from transfer.training.sources import spread_sample
 
     labels = np.repeat(np.arange(5), 1000)  # sorted by class, as an image folder is
     stream = tf.data.Dataset.from_tensor_slices(labels)

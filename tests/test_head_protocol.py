@@ -18,7 +18,9 @@ from transfer.cli.main import main  # noqa: E402
 from transfer.heads import REQUIRED, Head, HeadTraits, Option, available, get, kind_of, registry, traits_of  # noqa: E402
 from transfer.sweep.grid import expand_grid  # noqa: E402
 from transfer.sweep.sweeping import _storage_pool  # noqa: E402
-from transfer.training.fitting import adapt_head, cache_pool, trained_with_refit  # noqa: E402
+from transfer.training.fitting import cache_pool  # noqa: E402
+from transfer.training.keras_training import trained_with_refit  # noqa: E402
+from transfer.training.sources import adapt_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "digits:5-9?per_class=10"

@@ -16,7 +16,8 @@ from transfer.features.feature_splits import FeatureSplits
 from transfer.training.settings import default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs
-from transfer.training.fitting import adapt_on_features, train_keras, trained_with_refit
+from transfer.training.keras_training import train_keras, trained_with_refit
+from transfer.training.sources import adapt_on_features
 from transfer.sweep.grid import EVAL_BATCH, THAW_AXES
 
 

@@ -18,31 +18,28 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
-from transfer.training.distribute import fit_model, run_dir_of, strategy_config, strategy_named
+from transfer.training.distribute import run_dir_of, strategy_config, strategy_named
 from transfer.choices import EXPORT_FORMATS
 from transfer.errors import TransferError, check_choice
-from transfer.layers.export import export_all
 from transfer.graph.memory import memory_errors
 from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
-from transfer.layers.model import build_classifier, head_model
-from transfer.training.optimizers import optimizer_named
+from transfer.layers.model import build_classifier
 from transfer.training.keywords import DataSpec, dispatch
 from transfer.training.settings import FIELDS as SETTING_FIELDS, TrainingSettings
 from transfer.features.spec import CacheSpec
 from transfer.features.inputs import open_inputs
 from transfer.training.prediction import predict_batches
 from transfer.features.runners import get_runner
-from transfer.training.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
-                                plot_learning_curves, run_directory, write_history, write_json)
+from transfer.training.reporting import check_new_run_dir, run_directory
 from transfer.training.tensorboard_logs import TensorBoardLogs
-from transfer.training.trace_memory import forgetting_step_gradients
+from transfer.training.keras_training import TrainingLog, class_weights, train_keras, trained_with_refit
+from transfer.training.run_files import evaluate_splits, write_run
+from transfer.training.sources import adapt_head, training_source
 
-ADAPT_EXAMPLES = 1024  # training examples a head's input standardization is adapted on (`adapt_head`)
 
 
 @dataclasses.dataclass
@@ -177,7 +174,7 @@ def _fit_run(run: _FitRun) -> FitResult:
         logs = TensorBoardLogs(directory / "tensorboard" if run.tensorboard and directory else None)
         with run.strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             feature_layer = _feature_layer(inputs, settings)
-            source = _training_source(inputs, feature_layer, settings, run.cache, progress=run.verbose != 0,
+            source = training_source(inputs, feature_layer, settings, run.cache, progress=run.verbose != 0,
                                       pool=cache_pool(inputs.backbone, run.kind, run.head_options))
             started = time.perf_counter()
             head_layer, trained, log = _train_head(source, feature_layer, settings, run.kind, run.head_options,
@@ -194,7 +191,7 @@ def _fit_run(run: _FitRun) -> FitResult:
             metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,
                                    "kept_epoch": log.kept_epoch, "summary": log.summary()}
         if directory is not None:
-            _write_run(directory, model, config, metrics, log, inputs.splits.class_names, run.export)
+            write_run(directory, model, config, metrics, log, inputs.splits.class_names, run.export)
     run_dir = Path(run.out) if run.out is not None and written == run.out else None
     return FitResult(model, log.history, metrics, run_dir, inputs.splits.class_names)
 
@@ -218,22 +215,6 @@ def _feature_layer(inputs, settings: TrainingSettings):
     from transfer.layers.thawing import ThawedFeatureLayer
 
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
-
-
-def _training_source(inputs, feature_layer, settings: TrainingSettings, cache: CacheSpec, progress: bool,
-                     pool: str = "none"):
-    """Where the head's examples come from: raw examples through the backbone, or the cache."""
-    if cache.dir is None:
-        return _UncachedTraining(inputs, feature_layer)
-    if not settings.thawing:
-        return _CachedTraining(inputs.cached_features(cache.dir, cache.dtype, progress=progress, pool=pool,
-                                                      runner=cache.runner),
-                               settings.batch_size, settings.seed)
-    # the cache holds the frozen prefix's outputs, never pooled (`pool` is for frozen features): the
-    # thawed suffix trains from them and needs them whole
-    return _CachedTraining(inputs.cached_prefix(feature_layer, cache.dir, cache.dtype, progress=progress,
-                                                runner=cache.runner),
-                           settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
 def cache_pool(backbone, kind, head_options: dict) -> str:
@@ -279,7 +260,7 @@ def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_op
     adapt_head(head_layer, source)
     class_weight = settings.class_weight
     if class_weight == "balanced":
-        class_weight = _class_weights(source.split("train"))
+        class_weight = class_weights(source.split("train"))
     validation = source.split("validation")
 
     def train_once():
@@ -292,157 +273,3 @@ def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_op
     return head_layer, trained, trained_with_refit(head_layer, train_once)[-1]
 
 
-def trained_with_refit(head, train_once) -> list:
-    """`train_once()` (a new optimizer each call), and once more after `head.begin_refit()` when
-    the head has a refit step (`multilayer` with refit > 0: Head2Toe's fit of the kept features
-    without penalty): the training logs, the last one the model's as it ends."""
-    logs = [train_once()]
-    if traits_of(head).refits and head.refit:
-        head.begin_refit()
-        logs.append(train_once())
-    return logs
-
-
-def adapt_head(head, source) -> None:
-    """Adapt a head's input standardization (`transfer.heads`) on what it will see at the start of
-    training: the features of at most ADAPT_EXAMPLES training examples, spread over the split;
-    with a thaw, the thawed layers' outputs before they train. Heads that do not adapt (their
-    traits), or built with standardize=False: nothing to do."""
-    if not (traits_of(head).adapts and head.standardize):
-        return
-    inputs = source.model(keras.layers.Identity())
-    head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
-
-
-def adapt_on_features(head, features, suffix=None, batch_size: int = 256) -> None:
-    """`adapt_head` for a head trained on `FeatureSplits` (a sweep), through `suffix` for a thaw."""
-    adapt_head(head, _CachedTraining(features, batch_size, 0, suffix))
-
-
-def spread_sample(stream, count: int, size: int | None = None):
-    """At most `count` examples of an unshuffled stream, every k-th over all of it when its size is
-    known (`size`, else the stream's cardinality), so a split stored class by class gives every class."""
-    size = size or int(stream.cardinality())  # < 0: unknown
-    every = -(-size // count) if size > 0 else 1
-    return (stream.shard(every, 0) if every > 1 else stream).take(count)
-
-
-class _UncachedTraining:
-    """The head trains inside the whole model, on raw examples: the backbone runs every epoch."""
-
-    def __init__(self, inputs, feature_layer):
-        self.inputs, self.feature_layer = inputs, feature_layer
-        self.num_classes = inputs.splits.num_classes
-
-    def model(self, head):
-        return build_classifier(self.feature_layer, head, self.inputs.kind)
-
-    def training(self):
-        return self.inputs.batches.training()
-
-    def split(self, role):
-        return self.inputs.batches.evaluation(role)
-
-    def adapt_batches(self):
-        sample = spread_sample(self.inputs.splits.train, ADAPT_EXAMPLES, self.inputs.splits.sizes.get("train"))
-        return self.inputs.kind.batchable(sample, None).batch(self.inputs.batches.batch_size)
-
-
-class _CachedTraining:
-    """The head trains on cached features: the backbone never runs. With `suffix` (a thaw), the
-    cache holds the frozen prefix's outputs and the thawed suffix trains with the head."""
-
-    def __init__(self, features, batch_size: int, seed: int, suffix=None):
-        self.features, self.batch_size, self.seed, self.suffix = features, batch_size, seed, suffix
-        self.num_classes = len(features.class_names)
-
-    def model(self, head):
-        return head_model(self.features.feature_shapes, head, self.suffix)
-
-    def training(self):
-        return self.features.training(self.batch_size, self.seed)
-
-    def split(self, role):
-        return self.features.evaluation(role, self.batch_size)
-
-    def adapt_batches(self):
-        return spread_sample(self.features.train, ADAPT_EXAMPLES).batch(self.batch_size)
-
-
-@dataclasses.dataclass
-class TrainingLog:
-    """What `model.fit` did: the history, and which epoch's weights the model ended with."""
-
-    history: dict  # metric name -> one value per epoch
-    stopped_early: bool = False
-    kept_epoch: int | None = None  # 1-based; early stopping restored this epoch's weights (lowest val_loss)
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history.get("loss", ()))
-
-    def summary(self) -> str:
-        """One line for the user, e.g. "early stopping after epoch 14 of 20; kept epoch 9 (lowest val_loss)"."""
-        if self.kept_epoch is None:
-            return f"trained {self.epochs_run} epochs"
-        ended = f"early stopping after epoch {self.epochs_run}" if self.stopped_early else \
-            f"trained {self.epochs_run} epochs"
-        return f"{ended}; kept the weights of epoch {self.kept_epoch} (lowest val_loss)"
-
-
-def train_keras(model, head, train, validation, *, epochs: int, lr: float, optimizer, patience,
-                callbacks=(), class_weight=None, verbose=0) -> TrainingLog:
-    """Compile and `model.fit` with early stopping on val_loss (best epoch restored), under the
-    strategy the model was made in (`transfer.training.distribute.fit_model`)."""
-    if isinstance(optimizer, str):  # else an optimizer made for the run (thaw options)
-        optimizer = optimizer_named(optimizer, lr)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=traits_of(head).logits and head.logits),
-                  metrics=["accuracy"])
-    callbacks, stopper = list(callbacks), None
-    if patience is not None and validation is not None:
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-        callbacks.append(stopper)
-    with forgetting_step_gradients():
-        history = fit_model(model, train, validation=validation, epochs=epochs, callbacks=callbacks,
-                            class_weight=class_weight, verbose=verbose)
-    log = TrainingLog({key: [float(v) for v in values] for key, values in history.history.items()})
-    if stopper is not None and stopper.best_weights is not None:  # Keras restores them at the end of training
-        log.stopped_early, log.kept_epoch = stopper.stopped_epoch > 0, stopper.best_epoch + 1
-    return log
-
-
-def _class_weights(train) -> dict:
-    from sklearn.utils.class_weight import compute_class_weight
-
-    labels = np.concatenate([y for _, y in train.as_numpy_iterator()])
-    present = np.unique(labels)
-    weights = compute_class_weight("balanced", classes=present, y=labels)
-    return {int(c): float(w) for c, w in zip(present, weights)}
-
-
-def evaluate_splits(model, source, class_names) -> dict:
-    """Accuracy per split; the per-class report and confusion matrix of each."""
-    metrics = {"class_names": class_names}
-    for role in ("validation", "test"):
-        dataset = source.split(role)
-        if dataset is not None:
-            probabilities, labels = predict_batches(model, dataset)
-            metrics[role] = classification_metrics(labels, probabilities, class_names)
-    return metrics
-
-
-def _write_run(directory: Path, model, config, metrics, log: TrainingLog, class_names, export) -> None:
-    model.save(directory / MODEL_FILE)
-    if export:
-        written = export_all(model, directory / "export", export)
-        config["exports"] = {name: str(Path(path).relative_to(directory)) for name, path in written.items()}
-    write_json(directory / "config.json", config)
-    write_json(directory / "metrics.json", metrics)
-    if log.history:
-        write_history(directory / "history.csv", log.history)
-        plot_learning_curves(directory / "learning_curves.png", log.history, kept_epoch=log.kept_epoch)
-    reported = next((role for role in ("test", "validation") if role in metrics), None)
-    if reported:
-        plot_confusion_matrix(directory / "confusion_matrix.png", metrics[reported]["confusion_matrix"],
-                              class_names, f"{reported} accuracy {metrics[reported]['accuracy']:.3f}")
