@@ -45,8 +45,9 @@ class Backbone:
         self.inputs = self._resolve_inputs(self.requested_inputs)
         for c in self.cuts:
             self._check_batch(c)
-        self._check_ops()
-        self._check_memory()
+        needed = self._needed_ops(self.inputs)  # what both checks walk
+        self._check_ops(needed)
+        self._check_memory(needed)
         self._wrapped = fed.wrapped
 
     @classmethod
@@ -268,30 +269,35 @@ class Backbone:
             raise TransferError(f"unknown input {name!r}; the graph's inputs are: {', '.join(valid)}")
         return op.outputs[0]
 
-    def _check_ops(self) -> None:
+    def _needed_ops(self, fed_at) -> list[tf.Operation]:
+        """The ops the cuts need when the graph is fed at the tensors `fed_at`."""
+        return self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=frozenset(t.op.name for t in fed_at))
+
+    @functools.cached_property
+    def _library(self) -> dict:
+        """The graph's functions by name: what the op and memory checks walk into."""
+        return {f.signature.name: f for f in self.graph_def.library.function}
+
+    def _check_ops(self, needed: list[tf.Operation]) -> None:
         """The safety check of the ops the cuts need. When feeding where the image enters the
         network would leave the refused ops out (a JPEG decoder), the error says so too."""
         try:
-            self._check_ops_fed_at(self.inputs)
+            self._check_needed_ops(needed)
         except TransferError as error:
             hint = self._hint_past_refused_ops()
             if hint is None:
                 raise
             raise TransferError(f"{error}; or {hint}") from None
 
-    def _check_ops_fed_at(self, tensors) -> None:
-        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=frozenset(t.op.name for t in tensors))
-        check_ops(needed, {f.signature.name: f for f in self.graph_def.library.function}, self.allow_ops,
-                  source=str(self.loaded.source or self.loaded.path))
+    def _check_needed_ops(self, needed: list[tf.Operation]) -> None:
+        check_ops(needed, self._library, self.allow_ops, source=str(self.loaded.source or self.loaded.path))
 
-    def _check_memory(self) -> None:
+    def _check_memory(self, needed: list[tf.Operation]) -> None:
         """One line, before anything runs, if the cuts' tensors for one example (static shapes)
         take more memory at once than allowed."""
         limit, reason = memory_limit(self.max_memory)
-        fed = frozenset(t.op.name for t in self.inputs)
-        needed = self.info.ancestors([c.tensor.op for c in self.cuts], stop_at=fed)
-        library = {f.signature.name: f for f in self.graph_def.library.function}
-        check_cut_memory(self.info.graph, library, needed, limit, reason, str(self.loaded.source or self.loaded.path))
+        check_cut_memory(self.info.graph, self._library, needed, limit, reason,
+                         str(self.loaded.source or self.loaded.path))
 
     def _hint_past_refused_ops(self) -> str | None:
         """The image-input hint, when feeding where it says leaves every refused op out."""
@@ -299,7 +305,7 @@ class Backbone:
             hint, entry = self.info.image_input_hint(tensor), self.info.image_entry(tensor.op)
             if hint and entry is not None:
                 try:
-                    self._check_ops_fed_at([entry])
+                    self._check_needed_ops(self._needed_ops([entry]))
                     return hint
                 except TransferError:
                     continue
