@@ -83,11 +83,6 @@ class Peak:
     tensor_bytes: int = 0
     shape: str = ""
 
-    def plus(self, other: "Peak") -> "Peak":
-        """Both live at once; the larger tensor is named."""
-        larger = self if self.tensor_bytes >= other.tensor_bytes else other
-        return dataclasses.replace(larger, bytes=self.bytes + other.bytes)
-
 
 def check_cut_memory(graph, library: dict, ops: list, limit: int | None, reason: str, source: str) -> Peak:
     """Raise if computing `ops` (imported `tf.Operation`s in graph order: what a cut needs; the
