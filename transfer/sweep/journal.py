@@ -29,8 +29,8 @@ class TrialJournal:
         self.path = Path(directory) / JOURNAL
         self.definition = json.loads(_text(definition))  # as the journal gives it back
         self.fingerprint = _fingerprint(definition)
-        check_resumable(self.path.parent, definition)
-        _, self.trials, end = _read(self.path)
+        header, self.trials, end = _read(self.path)
+        _check_same_sweep(self.path.parent, header, self.trials, definition)
         if self.trials:
             os.truncate(self.path, end)  # a torn last line goes: the next line starts on its own
         else:
@@ -57,8 +57,14 @@ def check_resumable(directory, definition: dict) -> int:
     """How many finished trials of this sweep the journal in `directory` holds (0: none, or no
     journal); a TransferError when they belong to a sweep of another definition."""
     header, trials, _ = _read(Path(directory) / JOURNAL)
+    _check_same_sweep(directory, header, trials, definition)
+    return len(trials)
+
+
+def _check_same_sweep(directory, header: dict, trials: dict, definition: dict) -> None:
+    """A TransferError when a journal's finished `trials` belong to a sweep of another definition."""
     if not trials or header.get("fingerprint") == _fingerprint(definition):
-        return len(trials)
+        return
     theirs, ours = header.get("definition") or {}, json.loads(_text(definition))
     differing = [key for key in ours if theirs.get(key) != ours[key]] or ["definition"]
     raise TransferError(f"{str(directory)!r} holds an unfinished sweep of another {', '.join(differing)} "
