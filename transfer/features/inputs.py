@@ -18,7 +18,7 @@ from transfer import datasets
 from transfer.graph.backbone import Backbone
 from transfer.graph.spec import FIELDS as BACKBONE_FIELDS, BackboneSpec
 from transfer.datasets.preprocessing import Augmentation
-from transfer.errors import TransferError
+from transfer.errors import TransferError, check_keywords
 from transfer.data.batches import Batches
 from transfer.data.input_kind import InputKind, input_kind
 from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
@@ -165,8 +165,6 @@ def specs_of(backbone, data, options: dict, owner: str) -> tuple:
     """(`backbone` as a Backbone or BackboneSpec, `data` as a DataSpec), the keyword `options` of
     either spec applied; an unknown keyword is one line naming the valid ones. Options of a
     backbone's spec are ignored when `backbone` is a loaded `Backbone` already."""
-    from transfer.errors import check_keywords
-
     check_keywords(owner, options, (*BACKBONE_FIELDS, *DATA_FIELDS))
     if not isinstance(backbone, Backbone):
         backbone = BackboneSpec.of(backbone, **{k: v for k, v in options.items() if k in BACKBONE_FIELDS})

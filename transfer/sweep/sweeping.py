@@ -27,7 +27,8 @@ from transfer.training.reporting import write_json
 from transfer.features.runners import get_runner
 from transfer.features.spec import CacheSpec
 from transfer.graph.spec import BackboneSpec
-from transfer.training.keywords import DataSpec, dispatch
+from transfer.data.spec import DataSpec
+from transfer.training.keywords import dispatch
 from transfer.training.settings import default
 from transfer.training.tensorboard_logs import hparams_api
 from transfer.sweep.grid import ALL_CUTS, SETTING_AXES, THAW_AXES, TRAINING_AXES, expand_grid, load_grid

@@ -28,7 +28,8 @@ from transfer.graph.memory import memory_errors
 from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.layers.model import build_classifier
-from transfer.training.keywords import DataSpec, dispatch
+from transfer.data.spec import DataSpec
+from transfer.training.keywords import dispatch
 from transfer.training.settings import FIELDS as SETTING_FIELDS, TrainingSettings
 from transfer.features.spec import CacheSpec
 from transfer.features.inputs import open_inputs

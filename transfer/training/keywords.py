@@ -9,8 +9,9 @@ keyword is one line naming it and the valid ones, closest first.
 """
 from __future__ import annotations
 
-from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
+from transfer.data.spec import FIELDS as DATA_FIELDS
 from transfer.errors import check_keywords
+from transfer.features.inputs import specs_of
 from transfer.features.spec import CacheSpec
 from transfer.graph.spec import FIELDS as BACKBONE_FIELDS
 
@@ -24,8 +25,6 @@ def dispatch(owner: str, backbone, data, options: dict, *, cache: CacheSpec | No
              cache_keywords=tuple(CACHE_KEYWORDS)) -> tuple:
     """(backbone: a Backbone or BackboneSpec, DataSpec, CacheSpec, the keywords in `own`) from a
     call's `options`; a keyword of none of them is a one-line TransferError."""
-    from transfer.features.inputs import specs_of
-
     check_keywords(owner, options, (*BACKBONE_KEYWORDS, *DATA_KEYWORDS, *cache_keywords, *own))
     mine = {key: value for key, value in options.items() if key in own}
     cached = {CACHE_KEYWORDS[key]: value for key, value in options.items() if key in cache_keywords}
@@ -33,5 +32,3 @@ def dispatch(owner: str, backbone, data, options: dict, *, cache: CacheSpec | No
     backbone, data = specs_of(backbone, data, sources, owner)
     return backbone, data, CacheSpec.of(cache, **cached), mine
 
-
-__all__ = ["BACKBONE_KEYWORDS", "CACHE_KEYWORDS", "DATA_KEYWORDS", "DataSpec", "dispatch"]
