@@ -67,7 +67,7 @@ def extraction_times(backbone: Backbone, data: str, workdir: Path, pool: str = "
     inputs = open_inputs(backbone.subset([c.spec for c in backbone.cuts]), data, validation_split=0.2)
     gc.collect()
     started = time.process_time()
-    seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), dtype, pool=pool, progress=False))
+    seconds, _ = timed(lambda: inputs.extract(tempfile.mkdtemp(dir=workdir), dtype=dtype, pool=pool, progress=False))
     return seconds, time.process_time() - started
 
 

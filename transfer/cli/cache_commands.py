@@ -8,6 +8,7 @@ import sys
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument, command,
                                      backbone_spec, data_spec, table)
 from transfer.errors import TransferError
+from transfer.features.spec import CacheSpec
 from transfer.text import printable
 
 CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
@@ -61,8 +62,8 @@ def run_extract(args) -> int:
     from transfer.features.inputs import open_inputs
 
     inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine)
-    entries = inputs.extract(args.cache_dir, dtype=args.cache_dtype, shard_size=args.shard_size,
-                             progress=not args.json, pool=args.pool, runner=args.runner)
+    entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
+                             shard_size=args.shard_size, progress=not args.json)
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -20,6 +20,8 @@ from transfer.heads.pooling import pool_array
 from transfer.data.batches import Batches
 from transfer.data.input_kind import input_kind
 from transfer.features.inputs import Inputs
+from transfer.features.spec import CacheSpec
+from transfer.graph.spec import BackboneSpec
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -29,7 +31,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
     "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
     graph is fed, as for `Backbone.load`; `engine`: "tf", "onnxruntime" or "auto" (`transfer.features.engines`).
-    Follows scikit-learn's rules: `__init__` only stores.
+    Follows scikit-learn's rules: `__init__` only stores, each setting its own keyword (so
+    `clone` and grid search see them); `fit` makes the `BackboneSpec` and `CacheSpec` from them.
     """
 
     def __init__(self, backbone, cut="auto", signature=None, scale=None, pooling="flatten", batch_size=32,
@@ -49,13 +52,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
         `transfer.data.input_kind.input_kind`), so that `transform` is cheap."""
-        from transfer.graph.backbone import Backbone
-
-        self.backbone_ = Backbone.load(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
-                                       feeds=self.feeds, allow_ops=self.allow_ops)
+        self.cache_ = CacheSpec.of(self.cache_dir, engine=self.engine)  # pooling is done here, after the cache
+        self.backbone_ = BackboneSpec(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
+                                      feeds=self.feeds, allow_ops=self.allow_ops).load()
         splits = _splits(_examples(X))
         self.input_kind_ = input_kind(self.backbone_, splits, scale=self.scale, where="X")
-        self.engine_ = self._inputs(splits).extraction_engine(self.cache_dir)  # checked and timed on X, once
+        self.engine_ = self._inputs(splits).extraction_engine(self.cache_.dir)  # checked and timed on X, once
         self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
         return self
 
@@ -65,17 +67,17 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         splits = _splits(examples)
         self.input_kind_.check(splits.example_shape, splits.example_dtype, "X")
         inputs = self._inputs(splits, self.engine_)
-        if self.cache_dir is None:
+        if self.cache_.dir is None:
             batches = inputs.batches.evaluation("train")
             features = np.concatenate([np.asarray(inputs.feature_batch(x)) for x, _ in batches])
         else:
-            features, _ = inputs.extract(self.cache_dir, progress=False)["train"][0].arrays()
+            features, _ = inputs.extract(self.cache_, progress=False)["train"][0].arrays()
         features = pool_array(features, self.pooling) if features.ndim > 2 else features
         return features.reshape(len(examples), -1)
 
     def _inputs(self, splits: DataSplits, engine=None) -> Inputs:
         return Inputs(self.backbone_, splits, self.input_kind_,
-                      Batches(splits, self.input_kind_, self.batch_size, 0, None), self.engine, engine)
+                      Batches(splits, self.input_kind_, self.batch_size, 0, None), self.cache_.engine, engine)
 
 
 def _examples(X) -> np.ndarray:

@@ -25,6 +25,7 @@ from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
 from transfer.features.cache import FeatureCache
 from transfer.features.extraction import Extraction
 from transfer.features.feature_splits import FeatureSplits
+from transfer.features.spec import CacheSpec
 from transfer.layers.feature_layer import FeatureLayer
 
 _TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
@@ -45,34 +46,35 @@ class Inputs:
     def feature_layer(self) -> FeatureLayer:
         return FeatureLayer(self.backbone, name="features")
 
-    def extract(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
-                pool: str | None = None, runner=None) -> dict:
+    def extract(self, cache: CacheSpec | str | None = None, *, shard_size=None, progress: bool = True,
+                **options) -> dict:
         """Every split's cache entries, one per cut (`{role: [Entry, ...]}`), extracting what is
-        not there yet in one pass (`transfer.features.cache`, `transfer.features.extraction`). `runner`:
-        where the pass runs: None (this process), or a runner made by `transfer.features.runners.get_runner`
-        (`get_runner("beam")`: on Apache Beam), which this layer only calls."""
-        if runner is not None and not callable(getattr(runner, "extract", None)):
-            raise TransferError(f"runner {runner!r}: give a runner made by transfer.features.runners.get_runner, "
-                                "e.g. get_runner('beam')")
-        cache = FeatureCache(cache_dir, shard_size=shard_size)
-        extraction = Extraction(self, cache.root if cache.local else None, pool)  # a converted engine stays local
-        if runner is None:
-            return cache.extract(extraction, dtype=dtype, progress=progress)
-        return runner.extract(cache, extraction, dtype=dtype, progress=progress)
+        not there yet in one pass (`transfer.features.cache`, `transfer.features.extraction`).
+        `cache`: a `CacheSpec` or the cache's directory; `options`: CacheSpec fields to change
+        (dtype, pool, runner: where the pass runs, this process or e.g. Apache Beam; a runner
+        made by `transfer.features.runners.get_runner`, which this layer only calls)."""
+        cache = CacheSpec.of(cache, **options)
+        store = FeatureCache(cache.dir, shard_size=shard_size)
+        extraction = Extraction(self, store.root if store.local else None, cache.pool)  # a converted engine stays local
+        if cache.runner_name == "local":
+            return store.extract(extraction, dtype=cache.dtype, progress=progress)
+        if isinstance(cache.runner, str):  # a name: the runner's options are the caller's to give
+            raise TransferError(f"runner {cache.runner!r}: give a runner made by "
+                                "transfer.features.runners.get_runner, e.g. get_runner('beam')")
+        return cache.runner.extract(store, extraction, dtype=cache.dtype, progress=progress)
 
-    def cached_features(self, cache_dir=None, dtype: str = "float32", shard_size=None, progress: bool = True,
-                        pool: str | None = None, runner=None) -> FeatureSplits:
+    def cached_features(self, cache: CacheSpec | str | None = None, *, shard_size=None, progress: bool = True,
+                        **options) -> FeatureSplits:
         """Every split's features from the feature cache, extracting what is not there yet; with
         several cuts, each example holds one tensor per cut (in cut order)."""
-        entries = self.extract(cache_dir, dtype, shard_size, progress, pool, runner)
+        entries = self.extract(cache, shard_size=shard_size, progress=progress, **options)
         return FeatureSplits.of_entries(entries, self.splits.class_names)
 
-    def cached_features_by_cut(self, cache_dir=None, dtype: str = "float32", progress: bool = True,
-                               pool: str | None = None, joined: str | None = None,
-                               runner=None) -> dict[str, FeatureSplits]:
+    def cached_features_by_cut(self, cache: CacheSpec | str | None = None, *, progress: bool = True,
+                               joined: str | None = None, **options) -> dict[str, FeatureSplits]:
         """Each cut's features on their own (a sweep over cuts), all extracted in one pass; with
         `joined`, also every cut's together under that key (a head that reads several cuts)."""
-        entries = self.extract(cache_dir, dtype, progress=progress, pool=pool, runner=runner)
+        entries = self.extract(cache, progress=progress, **options)
         by_cut = {cut.spec: FeatureSplits.of_entries({role: [listed[index]] for role, listed in entries.items()},
                                                      self.splits.class_names)
                   for index, cut in enumerate(self.backbone.cuts)}
@@ -80,12 +82,12 @@ class Inputs:
             by_cut[joined] = FeatureSplits.of_entries(entries, self.splits.class_names)
         return by_cut
 
-    def cached_prefix(self, thawed, cache_dir=None, dtype: str = "float32", progress: bool = True,
-                      runner=None) -> FeatureSplits:
+    def cached_prefix(self, thawed, cache: CacheSpec | str | None = None, *, progress: bool = True,
+                      **options) -> FeatureSplits:
         """The outputs of a thaw's frozen prefix (`ThawedFeatureLayer`) from the feature cache:
-        what its thawed suffix trains on."""
+        what its thawed suffix trains on (as they are: a prefix's outputs are never pooled)."""
         prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone, chosen_engine=None)  # its own engine
-        return prefix.cached_features(cache_dir, dtype, progress=progress, runner=runner)
+        return prefix.cached_features(CacheSpec.of(cache, **{**options, "pool": None}), progress=progress)
 
     def input_range(self, batches: int = 64) -> list[float]:
         """[min, max] of the raw training examples (up to `batches` batches, before scaling): what

@@ -38,10 +38,13 @@ class CacheSpec:
             check_choice("pool", self.pool, POOLS, flag="--pool")
 
     @classmethod
-    def of(cls, spec: CacheSpec | None = None, **changes) -> CacheSpec:
-        """`spec` (default: no cache) with `changes`, checked; an unknown name is a one-line TransferError."""
+    def of(cls, spec: CacheSpec | str | Path | None = None, **changes) -> CacheSpec:
+        """`spec` (a CacheSpec, or a cache directory; default: no cache) with `changes`, checked;
+        an unknown name is a one-line TransferError."""
         check_keywords("cache spec", changes, FIELDS)
-        return dataclasses.replace(spec or cls(), **changes)
+        if not isinstance(spec, CacheSpec):
+            spec = cls(dir=spec) if "dir" not in changes else cls()
+        return dataclasses.replace(spec, **changes)
 
     @property
     def runner_name(self) -> str:

@@ -57,12 +57,17 @@ class BackboneSpec:
                    signature=backbone.loaded.signature, inputs=backbone.requested_inputs,
                    feeds=backbone.feed_values or None, allow_ops=backbone.allow_ops, max_memory=backbone.max_memory)
 
-    def load(self):
-        """The `Backbone` this spec names (read, checked and cut)."""
+    def load(self, loaded=None):
+        """The `Backbone` this spec names (read, checked and cut); with `loaded`, a graph already
+        read (a `.keras` file's embedded copy), cut as this spec says."""
         from transfer.graph.backbone import Backbone
 
-        return Backbone.load(self.path, cut=_listed(self.cut), inputs=_listed(self.inputs), signature=self.signature,
-                             allow_ops=self.allow_ops, feeds=self.feeds, max_memory=self.max_memory)
+        if loaded is None:
+            return Backbone.load(self.path, cut=_listed(self.cut), inputs=_listed(self.inputs),
+                                 signature=self.signature, allow_ops=self.allow_ops, feeds=self.feeds,
+                                 max_memory=self.max_memory)
+        return Backbone(loaded, cut=_listed(self.cut), inputs=_listed(self.inputs), allow_ops=self.allow_ops,
+                        feeds=self.feeds, max_memory=self.max_memory)
 
     def to_dict(self) -> dict:
         """Plain JSON data (lists for tuples); `from_dict` makes the same spec again."""

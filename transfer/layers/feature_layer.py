@@ -16,9 +16,10 @@ import keras
 import tensorflow as tf
 
 from transfer import _compat
-from transfer.graph.backbone import Backbone, check_shape, order_inputs
+from transfer.graph.backbone import Backbone, check_shape, input_names, order_inputs
 from transfer.errors import TransferError, TransferWarning
 from transfer.graph.loading import MissingBackbone, describe_loaded, fingerprint_bytes, load_embedded
+from transfer.graph.spec import BackboneSpec
 
 EMBEDDED_GRAPH, EMBEDDED_DESCRIPTION = "backbone.pb", "backbone.json"
 
@@ -42,8 +43,9 @@ class FeatureLayer(keras.layers.Layer):
         embedded = kwargs.pop("embedded", None)  # a saved layer's specs: enough until its graph is read back
         super().__init__(trainable=False, **kwargs)
         if not isinstance(backbone, Backbone):
-            backbone = _open_backbone(backbone, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded,
-                                      max_memory)
+            spec = BackboneSpec(backbone, cut=cut, signature=signature, inputs=inputs, feeds=feeds,
+                                allow_ops=allow_ops, max_memory=max_memory)
+            backbone = _open_backbone(spec, fingerprint, embedded)
         self._backbone = backbone
         if fingerprint is not None and fingerprint != backbone.fingerprint:
             raise BackboneChanged(
@@ -104,9 +106,7 @@ class FeatureLayer(keras.layers.Layer):
         described = json.loads(description.read_text())
         loaded = load_embedded(graph.read_bytes(), described, described.get("sha256"))
         awaited = self._backbone
-        backbone = Backbone(loaded, cut=self._config["cut"], inputs=self._config["inputs"],
-                            feeds=self._config["feeds"], allow_ops=self._config["allow_ops"],
-                            max_memory=self._config["max_memory"])
+        backbone = awaited.spec.load(loaded)
         if backbone.fingerprint != awaited.fingerprint or backbone.feature_specs.keys() != awaited.feature_specs.keys():
             raise TransferError(f"the graph embedded for backbone {self._config['backbone']} does not match the "
                                 "layer's config; the model file is inconsistent")
@@ -128,20 +128,19 @@ class FeatureLayer(keras.layers.Layer):
         return cls(**config)
 
 
-def _open_backbone(path, cut, inputs, signature, fingerprint, allow_ops, feeds, embedded, max_memory):
+def _open_backbone(spec: BackboneSpec, fingerprint, embedded):
     """The backbone file, or (a saved layer whose file is gone or changed) a stand-in that
     carries its specs until `load_assets` reads the graph the `.keras` file embeds."""
     try:
-        backbone = Backbone.load(path, cut=cut, inputs=inputs, signature=signature, allow_ops=allow_ops, feeds=feeds,
-                                 max_memory=max_memory)
+        backbone = spec.load()
     except MissingBackbone:
         if embedded is None:
             raise
-        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded, max_memory)
+        return _AwaitedBackbone(spec, fingerprint, embedded)
     if embedded is not None and fingerprint is not None and fingerprint != backbone.fingerprint:
-        warnings.warn(f"backbone {path} changed since this layer was saved; using the graph the model file "
+        warnings.warn(f"backbone {spec.path} changed since this layer was saved; using the graph the model file "
                       "embeds", TransferWarning, stacklevel=2)
-        return _AwaitedBackbone(path, signature, fingerprint, inputs, feeds, allow_ops, embedded, max_memory)
+        return _AwaitedBackbone(spec, fingerprint, embedded)
     return backbone
 
 
@@ -164,16 +163,17 @@ class _AwaitedBackbone:
     """What a saved FeatureLayer knows of its backbone before its embedded graph is read: the
     names, input and feature specs that rebuilding the Keras model needs. It runs nothing."""
 
-    def __init__(self, path, signature, fingerprint, inputs, feeds, allow_ops, embedded: dict, max_memory=None):
-        spec = lambda s: tf.TensorSpec(s["shape"], s["dtype"], name=s["name"])  # noqa: E731
-        self.input_specs = [spec(s) for s in embedded["inputs"]]
-        self.feature_specs = {key: spec(s) for key, s in embedded["features"].items()}
+    def __init__(self, spec: BackboneSpec, fingerprint, embedded: dict):
+        tensor = lambda s: tf.TensorSpec(s["shape"], s["dtype"], name=s["name"])  # noqa: E731
+        self.spec = spec  # what `load_assets` cuts the embedded graph with
+        self.input_specs = [tensor(s) for s in embedded["inputs"]]
+        self.feature_specs = {key: tensor(s) for key, s in embedded["features"].items()}
         self.cuts = [SimpleNamespace(spec=key) for key in self.feature_specs]
         self.multi_cut = len(self.cuts) > 1
-        self.fingerprint, self.allow_ops, self.max_memory = fingerprint, tuple(allow_ops), max_memory
-        self.requested_inputs = None if inputs is None else inputs.split(",")
-        self.feed_values = dict(feeds or {})
-        self.loaded = SimpleNamespace(source=str(path), signature=signature)
+        self.fingerprint, self.allow_ops, self.max_memory = fingerprint, spec.allow_ops, spec.max_memory
+        self.requested_inputs = None if spec.inputs is None else input_names(spec.inputs)
+        self.feed_values = dict(spec.feeds or {})
+        self.loaded = SimpleNamespace(source=spec.path, signature=spec.signature)
 
     def check_input_shapes(self, inputs) -> None:
         for spec, value in zip(self.input_specs, order_inputs(inputs, [s.name for s in self.input_specs])):

@@ -235,11 +235,10 @@ def _extracted(run: _SweepRun) -> tuple:
         layers = {count: ThawedFeatureLayer(inputs.backbone, last=count, name="features")  # a bad N fails before
                   for count in sorted({s["thaw"] for s in settings if s.get("thaw")})}  # any extraction
     joined = ALL_CUTS if any(s["cut"] == ALL_CUTS for s in settings) else None
-    features = (inputs.cached_features_by_cut(cache.dir, cache.dtype, progress=run.progress, pool=run.pool,
-                                              joined=joined, runner=cache.runner)
+    features = (inputs.cached_features_by_cut(cache, progress=run.progress, pool=run.pool,
+                                              joined=joined)
                 if any(not s.get("thaw") for s in settings) else None)
-    thawed = {count: (inputs.cached_prefix(layer, cache.dir, cache.dtype, progress=run.progress,
-                                           runner=cache.runner), layer)
+    thawed = {count: (inputs.cached_prefix(layer, cache, progress=run.progress), layer)
               for count, layer in layers.items()}
     return features, thawed
 

@@ -19,13 +19,11 @@ def training_source(inputs, feature_layer, settings: TrainingSettings, cache: Ca
     if cache.dir is None:
         return _UncachedTraining(inputs, feature_layer)
     if not settings.thawing:
-        return _CachedTraining(inputs.cached_features(cache.dir, cache.dtype, progress=progress, pool=pool,
-                                                      runner=cache.runner),
+        return _CachedTraining(inputs.cached_features(cache, progress=progress, pool=pool),
                                settings.batch_size, settings.seed)
     # the cache holds the frozen prefix's outputs, never pooled (`pool` is for frozen features): the
     # thawed suffix trains from them and needs them whole
-    return _CachedTraining(inputs.cached_prefix(feature_layer, cache.dir, cache.dtype, progress=progress,
-                                                runner=cache.runner),
+    return _CachedTraining(inputs.cached_prefix(feature_layer, cache, progress=progress),
                            settings.batch_size, settings.seed, suffix=feature_layer.suffix())
 
 
