@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from transfer import Backbone
-from test_cli import run_cli
+from cli_checks import run_cli
 from graphs import freeze_to_pb
 
 LOOP_TYPES = {"Enter", "Exit", "Switch", "Merge", "NextIteration", "LoopCond"}

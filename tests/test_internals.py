@@ -384,7 +384,7 @@ def test_no_module_but_compat_names_tensorflow_or_keras_internals():
     offenders = {str(path.relative_to(ROOT)): found for path in sources()
                  if (found := internals_named(path.read_text()))}
     assert offenders == {}, ("TensorFlow/Keras internals belong in transfer/_compat.py (one entry each, with the "
-                             f"versions it was checked on, probed in tests/test_compat.py): {offenders}")
+                             f"versions it was checked on, probed in tests/test_internals.py): {offenders}")
 
 
 def test_the_check_knows_what_compat_wraps():

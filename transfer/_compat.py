@@ -1,7 +1,7 @@
 """Every TensorFlow and Keras private API transfer uses, one small entry each, and nowhere else.
 
 Each entry names what it wraps, why no public API does it, and the versions it was checked on
-(`checked_on`); `tests/test_compat.py` probes each one on the installed versions, so that an
+(`checked_on`); `tests/test_internals.py` probes each one on the installed versions, so that an
 upgrade that breaks one fails there, naming the entry, and not somewhere deep in a fit. The same
 test refuses `tensorflow.python`, `keras.src` and these private names in any other module.
 
