@@ -17,7 +17,6 @@ Spec grammar (``load(spec)``; the CLI's ``--data SPEC``)::
 examples per class, a stratified validation split and the rest as the test split.
 """
 import functools
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,6 +24,7 @@ import numpy as np
 
 import tensorflow as tf
 
+from transfer.data_specs import SCHEMES, source_of, split_options
 from transfer.errors import TransferError
 
 from transfer.datasets.preprocessing import Augmentation, Preprocessing, preprocess, sidecar_path
@@ -34,8 +34,6 @@ from transfer.datasets.source import Source
 __all__ = ["DataSplits", "load", "SCHEMES", "Preprocessing", "Augmentation", "preprocess",
            "sidecar_path"]
 
-SCHEMES = ("folder:PATH", "npz:FILE", "tfds:NAME[:SPLIT]", "digits[:CLASSES]")
-_OPTIONS = ("per_class",)
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def load(spec: str, *, data_dir=None, validation_split: float = 0.2, per_class=N
     per_class: keep N training examples per class (also ``?per_class=N`` in the spec); the
         rest become the test split when the source has none.
     """
-    body, options = _options(spec)
+    body, options = split_options(spec)
     if "per_class" in options:
         if per_class is not None and per_class != options["per_class"]:
             raise TransferError(f"per_class={per_class} contradicts {spec!r}; give it once")
@@ -121,35 +119,9 @@ def _window(part, indices: np.ndarray, skip: int, take: int) -> tf.data.Dataset:
     return part.stream(np.asarray(indices)[skip:None if take < 0 else skip + take])
 
 
-def _options(spec: str):
-    """Split 'BODY?key=value&...' into BODY and its options (only `per_class` is known)."""
-    body, mark, query = spec.rpartition("?")
-    if not mark or "=" not in query:
-        return spec, {}
-    options = {}
-    for item in query.split("&"):
-        key, _, value = item.partition("=")
-        if key not in _OPTIONS:
-            raise TransferError(f"unknown option {key!r} in {spec!r}; valid: {', '.join(_OPTIONS)}")
-        if not value.isdigit() or int(value) < 1:
-            raise TransferError(f"{key}={value!r} in {spec!r} must be a positive integer")
-        options[key] = int(value)
-    return body, options
-
-
 def _open(spec: str, data_dir) -> Source:
     """Dispatch a spec (without options) to its source module."""
-    scheme, colon, rest = spec.partition(":")
-    if os.path.exists(spec) or not colon and spec != "digits":
-        if not os.path.exists(spec):
-            raise TransferError(f"data directory {spec!r} does not exist (valid specs: "
-                                f"{', '.join(SCHEMES)}, or a folder or .npz path)")
-        scheme, rest = "npz" if spec.endswith(".npz") else "folder", spec
-    elif scheme not in _LOADERS:
-        raise TransferError(f"unknown data scheme {scheme!r} in {spec!r}; valid: "
-                            f"{', '.join(SCHEMES)}, or a folder or .npz path")
-    elif not rest and scheme != "digits":
-        raise TransferError(f"{spec!r} names nothing after the colon; valid: {', '.join(SCHEMES)}")
+    scheme, rest = source_of(spec)
     return _LOADERS[scheme](rest, data_dir)
 
 

@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 
 import keras
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, unknown_head
 
 from .protocol import REQUIRED, HeadTraits, Option, traits_of
 
@@ -140,13 +140,7 @@ def resolve(name):
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name == name:
             return load_entry_point(entry_point)
-    names = available()
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean {close[0]!r}" if close else ""
-    raise TransferError(
-        f"unknown head {name!r}{hint}; registered heads: {', '.join(names)} "
-        f"(or give an import path 'module:Class')"
-    )
+    raise unknown_head(name, available())
 
 
 def load_entry_point(entry_point):

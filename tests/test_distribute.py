@@ -229,6 +229,7 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes(tmp_
     assert other_code == 0, other_err[-3000:]
     chief, other = json.loads(chief_out), json.loads(other_out)
     assert chief.pop("train_seconds") > 0 and other.pop("train_seconds") > 0
+    assert chief.pop("run_dir") == str(out) and other.pop("run_dir") is None  # the chief writes the run
     assert chief == other  # one model: the same metrics, the same epoch kept
     assert chief["training"]["epochs_run"] == 3 and chief["test"]["accuracy"] > 0.3  # chance is 0.2
     config = json.loads((out / "config.json").read_text())

@@ -219,7 +219,8 @@ def test_fit_records_the_options_and_writes_the_stages(tmp_path, capsys):
                  "digits:5-9?per_class=4", "--thaw", "2", "--head-epochs", "1", "--thaw-epochs", "2",
                  "--thaw-lr-scale", "0.1", "--thaw-weight-decay", "1e-4", "--unfreeze-every", "1",
                  "--out", str(out), "--export", "none", "--json"]) == 0
-    assert "test" in json.loads(capsys.readouterr().out)
+    metrics = json.loads(capsys.readouterr().out)
+    assert "test" in metrics and metrics["run_dir"] == str(out)  # --json says where the run went
     config = json.loads((out / "config.json").read_text())
     assert {k: config[k] for k in ("thaw_lr_scale", "thaw_weight_decay", "unfreeze_every", "head_epochs",
                                    "thaw_epochs")} == {"thaw_lr_scale": 0.1, "thaw_weight_decay": 1e-4,

@@ -36,7 +36,10 @@ def load_tensorflow() -> None:
 def _run_as_the_command() -> bool:
     """`transfer --help`, argument errors and `transfer cache ls` must not wait ~10 s for
     TensorFlow: the `transfer` command loads it only for the commands that run a graph."""
-    return bool(sys.argv) and Path(sys.argv[0]).name == "transfer"
+    if bool(sys.argv) and Path(sys.argv[0]).name == "transfer":
+        return True
+    run = list(getattr(sys, "orig_argv", ()))  # `python -m transfer` / `python -m transfer.cli`
+    return "-m" in run[:-1] and run[run.index("-m") + 1] in ("transfer", "transfer.cli")
 
 
 def __getattr__(name):

@@ -13,3 +13,4 @@ POOLS = ("none", "avg", "max")  # what extraction may do to spatial features bef
 CACHE_DTYPES = ("float32", "float16")  # how the cache stores features
 EXPORT_FORMATS = ("savedmodel", "pb", "tflite")  # what a run exports
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # Keras' names
+HEADS = ("attention", "conv", "linear", "logreg", "mlp", "multilayer")  # the heads transfer.heads registers

@@ -39,6 +39,17 @@ def check_choice(name: str, value, valid, *, flag: str | None = None):
     raise TransferError(f"{_shown(name, value, flag)} must be one of {shown}")
 
 
+def unknown_head(name: str, names) -> TransferError:
+    """The error for a head name that is neither registered, an entry point nor an import path:
+    the registry's and the CLI's early check (before TensorFlow) say it alike."""
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}" if close else ""
+    return TransferError(f"unknown head {name!r}{hint}; registered heads: {', '.join(names)} "
+                         f"(or give an import path 'module:Class')")
+
+
 def check_int(owner, option, value, minimum=1) -> int:
     """`value` if it is an int >= `minimum`, else a one-line error naming owner and option."""
     check_number(f"{owner}: {option}", value, minimum, integer=True)

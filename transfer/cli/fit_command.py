@@ -6,6 +6,7 @@ import json
 from transfer.cli.arguments import (add_cache_arguments, add_input_arguments, add_thaw_training_arguments,
                                      add_training_arguments, backbone_spec, command, data_spec, export_formats,
                                      key_value)
+from transfer.choices import HEADS
 from transfer.text import printable
 from transfer.training.settings import FIELDS as SETTINGS
 from transfer.training.settings import TrainingSettings
@@ -32,7 +33,7 @@ def add(commands) -> None:
                   EXAMPLES)
     add_input_arguments(fit)
     fit.add_argument("--head", default="linear", metavar="NAME",
-                     help="linear, mlp, conv, attention, logreg, or module:Class (default: linear)")
+                     help=f"{', '.join(HEADS)}, or module:Class (default: linear)")
     fit.add_argument("--head-opt", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="a head option, e.g. hidden=256,128 or pooling=flatten (repeatable)")
     add_training_arguments(fit)
@@ -49,7 +50,7 @@ def add(commands) -> None:
                      "savedmodel,pb")
     fit.add_argument("--tensorboard", action="store_true",
                      help="write TensorBoard logs in RUN/tensorboard (scalars per epoch, confusion matrices)")
-    fit.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    fit.add_argument("--json", action="store_true", help="print the metrics and the run directory (run_dir) as JSON")
 
 
 def run(args) -> int:
@@ -62,7 +63,8 @@ def run(args) -> int:
                  out=out, export=args.export, tensorboard=args.tensorboard, strategy=args.strategy,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
     if args.json:
-        print(json.dumps(result.metrics, indent=2))
+        print(json.dumps({**result.metrics, "run_dir": None if result.run_dir is None else str(result.run_dir)},
+                         indent=2))  # run_dir None: another worker's run, written by the chief
     else:
         scores = [f"{role} accuracy {result.metrics[role]['accuracy']:.3f} "
                   f"({result.metrics[role]['examples']} examples)"

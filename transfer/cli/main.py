@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
 from transfer._version import __version__
+from transfer.cli.early_checks import check_before_tensorflow
 from transfer.cli import cache_commands, fit_command, inspect_command, run_commands, sweep_command
 from transfer.errors import TransferError, TransferWarning
 from transfer.graph.memory import memory_errors
 from transfer.text import printable
 
+DASHED_VALUE = re.compile(r"-\.?\d")  # -1..1, -0.5, -1: a value, never one of our flags
+INTERRUPTED = {  # what a command that keeps its finished work says of it on Ctrl-C (others: nothing written)
+    "sweep": "the settings that finished are kept; the same command resumes the sweep",
+    "extract": "the shards finished are kept; the same command goes on from them",
+}
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
 COMMANDS = (inspect_command, fit_command, sweep_command, cache_commands, run_commands)  # in `--help`'s order
 
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_dash_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "inspect" and not (args.backbone_path or args.backbone):
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")
     try:
@@ -61,6 +68,7 @@ def main(argv=None) -> int:
             from transfer.features.runners import get_runner
 
             args.runner = get_runner(args.runner, args.beam_option)
+        check_before_tensorflow(args)
         if args.command not in COMMANDS_WITHOUT_TENSORFLOW:
             _load_tensorflow()
         with warnings.catch_warnings(record=True) as caught, memory_errors():
@@ -72,17 +80,26 @@ def main(argv=None) -> int:
     except TransferError as error:
         print(f"transfer {args.command}: error: {printable(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was half-written is removed on the way out (`transfer.files`)
+        print(f"transfer {args.command}: interrupted; {INTERRUPTED.get(args.command, 'nothing written')}",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `transfer cache ls | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
 
 
-def _print_user_warnings(command: str, caught) -> None:
-    """Our own warnings (skipped image files) as one line each, like the errors; library
-    warnings (Keras, TF) stay out of the user's way."""
-    for warning in caught:
-        if issubclass(warning.category, TransferWarning):
-            print(f"transfer {command}: warning: {printable(warning.message)}", file=sys.stderr)
+def joined_dash_values(argv: list) -> list:
+    """`--scale -1..1` as `--scale=-1..1`: argparse takes a value that starts with a dash and is
+    not a plain number for a flag, so documented values such as `-1..1` could not be typed as
+    documented. No flag of ours starts with a dash and a digit, so such a word is always a value."""
+    joined = []
+    for word in map(str, argv):
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and DASHED_VALUE.match(word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+    return joined
 
 
 def _print_user_warnings(command: str, caught) -> None:

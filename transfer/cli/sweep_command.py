@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from transfer.choices import HEADS
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument,
                                      add_strategy_argument, backbone_spec, choices_of, command, data_spec,
                                      export_formats, key_value)
@@ -25,7 +26,7 @@ def add(commands) -> None:
                        "`transfer inspect` lists (default: the one --cut)")
     add_pool_argument(sweep)
     sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
-                       help="heads to sweep, e.g. linear,mlp,logreg (default: linear)")
+                       help=f"heads to sweep, e.g. linear,mlp,logreg (default: linear); built in: {', '.join(HEADS)}")
     sweep.add_argument("--head-opt", type=key_value, action="append", default=[], metavar="KEY=A,B",
                        help="a head option's choices, e.g. pooling=avg,flatten or 'hidden=[[64],[128,64]]' "
                        "(applies to the heads that take it; repeatable)")
