@@ -77,6 +77,19 @@ class HeadKind:
                                         f"valid options: {self.valid_options()}")
         return self.factory(**arguments)
 
+    @property
+    def description(self) -> str:
+        """The first line of the factory's docstring (what `transfer heads` shows)."""
+        return (inspect.getdoc(self.factory) or "").strip().splitlines()[0] if inspect.getdoc(self.factory) else ""
+
+    def describe(self) -> dict:
+        """The head as plain JSON data: name, description, traits and the options a user sets."""
+        options = [{"name": o.name, "default": None if o.default is REQUIRED else _plain(o.default),
+                    "required": o.default is REQUIRED, "accepts": o.accepts}
+                   for o in self.options or () if o.name != CLASS_COUNT]
+        return {"name": self.name, "description": self.description, "traits": dataclasses.asdict(self.traits),
+                "options": options if self.options is not None else None}
+
     def valid_options(self) -> str:
         """The options a user may set, as an error lists them."""
         return "any" if self.options is None else ", ".join(self.settable)
@@ -186,6 +199,11 @@ def _options_of(factory) -> tuple[Option, ...] | None:
         return None
     return tuple(Option(p.name, REQUIRED if p.default is p.empty else p.default)
                  for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _plain(value):
+    """A default as JSON has it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _qualname(factory):

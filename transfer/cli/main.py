@@ -16,7 +16,8 @@ import warnings
 
 from transfer._version import __version__
 from transfer.cli.early_checks import check_before_tensorflow
-from transfer.cli import cache_commands, fit_command, inspect_command, run_commands, sweep_command
+from transfer.cli import (cache_commands, fit_command, heads_command, inspect_command, run_commands,
+                          sweep_command)
 from transfer.errors import TransferError, TransferWarning
 from transfer.graph.memory import memory_errors
 from transfer.text import printable
@@ -27,7 +28,8 @@ INTERRUPTED = {  # what a command that keeps its finished work says of it on Ctr
     "extract": "the shards finished are kept; the same command goes on from them",
 }
 COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
-COMMANDS = (inspect_command, fit_command, sweep_command, cache_commands, run_commands)  # in `--help`'s order
+# in `--help`'s order
+COMMANDS = (inspect_command, fit_command, sweep_command, cache_commands, run_commands, heads_command)
 
 
 def _load_tensorflow() -> None:
