@@ -77,6 +77,20 @@ def test_early_stopping_is_reported_when_it_ends_the_run(tmp_path, capsys):
            f"{training['kept_epoch']}" in capsys.readouterr().out
 
 
+def test_a_run_a_user_callback_stops_says_so_and_records_its_data(tmp_path):
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch >= 1
+
+    result = transfer.fit("example:digits", DIGITS, cut="block2_out", epochs=30, patience=None, verbose=0,
+                          callbacks=[StopAfterTwo()], export=(), out=tmp_path / "run")
+    training = result.metrics["training"]
+    assert training["stopped_early"] and training["epochs_run"] == 2
+    assert training["summary"] == "trained 2 epochs (stopped by a callback)"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["per_class"] == 10  # from the spec's ?per_class=10
+
+
 def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
     result, _ = digits_run
     run = result.run_dir

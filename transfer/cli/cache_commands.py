@@ -17,9 +17,9 @@ EXTRACT_EXAMPLES = """examples:
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --cache-dtype float16
   transfer extract --backbone model.pb --cut resnet_features --data photos/ --engine onnxruntime
   transfer extract --backbone model.pb --cut candidates --pool avg --data photos/   # every cut, one pass
-  transfer extract --backbone model.pb --data photos/ --runner beam \
+  transfer extract --backbone model.pb --data photos/ --runner beam \\
       --beam-option direct_num_workers=2 --beam-option direct_running_mode=multi_processing
-  transfer extract --backbone model.pb --data photos/ --cache-dir gs://bucket/features --runner beam \
+  transfer extract --backbone model.pb --data photos/ --cache-dir gs://bucket/features --runner beam \\
       --beam-option runner=DataflowRunner --beam-option project=my-project --beam-option region=europe-west1"""
 CACHE_EXAMPLES = """examples:
   transfer cache ls --cache-dir features/
@@ -37,7 +37,7 @@ def _add_extract(commands) -> None:
                       EXTRACT_EXAMPLES)
     add_input_arguments(extract)
     add_cache_arguments(extract, CACHE_HELP)
-    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--batch-size", type=int, default=32, help="examples per backbone call (default 32)")
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
     add_pool_argument(extract)
     extract.add_argument("--json", action="store_true", help="print the entries as JSON")

@@ -25,7 +25,7 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
     evaluate.add_argument("--data", required=True, metavar="SPEC", help="labelled data, as for fit")
     evaluate.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data directory")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=32, help="examples per model call (default 32)")
     evaluate.add_argument("--split", choices=["test", "all"], default="test",
                           help="score the data's test split (default; every example if it has none) or all of it")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -37,7 +37,8 @@ def _add_predict(commands) -> None:
     predict.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or .npy arrays of images or "
                          "of what a non-image backbone takes (one example or a batch)")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per input, most likely "
+                         "first (default 3)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
 
 

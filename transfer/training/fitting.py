@@ -205,7 +205,8 @@ def _source_config(inputs, data: DataSpec) -> dict:
             "cut_tensor": ",".join(c.name for c in backbone.cuts), **backbone.feeding,
             "data": data.data if data.named else None, "data_identity": splits.identity,
             "data_dir": data.data_dir, "validation_split": data.validation_split,
-            "per_class": data.per_class, "class_names": splits.class_names, **inputs.kind.to_config(),
+            "per_class": splits.identity.get("split", {}).get("per_class", data.per_class),  # ?per_class=N too
+            "class_names": splits.class_names, **inputs.kind.to_config(),
             "input_range": inputs.input_range()}
 
 

@@ -28,10 +28,10 @@ class TrainingLog:
 
     def summary(self) -> str:
         """One line for the user, e.g. "early stopping after epoch 14 of 20; kept epoch 9 (lowest val_loss)"."""
+        trained = f"trained {self.epochs_run} epoch{'s' if self.epochs_run != 1 else ''}"
         if self.kept_epoch is None:
-            return f"trained {self.epochs_run} epochs"
-        ended = f"early stopping after epoch {self.epochs_run}" if self.stopped_early else \
-            f"trained {self.epochs_run} epochs"
+            return trained + (" (stopped by a callback)" if self.stopped_early else "")
+        ended = f"early stopping after epoch {self.epochs_run}" if self.stopped_early else trained
         return f"{ended}; kept the weights of epoch {self.kept_epoch} (lowest val_loss)"
 
 
@@ -52,8 +52,9 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
         history = fit_model(model, train, validation=validation, epochs=epochs, callbacks=callbacks,
                             class_weight=class_weight, verbose=verbose)
     log = TrainingLog({key: [float(v) for v in values] for key, values in history.history.items()})
+    log.stopped_early = log.epochs_run < epochs  # by early stopping, or by a user's callback
     if stopper is not None and stopper.best_weights is not None:  # Keras restores them at the end of training
-        log.stopped_early, log.kept_epoch = stopper.stopped_epoch > 0, stopper.best_epoch + 1
+        log.kept_epoch = stopper.best_epoch + 1
     return log
 
 
