@@ -350,7 +350,42 @@ def test_predict_errors(capsys, digits_run, tmp_path):
     assert main(["predict", str(result.run_dir), str(bad)]) == 2
     assert "bad.png is not a readable image" in capsys.readouterr().err
     assert main(["evaluate", str(result.run_dir), "--data", "digits:0-4"]) == 2
-    assert "the run was trained on ['5', '6', '7', '8', '9']" in capsys.readouterr().err
+    assert "has classes the run was not trained on: 0, 1, 2, 3, 4; the run was trained on 5, 6, 7, 8, 9" in \
+        capsys.readouterr().err
+    assert main(["predict", str(result.run_dir), str(tmp_path / "nothing")]) == 2
+    assert "input '" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(result.run_dir), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"folder '.*empty' holds no images \(\.bmp, .*\) or \.npy arrays$", err)
+
+
+def test_evaluate_scores_the_classes_the_data_hold_and_names_the_absent_ones(digits_run, capsys):
+    result, _ = digits_run
+    some = transfer.evaluate(result.run_dir, "digits:6,8", split="all")
+    every = transfer.evaluate(result.run_dir, "digits:5-9", split="all")
+    assert some["absent_classes"] == ["5", "7", "9"] and every["absent_classes"] == []
+    assert some["report"]["6"]["support"] == every["report"]["6"]["support"] and some["report"]["5"]["support"] == 0
+    assert some["report"]["8"]["recall"] == pytest.approx(every["report"]["8"]["recall"])  # same examples, same labels
+    assert main(["evaluate", str(result.run_dir), "--data", "digits:6,8", "--split", "all"]) == 0
+    assert "classes absent from the data: 5, 7, 9" in capsys.readouterr().out
+
+
+def test_predict_takes_folders_of_images(tiny, color_folder, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["fit", "--backbone", str(tiny.path), "--cut", "gap", "--data", str(color_folder), "--epochs", "1",
+                 "--export", "none", "--out", str(out)]) == 0
+    folder = tmp_path / "photos"
+    shutil.copytree(color_folder, folder)
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(folder), "--json"]) == 0
+    printed = capsys.readouterr()
+    predicted = json.loads(printed.out)
+    assert [p["image"] for p in predicted] == [str(p) for p in sorted(folder.rglob("*.png"))] and len(predicted) == 24
+    assert "skipped 1 file(s) that are not images" in printed.err and "notes.txt" in printed.err
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ EVALUATE_EXAMPLES = """examples:
   transfer evaluate runs/my-run --data photos/test --json"""
 PREDICT_EXAMPLES = """examples:
   transfer predict runs/my-run cat.jpg dog.png --top-k 2
+  transfer predict runs/my-run photos/      # every image under the folder
   transfer predict runs/my-run digits.npy --json
   transfer predict runs/audio-run clips.npy   # a run on a waveform backbone: (n, 1024, 1) arrays"""
 
@@ -36,7 +37,8 @@ def _add_predict(commands) -> None:
                       PREDICT_EXAMPLES)
     predict.add_argument("run", metavar="RUN", help="run directory written by transfer fit")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or .npy arrays of images or "
-                         "of what a non-image backbone takes (one example or a batch)")
+                         "of what a non-image backbone takes (one example or a batch), or folders of them "
+                         "(searched recursively)")
     predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per input, most likely "
                          "first (default 3)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -52,6 +54,8 @@ def run_evaluate(args) -> int:
     which = "the test split" if metrics["split"] == "test" else (
         "every example" + (" (the data has no test split)" if args.split == "test" else ""))
     print(f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} examples: {which}")
+    if metrics["absent_classes"]:
+        print(printable(f"classes absent from the data: {', '.join(metrics['absent_classes'])}"))
     report = metrics["report"]
     rows = [(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1-score']:.3f}", str(int(v["support"])))
             for name, v in report.items() if isinstance(v, dict)]

@@ -44,9 +44,7 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "t
     check_choice("split", split, EVALUATED_SPLITS, flag="--split")
     model, config = load_run(run_dir)
     splits = _as_split_for_the_run(data, data_dir, config)
-    if splits.class_names != config["class_names"]:
-        raise TransferError(f"data {data!r} has classes {splits.class_names}; the run was trained on "
-                            f"{config['class_names']} (same names, same order)")
+    run_labels = _run_labels(splits.class_names, config["class_names"], data)
     kind = input_kind.from_config(config)
     kind.check(splits.example_shape, splits.example_dtype, repr(data))
     batches = Batches(splits, kind, batch_size, 0, None)
@@ -59,9 +57,20 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "t
                 warn_if_out_of_range(examples.numpy(), config, repr(data))
             outputs, y = predict_batches(model, dataset)
             probabilities.append(outputs)
-            labels.append(y)
-    metrics = classification_metrics(np.concatenate(labels), np.concatenate(probabilities), splits.class_names)
-    return {**metrics, "split": scored}
+            labels.append(run_labels[y])
+    metrics = classification_metrics(np.concatenate(labels), np.concatenate(probabilities), config["class_names"])
+    absent = [name for name in config["class_names"] if name not in splits.class_names]
+    return {**metrics, "split": scored, "absent_classes": absent}
+
+
+def _run_labels(data_classes: list, run_classes: list, data) -> np.ndarray:
+    """The run's label of each of the data's labels: data may hold some of the run's classes (in
+    any order), never others."""
+    unknown = [name for name in data_classes if name not in run_classes]
+    if unknown:
+        raise TransferError(f"data {data!r} has classes the run was not trained on: {', '.join(unknown)}; "
+                            f"the run was trained on {', '.join(run_classes)}")
+    return np.array([run_classes.index(name) for name in data_classes], "int64")
 
 
 def _as_split_for_the_run(data, data_dir, config):
@@ -82,7 +91,7 @@ def predict(run_dir, paths, top_k: int = 3) -> list[dict]:
     kind = input_kind.from_config(config)
     top_k = max(1, min(top_k, len(config["class_names"])))
     results = []
-    for path in map(Path, paths):
+    for path in inputs_of(paths, kind.images):
         examples = _read(path, kind.images)
         warn_if_out_of_range(examples, config, str(path))
         probabilities = np.asarray(model.predict_on_batch(kind.conform(examples, str(path))))
@@ -105,6 +114,29 @@ def warn_if_out_of_range(examples, config: dict, where: str) -> None:
         warnings.warn(f"{where}: inputs range {got_low:g}..{got_high:g}, but the run was trained on inputs in "
                       f"{low:g}..{high:g}; predictions may be wrong: scale them as the training data were",
                       TransferWarning, stacklevel=3)
+
+
+def inputs_of(paths, images: bool) -> list[Path]:
+    """Each path as given; a folder stands for every image (or `.npy` array) under it, searched
+    recursively in sorted order, other files skipped with a note."""
+    found = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            found.append(path)
+            continue
+        wanted = (*IMAGE_SUFFIXES, ".npy") if images else (".npy",)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        kept = [p for p in files if p.suffix.lower() in wanted]
+        what = f"images ({', '.join(IMAGE_SUFFIXES)}) or .npy arrays" if images else ".npy arrays"
+        if not kept:
+            raise TransferError(f"folder {str(path)!r} holds no {what}")
+        skipped = [p.relative_to(path) for p in files if p.suffix.lower() not in wanted]
+        if skipped:
+            named = ", ".join(map(str, skipped[:3])) + (", ..." if len(skipped) > 3 else "")
+            warnings.warn(f"{path}: skipped {len(skipped)} file(s) that are not {what}: {named}", TransferWarning,
+                          stacklevel=3)
+        found += kept
+    return found
 
 
 def _read(path: Path, images: bool) -> np.ndarray:
