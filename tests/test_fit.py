@@ -108,6 +108,28 @@ def test_run_directory_holds_everything_to_repeat_and_read_the_run(digits_run):
     assert not run.with_name(run.name + ".partial").exists()
 
 
+def test_exports_carry_the_class_names(digits_run):
+    """A deployed model says what class 2 is without config.json (issue 25, item 13)."""
+    result, _ = digits_run
+    export = result.run_dir / "export"
+    assert (export / "labels.txt").read_text() == "5\n6\n7\n8\n9\n"
+    assert json.loads((result.run_dir / "config.json").read_text())["exports"]["labels"] == "export/labels.txt"
+    serve = tf.saved_model.load(str(export / "saved_model")).signatures["serving_default"]
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:6, :, :, None].astype("float32")
+    served = serve(tf.constant(images))
+    assert set(served) == {"probabilities", "classes", "predicted_class"}
+    names = served["classes"].numpy().astype(str)
+    assert names.shape == (6, 5) and (names == ["5", "6", "7", "8", "9"]).all()
+    best = served["probabilities"].numpy().argmax(axis=1)
+    assert list(served["predicted_class"].numpy().astype(str)) == [str(5 + i) for i in best]
+    frozen = tf.compat.v1.GraphDef.FromString((export / "model.pb").read_bytes())
+    constant = next(node for node in frozen.node if node.name == "class_names")
+    assert [v.decode() for v in constant.attr["value"].tensor.string_val] == ["5", "6", "7", "8", "9"]
+    assert {"probabilities", "predicted_class", "classes"} <= {node.name for node in frozen.node}
+
+
 def test_exports_reproduce_in_process_predictions(digits_run):
     result, _ = digits_run
     from transfer.layers.model import model_parts

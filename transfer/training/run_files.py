@@ -25,7 +25,7 @@ def evaluate_splits(model, source, class_names) -> dict:
 def write_run(directory: Path, model, config, metrics, log: TrainingLog, class_names, export) -> None:
     model.save(directory / MODEL_FILE)
     if export:
-        written = export_all(model, directory / "export", export)
+        written = export_all(model, directory / "export", export, class_names)
         config["exports"] = {name: str(Path(path).relative_to(directory)) for name, path in written.items()}
     write_json(directory / "config.json", config)
     write_json(directory / "metrics.json", metrics)
