@@ -38,7 +38,8 @@ def digests(root) -> dict:
 
 
 def stamps(root: Path) -> dict:
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    """Each file's modification time, but the entries' last-use marks (every use touches them)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != ".used"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_beam_writes_the_plain_entries_byte_for_byte_and_a_rerun_skips_them(tmp_
     inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
     entries = inputs.extract(tmp_path, shard_size=64, runner=get_runner("beam"))
     assert "beam: 15 shard task(s) for 6 entries on DirectRunner" in capsys.readouterr().out
-    assert digests(tmp_path) == plain and len(plain) == 6 * 2 + 2 * 2 * 15  # locks, manifests, 15 shards a cut
+    assert digests(tmp_path) == plain and len(plain) == 6 * 3 + 2 * 2 * 15  # lock, use mark, manifest; 15 shards a cut
     assert [entry.count for entry in entries["test"]] == [667, 667] and all(e.complete for e in entries["test"])
     before = stamps(tmp_path)
     again = inputs.extract(tmp_path, shard_size=64, runner=get_runner("beam"))
@@ -124,7 +125,8 @@ def test_a_ram_cache_holds_the_plain_entries_and_trains(tmp_path, plain, capsys)
         root = f"ram://transfer-{runner}/cache"
         with pytest.warns(TransferWarning, match=f"cache {root} is not on the local disk: its entries have no lock"):
             entries = inputs.extract(root, shard_size=64, runner=get_runner(runner), progress=False)
-        assert digests(root) == {name: digest for name, digest in plain.items() if not name.endswith(".lock")}
+        assert digests(root) == {name: digest for name, digest in plain.items()  # no locks, no use marks there
+                                 if not name.endswith((".lock", ".used"))}
     assert entries["test"][0].path.name == entries["test"][0].key and str(entries["test"][0].path).startswith("ram://")
     local = FeatureCache(tmp_path).entries()
     with pytest.warns(TransferWarning):
@@ -203,7 +205,7 @@ def test_killed_pipeline_reruns_to_the_plain_entry(tmp_path, killed_process):
     assert main([*EXTRACT_DIGITS, "--cache-dir", str(tmp_path / "killed-then-plain")]) == 0
     assert main([*EXTRACT_DIGITS, "--cache-dir", str(tmp_path / "clean")]) == 0
     clean = digests(tmp_path / "clean")
-    assert len(clean) == 2 + 2 * 19
+    assert len(clean) == 3 + 2 * 19  # lock, use mark, manifest, 19 shards
     assert digests(killed) == clean and digests(tmp_path / "killed-then-plain") == clean
 
 

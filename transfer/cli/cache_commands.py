@@ -2,13 +2,16 @@
 only and imports no TensorFlow, so it answers at once."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import time
 
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument, command,
                                      backbone_spec, data_spec, table)
 from transfer.errors import TransferError
 from transfer.features.spec import CacheSpec
+from transfer.graph.memory import format_size, parse_size
 from transfer.text import printable
 
 CORRUPT_CACHE = 3  # `cache verify` found corrupt shards: not a bug (1) nor a user error (2)
@@ -22,9 +25,11 @@ EXTRACT_EXAMPLES = """examples:
   transfer extract --backbone model.pb --data photos/ --cache-dir gs://bucket/features --runner beam \\
       --beam-option runner=DataflowRunner --beam-option project=my-project --beam-option region=europe-west1"""
 CACHE_EXAMPLES = """examples:
-  transfer cache ls --cache-dir features/
+  transfer cache ls --cache-dir features/      # most recently used first, with the total size
   transfer cache verify
-  transfer cache rm 9c466a7488d741d40711d4deadac0808"""
+  transfer cache rm 9c466a7488d741d40711d4deadac0808
+  transfer cache prune --max-size 10G          # least recently used first, down to 10 GiB
+  transfer cache prune --older-than 30d --dry-run"""
 
 
 def add(commands) -> None:
@@ -46,16 +51,40 @@ def _add_extract(commands) -> None:
 def _add_cache(commands) -> None:
     cache = command(commands, "cache", run_cache, "list, verify or remove feature-cache entries", CACHE_EXAMPLES)
     actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
-    summaries = (("ls", "list entries"), ("verify", f"check every shard's checksum (exit {CORRUPT_CACHE} if any is "
-                 "corrupt)"), ("rm", "remove the given entries, or all with --all"))
+    summaries = (("ls", "list entries, most recently used first"),
+                 ("verify", f"check every shard's checksum (exit {CORRUPT_CACHE} if any is corrupt)"),
+                 ("rm", "remove the given entries, or all with --all"),
+                 ("prune", "remove the least recently used entries: down to --max-size, or unused for --older-than"))
     for action, summary in summaries:
         sub = actions.add_parser(action, help=summary, description=summary)
-        sub.add_argument("keys", nargs="*", metavar="KEY", help="entries (default: all" +
-                         ("; rm needs --all for that)" if action == "rm" else ")"))
+        if action == "prune":
+            sub.add_argument("--max-size", type=_size, metavar="SIZE", help="keep at most this much, e.g. 10G")
+            sub.add_argument("--older-than", type=_age, metavar="AGE", help="remove entries unused for this long, "
+                             "e.g. 30d, 12h, 2w")
+            sub.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+        else:
+            sub.add_argument("keys", nargs="*", metavar="KEY", help="entries (default: all" +
+                             ("; rm needs --all for that)" if action == "rm" else ")"))
         if action == "rm":
             sub.add_argument("--all", action="store_true", help="remove every entry of the cache directory")
         sub.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
         sub.add_argument("--json", action="store_true", help="print the entries as JSON")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text, flag="--max-size")
+    except TransferError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--max-size ")) from None
+
+
+def _age(text: str) -> float:
+    from transfer.features.cache_pruning import parse_age
+
+    try:
+        return parse_age(text)
+    except TransferError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--older-than ")) from None
 
 
 def run_extract(args) -> int:
@@ -79,6 +108,8 @@ def run_cache(args) -> int:
     from transfer.features.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
+    if args.action == "prune":
+        return _prune(cache, args)
     if args.action == "rm" and not args.keys and not args.all:
         raise TransferError(f"cache rm: give the keys of the entries to remove (`transfer cache ls` lists them), "
                             f"or --all to remove every entry of {cache.root}")
@@ -89,10 +120,12 @@ def run_cache(args) -> int:
             print(f"removed {printable(entry.key)}")
         return 0
     rows = [entry_row(entry, verify=args.action == "verify") for entry in entries]
+    rows.sort(key=lambda row: row["last_used"], reverse=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
         print(_entrytable(rows))
+        print(f"{len(rows)} entries, {format_size(sum(row['bytes'] for row in rows))} in {printable(cache.root)}")
     else:
         print(f"no cache entries in {printable(cache.root)}")
     bad = [row for row in rows if row.get("bad_shards")]
@@ -103,15 +136,45 @@ def run_cache(args) -> int:
     return CORRUPT_CACHE if bad else 0
 
 
+def _prune(cache, args) -> int:
+    from transfer.features.cache_pruning import RECENT, prune
+
+    if args.max_size is None and args.older_than is None:
+        raise TransferError("cache prune: give --max-size SIZE (e.g. 10G) or --older-than AGE (e.g. 30d), or both")
+    removed, spared = prune(cache, max_bytes=args.max_size, older_than=args.older_than, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"removed": [{"key": r.key, "bytes": r.bytes, "last_used": _when(r.last_used)}
+                                      for r in removed], "spared": spared, "dry_run": args.dry_run}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for r in removed:
+        print(f"{verb} {printable(r.key)} ({format_size(r.bytes)}, last used {_when(r.last_used)})")
+    left = sum(entry.size_bytes() for entry in cache.entries())
+    print(f"{verb} {len(removed)} entries, {format_size(sum(r.bytes for r in removed))}; "
+          f"{format_size(left)} left in {printable(cache.root)}" + (" (before pruning)" if args.dry_run else ""))
+    if spared:
+        print(f"kept {len(spared)} entries in use (being extracted, or used in the last {RECENT // 60} minutes)")
+    return 0
+
+
+def _when(seconds: float) -> str:
+    """A time as `cache ls` shows it; `-` where none is kept (a remote cache)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "-"
+
+
 def entry_row(entry, verify: bool = False) -> dict:
+    from transfer.features.cache_pruning import last_used
+
     recipe = entry.manifest.get("ingredients", {})
     shapes = [list(shape) for shape in entry.feature_shapes]
     row = {"key": entry.key, "path": str(entry.path), "role": entry.manifest.get("role"), "examples": entry.count,
            "shape": shapes[0] if len(shapes) == 1 else shapes or None, "dtype": entry.manifest.get("dtype"),
            "pool": recipe.get("pool", "none"),
            "shards": len(entry.manifest["shards"]), "complete": entry.complete,
-           "megabytes": round(entry.size_bytes() / 1e6, 2),
-           "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source")}
+           "megabytes": round(entry.size_bytes() / 1e6, 2), "bytes": entry.size_bytes(),
+           "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source"),
+           "backbone": entry.manifest.get("backbone_source") or entry.manifest.get("backbone_fingerprint", "")[:12],
+           "last_used": _when(last_used(entry))}
     if verify:
         problems = entry.shard_problems()
         row["bad_shards"], row["problems"] = list(problems), {str(index): text for index, text in problems.items()}
@@ -119,9 +182,17 @@ def entry_row(entry, verify: bool = False) -> dict:
 
 
 def _entrytable(rows) -> str:
-    header = ("key", "role", "examples", "shape", "dtype", "MB", "cut", "pool", "status")
-    lines = [header] + [(r["key"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())), str(r["dtype"]),
-                         f"{r['megabytes']:.1f}", str(r["cut"]), r["pool"],
+    header = ("key", "last used", "role", "examples", "shape", "dtype", "MB", "backbone", "cut", "data", "pool",
+              "status")
+    lines = [header] + [(r["key"], r["last_used"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())),
+                         str(r["dtype"]), f"{r['megabytes']:.1f}", _short(r["backbone"]), str(r["cut"]),
+                         _short(r["data"]), r["pool"],
                          ("CORRUPT " + str(r["bad_shards"])) if r.get("bad_shards") else
                          ("ok" if r["complete"] else "partial")) for r in rows]
     return table(lines)
+
+
+def _short(value, width: int = 32) -> str:
+    """A long path or data spec, its end kept (where names differ)."""
+    text = str(value)
+    return text if len(text) <= width else "…" + text[-(width - 1):]

@@ -44,6 +44,7 @@ import numpy as np
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.choices import CACHE_DTYPES
 from transfer.files import update_with_file, write_atomic
+from transfer.features.cache_pruning import apply_cap, mark_used
 from transfer.features.storage import is_local, load_array, location, npy_problem, rmtree
 
 if TYPE_CHECKING:
@@ -246,7 +247,8 @@ class FeatureCache:
         or corrupt: the missing outputs of a split in one pass.
 
         `extractor` (`transfer.features.extraction.Extraction` is one) has `outputs` (names, one entry
-        each), `roles` (the splits), `batch_size`, `note` (said before extracting), `size(role)`
+        each), `roles` (the splits), `batch_size`, `note` (said before extracting), `backbone_source`
+        (what a new entry's manifest names as its backbone), `size(role)`
         (examples, or None), `recipe(role, output, dtype)` (the entry's ingredients: its key) and
         `batches(role, outputs, batch_size, skip, take)` (([one float array per output], int32
         labels) per batch).
@@ -261,6 +263,15 @@ class FeatureCache:
                 for layout, pending in _by_layout(group).items():
                     self._extract_rest(pending, extractor, role, dtype, layout, progress)
             entries[role] = list(group.values())
+        return entries
+
+    def used(self, entries: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+        """`entries` (what an extraction returned, however it ran) marked as used now, then the
+        cache pruned to `TRANSFER_CACHE_MAX` if set, never removing them
+        (`transfer.features.cache_pruning`)."""
+        listed = [entry for role in entries.values() for entry in role]
+        mark_used(listed)
+        apply_cap(self, keep={entry.key for entry in listed})
         return entries
 
     def begin(self, extractor, dtype: str, progress: bool) -> None:
@@ -289,12 +300,13 @@ class FeatureCache:
         with contextlib.ExitStack() as locks:
             for path in every:  # one order for every process: no deadlock
                 locks.enter_context(_locked(path))
-            yield {role: {output: self._opened(paths[role][output], recipe) for output, recipe in listed.items()}
+            yield {role: {output: self._opened(paths[role][output], recipe, extractor.backbone_source)
+                          for output, recipe in listed.items()}
                    for role, listed in recipes.items()}
 
-    def _opened(self, path: Path, recipe: dict) -> Entry:
+    def _opened(self, path: Path, recipe: dict, backbone_source: str) -> Entry:
         _remove_stale_temporaries(path)
-        entry = self.open(path.name) if (path / MANIFEST).exists() else _new_entry(path, recipe)
+        entry = self.open(path.name) if (path / MANIFEST).exists() else _new_entry(path, recipe, backbone_source)
         if entry.manifest["backbone_fingerprint"] != recipe["backbone"]["fingerprint"]:
             raise TransferError(f"cache entry {path.name} belongs to backbone fingerprint "
                                 f"{entry.manifest['backbone_fingerprint'][:12]}, not "
@@ -543,9 +555,10 @@ class _ShardBuffer:
         return np.concatenate(self.features), np.concatenate(self.labels)
 
 
-def _new_entry(path: Path, recipe: dict) -> Entry:
+def _new_entry(path: Path, recipe: dict, backbone_source: str) -> Entry:
     manifest = {"key": path.name, "format": FORMAT_VERSION, "complete": False, "role": recipe["role"],
                 "dtype": recipe["dtype"], "backbone_fingerprint": recipe["backbone"]["fingerprint"],
+                "backbone_source": backbone_source,
                 "ingredients": recipe, "batch_size": None, "shard_size": None, "feature_shapes": None,
                 "shards": []}
     return Entry(path, manifest)

@@ -78,6 +78,12 @@ class Extraction:
     def note(self) -> str:
         return self.engine.note
 
+    @property
+    def backbone_source(self) -> str:
+        """The backbone's path (or `example:NAME`), as a new entry's manifest records it for
+        `transfer cache ls` (not part of the key: a moved file keeps its entries)."""
+        return str(self.inputs.backbone.loaded.source)
+
     def size(self, role: str) -> int | None:
         return self.inputs.splits.sizes.get(role)
 

@@ -57,11 +57,11 @@ class Inputs:
         store = FeatureCache(cache.dir, shard_size=shard_size)
         extraction = Extraction(self, store.root if store.local else None, cache.pool)  # a converted engine stays local
         if cache.runner_name == "local":
-            return store.extract(extraction, dtype=cache.dtype, progress=progress)
+            return store.used(store.extract(extraction, dtype=cache.dtype, progress=progress))
         if isinstance(cache.runner, str):  # a name: the runner's options are the caller's to give
             raise TransferError(f"runner {cache.runner!r}: give a runner made by "
                                 "transfer.features.runners.get_runner, e.g. get_runner('beam')")
-        return cache.runner.extract(store, extraction, dtype=cache.dtype, progress=progress)
+        return store.used(cache.runner.extract(store, extraction, dtype=cache.dtype, progress=progress))
 
     def cached_features(self, cache: CacheSpec | str | None = None, *, shard_size=None, progress: bool = True,
                         **options) -> FeatureSplits:
