@@ -115,3 +115,27 @@ def test_ctrl_c_during_a_fit_is_one_line_and_leaves_nothing(tmp_path):
     assert worker.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == "transfer fit: interrupted; nothing written" and "Traceback" not in err
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def test_one_comma_grammar_for_fit_and_sweep():
+    """A comma joins one setting's values for a list option and separates a sweep's choices for
+    any other; repeating --head-opt adds choices (issue 25, item 5)."""
+    from transfer.cli.arguments import fit_head_options, key_value, sweep_head_options
+    from transfer.cli.sweep_command import _list_valued
+
+    typed = [key_value(text) for text in ("hidden=64,32", "pooling=avg,flatten")]
+    assert fit_head_options(typed) == {"hidden": [64, 32], "pooling": ["avg", "flatten"]}  # the head refuses this list
+    mlp = _list_valued(["mlp", "linear"])
+    assert sweep_head_options(typed, mlp) == {"hidden": [[64, 32]], "pooling": ["avg", "flatten"]}
+    again = typed + [key_value("hidden=128")]
+    assert sweep_head_options(again, mlp) == {"hidden": [[64, 32], 128], "pooling": ["avg", "flatten"]}
+    assert sweep_head_options([key_value("hidden=[[64],[128,64]]")], mlp) == {"hidden": [[64], [128, 64]]}
+    assert sweep_head_options([key_value("strength=0.001,0.01")], _list_valued(["logreg", "multilayer"])) == {
+        "strength": [0.001, 0.01]}
+
+
+def test_a_repeated_option_in_fit_is_one_line_before_tensorflow(capsys):
+    err = user_error(capsys, ["fit", "--backbone", "example:digits", "--data", DIGITS, "--head-opt", "hidden=64",
+                              "--head", "mlp", "--head-opt", "hidden=128"])
+    assert err == ("transfer fit: error: --head-opt hidden is given twice (64 and 128); a fit trains one setting: "
+                   "give it once (alternatives are for transfer sweep)")

@@ -175,6 +175,43 @@ def key_value(text: str):
     return key, parts if parts is not None else json_or_text(value)
 
 
+def fit_head_options(pairs) -> dict:
+    """`fit`'s `--head-opt` pairs as head options: each key once (a fit trains one setting)."""
+    options = {}
+    for key, value in pairs:
+        if key in options:
+            raise TransferError(f"--head-opt {key} is given twice ({_typed(options[key])} and {_typed(value)}); "
+                                "a fit trains one setting: give it once (alternatives are for transfer sweep)")
+        options[key] = value
+    return options
+
+
+def sweep_head_options(pairs, list_valued) -> dict:
+    """`sweep`'s `--head-opt` pairs as {key: [alternatives]}, in the grammar `fit` reads too: a
+    comma joins the values of one setting for an option whose value is a list (`hidden=64,32`:
+    two layers), and separates alternatives for any other (`pooling=avg,flatten`); repeating
+    `--head-opt KEY=...` adds alternatives (`--head-opt hidden=64,32 --head-opt hidden=128`);
+    a JSON list of lists gives several (`'hidden=[[64],[128,64]]'`). `list_valued(key)`: whether
+    the swept heads take a list for `key` (None: they disagree, which makes a comma ambiguous)."""
+    options = {}
+    for key, value in pairs:
+        kind = list_valued(key)
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            alternatives = value
+        elif isinstance(value, list) and kind is None:
+            raise TransferError(f"--head-opt {key}={_typed(value)}: some of the swept heads take a list for {key} and "
+                                "some one value, so the comma is ambiguous: sweep those heads apart")
+        else:
+            alternatives = [value] if kind or not isinstance(value, list) else value
+        options.setdefault(key, []).extend(alternatives)
+    return options
+
+
+def _typed(value) -> str:
+    """A value as it was typed (`64,32`, `avg`)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def json_or_text(value: str):
     try:
         return json.loads(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from transfer.choices import EXPORT_FORMATS, HEADS
+from transfer.cli.arguments import fit_head_options
 from transfer.data_specs import check_spec
 from transfer.errors import check_choice, unknown_head
 from transfer.training.reporting import check_new_run_dir
@@ -19,8 +20,10 @@ def check_before_tensorflow(args) -> None:
     """Every check of `args` that needs neither TensorFlow nor a file's content."""
     if getattr(args, "data", None):
         check_spec(args.data)
-    if getattr(args, "out", None) and args.command == "fit":  # a sweep's OUT.partial resumes: it checks itself
-        check_new_run_dir(args.out)
+    if args.command == "fit":
+        fit_head_options(args.head_opt)  # a key given twice
+        if args.out:  # (a sweep's OUT.partial resumes: it checks its --out itself)
+            check_new_run_dir(args.out)
     for name in getattr(args, "export", None) or ():
         check_choice("export format", name, EXPORT_FORMATS, flag="--export")
     named = [args.head] if getattr(args, "head", None) else getattr(args, "heads", None) or []

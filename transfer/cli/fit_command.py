@@ -5,7 +5,7 @@ import json
 
 from transfer.cli.arguments import (add_cache_arguments, add_input_arguments, add_thaw_training_arguments,
                                      add_training_arguments, backbone_spec, command, data_spec, export_formats,
-                                     key_value)
+                                     fit_head_options, key_value)
 from transfer.choices import HEADS
 from transfer.text import printable
 from transfer.training.settings import FIELDS as SETTINGS
@@ -58,7 +58,8 @@ def run(args) -> int:
 
     out = args.out or default_run_dir("fit")
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
-    result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=dict(args.head_opt),
+    head_options = fit_head_options(args.head_opt)
+    result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=head_options,
                  cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                  out=out, export=args.export, tensorboard=args.tensorboard, strategy=args.strategy,
                  verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only

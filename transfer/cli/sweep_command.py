@@ -6,7 +6,7 @@ import json
 from transfer.choices import HEADS
 from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument,
                                      add_strategy_argument, backbone_spec, choices_of, command, data_spec,
-                                     export_formats, key_value)
+                                     export_formats, key_value, sweep_head_options)
 from transfer.text import printable
 from transfer.training.settings import default
 
@@ -28,8 +28,9 @@ def add(commands) -> None:
     sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
                        help=f"heads to sweep, e.g. linear,mlp,logreg (default: linear); built in: {', '.join(HEADS)}")
     sweep.add_argument("--head-opt", type=key_value, action="append", default=[], metavar="KEY=A,B",
-                       help="a head option's choices, e.g. pooling=avg,flatten or 'hidden=[[64],[128,64]]' "
-                       "(applies to the heads that take it; repeatable)")
+                       help="a head option's choices, e.g. pooling=avg,flatten; an option that takes a list reads "
+                       "a comma as fit does (hidden=64,32: two layers), and a repeated --head-opt adds choices "
+                       "(--head-opt hidden=64,32 --head-opt hidden=128); applies to the heads that take it")
     sweep.add_argument("--lr", type=choices_of(float), metavar="A,B", help=f"learning rates (default {default('lr')})")
     sweep.add_argument("--epochs", type=choices_of(int), metavar="A,B", help=f"epochs (default {default('epochs')})")
     sweep.add_argument("--batch-size", type=choices_of(int), metavar="A,B",
@@ -59,6 +60,20 @@ def add(commands) -> None:
     sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
 
 
+def _list_valued(heads: list[str]):
+    """Whether the swept heads take a list for an option (their declared default is one): True,
+    False, or None where they disagree. Heads that do not take the option have no say."""
+    from transfer.heads import registry
+
+    kinds = [registry.kind_of(name) for name in heads]
+
+    def list_valued(key: str):
+        said = {isinstance(kind.default(key), (list, tuple)) for kind in kinds if kind.takes(key)}
+        return next(iter(said)) if len(said) == 1 else (None if said else False)
+
+    return list_valued
+
+
 def run(args) -> int:
     from transfer.sweep.report import format_table
     from transfer.sweep.sweeping import sweep
@@ -68,7 +83,7 @@ def run(args) -> int:
                                                 "thaw_weight_decay", "unfreeze_every", "head_epochs")
             if getattr(args, key) is not None}
     result = sweep(backbone_spec(args), data_spec(args), heads=args.heads or ["linear"], grid=args.grid,
-                   head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
+                   head_options=sweep_head_options(args.head_opt, _list_valued(args.heads or ["linear"])),
                    repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                    out=args.out or default_run_dir("sweep"),
