@@ -524,3 +524,12 @@ def test_a_head_adapts_on_examples_spread_over_a_split_stored_class_by_class():
     unknown = stream.filter(lambda x: True)  # cardinality unknown: the first examples
     assert len(list(spread_sample(unknown, 1024).as_numpy_iterator())) == 1024
     assert len(list(spread_sample(stream.take(300), 1024).as_numpy_iterator())) == 300
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_nothing(capsys, tmp_path):
+    """Issue 25, item 3: a loss that explodes (here SGD at lr 1000) ends the run with one line,
+    and nothing is exported."""
+    err = fit_error(capsys, tmp_path, "--cut", "block2_out", "--head-opt", "pooling=flatten", "--optimizer", "sgd",
+                    "--lr", "1000", "--epochs", "5")
+    assert re.search(r"error: training diverged: the training loss went from \d\S* to \S+ \(epoch 1\); nothing is "
+                     r"written\. Try a lower --lr", err), err

@@ -1,6 +1,6 @@
 """A Keras head trained with `model.fit`: compiled, early-stopped on val_loss with the best epoch
-restored, under the strategy the model was made in, refit once more where the head asks; what
-the run did (`TrainingLog`)."""
+restored, stopped with one line when the loss diverges, under the strategy the model was made
+in, refit once more where the head asks; what the run did (`TrainingLog`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +8,38 @@ import dataclasses
 import keras
 import numpy as np
 
+from transfer.errors import TransferError
 from transfer.training.distribute import fit_model
 from transfer.heads.protocol import traits_of
 from transfer.training.optimizers import optimizer_named
 from transfer.training.trace_memory import forgetting_step_gradients
+
+
+class Diverged(TransferError):
+    """Training's loss became non-finite or grew by orders of magnitude: nothing is written."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training at the first batch whose running loss is not finite or exceeds `GROWTH`
+    times the first batch's (and 10): a thaw whose features are tiny can go from 1.4 to 4.9e6 in
+    one epoch, and what it ends with would be exported at chance accuracy."""
+
+    GROWTH = 100.0
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.reason = None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(np.mean(loss))
+        if self.first is None:
+            self.first = loss
+        if not np.isfinite(loss) or loss > max(self.GROWTH * self.first, 10.0):
+            self.reason = f"the training loss went from {self.first:.3g} to {loss:.3g}"
+            self.model.stop_training = True
 
 
 @dataclasses.dataclass
@@ -44,13 +72,17 @@ def train_keras(model, head, train, validation, *, epochs: int, lr: float, optim
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=traits_of(head).logits and head.logits),
                   metrics=["accuracy"])
-    callbacks, stopper = list(callbacks), None
+    guard = StopOnDivergence()
+    callbacks, stopper = [guard, *callbacks], None
     if patience is not None and validation is not None:
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         callbacks.append(stopper)
     with forgetting_step_gradients():
         history = fit_model(model, train, validation=validation, epochs=epochs, callbacks=callbacks,
                             class_weight=class_weight, verbose=verbose)
+    if guard.reason is not None:
+        raise Diverged(f"training diverged: {guard.reason} (epoch {len(history.epoch) or 1}); nothing is written. "
+                       "Try a lower --lr (with a thaw: --thaw-lr-scale 0.1 or less, or --thaw-weight-decay)")
     log = TrainingLog({key: [float(v) for v in values] for key, values in history.history.items()})
     log.stopped_early = log.epochs_run < epochs  # by early stopping, or by a user's callback
     if stopper is not None and stopper.best_weights is not None:  # Keras restores them at the end of training
