@@ -30,6 +30,7 @@ from keras import ops
 from transfer.errors import TransferError, check_number
 
 from .base import HEAD_OPTIONS, Head, check_choice, check_int
+from .pooling import grid_cells
 from .protocol import Option
 from .registry import register
 from .standardization import Moments, Standardization, feature_batches
@@ -47,17 +48,11 @@ class GridPooling(keras.layers.Layer):
         self.grid = check_int("GridPooling", "grid", grid)
 
     def call(self, inputs):
-        axes = tuple(range(1, len(inputs.shape) - 1))
-        if not axes:
+        if len(inputs.shape) == 2:
             return inputs
         if self.grid == 1:
-            return ops.mean(inputs, axis=axes)
-        cells = [inputs]
-        for axis in axes:  # pool one spatial axis at a time into `grid` bins, kept as a new axis
-            size = inputs.shape[axis]
-            cells = [ops.mean(ops.take(cell, np.arange(start, stop), axis=axis), axis=axis, keepdims=True)
-                     for cell in cells for start, stop in _bins(size, self.grid)]
-        return ops.concatenate([ops.reshape(cell, (-1, inputs.shape[-1])) for cell in cells], axis=-1)
+            return ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
+        return grid_cells(inputs, self.grid, ops)
 
     def compute_output_shape(self, input_shape):
         spatial = len(input_shape) - 2
@@ -65,11 +60,6 @@ class GridPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid}
-
-
-def _bins(size, grid):
-    """[start, stop) of each of `grid` bins over `size` positions (they overlap when size < grid)."""
-    return [(i * size // grid, -(-(i + 1) * size // grid)) for i in range(grid)]
 
 
 @keras.saving.register_keras_serializable(package="transfer")

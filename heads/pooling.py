@@ -1,8 +1,10 @@
 """How features of any rank become one vector per example: the one place that decides it.
 
 `avg` and `max` reduce every axis between batch and channels (spatial or sequence positions);
-`flatten` keeps the positions, at the price of a fixed feature shape and many more weights.
-2-D features pass through unchanged. The Keras layer serves the Keras heads, `pool_array` the
+`flatten` keeps the positions, at the price of a fixed feature shape and many more weights;
+`grid2` keeps a little of the layout at 4x the channels: positions averaged in 2 bins per axis
+(a 2x2 grid of a map, 2 segments of a sequence), the bins as adaptive average pooling draws
+them. 2-D features pass through unchanged. The Keras layer serves the Keras heads, `pool_array` the
 scikit-learn probe; both compute the same thing.
 """
 import math
@@ -16,8 +18,8 @@ from transfer.errors import TransferError
 from .base import check_choice
 from .protocol import Option
 
-POOLINGS = ("avg", "max", "flatten")
-POOLING = Option("pooling", "avg", "avg, max or flatten")  # the option of the heads that pool
+POOLINGS = ("avg", "max", "flatten", "grid2")
+POOLING = Option("pooling", "avg", "avg, max, flatten or grid2")  # the option of the heads that pool
 
 
 def check_pooling(owner, pooling):
@@ -34,7 +36,7 @@ class FeaturePooling(keras.layers.Layer):
         self.pooling = check_pooling("FeaturePooling", pooling)
 
     def build(self, input_shape):
-        if self.pooling == "flatten" and None in tuple(input_shape)[1:]:
+        if self.pooling in ("flatten", "grid2") and None in tuple(input_shape)[1:]:
             raise TransferError(
                 f"pooling='flatten' needs a fixed feature shape, got {tuple(input_shape)}; "
                 f"use pooling='avg' or 'max'"
@@ -46,6 +48,8 @@ class FeaturePooling(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         if self.pooling == "flatten" and len(input_shape) > 2:
             return (input_shape[0], math.prod(input_shape[1:]))
+        if self.pooling == "grid2":
+            return (input_shape[0], input_shape[-1] * 2 ** (len(input_shape) - 2))
         return (input_shape[0], input_shape[-1])
 
     def get_config(self):
@@ -60,6 +64,8 @@ def pool_tensor(features, pooling="avg"):
         return features
     if pooling == "flatten":
         return ops.reshape(features, (-1, math.prod(features.shape[1:])))
+    if pooling == "grid2":
+        return grid_cells(features, 2, ops)
     return (ops.mean if pooling == "avg" else ops.max)(features, axis=axes)
 
 
@@ -72,4 +78,24 @@ def pool_array(features, pooling="avg"):
         return features
     if pooling == "flatten":
         return features.reshape(len(features), -1)
+    if pooling == "grid2":
+        return grid_cells(features, 2, np)
     return (np.mean if pooling == "avg" else np.max)(features, axis=axes)
+
+
+def grid_cells(features, grid: int, module=np):
+    """(batch, ..., channels) -> (batch, cells x channels): every axis between batch and channels
+    averaged into `grid` bins (`bins`), cell by cell in row-major order, each cell's channels
+    together; `module` is numpy or keras.ops (the same code for arrays and tensors)."""
+    axes = range(1, len(features.shape) - 1)
+    cells = [features]
+    for axis in axes:  # pool one axis at a time into `grid` bins, each kept as its own cell
+        size = features.shape[axis]
+        cells = [module.mean(module.take(cell, np.arange(start, stop), axis=axis), axis=axis, keepdims=True)
+                 for cell in cells for start, stop in bins(size, grid)]
+    return module.concatenate([module.reshape(cell, (-1, features.shape[-1])) for cell in cells], axis=-1)
+
+
+def bins(size: int, grid: int) -> list:
+    """[start, stop) of each of `grid` bins over `size` positions (they overlap when size < grid)."""
+    return [(i * size // grid, -(-(i + 1) * size // grid)) for i in range(grid)]

@@ -472,7 +472,7 @@ def test_missing_num_classes_is_named():
 @pytest.mark.parametrize(
     "name,options,pattern",
     [
-        ("linear", {"pooling": "mean"}, r"head 'linear': pooling='mean' must be one of avg, max, flatten$"),
+        ("linear", {"pooling": "mean"}, r"head 'linear': pooling='mean' must be one of avg, max, flatten, grid2$"),
         ("mlp", {"norm": "group"}, r"head 'mlp': norm='group' must be one of none, batch, layer$"),
         ("mlp", {"hidden": (8, 0)}, r"head 'mlp': hidden=0 must be an integer >= 1"),
         ("conv", {"dropout": 1.5}, r"head 'conv': dropout=1.5 must be a number in \[0, 1\)"),

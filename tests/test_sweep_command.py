@@ -1,5 +1,6 @@
 """`transfer sweep` end to end: extract once, train every setting, rank, export the best."""
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -148,7 +149,7 @@ def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     grid.write_text('heads = ["logreg"]\ncuts = "candidates"\n')
     assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--grid", str(grid), "--pool", "max",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--export", "none",
-                 "--json"]) == 0
+                 "--finalists", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     backbone = Backbone.load("example:digits", cut="candidates")
     assert sorted(row["cut"] for row in rows) == sorted(c.spec for c in backbone.cuts) and len(rows) == 22
@@ -157,6 +158,26 @@ def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     order = json.loads((tmp_path / "sweep/config.json").read_text())["cuts"]
     assert order[0].endswith("scale_1/add:0") and order[-1] == "Identity:0"
     assert [row["cut"] for row in best_per_cut(rows, order)["logreg"]] == order
+
+
+@pytest.mark.slow
+def test_candidate_cuts_ranked_by_the_ridge_probe_then_the_best_few_by_logreg(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--cuts", "candidates", "--heads", "logreg",
+                 "--pool", "none", "--finalists", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--export", "none", "--json"]) == 0
+    printed = capsys.readouterr()
+    rows = json.loads(printed.out)
+    assert "with the ridge probe" in printed.err
+    with open(out / "cut_ranking.csv") as handle:
+        ranking = list(csv.DictReader(handle))
+    cuts = {c.spec for c in Backbone.load("example:digits", cut="candidates").cuts}
+    assert {row["cut"] for row in ranking} == cuts and {row["pooling"] for row in ranking} == {"avg", "grid2"}
+    finalists = [(row["cut"], row["pooling"]) for row in ranking if row["finalist"] == "True"]
+    assert finalists == [(row["cut"], row["pooling"]) for row in ranking[:2]]
+    assert sorted((row["cut"], row["head_options"]["pooling"]) for row in rows) == sorted(finalists)
+    best = json.loads((out / "best/config.json").read_text())
+    assert (best["cut"], best["head_options"]["pooling"]) == (rows[0]["cut"], rows[0]["head_options"]["pooling"])
 
 
 def test_sweep_cuts_bad_input(tmp_path, capsys):

@@ -25,6 +25,10 @@ def add(commands) -> None:
                        help="cuts to sweep, all extracted in one pass; 'candidates': every candidate cut that "
                        "`transfer inspect` lists (default: the one --cut)")
     add_pool_argument(sweep)
+    sweep.add_argument("--finalists", type=int, default=None, metavar="N",
+                       help="with more cuts than N and only logreg: rank every cut with the closed-form ridge probe "
+                       "(average and 2x2-grid pooling), the full probe on the best N (default 3; "
+                       "0: the full probe on every cut)")
     sweep.add_argument("--heads", type=lambda text: text.split(","), metavar="A,B",
                        help=f"heads to sweep, e.g. linear,mlp,logreg (default: linear); built in: {', '.join(HEADS)}")
     sweep.add_argument("--head-opt", type=key_value, action="append", default=[], metavar="KEY=A,B",
@@ -88,7 +92,8 @@ def run(args) -> int:
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                    out=args.out or default_run_dir("sweep"),
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,
-                   strategy=args.strategy, **axes)
+                   strategy=args.strategy, **axes,
+                   **({"finalists": args.finalists} if args.finalists is not None else {}))
     if args.json:
         print(json.dumps(result.rows, indent=2))
     else:

@@ -32,6 +32,7 @@ from transfer.training.keywords import dispatch
 from transfer.training.settings import default
 from transfer.training.tensorboard_logs import hparams_api
 from transfer.sweep.grid import ALL_CUTS, SETTING_AXES, THAW_AXES, TRAINING_AXES, expand_grid, load_grid
+from transfer.sweep.cut_ranking import FINALISTS, narrowed_sweep, ranks_first, write_ranking
 from transfer.sweep.ranking import run_sweep
 from transfer.sweep.report import write_sweep
 
@@ -105,6 +106,7 @@ class SweepResult:
     rows: list  # ranked, best first (see run_sweep)
     run_dir: Path | None  # sweep.csv, sweep.json, sweep.png, config.json and best/ (a fit run)
     best: object  # the FitResult of the best setting, retrained into best/ (None without `out`)
+    ranking: list | None = None  # every cut ranked by the ridge probe (`transfer.sweep.cut_ranking`), or None
 
 
 @dataclasses.dataclass
@@ -128,12 +130,13 @@ class _SweepRun:
     tensorboard: bool
     progress: bool
     strategy: object
+    finalists: int | None
 
 
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = default("patience"), cuts=None, cache: CacheSpec | None = None, out=None,
           export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
-          **options) -> SweepResult:
+          finalists: int | None = FINALISTS, **options) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -156,6 +159,10 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     or a `transfer.features.runners.BeamRunner`). `tensorboard`: every run's logs and the HParams
     summaries under `out/tensorboard`, the best setting's run under `out/best/tensorboard`.
     `strategy`: where every setting trains, as for `transfer.fit` (only the chief writes `out`).
+    `finalists`: when a `logreg` sweep has more cuts than this, every cut is first ranked by the
+    closed-form ridge probe (average and, on cached maps, 2x2-grid pooling) and the settings train
+    on the best `finalists` (cut, pooling) pairs only (`transfer.sweep.cut_ranking`; the ranking
+    is `SweepResult.ranking` and `out/cut_ranking.csv`); 0 or None: every cut gets every setting.
     An unknown keyword is one line naming the valid ones.
     """
     from transfer.training.distribute import strategy_named
@@ -183,7 +190,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                            "preprocessing", "scale")}}
     return _sweep_run(_SweepRun(inputs, data, settings, cut_specs, sources, cache, pool, definition,
                                 _resumable(out, strategy, definition), repeats, seed, patience, out, export,
-                                tensorboard, progress, strategy))
+                                tensorboard, progress, strategy, finalists))
 
 
 def _listed(value):
@@ -250,6 +257,10 @@ def _sweep_run(run: _SweepRun) -> SweepResult:
     from transfer.training.reporting import run_directory
 
     features, thawed = _extracted(run)
+    ranking = None
+    if ranks_first(run.settings, run.cut_specs, run.finalists):
+        ranking, settings = narrowed_sweep(features, run.settings, run.finalists, run.progress)
+        run = dataclasses.replace(run, settings=settings)
     with run_dir_of(run.strategy, run.out) as written, \
             run_directory(written, keep=finished_trials if run.resumable else None) if written is not None \
             else contextlib.nullcontext() as directory:
@@ -259,17 +270,19 @@ def _sweep_run(run: _SweepRun) -> SweepResult:
                              progress=run.progress, thawed=thawed,
                              log_dir=directory / "tensorboard" if run.tensorboard else None, journal=journal)
         if directory is None:
-            return SweepResult(rows, None, None)
+            return SweepResult(rows, None, None, ranking)
         write_sweep(directory, rows, _in_graph_order(run.inputs.backbone))
+        if ranking is not None:
+            write_ranking(directory / "cut_ranking.csv", ranking)
         write_json(directory / "config.json", {"backbone": run.inputs.backbone.loaded.source, "data": run.data,
                                                **run.inputs.backbone.feeding, "settings": run.settings,
                                                "repeats": run.repeats, **run.sources, "cuts": run.cut_specs,
                                                "pool": run.pool, "cache_dir": run.cache.dir})
         result = _fit_best(run, rows[0]["setting"], directory)
     if written != run.out:  # another worker than the chief: it wrote nothing
-        return SweepResult(rows, None, result)
+        return SweepResult(rows, None, result, ranking)
     result.run_dir = Path(run.out) / "best"
-    return SweepResult(rows, Path(run.out), result)
+    return SweepResult(rows, Path(run.out), result, ranking)
 
 
 def _fit_best(run: _SweepRun, best: dict, directory: Path):
