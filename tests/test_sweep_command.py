@@ -168,7 +168,6 @@ def test_candidate_cuts_ranked_by_the_ridge_probe_then_the_best_few_by_logreg(tm
                  "--export", "none", "--json"]) == 0
     printed = capsys.readouterr()
     rows = json.loads(printed.out)
-    assert "with the ridge probe" in printed.err
     with open(out / "cut_ranking.csv") as handle:
         ranking = list(csv.DictReader(handle))
     cuts = {c.spec for c in Backbone.load("example:digits", cut="candidates").cuts}

@@ -1,8 +1,9 @@
 """Cut sweeps: one multi-cut extraction against single-cut ones, and a whole cut sweep's time.
 
 Network: keras.applications ResNet50 (weights=None) frozen to a .pb at `--size` pixels, every
-candidate cut `transfer inspect` lists (177 at 64x64); data: scikit-learn's digits, resized to
-the network's input as `transfer fit` does. Measured, in one run, each extraction into an
+candidate cut `transfer inspect` lists (177 at 64x64), or MobileNetV2 (`--network mobilenetv2`,
+weights=None, at 96x96); data: scikit-learn's digits, resized to the network's input as
+`transfer fit` does. Measured, in one run, each extraction into an
 empty cache (what `transfer extract` does, preprocessing and shard writes included):
 
   (a) the deepest single cut (`auto`, the pooled features): the cost of plain transfer;
@@ -11,15 +12,21 @@ empty cache (what `transfer extract` does, preprocessing and shard writes includ
       block outputs only (each residual block's output, the stem's pooling, the global pool);
   (c) single-cut extractions of a sample of the cuts (spread over depth), extrapolated to all:
       what sweeping the cuts one extraction at a time would cost;
-  (d) the whole `sweep --cuts candidates --heads logreg`: extraction (b) and one probe per cut.
+  (d) end to end through the CLI, each command a fresh process into an empty cache: `transfer
+      extract --cut auto` (one cut) against `transfer sweep --cuts candidates --heads logreg`
+      (load, one pass, every cut ranked by the ridge probe, logreg on the best 3, the best
+      retrained into best/; `--export none`), the ratio of the two (goal, issue 22: <= 2x); with
+      `--full-probes` also the sweep with `--finalists 0` (logreg on every cut, as before).
 
-Run: `python experiments/bench/cuts.py` (~12 min on 2 cores; `--no-sweep`: (a)-(c), ~5 min). CPU only.
+Run: `python experiments/bench/cuts.py` (~10 min on 2 cores; `--only-sweep`: (d) alone, ~2-3 min;
+`--no-sweep`: (a)-(c), ~5 min). CPU only.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,17 +39,19 @@ import tensorflow as tf
 from transfer._compat import freeze_variables
 from transfer import Backbone
 from transfer.features.inputs import open_inputs
-from transfer.sweep.sweeping import sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cache import table, timed  # noqa: E402  (the benchmarks' shared printing)
 
 
-def frozen_resnet50(size: int, workdir: Path) -> Path:
-    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
+NETWORKS = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}
+
+
+def frozen_network(name: str, size: int, workdir: Path) -> Path:
+    model = NETWORKS[name](weights=None, input_shape=(size, size, 3))
     spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    path = workdir / "ResNet50.pb"
+    path = workdir / f"{name}.pb"
     path.write_bytes(freeze_variables(function).graph.as_graph_def().SerializeToString())
     return path
 
@@ -71,17 +80,56 @@ def extraction_times(backbone: Backbone, data: str, workdir: Path, pool: str = "
     return seconds, time.process_time() - started
 
 
+def cli_seconds(*arguments: str) -> float:
+    """One `transfer` command in a fresh process (TensorFlow's import and start-up included, as a
+    user waits for them), its wall seconds; its last output lines are shown."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "transfer.cli", *arguments], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"transfer {' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
+    ranked = [line for line in done.stderr.splitlines() if "ridge probe" in line]
+    print(f"  transfer {arguments[0]}: {seconds:.1f} s" + (f"; {ranked[0][:300]}" if ranked else ""), flush=True)
+    return seconds
+
+
+def end_to_end(path: Path, data: str, workdir: Path, full: bool) -> None:
+    """(d): one cut extracted against every cut ranked, each through the CLI into an empty cache."""
+    common = ["--backbone", str(path), "--data", data]
+    one = cli_seconds("extract", *common, "--cut", "auto", "--cache-dir", tempfile.mkdtemp(dir=workdir))
+    ranked = cli_seconds("sweep", *common, "--cuts", "candidates", "--heads", "logreg", "--export", "none",
+                         "--cache-dir", tempfile.mkdtemp(dir=workdir), "--out", str(workdir / "sweep-ranked"))
+    rows = [["extract --cut auto (one cut)", f"{one:.1f}", "1.00x"],
+            ["sweep --cuts candidates --heads logreg (ridge ranking, logreg on 3)", f"{ranked:.1f}",
+             f"{ranked / one:.2f}x"]]
+    if full:
+        every = cli_seconds("sweep", *common, "--cuts", "candidates", "--heads", "logreg", "--export", "none",
+                            "--finalists", "0", "--cache-dir", tempfile.mkdtemp(dir=workdir),
+                            "--out", str(workdir / "sweep-full"))
+        rows.append(["the same with --finalists 0 (logreg on every cut)", f"{every:.1f}", f"{every / one:.2f}x"])
+    table("(d) end to end through the CLI, each into an empty cache (wall seconds)", ["command", "seconds", "ratio"],
+          rows)
+    print("  best: " + (workdir / "sweep-ranked/sweep.csv").read_text().splitlines()[1][:200])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="resnet50")
+    parser.add_argument("--size", type=int, default=None, help="input height and width (default 64, MobileNetV2 96)")
     parser.add_argument("--data", default="digits", help="data spec (default: all 1797 digits)")
     parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
     parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
+    parser.add_argument("--only-sweep", action="store_true", help="(d) alone")
+    parser.add_argument("--full-probes", action="store_true", help="(d) also with logreg on every cut (slow)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b) in turn, medians (default 3)")
     parser.add_argument("--cache-dtype", default="float32", help="what (a) and (b) store: float32 (default) or float16")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
-    path = frozen_resnet50(args.size, workdir)
+    size = args.size or (96 if args.network == "mobilenetv2" else 64)
+    path = frozen_network(args.network, size, workdir)
+    if args.only_sweep:
+        print(f"{args.network} at {size}x{size}, {args.data}", flush=True)
+        return end_to_end(path, args.data, workdir, args.full_probes)
 
     started = time.perf_counter()
     every = Backbone.load(path, cut="candidates")
@@ -89,7 +137,7 @@ def main() -> None:
     deepest = Backbone.load(path, cut="auto")
     specs = [c.spec for c in every.cuts]
     examples = open_inputs(deepest, args.data, validation_split=0.2).splits.sizes
-    print(f"ResNet50 at {args.size}x{args.size}: {len(specs)} candidate cuts (resolved in {resolve_seconds:.1f} s); "
+    print(f"{args.network} at {size}x{size}: {len(specs)} candidate cuts (resolved in {resolve_seconds:.1f} s); "
           f"{args.data}: {sum(examples.values())} examples ({examples})", flush=True)
 
     blocks = every.recut([spec for spec in specs if _is_block_output(spec)])
@@ -124,18 +172,7 @@ def main() -> None:
 
     if args.no_sweep:
         return
-    cache = tempfile.mkdtemp(dir=workdir)
-    started = time.perf_counter()
-    result = sweep(path, args.data, cuts="candidates", heads=["logreg"], cache_dir=cache, progress=False)
-    total = time.perf_counter() - started
-    probes = sum(row["seconds_mean"] for row in result.rows)
-    best = result.rows[0]
-    table("(d) sweep --cuts candidates --heads logreg (seconds)", ["part", "seconds"], [
-        ["whole sweep (load, resolve, extract, probes)", f"{total:.1f}"],
-        [f"{len(result.rows)} logreg probes", f"{probes:.1f}"],
-    ])
-    print(f"  best cut {best['cut']}: validation {best['val_accuracy_mean']:.3f} (random weights: only the timing "
-          "means anything here)")
+    end_to_end(path, args.data, workdir, args.full_probes)
 
 
 if __name__ == "__main__":
