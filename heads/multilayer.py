@@ -15,8 +15,10 @@ are kept (norm above `tolerance` x the largest); `kept_features()` the same per 
 refit that `choose_multilayer` makes on the kept fraction, as Head2Toe does (`refit=0.05`: the
 head does it itself when `transfer.fit` or a sweep trains it); `subset()` is a head on the kept
 inputs only, for an export that computes only those cuts.
-`choose_multilayer` fits the head for several strengths (and keep fractions) on training
-features and returns the one with the best validation accuracy.
+`choose_multilayer` fits the head for several strengths, grids (and keep fractions) on training
+features and returns the one with the best validation accuracy; strength 0, the no-sparsity end
+of its path, is plain concatenation (a standardized logistic regression on every input's pooled
+features), so that the choice is never worse than concatenation on validation.
 """
 from __future__ import annotations
 
@@ -157,12 +159,16 @@ class MultiLayerHead(Head):
         return [pooling(x) for pooling, x in zip(self.poolings, inputs)]
 
     def call(self, inputs, training=None):
+        joined = self.joined(inputs, training)
+        return self.classifier(joined * ops.cast(self.mask, joined.dtype))
+
+    def joined(self, inputs, training=None):
+        """What the classifier reads (before the mask): each input pooled, standardized, concatenated."""
         pooled = self.pooled(inputs)
         if self.standardize:
             self.warn_if_not_adapted(training)
             pooled = [standardization(x) for standardization, x in zip(self.standardizations, pooled)]
-        joined = pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
-        return self.classifier(joined * ops.cast(self.mask, joined.dtype))
+        return pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
 
     def compute_output_shape(self, input_shape):
         shapes = self._shapes(input_shape)
@@ -283,29 +289,38 @@ class MultiLayerChoice:
     tried: list  # one dict per setting: strength, keep_fraction, val_accuracy, kept (input indices)
 
 
-def choose_multilayer(train, validation, num_classes, *, strengths=(1e-3, 3e-3, 1e-2, 3e-2), keep_fractions=(None,),
-                      epochs=50, lr=1e-2, batch_size=64, patience=5, seed=0, **head_options) -> MultiLayerChoice:
-    """Fit a `multilayer` head for each strength (and, for each keep fraction, refit it on the
-    fraction of pooled features with the largest weights, without penalty, as Head2Toe does);
+def choose_multilayer(train, validation, num_classes, *, strengths=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
+                      keep_fractions=(None,), grids=None, epochs=50, lr=1e-2, batch_size=64, patience=5, seed=0,
+                      **head_options) -> MultiLayerChoice:
+    """Fit a `multilayer` head for each strength and grid (and, for each keep fraction, refit it on
+    the fraction of pooled features with the largest weights, without penalty, as Head2Toe does);
     return the best by validation accuracy (ties: the sparser, i.e. larger strength, then smaller
-    fraction). `train`, `validation`: (list of feature arrays, labels) or tf.data.Datasets of
-    unbatched ((features, ...), label) elements (`FeatureSplits.train`). `head_options`: grid,
-    penalty, tolerance, logits, standardize. Early stopping on validation loss (`patience`)."""
+    fraction, then the smaller grid). Strength 0 is the no-sparsity end of the path: every input
+    kept, the head fitted as plain concatenation is, a standardized logistic regression on all the
+    pooled features (`_concatenation`), so that the choice can always keep everything and is never
+    worse than concatenation on validation. `grids`: the grids to choose from (default: the
+    `grid` head option, else 1). `train`, `validation`: (list of feature arrays, labels) or
+    tf.data.Datasets of unbatched ((features, ...), label) elements (`FeatureSplits.train`).
+    `head_options`: grid, penalty, tolerance, logits, standardize. Early stopping on validation
+    loss (`patience`)."""
     train, validation = _arrays(train, "train"), _arrays(validation, "validation")
     tried, best = [], None
-    for strength in strengths:
-        head = _fit(train, validation, num_classes, dict(head_options, strength=strength), epochs, lr, batch_size,
-                    patience, seed)
-        for fraction in keep_fractions:
-            chosen = head if fraction is None else _fit(
-                train, validation, num_classes, dict(head_options, strength=0.0, penalty="none"), epochs, lr,
-                batch_size, patience, seed, mask=_top_fraction(head, fraction))
-            accuracy = _accuracy(chosen, validation)
-            tried.append({"strength": strength, "keep_fraction": fraction, "val_accuracy": accuracy,
-                          "kept": list(chosen.kept)})
-            key = (accuracy, strength, -(fraction or 1.0))
-            if best is None or key > best[0]:
-                best = (key, MultiLayerChoice(chosen, strength, fraction, accuracy, tried))
+    for grid in grids or (head_options.pop("grid", 1),):
+        options = dict(head_options, grid=grid)
+        for strength in strengths:
+            head = (_concatenation(train, num_classes, options, seed) if not strength else
+                    _fit(train, validation, num_classes, dict(options, strength=strength), epochs, lr, batch_size,
+                         patience, seed))
+            for fraction in keep_fractions:
+                chosen = head if fraction is None else _fit(
+                    train, validation, num_classes, dict(options, strength=0.0, penalty="none"), epochs, lr,
+                    batch_size, patience, seed, mask=_top_fraction(head, fraction))
+                accuracy = _accuracy(chosen, validation)
+                tried.append({"grid": grid, "strength": strength, "keep_fraction": fraction,
+                              "val_accuracy": accuracy, "kept": list(chosen.kept)})
+                key = (accuracy, strength, -(fraction or 1.0), -grid)
+                if best is None or key > best[0]:
+                    best = (key, MultiLayerChoice(chosen, strength, fraction, accuracy, tried))
     return best[1]
 
 
@@ -327,6 +342,17 @@ def _arrays(data, role):
 
 
 def _fit(train, validation, num_classes, options, epochs, lr, batch_size, patience, seed, mask=None):
+    head, model = _built(train, num_classes, options, seed, mask)
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=head.logits),
+                  metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+    model.fit(train[0], train[1], validation_data=validation, epochs=epochs, batch_size=batch_size, verbose=0,
+              callbacks=[stop])
+    return head
+
+
+def _built(train, num_classes, options, seed, mask=None):
+    """(a head built and adapted on the training features, its Keras model), seeded."""
     keras.utils.set_random_seed(seed)
     head = MultiLayerHead(num_classes, **options)
     inputs = [keras.Input(x.shape[1:]) for x in train[0]]
@@ -334,11 +360,22 @@ def _fit(train, validation, num_classes, options, epochs, lr, batch_size, patien
     if mask is not None:
         head.set_mask(mask)
     head.adapt(train[0])
-    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=head.logits),
-                  metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    model.fit(train[0], train[1], validation_data=validation, epochs=epochs, batch_size=batch_size, verbose=0,
-              callbacks=[stop])
+    return head, model
+
+
+def _concatenation(train, num_classes, options, seed):
+    """The head without sparsity, fitted as plain concatenation: scikit-learn's logistic regression
+    (the `logreg` probe's: C=1) on the head's pooled, standardized, concatenated training features,
+    its weights made the head's classifier. Convex and solved to convergence, where Adam on the
+    unpenalized head would stop early at a point that depends on the learning rate."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .sklearn_probe import softmax_weights
+
+    head, _ = _built(train, num_classes, dict(options, strength=0.0, penalty="none"), seed)
+    joined = ops.convert_to_numpy(head.joined([ops.convert_to_tensor(x) for x in train[0]], training=False))
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(joined, train[1])
+    head.classifier.set_weights(list(softmax_weights(model, np.arange(num_classes))))
     return head
 
 

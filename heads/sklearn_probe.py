@@ -88,26 +88,32 @@ def probe_as_head(probe, feature_shape):
     """A fitted scikit-learn logistic regression as the equivalent Keras `linear` head.
 
     Multinomial logistic regression is softmax(x W + b): exactly a Dense layer, so the probe
-    exports like any other head. The probe's scaler is folded into it: ((x - m) / s) W + b is
-    x (W / s) + (b - (m / s) W), computed in float64 (the head has `standardize=False`, its Dense
-    does all). A binary probe's single logit z becomes the pair (0, z). Classes absent from
-    training get a bias of -1e9 (probability 0), as `predict_proba` has.
+    exports like any other head. The probe's scaler is folded into it (`softmax_weights`: the
+    head has `standardize=False`, its Dense does all), as are the classes absent from training.
     """
     from .linear import LinearHead
 
     head = LinearHead(num_classes=len(probe.classes_), pooling=probe.pooling, standardize=False)
     head.build((None, *feature_shape[1:]))
-    coef, intercept = probe.model_.coef_.astype("float64"), probe.model_.intercept_.astype("float64")
-    if probe.scaler_ is not None:
-        intercept = intercept - coef @ (probe.scaler_.mean_ / probe.scaler_.scale_)
-        coef = coef / probe.scaler_.scale_
+    head.classifier.set_weights(list(softmax_weights(probe.model_, probe.classes_, probe.scaler_)))
+    return head
+
+
+def softmax_weights(model, classes, scaler=None) -> tuple:
+    """A fitted scikit-learn LogisticRegression as the (kernel, bias) of a softmax Dense layer over
+    `classes` (float32), its `scaler` (a fitted StandardScaler, or None) folded in: ((x - m) / s) W
+    + b is x (W / s) + (b - (m / s) W), computed in float64. A binary model's single logit z
+    becomes the pair (0, z); classes absent from training get a bias of -1e9 (probability 0)."""
+    coef, intercept = model.coef_.astype("float64"), model.intercept_.astype("float64")
+    if scaler is not None:
+        intercept = intercept - coef @ (scaler.mean_ / scaler.scale_)
+        coef = coef / scaler.scale_
     if coef.shape[0] == 1:
         coef = np.concatenate([np.zeros_like(coef), coef])
         intercept = np.concatenate([np.zeros_like(intercept), intercept])
-    kernel = np.zeros((coef.shape[1], len(probe.classes_)), "float32")
-    bias = np.full(len(probe.classes_), -1e9, "float32")
-    columns = np.searchsorted(probe.classes_, probe.model_.classes_)
+    kernel = np.zeros((coef.shape[1], len(classes)), "float32")
+    bias = np.full(len(classes), -1e9, "float32")
+    columns = np.searchsorted(classes, model.classes_)
     kernel[:, columns] = coef.T
     bias[columns] = intercept
-    head.classifier.set_weights([kernel, bias])
-    return head
+    return kernel, bias

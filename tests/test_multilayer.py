@@ -344,3 +344,30 @@ def test_fit_with_a_refit_keeps_the_mask_of_the_refit(tmp_path):
     mask = keras.ops.convert_to_numpy(head.mask)  # of the kept cuts' features only, when cuts were dropped
     assert 0 < mask.sum() <= round(0.25 * total)
     assert not keras.ops.convert_to_numpy(head.classifier.kernel)[mask == 0].any()
+
+
+def test_multilayer_without_its_sparse_candidates_is_plain_concatenation():
+    """The no-sparsity end of `choose_multilayer`'s path (strength 0, every candidate with a
+    penalty removed) is a standardized logistic regression on every input pooled and concatenated."""
+    from transfer.heads import LogRegProbe, pool_array
+
+    xs, y = three_cuts(n=300)
+    train, validation, test = (split(xs, y, part) for part in (slice(0, 150), slice(150, 225), slice(225, 300)))
+    choice = choose_multilayer(train, validation, NUM_CLASSES, strengths=(0.0,), grid=2)
+    joined = lambda features: np.concatenate([pool_array(x, "grid2") for x in features], axis=1)  # noqa: E731
+    concatenation = LogRegProbe().fit(joined(train[0]), train[1])
+    ours = np.asarray(choice.head([tf.constant(x) for x in test[0]], training=False))
+    np.testing.assert_allclose(ours, concatenation.predict_proba(joined(test[0])), atol=2e-3)
+    assert np.array_equal(np.argmax(ours, axis=1), concatenation.predict(joined(test[0])))
+    assert choice.strength == 0.0 and choice.head.kept == (0, 1, 2)
+    assert choice.val_accuracy == concatenation.score(joined(validation[0]), validation[1])
+
+
+@pytest.mark.slow
+def test_the_path_keeps_the_concatenation_candidate_and_chooses_the_grid_on_validation():
+    xs, y = three_cuts(n=300)
+    train, validation = split(xs, y, slice(0, 200)), split(xs, y, slice(200, 300))
+    choice = choose_multilayer(train, validation, NUM_CLASSES, strengths=(0.0, 3e-2), grids=(1, 2), epochs=10)
+    assert [(t["grid"], t["strength"]) for t in choice.tried] == [(1, 0.0), (1, 3e-2), (2, 0.0), (2, 3e-2)]
+    concatenation = max(t["val_accuracy"] for t in choice.tried if t["strength"] == 0.0)
+    assert choice.val_accuracy >= concatenation and choice.head.grid in (1, 2)

@@ -16,7 +16,8 @@ that ~60 cuts of 1797 images fit in memory. Then, on the same features:
 - concatenated: one standardized `logreg` on all cuts, pooled and concatenated (the issue's
   baseline), global average and grid;
 - multilayer: `choose_multilayer` on the grid-pooled cuts (each cut one group), penalties
-  `--penalties` (default l1), strengths `--strengths`, keep fractions `--keep` (Head2Toe's refit:
+  `--penalties` (default l1), strengths `--strengths` (0, the no-sparsity end: plain
+  concatenation, a standardized logreg on all cuts), keep fractions `--keep` (Head2Toe's refit:
   that fraction of pooled features, the largest weights, trained again from zero without penalty;
   `none`: no refit), Adam `--lr`, `--batch-size`, <= `--epochs` with early stopping (patience 5);
   all chosen on validation.
@@ -138,7 +139,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--penalties", default="l1", help="multilayer penalties to choose from")
-    parser.add_argument("--strengths", type=lambda s: [float(v) for v in s.split(",")], default=[0.01, 0.03, 0.1])
+    parser.add_argument("--strengths", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.01, 0.03, 0.1],
+                        help="multilayer strengths (0: plain concatenation, the path's no-sparsity end)")
     parser.add_argument("--keep", type=lambda s: [None if v == "none" else float(v) for v in s.split(",")],
                         default=[None, 0.05], help="refit fractions (none: no refit)")
     parser.add_argument("--grid", type=int, default=2, help="cells per spatial axis of the pooled cuts")
