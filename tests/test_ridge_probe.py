@@ -33,7 +33,7 @@ def test_ridge_accuracy_matches_scikit_learn_logistic_regression_on_a_small_prob
     assert abs(path.val_accuracy - np.mean(logreg.predict(validation[0]) == validation[1])) < 0.05
 
 
-def test_the_path_from_one_factorization_equals_a_solve_at_each_strength():
+def test_each_strength_scores_as_a_direct_solve_does():
     train, validation, _ = digits_splits()
     for width in (64, 900):  # fewer features than examples (covariance), more (Gram matrix)
         project = np.random.default_rng(1).normal(size=(64, width))

@@ -20,13 +20,24 @@ class FeatureSplits:
     test: tf.data.Dataset | None
     feature_shapes: list  # one example's shape per tensor, e.g. [(4, 4, 32)]; several: one per cut, or
     class_names: list     # a thawed suffix's inputs (each example is then a tuple of tensors)
+    entries: dict | None = None  # {role: [cache Entry, ...]} when the splits come from the cache (`arrays`)
 
     @classmethod
     def of_entries(cls, entries: dict, class_names: list) -> FeatureSplits:
         """`{role: [Entry, ...]}` (one entry per tensor, `FeatureCache.extract`) as streamed splits."""
         streams = {role: _zipped([entry.dataset() for entry in listed]) for role, listed in entries.items()}
         shapes = [shape for entry in entries["train"] for shape in entry.feature_shapes]
-        return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names)
+        return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names, entries)
+
+    def arrays(self, role: str) -> tuple:
+        """A split's (features, labels) whole in memory, for a probe that is not trained in batches:
+        read from the cache's files when the split has one entry there (on ResNet50's 177 pooled
+        cuts ~6x faster than through the stream's unbatch and batch), else from the stream."""
+        listed = (self.entries or {}).get(role)
+        if listed is not None and len(listed) == 1:
+            return listed[0].arrays()
+        batches = list(getattr(self, role).batch(4096).as_numpy_iterator())
+        return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
     def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
         """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""

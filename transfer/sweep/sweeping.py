@@ -293,10 +293,9 @@ def _fit_best(run: _SweepRun, best: dict, directory: Path):
     backbone = run.inputs.backbone
     if len(run.cut_specs) > 1 and best["cut"] != ALL_CUTS:
         backbone = backbone.recut(best["cut"])
-    cache = run.cache
     return fit(backbone, run.inputs.splits, head=best["head"], head_options=_pooled_like(best, run.pool),
                **{key: best[key] for key in TRAINING_AXES if best[key]},  # thaw 0: none
                **{key: best[key] for key in THAW_AXES if best.get(key) is not None}, patience=run.patience,
-               seed=run.seed, preprocessing=run.inputs.kind.preprocessing, cache_dir=cache.dir,
-               cache_dtype=cache.dtype, engine=cache.engine, runner=cache.runner, out=directory / "best",
+               seed=run.seed, preprocessing=run.inputs.kind.preprocessing,
+               cache=CacheSpec.of(run.cache, pool=run.pool), out=directory / "best",
                export=run.export, tensorboard=run.tensorboard, verbose=0, strategy=run.strategy)

@@ -176,7 +176,7 @@ def _fit_run(run: _FitRun) -> FitResult:
         with run.strategy.scope():  # the thawed weights, the head and the optimizer are made in it
             feature_layer = _feature_layer(inputs, settings)
             source = training_source(inputs, feature_layer, settings, run.cache, progress=run.verbose != 0,
-                                      pool=cache_pool(inputs.backbone, run.kind, run.head_options))
+                                      pool=cache_pool(inputs.backbone, run.kind, run.head_options, run.cache.pool))
             started = time.perf_counter()
             head_layer, trained, log = _train_head(source, feature_layer, settings, run.kind, run.head_options,
                                                    [*logs.callbacks(), *run.callbacks], run.verbose)
@@ -219,13 +219,17 @@ def _feature_layer(inputs, settings: TrainingSettings):
     return ThawedFeatureLayer(inputs.backbone, last=settings.thaw, from_scope=settings.thaw_from, name="features")
 
 
-def cache_pool(backbone, kind, head_options: dict) -> str:
+def cache_pool(backbone, kind, head_options: dict, requested: str | None = None) -> str:
     """What the cache stores of several cuts for a head (`heads.kind_of`) that reads them all:
     their averages when the head averages each over positions anyway (`multilayer`: grid 1), which
-    keeps a cache of many cuts small; else the features as they are. Frozen features only: a thaw
-    caches its prefix's outputs whole."""
-    averaged = backbone.multi_cut and kind.traits.several_cuts and kind.averages_positions(head_options)
-    return "avg" if averaged else "none"
+    keeps a cache of many cuts small; else the features as they are. Averages also for a head of
+    one cut that averages them when the cache spec asks for them (`pool="avg"`: a cut sweep's best
+    setting, retrained from the entries the sweep cached). Frozen features only: a thaw caches its
+    prefix's outputs whole."""
+    averages = kind.averages_positions(head_options)
+    if requested == "avg" and averages:
+        return "avg"
+    return "avg" if backbone.multi_cut and kind.traits.several_cuts and averages else "none"
 
 
 def keep_selected_cuts(inputs, feature_layer, head) -> tuple:
