@@ -1,14 +1,14 @@
 """Every candidate cut ranked two ways: the closed-form ridge probe against standardized logreg.
 
 What a `sweep --cuts candidates --heads logreg` does since issue 22 (`transfer.sweep.cut_ranking`)
-is rank every (cut, pooling) pair with the ridge probe and train logreg on the best 3 only; this
+is rank every (cut, pooling) pair with the ridge probe and train logreg on the best 5 only; this
 checks what that costs in ranking quality. For each network, labels per class and data seed, on
 the same features: every cut under global-average and 2x2-grid pooling (a 2-D cut: as it is),
 scored on validation by both probes; then
   - rank correlation (Spearman) between the two validation scorings, over all pairs;
   - test accuracy (logreg) of the pair logreg ranks first (what `--finalists 0` picks), of the
-    pair the ridge probe ranks first, and of the sweep's pick (the best of the ridge top 3 by
-    logreg validation accuracy);
+    pair the ridge probe ranks first, and of the sweep's pick (the best of the ridge top 5, the
+    default `--finalists`, by logreg validation accuracy; and of the top 3);
   - the seconds each scoring took for all pairs.
 Networks: the digits example (`example:digits`, 22 cuts; target digits 5-9, the quick start's task)
 and `bignet/bignet.pb` (59 cuts up to `features`; target all digits upscaled to 32x32, out of its
@@ -36,7 +36,7 @@ from transfer.heads.ridge_probe import ridge_path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bignet"))
-from compare import BACKBONE as BIGNET, LAST_CUT, global_average, pooled_features, write_digits  # noqa: E402
+from compare import BACKBONE as BIGNET, LAST_CUT, cut_name, global_average, pooled_features, write_digits  # noqa: E402
 
 
 def digits_example_features(per_class: int, seed: int, workdir: Path):
@@ -94,15 +94,16 @@ def score_pairs(features: dict) -> tuple[list[dict], dict]:
     return rows, seconds
 
 
-def compared(rows: list[dict], finalists: int = 3) -> dict:
+def compared(rows: list[dict], finalists: int = 5) -> dict:
     by_logreg = sorted(rows, key=lambda r: (-r["logreg_val"], r["order"]))
     by_ridge = sorted(rows, key=lambda r: (-r["ridge_val"], -r["ridge_mean"], r["order"]))
-    swept = max(by_ridge[:finalists], key=lambda r: r["logreg_val"])
+    swept = {k: max(by_ridge[:k], key=lambda r: r["logreg_val"]) for k in (3, 5)}
     rho = spearmanr([r["logreg_val"] for r in rows], [r["ridge_val"] for r in rows]).statistic
-    name = lambda r: f"{r['cut'].split('/')[-2] if '/' in r['cut'] else r['cut']} ({r['pooling']})"  # noqa: E731
+    name = lambda r: f"{cut_name(r['cut'])} ({r['pooling']})"  # noqa: E731
     return {"rho": float(rho), "logreg_top": by_logreg[0]["logreg_test"], "ridge_top": by_ridge[0]["logreg_test"],
-            "sweep": swept["logreg_test"], "logreg_top_name": name(by_logreg[0]), "ridge_top_name": name(by_ridge[0]),
-            "sweep_name": name(swept), "ridge_top_ridge_test": by_ridge[0]["ridge_test"],
+            "sweep": swept[finalists]["logreg_test"], "sweep3": swept[3]["logreg_test"],
+            "logreg_top_name": name(by_logreg[0]), "ridge_top_name": name(by_ridge[0]),
+            "sweep_name": name(swept[finalists]), "ridge_top_ridge_test": by_ridge[0]["ridge_test"],
             "grid_won": {"logreg": by_logreg[0]["pooling"], "ridge": by_ridge[0]["pooling"]},
             "ridge_order": [name(r) for r in by_ridge[:5]], "logreg_order": [name(r) for r in by_logreg[:5]]}
 
@@ -123,12 +124,13 @@ def main() -> None:
             for seed in range(args.seeds):
                 rows, seconds = score_pairs(loaders[network](per_class, seed, workdir))
                 result = {"network": network, "per_class": per_class, "seed": seed, "pairs": len(rows),
-                          "seconds": seconds, **compared(rows)}
+                          "seconds": seconds, **compared(rows), "rows": rows}
                 results.append(result)
                 print(f"{network} N={per_class} seed {seed}: {len(rows)} pairs, rho {result['rho']:.3f}; test of the "
                       f"top by logreg {result['logreg_top']:.3f} [{result['logreg_top_name']}], by ridge "
-                      f"{result['ridge_top']:.3f} [{result['ridge_top_name']}], sweep (ridge top 3, then logreg) "
-                      f"{result['sweep']:.3f} [{result['sweep_name']}]; seconds logreg {seconds['logreg']:.1f}, "
+                      f"{result['ridge_top']:.3f} [{result['ridge_top_name']}], sweep (ridge top 5, then logreg) "
+                      f"{result['sweep']:.3f} [{result['sweep_name']}] (top 3: {result['sweep3']:.3f}); "
+                      f"seconds logreg {seconds['logreg']:.1f}, "
                       f"ridge {seconds['ridge']:.1f}", flush=True)
                 print(f"    top 5 by logreg: {result['logreg_order']}\n    top 5 by ridge:  {result['ridge_order']}",
                       flush=True)
@@ -137,10 +139,12 @@ def main() -> None:
     for network in args.networks:
         for per_class in args.per_class:
             runs = [r for r in results if r["network"] == network and r["per_class"] == per_class]
-            means = {key: statistics.mean(r[key] for r in runs) for key in ("rho", "logreg_top", "ridge_top", "sweep")}
+            means = {key: statistics.mean(r[key] for r in runs)
+                     for key in ("rho", "logreg_top", "ridge_top", "sweep", "sweep3")}
             seconds = {key: statistics.mean(r["seconds"][key] for r in runs) for key in ("logreg", "ridge")}
             print(f"  {network:7s} {per_class:3d}  {means['rho']:.3f}  {means['logreg_top']:.3f} / "
-                  f"{means['ridge_top']:.3f} / {means['sweep']:.3f}  {seconds['logreg']:.1f} / {seconds['ridge']:.2f}")
+                  f"{means['ridge_top']:.3f} / {means['sweep']:.3f} (top 3: {means['sweep3']:.3f})  "
+                  f"{seconds['logreg']:.1f} / {seconds['ridge']:.2f}")
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     print(f"results in {workdir / 'results.json'}")
 

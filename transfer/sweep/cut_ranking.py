@@ -16,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from transfer.errors import TransferError, check_int
 from transfer.heads.pooling import pool_array
@@ -43,17 +42,14 @@ def rank_cuts(features: dict, poolings=("avg", "grid2")) -> list[dict]:
     cached features allow (a 2-D cut: only `avg`, which leaves it as it is), scored by the ridge
     probe's validation accuracy; rows best first (ties: the path's mean accuracy, then graph order)."""
     rows = []
-    with threadpool_limits(limits=1, user_api="blas"):  # see `_scored`
-        for order, (cut, splits) in enumerate(features.items()):
-            rows += _scored(cut, order, splits, poolings)
+    for order, (cut, splits) in enumerate(features.items()):
+        rows += _scored(cut, order, splits, poolings)
     rows.sort(key=lambda row: (-row["val_accuracy"], -row["path_mean"], row["order"]))
     return [{"rank": rank, **{k: v for k, v in row.items() if k != "order"}} for rank, row in enumerate(rows, 1)]
 
 
 def _scored(cut: str, order: int, splits, poolings) -> list[dict]:
-    """One cut's rows. BLAS runs on one thread: these are many small factorizations, and on a
-    machine whose cores are busy a second BLAS thread that waits for the first made them ~3-10x
-    slower (measured on 2 shared cores: 0.1 s against 0.25 s for a 1,024-feature solve)."""
+    """One cut's rows, one per pooling (its features read whole from the cache's files)."""
     if splits.validation is None:
         raise TransferError("a cut ranking scores cuts on validation accuracy; these features have no validation "
                             "split")
