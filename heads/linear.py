@@ -11,7 +11,7 @@ from .registry import register
 @register("linear")
 @keras.saving.register_keras_serializable(package="transfer")
 class LinearHead(Head):
-    """Pool features to vectors (`pooling`: avg, max or flatten), optional dropout, Dense."""
+    """Pool features to vectors (`pooling`: avg, max, flatten or grid2), optional dropout, Dense."""
 
     traits = dataclasses.replace(Head.traits, averages_positions=("pooling", "avg"))
     options = (*HEAD_OPTIONS, POOLING, DROPOUT)
