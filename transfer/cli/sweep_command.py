@@ -71,7 +71,7 @@ def run(args) -> int:
                    head_options={key: value if isinstance(value, list) else [value] for key, value in args.head_opt},
                    repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                   out=args.out or default_run_dir("sweep"),
+                   precision=args.precision, out=args.out or default_run_dir("sweep"),
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,
                    strategy=args.strategy, **axes)
     if args.json:
