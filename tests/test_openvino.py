@@ -38,6 +38,7 @@ def _graph(path, build, shape):
     return Backbone.load(path, cut="y")
 
 
+@pytest.mark.slow  # converts (and quantizes) with OpenVINO: seconds
 def test_openvino_fp32_features_equal_tensorflows_and_the_conversion_is_kept(tiny, images, tmp_path):
     backbone = Backbone.load(tiny.path, cut="conv2,gap")  # conv2 feeds gap: a consumed tensor is an output too
     engine = choose_engine(backbone, "openvino", sample=images, cache_dir=tmp_path)
@@ -55,6 +56,7 @@ def test_openvino_fp32_features_equal_tensorflows_and_the_conversion_is_kept(tin
     assert OpenVino.for_backbone(Backbone.load(tiny.path, cut="gap"), tmp_path).path != converted  # cut in the key
 
 
+@pytest.mark.slow  # converts (and quantizes) with OpenVINO: seconds
 def test_int8_agrees_with_fp32_says_so_and_gets_its_own_cache_entries(tmp_path, capsys):
     """extract --precision int8: quantized once, the figure printed, the entries keyed apart
     from FP32 OpenVINO's and TensorFlow's, `cache ls` naming engine and precision."""
@@ -90,6 +92,7 @@ def test_int8_agrees_with_fp32_says_so_and_gets_its_own_cache_entries(tmp_path, 
     assert {(row["engine"], row["precision"]) for row in rows} == set(made_by)
 
 
+@pytest.mark.slow  # converts (and quantizes) with OpenVINO: seconds
 def test_a_quantization_that_loses_the_features_falls_back_to_fp32_with_one_line(tmp_path):
     """exp(10 x) spans some 26 orders of magnitude: one INT8 scale for the matmul's input keeps
     only the largest values."""

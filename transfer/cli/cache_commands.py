@@ -124,7 +124,7 @@ def _entrytable(rows) -> str:
     header = ("key", "role", "examples", "shape", "dtype", "MB", "cut", "pool", "engine", "status")
     lines = [header] + [(r["key"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())), str(r["dtype"]),
                          f"{r['megabytes']:.1f}", str(r["cut"]), r["pool"],
-                         r["engine"] + ("" if r["precision"] == "fp32" else " " + r["precision"]),
+                         str(r["engine"]) + ("" if r["precision"] == "fp32" else f" {r['precision']}"),
                          ("CORRUPT " + str(r["bad_shards"])) if r.get("bad_shards") else
                          ("ok" if r["complete"] else "partial")) for r in rows]
     return table(lines)

@@ -104,9 +104,8 @@ class Inputs:
         a converted engine is checked against TensorFlow, and timed for `auto`, on the first batch; an
         INT8 one is calibrated and checked on training examples, `transfer.features.calibration`)."""
         if self.chosen_engine is None:
-            from transfer.features.engines import choose_engine
-
             from transfer.features.calibration import Calibration
+            from transfer.features.engines import choose_engine
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None

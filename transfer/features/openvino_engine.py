@@ -92,7 +92,8 @@ class OpenVino:
             _save(model, path)
             write_atomic(verdict_path, json.dumps(dataclasses.asdict(verdict)).encode())
         quantized = cls(_load(path), backbone, path, "int8", Verdict(**json.loads(verdict_path.read_text())))
-        quantized.calibration = {key: calibration.identity[key] for key in ("role", "seed", "size", "held_back")}
+        quantized.calibration = {key: value for key, value in calibration.identity.items()
+                                 if key not in ("data", "input")}  # those are the feature key's already
         return quantized
 
     def feeds(self, inputs) -> dict:
