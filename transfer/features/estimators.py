@@ -54,7 +54,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
         `transfer.data.input_kind.input_kind`), so that `transform` is cheap."""
-        self.cache_ = CacheSpec.of(self.cache_dir, engine=self.engine, precision=self.precision)  # pooling is done here, after the cache
+        # pooling is done here, after the cache
+        self.cache_ = CacheSpec.of(self.cache_dir, engine=self.engine, precision=self.precision)
         self.backbone_ = BackboneSpec(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
                                       feeds=self.feeds, allow_ops=self.allow_ops).load()
         splits = _splits(_examples(X))
