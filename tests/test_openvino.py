@@ -176,3 +176,18 @@ def test_int8_on_an_engine_that_cannot_run_it_is_one_line(tmp_path, capsys):
     user_error(capsys, ["extract", *common, "--cache-dir", tmp_path, "--engine", "onnxruntime"],
                r"error: --precision int8 runs on --engine openvino or auto .*not on --engine onnxruntime$")
     user_error(capsys, ["fit", *common, "--engine", "openvino", "--out", tmp_path / "run"], r"add --cache-dir$")
+
+
+def test_openvino_and_nncf_send_no_telemetry(tmp_path, monkeypatch):
+    """OpenVINO's converter sends usage events to Google Analytics unless opted out or in CI:
+    a conversion here runs as in CI, and leaves the environment as it was."""
+    import openvino_telemetry
+    from urllib import request
+
+    monkeypatch.delenv("CI", raising=False)
+    sent = []
+    monkeypatch.setattr(request, "urlopen", lambda *args, **kwargs: sent.append(args))
+    _graph(tmp_path / "plain.pb", lambda x: x * 2.0 + 1.0, (None, 4))
+    OpenVino.for_backbone(Backbone.load(tmp_path / "plain.pb", cut="y"), tmp_path)
+    assert openvino_telemetry.Telemetry().consent is False and not sent
+    assert "CI" not in __import__("os").environ

@@ -12,8 +12,10 @@ re-quantizes or re-checks.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -77,7 +79,8 @@ class OpenVino:
     def quantized(cls, backbone, calibration, cache_dir=None) -> "OpenVino":
         """The INT8 model of `calibration` (`transfer.features.calibration.Calibration`), quantized
         and checked once and kept; `verdict` says whether it keeps the features."""
-        import nncf
+        with no_telemetry():
+            import nncf
 
         fp32_path = _converted(backbone, cache_dir)
         graph_def, inputs, outputs = pruned_graph(backbone)
@@ -144,7 +147,8 @@ def convert(graph_def, outputs) -> object:
         node.input.append(tensor.name.removesuffix(":0"))
         node.attr["T"].type = tensor.dtype.as_datatype_enum
     try:
-        model = openvino.convert_model(graph_def)
+        with no_telemetry():
+            model = openvino.convert_model(graph_def)
         openvino.Core().compile_model(model, "CPU")  # some ops convert but do not compile
     except Exception as error:  # noqa: BLE001 - OpenVINO raises plain Exceptions and RuntimeErrors
         raise ConversionFailed(_reason(error)) from None
@@ -162,16 +166,33 @@ def _reason(error: Exception) -> str:
 def _quantize(model, batches: list[dict]):
     """NNCF's post-training INT8 quantization of `model` on `batches` (feeds), its logs and
     progress bars silenced."""
-    import contextlib
     import io
     import logging
 
-    import nncf
+    with no_telemetry():
+        import nncf
 
-    nncf.set_log_level(logging.ERROR)
-    examples = sum(len(next(iter(batch.values()))) for batch in batches)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return nncf.quantize(model, nncf.Dataset(batches), subset_size=max(examples, 1))
+        nncf.set_log_level(logging.ERROR)
+        examples = sum(len(next(iter(batch.values()))) for batch in batches)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return nncf.quantize(model, nncf.Dataset(batches), subset_size=max(examples, 1))
+
+
+@contextlib.contextmanager
+def no_telemetry():
+    """OpenVINO's converter and NNCF send usage events to Google Analytics unless the user has
+    opted out (`opt_in_out --opt_out`) or they run in CI (`CI=true`): extraction must not call
+    home, so both run as in CI. Their telemetry decides at each conversion, quantization and
+    `import nncf`."""
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = before
 
 
 def _save(model, path: Path) -> None:
