@@ -4,8 +4,9 @@ prepared exactly as extraction feeds them (`Inputs.prepared`).
 
 The sample is `CALIBRATION` examples for NNCF's statistics and `HELD_BACK` others for the
 fidelity check (`transfer.features.openvino_engine.fidelity`); a small training split is shared
-between them (a quarter held back). Nothing is read until a quantization needs it: a run that
-finds the quantized model on disk never reads the sample, only its identity (the model's key).
+between them (a quarter held back; under 4 examples, the calibration ones are checked). Nothing
+is read until a quantization needs it: a run that finds the quantized model on disk never reads
+the sample, only its identity (the model's key).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Calibration:
     def __init__(self, inputs, calibration: int = CALIBRATION, held_back: int = HELD_BACK):
         self.inputs = inputs
         total = _training_size(inputs)
-        self.held = min(held_back, max(1, total // 4))
+        self.held = min(held_back, total // 4)
         self.size = max(1, min(calibration, total - self.held))
         self.seed = inputs.batches.seed
         self.identity = {"data": inputs.splits.identity, "role": "train", "seed": self.seed, "size": self.size,
@@ -37,8 +38,9 @@ class Calibration:
 
     @property
     def held_back(self):
-        """The held-back examples, prepared, as one batch."""
-        return self.inputs.prepared(self._examples[self.size:])
+        """The held-back examples, prepared, as one batch (under 4 training examples, none is
+        held back: the calibration ones are checked)."""
+        return self.inputs.prepared(self._examples[self.size:] if self.held else self._examples)
 
     @functools.cached_property
     def _examples(self) -> np.ndarray:
