@@ -85,7 +85,8 @@ def test_missing_onnxruntime_is_one_line_saying_what_to_install(tiny, monkeypatc
 
 
 def test_unknown_engine_names_the_valid_ones(tiny):
-    with pytest.raises(TransferError, match=r"^engine='onnx' \(--engine\) must be one of tf, onnxruntime, auto$"):
+    with pytest.raises(TransferError,
+                       match=r"^engine='onnx' \(--engine\) must be one of tf, onnxruntime, openvino, auto$"):
         choose_engine(Backbone.load(tiny.path, cut="gap"), "onnx")
 
 

@@ -311,17 +311,19 @@ def test_cache_ls_verify_and_rm_show_manifest_fields_escaped(capsys, saved_model
     manifest.update(key=key, role=EVIL)
     manifest["ingredients"]["backbone"]["cut"] = EVIL
     manifest["ingredients"]["pool"] = RTL
+    manifest["ingredients"]["engine"] = EVIL
     (evil / "manifest.json").write_text(json.dumps(manifest))
 
     code, out, _ = run(capsys, "cache", "ls", "--cache-dir", cache_dir)
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith(printable(key)))
     assert re.search(rf"\s{re.escape(SHOWN)}\s+48\s+\(3,\)\s+float32\s", line), line
-    assert re.search(rf"\s{re.escape(SHOWN)}\s+npz\s+{re.escape(printable(RTL))}\s+ok$", line), line  # cut data pool
+    assert re.search(rf"\s{re.escape(SHOWN)}\s+npz\s+{re.escape(printable(RTL))}\s+{re.escape(SHOWN)}\s+ok$",
+                     line), line  # cut, data, pool, engine
     code, out, _ = run(capsys, "cache", "ls", "--cache-dir", cache_dir, "--json")
     assert code == 0
     row = next(row for row in json.loads(out) if row["key"] == key)
-    assert (row["role"], row["cut"], row["pool"]) == (EVIL, EVIL, RTL)
+    assert (row["role"], row["cut"], row["pool"], row["engine"]) == (EVIL, EVIL, RTL, EVIL)
 
     (evil / "manifest.json").write_text(json.dumps({**manifest, "dtype": f"float32{EVIL}"}))  # no dtype of ours
     err = user_error(capsys, "cache", "ls", "--cache-dir", cache_dir)

@@ -6,7 +6,9 @@ added here once.
 """
 from __future__ import annotations
 
-ENGINES = ("tf", "onnxruntime", "auto")  # what runs the frozen backbone when features are extracted
+ENGINES = ("tf", "onnxruntime", "openvino", "auto")  # what runs the frozen backbone when features are extracted
+PRECISIONS = ("fp32", "int8")  # the arithmetic it runs in: int8 is a quantized model (OpenVINO, NNCF)
+INT8_ENGINES = ("openvino", "auto")  # the engines --precision int8 runs on
 RUNNERS = ("local", "beam")  # where extraction runs
 STRATEGIES = ("default", "mirrored", "multiworker")  # where training runs (tf.distribute)
 POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored

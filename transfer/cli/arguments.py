@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from transfer.choices import CACHE_DTYPES, ENGINES, OPTIMIZERS, POOLS, RUNNERS, STRATEGIES
+from transfer.choices import CACHE_DTYPES, ENGINES, OPTIMIZERS, POOLS, PRECISIONS, RUNNERS, STRATEGIES
 from transfer.errors import TransferError
 from transfer.graph.memory import parse_size
 from transfer.training.settings import default
@@ -118,9 +118,13 @@ def add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
     parser.add_argument("--cache-dtype", default="float32", choices=CACHE_DTYPES,
                         help="stored feature dtype (float16 halves the disk)")
     parser.add_argument("--engine", default="tf", choices=ENGINES,
-                        help="what runs the frozen backbone when features are extracted: tf, onnxruntime (converted "
-                        "once, checked against tf on the first batch) or auto (onnxruntime where installed and faster, "
-                        "measured); training stays in TensorFlow (default: tf)")
+                        help="what runs the frozen backbone when features are extracted: tf, onnxruntime or "
+                        "openvino (converted once, checked against tf on the first batch) or auto (the fastest of "
+                        "those installed, measured); training stays in TensorFlow (default: tf)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="int8: extract with the backbone quantized by NNCF (--engine openvino or auto; "
+                        "pip install 'transfer[openvino]'), calibrated on training examples and refused (fp32 "
+                        "then) when its features disagree with fp32's (default: fp32)")
     parser.add_argument("--runner", default="local", choices=RUNNERS,
                         help="where features are extracted: local (this process) or beam (an Apache Beam pipeline, "
                         "one work item per shard; pip install 'transfer[beam]') (default: local)")

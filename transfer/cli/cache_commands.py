@@ -90,7 +90,8 @@ def _age(text: str) -> float:
 def run_extract(args) -> int:
     from transfer.features.inputs import open_inputs
 
-    inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine)
+    inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine,
+                         precision=args.precision)
     entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
                              shard_size=args.shard_size, progress=not args.json)
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]
@@ -169,7 +170,8 @@ def entry_row(entry, verify: bool = False) -> dict:
     shapes = [list(shape) for shape in entry.feature_shapes]
     row = {"key": entry.key, "path": str(entry.path), "role": entry.manifest.get("role"), "examples": entry.count,
            "shape": shapes[0] if len(shapes) == 1 else shapes or None, "dtype": entry.manifest.get("dtype"),
-           "pool": recipe.get("pool", "none"),
+           "pool": recipe.get("pool", "none"), "engine": recipe.get("engine", "tf"),
+           "precision": recipe.get("precision", "fp32"),
            "shards": len(entry.manifest["shards"]), "complete": entry.complete,
            "megabytes": round(entry.size_bytes() / 1e6, 2), "bytes": entry.size_bytes(),
            "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source"),
@@ -183,10 +185,11 @@ def entry_row(entry, verify: bool = False) -> dict:
 
 def _entrytable(rows) -> str:
     header = ("key", "last used", "role", "examples", "shape", "dtype", "MB", "backbone", "cut", "data", "pool",
-              "status")
+              "engine", "status")
     lines = [header] + [(r["key"], r["last_used"], str(r["role"]), str(r["examples"]), str(tuple(r["shape"] or ())),
                          str(r["dtype"]), f"{r['megabytes']:.1f}", _short(r["backbone"]), str(r["cut"]),
                          _short(r["data"]), r["pool"],
+                         str(r["engine"]) + ("" if r["precision"] == "fp32" else f" {r['precision']}"),
                          ("CORRUPT " + str(r["bad_shards"])) if r.get("bad_shards") else
                          ("ok" if r["complete"] else "partial")) for r in rows]
     return table(lines)

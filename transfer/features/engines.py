@@ -1,16 +1,18 @@
-"""What runs the frozen part of a backbone when features are extracted: TensorFlow, or ONNX Runtime.
+"""What runs the frozen part of a backbone when features are extracted: TensorFlow, ONNX Runtime
+or OpenVINO, in FP32 or (OpenVINO) INT8.
 
-`tf` runs the backbone's pruned function. `onnxruntime` converts that same pruned graph with
-tf2onnx once (kept on disk, keyed by the graph's bytes, the converter and the opset), checks on
-the first batch that its features agree with TensorFlow's, and falls back to TensorFlow with a
-warning if they do not. `auto` takes ONNX Runtime where it is installed, converts and agrees,
-and is faster on the run's first batch (measured, not assumed). Training never runs here: heads
-and thawed layers are TensorFlow/Keras.
+`tf` runs the backbone's pruned function. `onnxruntime` and `openvino` convert that same pruned
+graph once (kept on disk, keyed by the graph's bytes, the converter and its settings), check on
+the first batch that their features agree with TensorFlow's, and fall back to TensorFlow with a
+warning if they do not (or cannot convert). `auto` takes the fastest of those installed that
+convert and agree, timed on the run's first batch (measured, not assumed). `precision="int8"`
+runs OpenVINO's model quantized by NNCF (`transfer.features.openvino_engine`), checked against
+FP32 on held-back training examples instead, and refused (FP32 then) when it does not keep the
+features. Training never runs here: heads and thawed layers are TensorFlow/Keras.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 import warnings
 from pathlib import Path
@@ -19,65 +21,127 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.errors import TransferError, TransferWarning, check_choice
-from transfer.choices import ENGINES
+from transfer.choices import ENGINES, INT8_ENGINES, PRECISIONS
+from transfer.features.openvino_engine import OpenVino
+from transfer.features.converted import ConversionFailed, default_dir, first_line, model_key, pruned_graph
 from transfer.files import write_atomic
 
 OPSET = 17
 # Agreement on the first batch: max |onnxruntime - tf| <= RELATIVE * max |tf| + ABSOLUTE.
 RELATIVE, ABSOLUTE = 1e-4, 1e-5
-INSTALL = "pip install 'transfer[onnx]'"
+INSTALLS = {"onnxruntime": "pip install 'transfer[onnx]'", "openvino": "pip install 'transfer[openvino]'"}
+NEEDS = {"onnxruntime": "onnxruntime and tf2onnx", "openvino": "openvino"}
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+CONVERTERS = {"onnxruntime": "ONNX", "openvino": "OpenVINO"}
 
 
 @dataclasses.dataclass
 class Engine:
     """A callable batch -> features (as `Backbone.__call__` gives them) and what was decided."""
 
-    name: str  # "tf" or "onnxruntime": what really runs
+    name: str  # "tf", "onnxruntime" or "openvino": what really runs
     run: object
     note: str = ""
+    precision: str = "fp32"  # "int8": a quantized model runs (OpenVINO)
 
     def __call__(self, inputs):
         return self.run(inputs)
 
 
-def check_engine(engine: str) -> None:
+def check_engine(engine: str, precision: str = "fp32") -> None:
     check_choice("engine", engine, ENGINES, flag="--engine")
+    check_choice("precision", precision, PRECISIONS, flag="--precision")
+    if precision == "int8" and engine not in INT8_ENGINES:
+        raise TransferError(f"--precision int8 runs on --engine {' or '.join(INT8_ENGINES)} (OpenVINO, quantized by "
+                            f"NNCF), not on --engine {engine}")
 
 
-def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None) -> Engine:
+def choose_engine(backbone, engine: str = "tf", sample=None, cache_dir=None, precision: str = "fp32",
+                  calibration=None) -> Engine:
     """The engine for `backbone`; `sample` (a first batch, already preprocessed) is what the
-    agreement check and `auto`'s timing run on."""
-    check_engine(engine)
+    agreement check and `auto`'s timing run on; `calibration` (`transfer.features.calibration`):
+    the training examples an INT8 model is quantized and checked on."""
+    check_engine(engine, precision)
     if engine == "tf":
         return Engine("tf", backbone)
+    if precision == "int8":
+        return _int8(backbone, engine, sample, cache_dir, calibration)
+    if engine == "auto":
+        return _fastest(backbone, sample, cache_dir)
+    return _checked(backbone, engine, sample, cache_dir)
+
+
+def _checked(backbone, engine: str, sample, cache_dir, auto: bool = False) -> Engine:
+    """`engine`, converted and checked against TensorFlow on `sample`; TensorFlow if it cannot
+    convert or disagrees (with a warning; `auto` says so in its note only when not installed)."""
+    label = LABELS[engine]
     try:
-        runtime = OnnxRuntime.for_backbone(backbone, cache_dir)
+        runtime = RUNTIMES[engine](backbone, cache_dir)
     except ImportError as error:
-        if engine == "auto":
-            return Engine("tf", backbone, f"auto: TensorFlow (onnxruntime/tf2onnx not installed: {error.name})")
-        raise TransferError(f"--engine onnxruntime needs onnxruntime and tf2onnx; install them: {INSTALL}") from None
+        if auto:
+            return Engine("tf", backbone, f"{engine} not installed ({error.name})")
+        raise TransferError(f"--engine {engine} needs {NEEDS[engine]}; install them: {INSTALLS[engine]}") from None
     except ConversionFailed as failure:
-        warnings.warn(f"ONNX conversion failed, extracting with TensorFlow: {failure}", TransferWarning, stacklevel=2)
+        warnings.warn(f"{CONVERTERS[engine]} conversion failed, extracting with TensorFlow: {failure}", TransferWarning,
+                      stacklevel=3)
         return Engine("tf", backbone, f"{engine}: TensorFlow (conversion failed)")
     if sample is None:
-        return Engine("onnxruntime", runtime, "onnxruntime (not checked against TensorFlow: no sample batch)")
+        return Engine(engine, runtime, f"{engine} (not checked against TensorFlow: no sample batch)")
     difference = agreement(backbone, runtime, sample)
     if difference is not None:
-        warnings.warn(f"ONNX Runtime's features differ from TensorFlow's by {difference:.3g} (allowed: "
+        warnings.warn(f"{label}'s features differ from TensorFlow's by {difference:.3g} (allowed: "
                       f"{RELATIVE:g} x max|features| + {ABSOLUTE:g}); extracting with TensorFlow", TransferWarning,
-                      stacklevel=2)
-        return Engine("tf", backbone, f"{engine}: TensorFlow (ONNX Runtime disagreed by {difference:.3g})")
-    if engine == "onnxruntime":
-        return Engine("onnxruntime", runtime, "onnxruntime (agrees with TensorFlow on the first batch)")
-    speedup = _seconds(backbone, sample) / _seconds(runtime, sample)
+                      stacklevel=3)
+        return Engine("tf", backbone, f"{engine}: TensorFlow ({label} disagreed by {difference:.3g})")
+    return Engine(engine, runtime, f"{engine} (agrees with TensorFlow on the first batch)")
+
+
+def _fastest(backbone, sample, cache_dir) -> Engine:
+    """`auto`: every installed engine that converts and agrees, timed on `sample`; the fastest."""
+    candidates, skipped = [], []
+    for name in RUNTIMES:
+        engine = _checked(backbone, name, sample, cache_dir, auto=True)
+        (candidates if engine.name == name else skipped).append(engine)
+    if sample is None or not candidates:
+        reasons = "; ".join(engine.note for engine in skipped) or "no sample batch to time engines on"
+        return Engine("tf", backbone, f"auto: TensorFlow ({reasons})")
     batch = len(np.asarray(backbone.ordered_inputs(sample)[0]))
-    if speedup > 1:
-        return Engine("onnxruntime", runtime, f"auto: onnxruntime, {speedup:.2f}x TensorFlow at batch {batch}")
-    return Engine("tf", backbone, f"auto: TensorFlow, ONNX Runtime is {speedup:.2f}x at batch {batch}")
+    seconds = _seconds(backbone, sample)
+    speedups = {engine.name: seconds / _seconds(engine, sample) for engine in candidates}
+    best = max(candidates, key=lambda engine: speedups[engine.name])
+    others = ", ".join(f"{name} {speedup:.2f}x" for name, speedup in speedups.items() if name != best.name)
+    if speedups[best.name] > 1:
+        return dataclasses.replace(best, note=f"auto: {best.name}, {speedups[best.name]:.2f}x TensorFlow at batch "
+                                              f"{batch}" + (f" ({others})" if others else ""))
+    everyone = ", ".join(f"{LABELS[name]} is {speedup:.2f}x" for name, speedup in speedups.items())
+    return Engine("tf", backbone, f"auto: TensorFlow, {everyone} at batch {batch}")
 
 
-class ConversionFailed(Exception):
-    """tf2onnx could not convert the graph (an op it does not know, say)."""
+def _int8(backbone, engine: str, sample, cache_dir, calibration) -> Engine:
+    """OpenVINO INT8 (`auto` too: the one INT8 engine), kept only if its features agree with
+    FP32's on held-back training examples; else OpenVINO FP32, with one line saying why."""
+    from transfer.features.openvino_engine import COSINE, MEANS, OpenVino
+
+    if calibration is None:
+        raise TransferError("--precision int8 needs a calibration sample of the training split: give the engine "
+                            "the inputs' Calibration (transfer.features.calibration)")
+    try:
+        runtime = OpenVino.quantized(backbone, calibration, cache_dir)
+    except ImportError as error:
+        raise TransferError(f"--precision int8 needs openvino and nncf ({error.name} is missing); install them: "
+                            f"{INSTALLS['openvino']}") from None
+    except ConversionFailed as failure:
+        warnings.warn(f"OpenVINO conversion failed, extracting with TensorFlow: {failure}", TransferWarning,
+                      stacklevel=3)
+        return Engine("tf", backbone, f"{engine}: TensorFlow (conversion failed)")
+    verdict = runtime.verdict
+    if not verdict.kept:
+        warnings.warn(f"INT8 features disagree with FP32 ({verdict}, relative error of channel means "
+                      f"{verdict.means:.3g}; needs cosine >= {COSINE:g} and <= {MEANS:g}): extracting in fp32",
+                      TransferWarning, stacklevel=3)
+        fp32 = _checked(backbone, "openvino", sample, cache_dir)
+        return dataclasses.replace(fp32, note=f"{fp32.note}; int8 refused: {verdict}")
+    return Engine("openvino", runtime, f"openvino int8, {verdict}", precision="int8")
 
 
 class OnnxRuntime:
@@ -97,12 +161,9 @@ class OnnxRuntime:
         import onnxruntime  # noqa: F401  (ImportError here: not installed)
         import tf2onnx
 
-        function = backbone.pruned_function
-        graph_def = function.graph.as_graph_def()
-        inputs, outputs = [t.name for t in function.inputs], [t.name for t in function.outputs]
-        key = hashlib.sha256(b"".join([graph_def.SerializeToString(deterministic=True),
-                                       repr((inputs, outputs, tf2onnx.__version__, OPSET)).encode()])).hexdigest()
-        directory = Path(cache_dir) if cache_dir else _default_dir()
+        graph_def, inputs, outputs = pruned_graph(backbone)
+        key = model_key(graph_def, inputs, outputs, tf2onnx.__version__, OPSET)
+        directory = Path(cache_dir) if cache_dir else default_dir()
         path = directory / "onnx" / f"{key[:32]}.onnx"
         if not path.is_file():
             model = convert(graph_def, inputs, outputs)
@@ -117,6 +178,9 @@ class OnnxRuntime:
         return dict(zip(self.keys, results)) if self.keys else results[0]
 
 
+RUNTIMES = {"onnxruntime": OnnxRuntime.for_backbone, "openvino": OpenVino.for_backbone}  # auto times them in this order
+
+
 def convert(graph_def, inputs: list[str], outputs: list[str]) -> bytes:
     """tf2onnx on a frozen, pruned GraphDef; its own log lines are silenced."""
     import logging
@@ -127,7 +191,7 @@ def convert(graph_def, inputs: list[str], outputs: list[str]) -> bytes:
     try:
         model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET)
     except Exception as error:  # noqa: BLE001 - tf2onnx raises many kinds for an op it cannot convert
-        raise ConversionFailed((str(error).strip() or type(error).__name__).splitlines()[0]) from None
+        raise ConversionFailed(first_line(error, limit=None)) from None
     return model.SerializeToString()
 
 
@@ -140,7 +204,7 @@ def _session(model):
     try:
         return onnxruntime.InferenceSession(model, options, providers=onnxruntime.get_available_providers())
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ConversionFailed((str(error).strip() or type(error).__name__).splitlines()[0][:300]) from None
+        raise ConversionFailed(first_line(error)) from None
 
 
 def agreement(backbone, runtime, sample) -> float | None:
@@ -173,9 +237,3 @@ def _numpy_dtype(onnx_type: str):
              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
              "tensor(bool)": np.bool_, "tensor(int8)": np.int8}
     return names.get(onnx_type, np.float32)
-
-
-def _default_dir() -> Path:
-    from transfer.features.cache import default_cache_dir
-
-    return default_cache_dir()

@@ -24,11 +24,13 @@ ROLES = ("train", "validation", "test")
 
 
 def ingredients(backbone, cut, input_kind, identity: dict, role: str, dtype: str, engine: str = "tf",
-                pool: str = "none") -> dict:
+                pool: str = "none", precision: str = "fp32", calibration: dict | None = None) -> dict:
     """What decides one cut's features of one split: the key is made from exactly this (the
-    engine and the pooling only when not the default, so that older keys stay valid)."""
+    engine, its precision and the pooling only when not the default, so that older keys stay
+    valid; an INT8 model's features also depend on the training examples it was calibrated on)."""
     return {
         **({"engine": engine} if engine != "tf" else {}),
+        **({"precision": precision, "calibration": calibration} if precision != "fp32" else {}),
         "backbone": {"fingerprint": backbone.fingerprint, "signature": backbone.loaded.signature,
                      "inputs": [t.name for t in backbone.inputs], "cut": cut.name,
                      **({"feeds": backbone.feed_values} if backbone.feeds else {})},  # old keys stay valid
@@ -47,7 +49,7 @@ def check_pool(pool: str | None) -> str:
 class Extraction:
     """The cuts of `inputs.backbone` over `inputs`' splits (`transfer.features.inputs.Inputs`), for the cache.
 
-    `engine_dir`: where a converted engine is kept (the cache's `onnx/`). `pool`: `avg` or
+    `engine_dir`: where a converted engine is kept (the cache's `onnx/`, `openvino/`). `pool`: `avg` or
     `max` reduces every axis between batch and channels before storing (a cut sweep's probe
     pools anyway, and a 56x56x256 cut then costs 1 KiB per example instead of 3 MiB).
     """
@@ -97,8 +99,9 @@ class Extraction:
 
     def recipe(self, role: str, output: str, dtype: str) -> dict:
         inputs = self.inputs
+        calibration = getattr(self.engine.run, "calibration", None)
         return ingredients(inputs.backbone, self.cuts[output], inputs.kind, inputs.splits.identity, role, dtype,
-                           self.engine.name, self.pool)
+                           self.engine.name, self.pool, self.engine.precision, calibration)
 
     def batches(self, role: str, outputs: list[str], batch_size: int, skip: int = 0,
                 take: int = -1) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
@@ -122,7 +125,8 @@ class Extraction:
         data = dataclasses.replace(inputs.data_spec, preprocessing=inputs.kind.to_config().get("preprocessing"),
                                    scale=None)  # as resolved: the same images, wherever the worker runs
         return {"backbone": BackboneSpec.of_backbone(inputs.backbone).to_dict(), "data": data.to_dict(),
-                "batch_size": self.batch_size, "engine": self.engine.name, "pool": self.pool,
+                "batch_size": self.batch_size, "engine": self.engine.name, "precision": self.engine.precision,
+                "pool": self.pool,
                 "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
 
     # -- helpers -------------------------------------------------------------------------------

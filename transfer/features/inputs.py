@@ -38,6 +38,7 @@ class Inputs:
     kind: InputKind  # how raw examples reach the backbone: images (preprocessed) or arrays as they are
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.features.engines`)
+    precision: str = "fp32"  # int8: a quantized model runs it, calibrated on training examples
     data_spec: DataSpec | None = None  # the data's spec when they came from a spec string: what a
     # pipeline's worker loads again (`Extraction.description`)
     chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
@@ -100,14 +101,17 @@ class Inputs:
 
     def extraction_engine(self, cache_dir=None):
         """The engine that runs the backbone for `feature_batch`, chosen once (`transfer.features.engines`;
-        ONNX Runtime is checked against TensorFlow, and timed for `auto`, on the first batch)."""
+        a converted engine is checked against TensorFlow, and timed for `auto`, on the first batch; an
+        INT8 one is calibrated and checked on training examples, `transfer.features.calibration`)."""
         if self.chosen_engine is None:
+            from transfer.features.calibration import Calibration
             from transfer.features.engines import choose_engine
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None
             self.chosen_engine = choose_engine(self.backbone, self.engine, self.prepared(sample) if sample is not None
-                                         else None, cache_dir)
+                                               else None, cache_dir, self.precision,
+                                               Calibration(self) if self.precision == "int8" else None)
         return self.chosen_engine
 
     def feature_batch(self, examples):
@@ -135,17 +139,17 @@ class Inputs:
 
 
 def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, crop_padding: int = 0,
-                engine: str = "tf", **options) -> Inputs:
+                engine: str = "tf", precision: str = "fp32", **options) -> Inputs:
     """Load what a command needs; every user mistake here is one TransferError line.
 
     `backbone`: a `Backbone`, a `BackboneSpec` or a path (`example:NAME`); `data`: a `DataSpec`,
     a data spec string or `DataSplits`. `options`: the fields of either spec given as keywords
     (cut, signature, inputs, feeds, allow_ops, max_memory; data_dir, validation_split, per_class,
-    seed, preprocessing, scale), applied to it. `engine`: what runs the backbone when features
-    are extracted (`transfer.features.engines`)."""
+    seed, preprocessing, scale), applied to it. `engine`, `precision`: what runs the backbone when
+    features are extracted, in what arithmetic (`transfer.features.engines`)."""
     from transfer.features.engines import check_engine
 
-    check_engine(engine)
+    check_engine(engine, precision)
     backbone, data = specs_of(backbone, data, options, owner="open_inputs")
     if not isinstance(backbone, Backbone):
         backbone = backbone.load()
@@ -159,7 +163,7 @@ def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, 
     augmentation = Augmentation(flip=augment, crop_padding=crop_padding, seed=seed) if augment or crop_padding else None
     if augmentation is not None and not kind.images:
         kind.refuse("augmentation (--augment, --crop-padding)")
-    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine,
+    return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine, precision,
                   data_spec=data if data.named else None)
 
 
@@ -178,5 +182,6 @@ def open_extraction(description: dict) -> Extraction:
     """The extraction `Extraction.description` describes, made again in another process (a
     pipeline's worker): its backbone loaded and checked, its data opened from their spec."""
     inputs = open_inputs(BackboneSpec.from_dict(description["backbone"]), DataSpec.from_dict(description["data"]),
-                         batch_size=description["batch_size"], engine=description["engine"])
+                         batch_size=description["batch_size"], engine=description["engine"],
+                         precision=description.get("precision", "fp32"))
     return Extraction(inputs, description["engine_dir"], description["pool"])

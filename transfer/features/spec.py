@@ -2,7 +2,7 @@
 
 The feature cache's settings as one small frozen value (as `TrainingSettings` is for training):
 its directory (None: no cache), the dtype it stores, the engine that runs the frozen backbone,
-the runner the extraction runs on, and what extraction does to spatial features (`pool`). Made
+its precision, the runner the extraction runs on, and what extraction does to spatial features (`pool`). Made
 once, checked when made (cheap checks only, no TensorFlow), passed down.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from transfer.choices import CACHE_DTYPES, ENGINES, POOLS, RUNNERS
+from transfer.choices import CACHE_DTYPES, ENGINES, INT8_ENGINES, POOLS, PRECISIONS, RUNNERS
 from transfer.errors import TransferError, check_choice, check_keywords
 
 
@@ -21,6 +21,7 @@ class CacheSpec:
     engine: str = "tf"  # what runs the frozen backbone when features are extracted
     runner: object = None  # where extraction runs: "local", "beam", or a runner (`transfer.features.runners`)
     pool: str | None = None  # none, avg, max: what extraction does to spatial features (None: the caller's default)
+    precision: str = "fp32"  # int8: the engine runs a quantized model (OpenVINO; `transfer.features.engines`)
 
     def __post_init__(self):
         if isinstance(self.dir, Path):
@@ -29,6 +30,10 @@ class CacheSpec:
             raise TransferError(f"cache_dir={self.dir!r} (--cache-dir) must be a directory")
         check_choice("cache dtype", self.dtype, CACHE_DTYPES, flag="--cache-dtype")
         check_choice("engine", self.engine, ENGINES, flag="--engine")
+        check_choice("precision", self.precision, PRECISIONS, flag="--precision")
+        if self.precision == "int8" and self.engine not in INT8_ENGINES:
+            raise TransferError(f"--precision int8 runs on --engine {' or '.join(INT8_ENGINES)} (OpenVINO, quantized "
+                                f"by NNCF), not on --engine {self.engine}")
         if self.runner is None or isinstance(self.runner, str):
             check_choice("runner", self.runner or "local", RUNNERS, flag="--runner")
         elif not callable(getattr(self.runner, "extract", None)):
@@ -54,6 +59,10 @@ class CacheSpec:
         """Without a cache directory, the engine and runner have nothing to run: say so."""
         if self.dir is not None:
             return
+        if self.precision != "fp32":
+            raise TransferError(f"--precision {self.precision} runs the backbone when features are extracted into the "
+                                "cache; without --cache-dir it runs inside the Keras model, in TensorFlow: add "
+                                "--cache-dir")
         if self.engine != "tf":
             raise TransferError(f"--engine {self.engine} runs the backbone when features are extracted into the cache; "
                                 "without --cache-dir it runs inside the Keras model, in TensorFlow: add --cache-dir")

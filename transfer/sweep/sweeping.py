@@ -144,7 +144,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     `backbone`, `data`: as for `transfer.fit` (a path, `BackboneSpec` or `Backbone`; a spec,
     `DataSpec` or `DataSplits`), and so are the backbone's, data's and cache's keyword `options`
     (cut, signature, inputs, feeds, allow_ops, max_memory; data_dir, validation_split, per_class,
-    preprocessing, scale; cache_dir, cache_dtype, engine, runner, pool; or `cache`, a `CacheSpec`).
+    preprocessing, scale; cache_dir, cache_dtype, engine, precision, runner, pool; or `cache`, a `CacheSpec`).
     `grid`: a TOML/YAML grid file (see `load_grid`); its axes replace the keyword ones.
     `cuts`: the cuts to sweep (`"a,b"`, a list, or `"candidates"`: every candidate cut), all
     extracted in one pass, each cut's features its own cache entry; every setting trains on
@@ -178,12 +178,13 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     settings = expand_grid(grid_axes.pop("heads"), head_options=grid_axes.pop("head_options"), **grid_axes)
     data_spec = DataSpec.of(data_spec, seed=seed)
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
-    inputs = open_inputs(spec, data_spec, engine=cache.engine)
+    inputs = open_inputs(spec, data_spec, engine=cache.engine, precision=cache.precision)
     settings, cut_specs = _settings_on_cuts(settings, inputs.backbone)
     pool = _storage_pool(cache.pool, settings, len(cut_specs) > 1, progress)
     definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
                              cache_dtype=cache.dtype, engine=cache.engine, strategy=type(strategy).__name__,
-                             tensorboard=tensorboard)
+                             tensorboard=tensorboard, **({"precision": cache.precision} if cache.precision != "fp32"
+                                                         else {}))  # older journals still resume
     sources = {"cut": _listed(spec.cut) if isinstance(spec, BackboneSpec) else cut_specs,
                "signature": spec.signature if isinstance(spec, BackboneSpec) else inputs.backbone.loaded.signature,
                **{key: getattr(data_spec, key) for key in ("data_dir", "validation_split", "per_class", "seed",

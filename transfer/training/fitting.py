@@ -89,7 +89,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, head="linea
     signature, inputs, feeds, allow_ops, max_memory: where and with what the graph is fed and
     what one example may take, as for `Backbone.load`; ignored when `backbone` is a `Backbone`
     already), the data's (data_dir, validation_split, per_class, preprocessing, scale) and the
-    cache's (cache_dir, cache_dtype, engine, runner; or `cache`, a `CacheSpec`). With `out`, a
+    cache's (cache_dir, cache_dtype, engine, precision, runner; or `cache`, a `CacheSpec`). With `out`, a
     run directory is written (config, metrics, history, plots, model.keras and the exports);
     without, nothing touches the disk. With `cache_dir`, the head trains on features from the
     feature cache (extracted once, reused by later runs; `runner`: where that extraction runs,
@@ -106,12 +106,13 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, head="linea
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     keras.utils.set_random_seed(settings.seed)
     inputs = open_inputs(backbone, data, batch_size=settings.batch_size, augment=settings.augment,
-                         crop_padding=settings.crop_padding, engine=cache.engine)
+                         crop_padding=settings.crop_padding, engine=cache.engine, precision=cache.precision)
     _check_inputs(inputs, head, kind, cache)
     config = {"transfer_version": __version__,
               "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
               **_source_config(inputs, data), "head": head, "head_options": head_options, **settings.to_config(),
-              "cache_dir": cache.dir, "cache_dtype": cache.dtype, "engine": cache.engine, "runner": cache.runner.name,
+              "cache_dir": cache.dir, "cache_dtype": cache.dtype, "engine": cache.engine,
+              **({"precision": cache.precision} if cache.precision != "fp32" else {}), "runner": cache.runner.name,
               "export": list(export), "strategy": strategy_config(strategy)}
     return _fit_run(_FitRun(inputs, head, kind, head_options, settings, cache, config, list(callbacks), out, export,
                             tensorboard, verbose, strategy))
@@ -123,7 +124,8 @@ def fit_specs(backbone, data, settings: TrainingSettings | None, cache: CacheSpe
     made, TrainingSettings): each checked when made, before any slow work; the data split with
     the training seed."""
     backbone, data, cache, training = dispatch(owner, backbone, data, options, cache=cache, own=SETTING_FIELDS,
-                                               cache_keywords=("cache_dir", "cache_dtype", "engine", "runner"))
+                                               cache_keywords=("cache_dir", "cache_dtype", "engine", "runner",
+                                                                               "precision"))
     settings = TrainingSettings.of(settings, **training)
     runner = get_runner(cache.runner)  # unknown, or Beam missing: before any slow work
     return backbone, DataSpec.of(data, seed=settings.seed), CacheSpec.of(cache, runner=runner), settings

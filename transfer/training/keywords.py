@@ -16,7 +16,8 @@ from transfer.features.spec import CacheSpec
 from transfer.graph.spec import FIELDS as BACKBONE_FIELDS
 
 # The keyword a user gives -> the CacheSpec field it sets.
-CACHE_KEYWORDS = {"cache_dir": "dir", "cache_dtype": "dtype", "engine": "engine", "runner": "runner", "pool": "pool"}
+CACHE_KEYWORDS = {"cache_dir": "dir", "cache_dtype": "dtype", "engine": "engine", "runner": "runner", "pool": "pool",
+                  "precision": "precision"}
 BACKBONE_KEYWORDS = tuple(name for name in BACKBONE_FIELDS if name != "path")
 DATA_KEYWORDS = tuple(name for name in DATA_FIELDS if name != "data")
 
