@@ -7,7 +7,7 @@ added here once.
 from __future__ import annotations
 
 ENGINES = ("tf", "onnxruntime", "auto")  # what runs the frozen backbone when features are extracted
-RUNNERS = ("local", "beam")  # where extraction runs
+RUNNERS = ("local", "beam", "dask")  # where extraction runs (dask: beam on a Dask cluster)
 STRATEGIES = ("default", "mirrored", "multiworker")  # where training runs (tf.distribute)
 POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
 CACHE_DTYPES = ("float32", "float16")  # how the cache stores features
