@@ -370,8 +370,8 @@ def test_a_dask_cluster_writes_the_plain_entries_on_both_workers(tmp_path, plain
 
 @pytest.mark.slow
 def test_dask_writes_the_manifests_of_a_pass_over_every_split(tmp_path, cluster, capsys):
-    """One entry, one split, one shard: the pipeline's last step (the manifests) still runs on a
-    worker, and `--runner dask` names the cluster."""
+    """Three entries of one shard each (the Python API's `get_runner("dask", ...)`): every manifest
+    is complete, the tasks' records folded into it, and the progress line names the cluster."""
     scheduler, client = cluster
     root = tmp_path / "cache"
     inputs = open_inputs("example:digits", DATA, cut="block2_out")
