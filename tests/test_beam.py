@@ -1,13 +1,18 @@
-"""Extraction as an Apache Beam pipeline (`--runner beam`) and caches outside the local disk
-(`ram://`): the same entries as a plain extract, byte for byte; reruns, kills, bad input."""
+"""Extraction as an Apache Beam pipeline (`--runner beam`), on Beam's local runner and on a real
+dask.distributed cluster (`--runner dask`: a scheduler and two worker processes started here), and
+caches outside the local disk (`ram://`): the same entries as a plain extract, byte for byte;
+reruns, kills, bad input, and no connection made beyond this machine."""
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +58,8 @@ def plain(tmp_path_factory):
 def test_beam_writes_the_plain_entries_byte_for_byte_and_a_rerun_skips_them(tmp_path, plain, capsys):
     inputs = open_inputs("example:digits", DATA, cut="block1_out,block2_out")
     entries = inputs.extract(tmp_path, shard_size=64, runner=get_runner("beam"))
-    assert "beam: 15 shard task(s) for 6 entries on DirectRunner" in capsys.readouterr().out
+    assert "beam: 15 shard task(s) for 6 entries on FnApiRunner (Beam's local runner, pinned: nothing downloaded)" \
+        in capsys.readouterr().out
     assert digests(tmp_path) == plain and len(plain) == 6 * 3 + 2 * 2 * 15  # lock, use mark, manifest; 15 shards a cut
     assert [entry.count for entry in entries["test"]] == [667, 667] and all(e.complete for e in entries["test"])
     before = stamps(tmp_path)
@@ -217,7 +223,8 @@ def test_bad_runner_and_beam_options(capsys):
     extract = ["extract", "--backbone", "example:digits", "--data", DATA]
     with pytest.raises(SystemExit) as exit_:
         main([*extract, "--runner", "spark"])
-    assert exit_.value.code == 2 and "invalid choice: 'spark' (choose from 'local', 'beam')" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'spark' (choose from 'local', 'beam', 'dask')" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main([*extract, "--runner", "beam", "--beam-option", "direct_num_workers"])
     assert exit_.value.code == 2 and "expected KEY=VALUE (a Beam pipeline option), got 'direct_num_workers'" in \
@@ -229,7 +236,7 @@ def test_bad_runner_and_beam_options(capsys):
     assert "direct_running_mode=fast: argument --direct_running_mode: invalid choice: 'fast'" in err
     assert "sets a Beam pipeline option: add --runner beam" in user_error(
         capsys, [*extract, "--beam-option", "direct_num_workers=2"])
-    with pytest.raises(TransferError, match=r"runner='spark' \(--runner\) must be one of local, beam"):
+    with pytest.raises(TransferError, match=r"runner='spark' \(--runner\) must be one of local, beam, dask"):
         get_runner("spark")
 
 
@@ -249,3 +256,210 @@ def test_data_in_memory_cannot_be_sent_to_workers(tmp_path):
         inputs.extract(tmp_path, runner=get_runner("beam"), progress=False)
     inputs.extract(tmp_path, progress=False)  # once cached, nothing is sent anywhere
     assert inputs.extract(tmp_path, runner=get_runner("beam"), progress=False)["train"][0].complete
+
+
+# -- nothing downloaded at run time ------------------------------------------------------------------
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def outbound_refused(monkeypatch):
+    """Every connection (and name lookup) this process attempts to anything but this machine
+    fails, and is listed (Beam's DirectRunner >= 2.68 fetches its Prism runner through these)."""
+    attempts = []
+
+    def refused(host) -> None:
+        if str(host) not in LOCAL_HOSTS:
+            attempts.append(host)
+            raise OSError(f"test: no connection beyond this machine ({host})")
+
+    connect, connect_ex, create_connection, getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                           socket.create_connection, socket.getaddrinfo)
+
+    def watched(method):
+        def attempt(self, address, *args):
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                refused(address[0])
+            return method(self, address, *args)
+        return attempt
+
+    def watched_creation(address, *args, **kwargs):
+        refused(address[0])
+        return create_connection(address, *args, **kwargs)
+
+    def watched_lookup(host, *args, **kwargs):
+        if host is not None:
+            refused(host.decode() if isinstance(host, bytes) else host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(socket.socket, "connect", watched(connect))
+        patched.setattr(socket.socket, "connect_ex", watched(connect_ex))
+        patched.setattr(socket, "create_connection", watched_creation)
+        patched.setattr(socket, "getaddrinfo", watched_lookup)
+        yield attempts
+
+
+def test_the_default_beam_run_connects_to_nothing_beyond_this_machine(tmp_path, plain, monkeypatch, capsys):
+    with outbound_refused(monkeypatch) as attempts:
+        with pytest.raises(OSError, match="no connection beyond this machine"):  # the watch works
+            urllib.request.urlopen("https://example.com", timeout=5)
+        assert attempts == ["example.com"]
+        attempts.clear()
+        open_inputs("example:digits", DATA, cut="block1_out,block2_out").extract(tmp_path, shard_size=64,
+                                                                                 runner=get_runner("beam"))
+    assert attempts == [], f"the pipeline tried to reach {attempts}"
+    assert "on FnApiRunner (Beam's local runner, pinned: nothing downloaded)" in capsys.readouterr().out
+    assert digests(tmp_path) == plain
+
+
+# -- a dask.distributed cluster: a scheduler and two worker processes on this machine -----------------
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int = 2, preload=(), **config):
+    """A `distributed.LocalCluster` of 2 worker processes (1 thread each) on 127.0.0.1, its
+    scheduler in this process (`config`: dask settings it starts with), and a client to it."""
+    import dask
+    import distributed
+
+    with dask.config.set(config), distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0", silence_logs=40, preload=list(preload)) as cluster, \
+            distributed.Client(cluster) as client:
+        yield cluster, client
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with dask_cluster() as started:
+        yield started
+
+
+def marks(client) -> dict:
+    """What each worker process did: {worker address: {"loads": .., "shards": ..}}."""
+    from transfer.features.beam import worker_marks
+
+    return client.run(worker_marks)
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_writes_the_plain_entries_on_both_workers(tmp_path, plain, cluster, monkeypatch, capsys):
+    """`--runner beam --beam-option runner=DaskRunner`: the plain entries, file for file; both
+    workers extracted shards and loaded the backbone once each (a Dask bundle, with its own
+    `setup`, is one task); the launcher connects to nothing but the scheduler here; `--runner
+    dask` says the same, and a rerun finds everything done."""
+    scheduler, client = cluster
+    argv = ["extract", "--backbone", "example:digits", "--cut", "block1_out,block2_out", "--data", DATA,
+            "--shard-size", "64", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    before = marks(client)
+    with outbound_refused(monkeypatch) as attempts:
+        assert main([*argv, "--runner", "beam", "--beam-option", "runner=DaskRunner",
+                     "--beam-option", f"dask_client_address={scheduler.scheduler_address}"]) == 0
+    assert attempts == [], f"the launcher tried to reach {attempts}"
+    assert digests(tmp_path / "cache") == plain
+    after = marks(client)
+    assert len(after) == 2 and all(after[w]["shards"] > before.get(w, {}).get("shards", 0) for w in after), after
+    assert sum(after[w]["shards"] - before.get(w, {}).get("shards", 0) for w in after) == 15
+    assert all(m["loads"] == 1 for m in after.values()), after
+    capsys.readouterr()
+    stamped = stamps(tmp_path / "cache")
+    assert main([*argv[:-1], "--runner", "dask", "--beam-option",
+                 f"dask_client_address={scheduler.scheduler_address}"]) == 0
+    assert stamps(tmp_path / "cache") == stamped and "beam:" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dask_writes_the_manifests_of_a_pass_over_every_split(tmp_path, cluster, capsys):
+    """Three entries of one shard each (the Python API's `get_runner("dask", ...)`): every manifest
+    is complete, the tasks' records folded into it, and the progress line names the cluster."""
+    scheduler, client = cluster
+    root = tmp_path / "cache"
+    inputs = open_inputs("example:digits", DATA, cut="block2_out")
+    entries = inputs.extract(root, runner=get_runner("dask", {"dask_client_address": scheduler.scheduler_address}))
+    out = capsys.readouterr().out
+    assert f"on DaskRunner, scheduler {scheduler.scheduler_address} (2 workers), 3 partitions" in out
+    plain_root = tmp_path / "plain"
+    inputs.extract(plain_root, progress=False)
+    assert digests(root) == digests(plain_root) and all(e.complete for split in entries.values() for e in split)
+    assert not list(root.glob("*/.shard-*.json"))  # the tasks' records, folded into the manifests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allowed_failures", [0, 3])
+def test_a_dask_worker_killed_mid_run_keeps_its_finished_shards_and_a_rerun_completes_them(tmp_path, allowed_failures):
+    """`kill -9` of one worker process while `transfer extract --runner dask` runs. With the
+    scheduler set to give up on a task whose worker dies (allowed-failures 0), the command stops
+    with one line, exit 2, the shards finished so far stay, and the same command again completes
+    the entry without computing them again. With Dask's default (3), the scheduler runs the dead
+    worker's tasks again on the other worker and the command completes by itself. Either way the
+    entry is exactly what a plain extraction writes."""
+    with dask_cluster(**{"distributed.scheduler.allowed-failures": allowed_failures}) as (scheduler, client):
+        killed = tmp_path / "killed"
+        command = [*EXTRACT_DIGITS, "--cache-dir", str(killed), "--runner", "dask",
+                   "--beam-option", f"dask_client_address={scheduler.scheduler_address}"]
+        pids = client.run(os.getpid)
+        process = subprocess.Popen([sys.executable, "-m", "transfer.cli", *command], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None and len(list(killed.glob("*/.shard-*.json"))) < 4:
+            time.sleep(0.02)
+        assert process.poll() is None, f"the pipeline ended before the kill: {process.communicate()[1][-2000:]}"
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        err = process.communicate(timeout=180)[1].strip()
+        (entry,) = [path.parent for path in killed.glob("*/manifest.json")]
+        if allowed_failures:
+            assert process.returncode == 0, err[-2000:]
+            assert json.loads((entry / "manifest.json").read_text())["complete"]
+        else:
+            assert process.returncode == 2 and len(err.splitlines()) == 1, err[-2000:]
+            assert err == ("transfer extract: error: a Dask worker died mid-pipeline while extracting (the scheduler "
+                           "gave up on its task: KilledWorker); the shards finished so far are kept: run the same "
+                           "command again to complete the entries")
+            finished = list(entry.glob(".shard-*.json"))
+            assert not json.loads((entry / "manifest.json").read_text())["complete"] and 4 <= len(finished) < 19
+            kept = {path.name: path.stat().st_mtime_ns for path in entry.glob("features-*.npy")}
+            assert main(command) == 0
+            assert {name: (entry / name).stat().st_mtime_ns for name in kept} == kept  # not computed again
+    assert main([*EXTRACT_DIGITS, "--cache-dir", str(tmp_path / "clean")]) == 0
+    assert digests(killed) == digests(tmp_path / "clean")
+
+
+@pytest.mark.slow
+def test_a_dask_worker_without_transfer_is_one_line(tmp_path, capsys):
+    """Dask closes a worker that cannot unpickle its task, and the run would wait for others
+    forever: the launcher asks every worker first."""
+    hidden = tmp_path / "transfer_not_installed.py"
+    hidden.write_text("import importlib.metadata as metadata\n"
+                      "installed = metadata.version\n"
+                      "def version(name):\n"
+                      "    if name == 'transfer':\n"
+                      "        raise metadata.PackageNotFoundError(name)\n"
+                      "    return installed(name)\n"
+                      "metadata.version = version\n")
+    with dask_cluster(workers=1, preload=[str(hidden)]) as (scheduler, _):
+        user_error(capsys, ["extract", "--backbone", "example:digits", "--data", DATA, "--cache-dir", tmp_path / "c",
+                            "--runner", "dask", "--beam-option", f"dask_client_address={scheduler.scheduler_address}"],
+                   r"^transfer extract: error: Dask worker tcp://127\.0\.0\.1:\d+ has no transfer installed: every "
+                   r"worker needs transfer installed with its extras \(transfer \S+ here\)$")
+    assert not list((tmp_path / "c").glob("*/.shard-*"))
+
+
+def test_a_dask_address_nobody_listens_at_is_one_line_within_seconds(capsys):
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    err = user_error(capsys, ["extract", "--backbone", "example:digits", "--data", DATA, "--runner", "dask",
+                              "--beam-option", f"dask_client_address=tcp://127.0.0.1:{port}"])
+    assert time.monotonic() - started < 10
+    assert err == (f"transfer extract: error: --beam-option dask_client_address=tcp://127.0.0.1:{port}: no Dask "
+                   "scheduler answers (nothing listens there); start one (`dask scheduler`, then `dask worker "
+                   "ADDRESS` on each machine) or give its address")
+    assert "--runner dask runs on Beam's DaskRunner, not --beam-option runner=DirectRunner" in user_error(
+        capsys, ["extract", "--backbone", "example:digits", "--data", DATA, "--runner", "dask",
+                 "--beam-option", "runner=DirectRunner"])
+    assert "did you mean dask_client_address" in user_error(
+        capsys, ["extract", "--backbone", "example:digits", "--data", DATA, "--runner", "dask",
+                 "--beam-option", "dask_client_adress=127.0.0.1:8786"])

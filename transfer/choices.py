@@ -9,7 +9,7 @@ from __future__ import annotations
 ENGINES = ("tf", "onnxruntime", "openvino", "auto")  # what runs the frozen backbone when features are extracted
 PRECISIONS = ("fp32", "int8")  # the arithmetic it runs in: int8 is a quantized model (OpenVINO, NNCF)
 INT8_ENGINES = ("openvino", "auto")  # the engines --precision int8 runs on
-RUNNERS = ("local", "beam")  # where extraction runs
+RUNNERS = ("local", "beam", "dask")  # where extraction runs (dask: beam on a Dask cluster)
 STRATEGIES = ("default", "mirrored", "multiworker")  # where training runs (tf.distribute)
 POOLS = ("none", "avg", "max")  # what extraction may do to spatial features before they are stored
 CACHE_DTYPES = ("float32", "float16")  # how the cache stores features

@@ -11,17 +11,24 @@ the Beam worker processes inherit) so that workers, not threads, share the cores
   plain     `transfer extract` (one process)
   beam-1    `--runner beam`, DirectRunner, direct_running_mode=multi_processing, 1 worker
   beam-2    the same with 2 workers
+  dask-1    `--runner dask` on a dask.distributed cluster started for the variant (a scheduler
+            and 1 worker process of 1 thread on 127.0.0.1, `distributed.LocalCluster`, the
+            workers with the same TensorFlow threads), already running when the command starts
+  dask-2    the same with 2 worker processes
 and, for reference, `plain` with TensorFlow's default threads (`plain-threads`).
 Figures: wall and CPU time of each whole run (start-up, graph loading and worker launch
-included), and the steady throughput: the examples of the shards finished after the first
+included; a Dask variant's CPU adds its worker processes' and the scheduler's, measured with
+psutil), and the steady throughput: the examples of the shards finished after the first
 W (W workers) over the time from the W-th to the last shard's file (start-up excluded), as
 ratios against `plain`. The shards of every variant are compared with plain's (sha256).
-Run: `python experiments/bench/scale.py` (~4-6 min on 2 CPU cores; `--rounds 2` takes the median
-of two rounds, `--shard-size 2048` makes 4 work items instead of 15).
+Run: `python experiments/bench/scale.py` (~6-9 min on 2 CPU cores; `--rounds 2` takes the median
+of two rounds, `--shard-size 2048` makes 4 work items instead of 15, `--variants plain,dask-1`
+runs some). Dask variants need `pip install 'transfer[dask]'`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -44,14 +51,38 @@ from transfer._compat import freeze_variables
 SIZE, REPEATS, SHARD = 128, 4, 512
 CLI = "import sys; from transfer.cli.main import main; sys.exit(main(sys.argv[1:]))"
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-VARIANTS = {  # name: (flags, environment, workers)
-    "plain": ([], ONE_THREAD, 1),
+VARIANTS = {  # name: (flags, environment, workers, a Dask cluster of that many workers)
+    "plain": ([], ONE_THREAD, 1, False),
     "beam-1": (["--runner", "beam", "--beam-option", "direct_running_mode=multi_processing",
-                "--beam-option", "direct_num_workers=1"], ONE_THREAD, 1),
+                "--beam-option", "direct_num_workers=1"], ONE_THREAD, 1, False),
     "beam-2": (["--runner", "beam", "--beam-option", "direct_running_mode=multi_processing",
-                "--beam-option", "direct_num_workers=2"], ONE_THREAD, 2),
-    "plain-threads": ([], {}, 1),
+                "--beam-option", "direct_num_workers=2"], ONE_THREAD, 2, False),
+    "dask-1": (["--runner", "dask"], ONE_THREAD, 1, True),
+    "dask-2": (["--runner", "dask"], ONE_THREAD, 2, True),
+    "plain-threads": ([], {}, 1, False),
 }
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int, env: dict):
+    """A scheduler (in this process) and `workers` worker processes of 1 thread on 127.0.0.1:
+    (the flags that point `transfer extract` at it, a function giving the CPU seconds its
+    processes used so far)."""
+    if not workers:
+        yield [], lambda: 0.0
+        return
+    import distributed
+    import psutil
+
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0", silence_logs=40, env=env) as cluster, \
+            distributed.Client(cluster) as client:
+        processes = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+
+        def cpu() -> float:
+            return time.process_time() + sum(sum(p.cpu_times()[:2]) for p in processes)
+
+        yield ["--beam-option", f"dask_client_address={cluster.scheduler_address}"], cpu
 
 
 def build_network(workdir: Path) -> Path:
@@ -106,17 +137,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the variants (median; default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--shard-size", type=int, default=SHARD, help=f"examples per shard (default {SHARD})")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="which, comma-separated (default: all)")
     args = parser.parse_args()
+    variants = {name: VARIANTS[name] for name in ["plain", *args.variants.split(",")] if name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         pb = build_network(workdir)
         data, images = write_data(workdir)
-        runs = {name: [] for name in VARIANTS}
+        runs = {name: [] for name in variants}
         digests = {}
         for round_ in range(args.rounds):
-            for name, (flags, env, workers) in VARIANTS.items():
+            for name, (flags, env, workers, dask) in variants.items():
                 cache = workdir / f"cache-{name}-{round_}"
-                wall, cpu = extract(pb, data, cache, flags, env, args.shard_size)
+                with dask_cluster(workers if dask else 0, env) as (address, cluster_cpu):
+                    before = cluster_cpu()
+                    wall, cpu = extract(pb, data, cache, flags + address, env, args.shard_size)
+                    cpu += cluster_cpu() - before
                 runs[name].append((wall, cpu, steady_rate(cache, workers)))
                 digests[name] = shard_digests(cache)
                 print(f"{name:14s} {images} images: {wall:6.1f} s wall, {cpu:6.1f} s CPU, "
@@ -143,8 +179,10 @@ def report(runs: dict, digests: dict, images: int, json_path: str | None, shard:
     for row in (header, *rows):
         print("  " + "  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
                                for i, (cell, w) in enumerate(zip(row, widths))))
-    print(f"\n  Beam path at 1 worker: {figures['beam-1']['throughput_vs_plain']:.2f}× plain's throughput (goal "
-          f"≥ 0.9×); 2 workers: {figures['beam-2']['throughput_vs_plain']:.2f}×")
+    for runner in ("beam", "dask"):
+        if f"{runner}-1" in figures and f"{runner}-2" in figures:
+            print(f"\n  {runner} at 1 worker: {figures[f'{runner}-1']['throughput_vs_plain']:.2f}× plain's throughput "
+                  f"(goal ≥ 0.9×); 2 workers: {figures[f'{runner}-2']['throughput_vs_plain']:.2f}×")
     if json_path:
         Path(json_path).write_text(json.dumps(figures, indent=1))
 

@@ -126,11 +126,14 @@ def add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
                         "pip install 'transfer[openvino]'), calibrated on training examples and refused (fp32 "
                         "then) when its features disagree with fp32's (default: fp32)")
     parser.add_argument("--runner", default="local", choices=RUNNERS,
-                        help="where features are extracted: local (this process) or beam (an Apache Beam pipeline, "
-                        "one work item per shard; pip install 'transfer[beam]') (default: local)")
+                        help="where features are extracted: local (this process), beam (an Apache Beam pipeline, "
+                        "one work item per shard; pip install 'transfer[beam]') or dask (beam on a dask.distributed "
+                        "cluster, --beam-option dask_client_address=HOST:PORT; pip install 'transfer[dask]') "
+                        "(default: local)")
     parser.add_argument("--beam-option", type=_beam_option, action="append", default=[], metavar="KEY=VALUE",
                         help="a Beam pipeline option, e.g. direct_num_workers=2, direct_running_mode=multi_processing, "
-                        "runner=DataflowRunner (repeatable; default: the DirectRunner)")
+                        "runner=DaskRunner, dask_client_address=HOST:PORT, runner=DataflowRunner (repeatable; "
+                        "default: Beam's FnApiRunner in this process, which downloads nothing)")
 
 
 def _beam_option(text: str):

@@ -22,6 +22,8 @@ EXTRACT_EXAMPLES = """examples:
   transfer extract --backbone model.pb --cut candidates --pool avg --data photos/   # every cut, one pass
   transfer extract --backbone model.pb --data photos/ --runner beam \\
       --beam-option direct_num_workers=2 --beam-option direct_running_mode=multi_processing
+  transfer extract --backbone /shared/model.pb --data /shared/photos/ --cache-dir /shared/features \\
+      --runner beam --beam-option runner=DaskRunner --beam-option dask_client_address=scheduler:8786
   transfer extract --backbone model.pb --data photos/ --cache-dir gs://bucket/features --runner beam \\
       --beam-option runner=DataflowRunner --beam-option project=my-project --beam-option region=europe-west1"""
 CACHE_EXAMPLES = """examples:
