@@ -41,9 +41,28 @@ class FeatureSplits:
 
     def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
         """Shuffled batches; the shuffle buffer holds at most ~1 GiB of features."""
-        example_bytes = sum(4 * int(np.prod([size or 1 for size in shape])) for shape in self.feature_shapes)
-        buffer = max(1, min(10_000, SHUFFLE_BYTES // example_bytes))
-        return self.train.shuffle(buffer, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return self.train.shuffle(self._buffer(), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def shuffle_bytes(self) -> int:
+        """The most memory `training`'s shuffle buffer takes (what several streams of it add up to)."""
+        return self._buffer() * self._example_bytes()
+
+    def kept_in_memory(self) -> FeatureSplits:
+        """These splits, each kept in memory after its first pass when it is no bigger than the
+        training shuffle buffer (which holds the training split whole then anyway): later epochs
+        read no file (the cache's streams go through Python). Same examples, same order."""
+        def kept(stream):
+            size = None if stream is None else int(stream.cardinality())
+            return stream.cache() if size is not None and 0 <= size <= self._buffer() else stream
+
+        return dataclasses.replace(self, train=kept(self.train), validation=kept(self.validation),
+                                   test=kept(self.test))
+
+    def _buffer(self) -> int:
+        return max(1, min(10_000, SHUFFLE_BYTES // self._example_bytes()))
+
+    def _example_bytes(self) -> int:
+        return sum(4 * int(np.prod([size or 1 for size in shape])) for shape in self.feature_shapes)
 
     def evaluation(self, role: str, batch_size: int = 256) -> tf.data.Dataset | None:
         stream = getattr(self, role)

@@ -14,15 +14,21 @@ from transfer.sweep.journal import TrialJournal
 from transfer.features.feature_splits import FeatureSplits
 from transfer.training.settings import default
 from transfer.training.tensorboard_logs import TensorBoardLogs, write_hparams_config
-from transfer.sweep.grid import SETTING_AXES, TENSORBOARD_SCORES, setting_key
+from transfer.sweep.grid import SETTING_AXES, TENSORBOARD_SCORES
+from transfer.sweep.joint import Trial, groups, head_key, joins, train_together
 from transfer.sweep.report import score, accuracy_text, label, short_cut_names, varying_keys
 from transfer.sweep.trials import build_head, features_for, train_setting
 
 
 def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int = 1, seed: int = 0,
               patience: int | None = default("patience"), progress: bool = True, thawed=None,
-              log_dir=None, journal: TrialJournal | None = None) -> list[dict]:
+              log_dir=None, journal: TrialJournal | None = None, together: bool = True) -> list[dict]:
     """Train each setting `repeats` times (seeds seed, seed+1, ...); rows ranked best first.
+
+    The trials of Keras heads on frozen features train together, as branches of one model per
+    batch size and optimizer (`transfer.sweep.joint`), each as it would alone; the others (thaw,
+    a head with a weight penalty or a refit, the scikit-learn probe) one at a time, as all do
+    with `together=False`.
 
     `features`: one FeatureSplits, or a dict of them by cut when the settings name a `cut` each
     (a sweep over cuts).
@@ -42,37 +48,52 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
     if not settings:
         raise TransferError("a sweep needs at least one setting")
     repeats = check_int("sweep", "repeats", repeats)
-    kinds = {setting_key((s["head"], s["head_options"], s.get("thaw"), s.get("cut"))): s for s in settings}
-    for setting in kinds.values():
+    joined = set()
+    for setting in {head_key(s): s for s in settings}.values():
         setting_features, suffix = features_for(setting, features, thawed)
-        build_head(setting_features, setting, suffix)
-    shown, cut_names = varying_keys(settings), short_cut_names([s.get("cut") for s in settings])
-    _begin_runs(settings, range(seed, seed + repeats), log_dir, journal, progress)
-    rows, done = [], 0
-    for number, setting in enumerate(settings, start=1):
-        runs = []
-        for run_seed in range(seed, seed + repeats):
-            trial = f"{number:03d}" + (f"-seed{run_seed}" if repeats > 1 else "")
-            done += 1
-            if journal and journal.get(setting, run_seed) is not None:
-                runs.append(journal.get(setting, run_seed))
-                continue
-            logs = TensorBoardLogs(None if log_dir is None else Path(log_dir) / trial)
-            if log_dir is not None:
-                shutil.rmtree(logs.log_dir, ignore_errors=True)  # a killed run's: this run writes its own
-            runs.append(train_setting(features, setting, run_seed, patience, thawed, logs)[1])
-            logs.hparams({**setting, "seed": run_seed}, {name: runs[-1][name] for name in TENSORBOARD_SCORES},
-                         trial_id=trial)
+        head, _ = build_head(setting_features, setting, suffix)
+        if together and joins(setting, head):
+            joined.add(head_key(setting))
+    seeds = range(seed, seed + repeats)
+    _begin_runs(settings, seeds, log_dir, journal, progress)
+    trials = [Trial(f"{number:03d}" + (f"-seed{run_seed}" if repeats > 1 else ""), setting, run_seed)
+              for number, setting in enumerate(settings, start=1) for run_seed in seeds]
+    results = {trial: journal.get(trial.setting, trial.seed) for trial in trials} if journal else {}
+    finished = _Finished(settings, len(trials), sum(r is not None for r in results.values()), repeats, progress)
+    for group in groups([t for t in trials if results.get(t) is None], features, joined):
+        logs = [TensorBoardLogs(None if log_dir is None else Path(log_dir) / trial.name) for trial in group]
+        for log in logs if log_dir is not None else ():
+            shutil.rmtree(log.log_dir, ignore_errors=True)  # a killed run's: this run writes its own
+        if len(group) > 1:
+            runs = train_together(features, group, patience, logs)
+        else:
+            runs = [train_setting(features, group[0].setting, group[0].seed, patience, thawed, logs[0])[1]]
+        for trial, run, log in zip(group, runs, logs):
+            results[trial] = run
+            log.hparams({**trial.setting, "seed": trial.seed}, {name: run[name] for name in TENSORBOARD_SCORES},
+                        trial_id=trial.name)
             if journal:
-                journal.record(trial, setting, run_seed, runs[-1])
-            if progress:
-                again = f" seed={run_seed}" if repeats > 1 else ""
-                print(f"[{done}/{len(settings) * repeats}] {label(setting, shown, cut_names)}{again}: "
-                      f"val {accuracy_text(runs[-1]['val_accuracy'])} ({runs[-1]['seconds']:.1f} s)",
-                      file=sys.stderr, flush=True)
-        rows.append(_row(setting, runs))
+                journal.record(trial.name, trial.setting, trial.seed, run)
+            finished.say(trial, run)
+    rows = [_row(setting, [results[t] for t in trials if t.setting is setting]) for setting in settings]
     rows.sort(key=lambda row: (-score(row["val_accuracy_mean"]), -score(row["test_accuracy_mean"])))
     return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
+
+
+class _Finished:
+    """The `[i/N] setting: val ... (s)` line of each trial as it finishes (trials taken from the
+    journal count as done)."""
+
+    def __init__(self, settings: list, total: int, done: int, repeats: int, progress: bool):
+        self.shown, self.cut_names = varying_keys(settings), short_cut_names([s.get("cut") for s in settings])
+        self.total, self.done, self.repeats, self.progress = total, done, repeats, progress
+
+    def say(self, trial, run: dict) -> None:
+        self.done += 1
+        if self.progress:
+            again = f" seed={trial.seed}" if self.repeats > 1 else ""
+            print(f"[{self.done}/{self.total}] {label(trial.setting, self.shown, self.cut_names)}{again}: "
+                  f"val {accuracy_text(run['val_accuracy'])} ({run['seconds']:.1f} s)", file=sys.stderr, flush=True)
 
 
 def _begin_runs(settings: list[dict], seeds: range, log_dir, journal, progress: bool) -> None:

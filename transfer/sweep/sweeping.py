@@ -131,12 +131,13 @@ class _SweepRun:
     progress: bool
     strategy: object
     finalists: int | None
+    together: bool
 
 
 def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, repeats: int = 1, seed: int = 0,
           patience: int | None = default("patience"), cuts=None, cache: CacheSpec | None = None, out=None,
           export=("savedmodel", "pb"), tensorboard: bool = False, progress: bool = True, strategy=None,
-          finalists: int | None = FINALISTS, **options) -> SweepResult:
+          finalists: int | None = FINALISTS, together: bool = True, **options) -> SweepResult:
     """Extract once (or reuse the feature cache), train every setting on the cached features,
     rank them; with `out`, write the sweep files and turn the best setting into a full run
     directory (`out/best`, exactly as `transfer fit` writes one, backbone + head exported).
@@ -163,6 +164,8 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     closed-form ridge probe (average and, on cached maps, 2x2-grid pooling) and the settings train
     on the best `finalists` (cut, pooling) pairs only (`transfer.sweep.cut_ranking`; the ranking
     is `SweepResult.ranking` and `out/cut_ranking.csv`); 0 or None: every cut gets every setting.
+    `together`: the settings of Keras heads on frozen features train as branches of one model
+    (`transfer.sweep.ranking.run_sweep`); False: one after another, each timed on its own.
     An unknown keyword is one line naming the valid ones.
     """
     from transfer.training.distribute import strategy_named
@@ -191,7 +194,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
                                                            "preprocessing", "scale")}}
     return _sweep_run(_SweepRun(inputs, data, settings, cut_specs, sources, cache, pool, definition,
                                 _resumable(out, strategy, definition), repeats, seed, patience, out, export,
-                                tensorboard, progress, strategy, finalists))
+                                tensorboard, progress, strategy, finalists, together))
 
 
 def _listed(value):
@@ -269,7 +272,8 @@ def _sweep_run(run: _SweepRun) -> SweepResult:
         with run.strategy.scope():  # every head and optimizer is made in it
             rows = run_sweep(features, run.settings, repeats=run.repeats, seed=run.seed, patience=run.patience,
                              progress=run.progress, thawed=thawed,
-                             log_dir=directory / "tensorboard" if run.tensorboard else None, journal=journal)
+                             log_dir=directory / "tensorboard" if run.tensorboard else None, journal=journal,
+                             together=run.together)
         if directory is None:
             return SweepResult(rows, None, None, ranking)
         write_sweep(directory, rows, _in_graph_order(run.inputs.backbone))

@@ -41,7 +41,7 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
         head.fit(*_arrays(features.train))
         epochs_run, predict = None, head.predict_proba
     else:
-        with _quiet_retracing():
+        with quiet_retracing():
             adapt_on_features(head, features, suffix, EVAL_BATCH)  # timed, as part of training
             epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
@@ -85,7 +85,7 @@ def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patienc
 
 
 @contextlib.contextmanager
-def _quiet_retracing():
+def quiet_retracing():
     """Every run builds a new model by design: TF's warning about tracing in a loop is noise here."""
     logger = tf.get_logger()
     logger.addFilter(_not_retracing)

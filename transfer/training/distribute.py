@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from transfer import _compat
@@ -231,11 +232,17 @@ class _StepLoop:
 
     def _metrics(self) -> dict:
         """The metrics over every replica of every worker (they are sync-on-read variables)."""
-        return {name: float(value) for name, value in self.model.get_metrics_result().items()}
+        return {name: _python(value) for name, value in self.model.get_metrics_result().items()}
 
     def _any_worker(self, stop: bool) -> bool:
         flags = self.strategy.experimental_distribute_values_from_function(lambda _: tf.constant(float(stop)))
         return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
+
+
+def _python(value):
+    """A metric's value as Keras' `fit` logs it: a float, or an array for a vector (`BranchScores`)."""
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value
 
 
 def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -27,6 +27,22 @@ class TensorBoardLogs:
         return [keras.callbacks.TensorBoard(log_dir=str(self.log_dir), write_graph=False, update_freq="epoch",
                                             profile_batch=0)]
 
+    def epochs(self, history: dict) -> None:
+        """A run's scalars per epoch as Keras' TensorBoard callback writes them (`train/` and
+        `validation/`, `epoch_loss` and `epoch_accuracy`), for a run trained without it (a branch
+        of a sweep's joint fit: `transfer.training.branches`)."""
+        if self.log_dir is None:
+            return
+        import tensorflow as tf
+
+        for role, prefix in (("train", ""), ("validation", "val_")):
+            writer = tf.summary.create_file_writer(str(self.log_dir / role))
+            with writer.as_default():
+                for name in ("loss", "accuracy"):
+                    for epoch, value in enumerate(history.get(prefix + name, ())):
+                        tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+            writer.close()
+
     def confusion_matrices(self, metrics: dict, step: int) -> None:
         """Each scored split's confusion matrix, as the PNG the run directory holds."""
         if self.log_dir is None:
