@@ -359,3 +359,20 @@ def test_multiworker_after_tensorflow_started_says_how_to_pass_a_strategy():
                                "task": {"type": "worker", "index": 0}}))
     assert "must be set up before TensorFlow runs anything" in done.stdout, done.stderr[-2000:]
     assert "strategy=" in done.stdout
+
+
+@pytest.mark.slow  # two subprocesses
+def test_a_sweep_trains_its_settings_together_on_two_workers(tmp_path):
+    """Branches of one model (`transfer.training.branches`) under the step loop: both workers
+    rank alike, their per-branch scores read through the strategy."""
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    arguments = ["sweep", "--backbone", "example:digits", "--cut", "resnet_features", "--data", DIGITS,
+                 "--heads", "linear,mlp", "--lr", "0.01,0.03", "--epochs", "3", "--cache-dir", str(tmp_path / "cache"),
+                 "--strategy", "multiworker", "--export", "none", "--out", str(tmp_path / "sweep"), "--json"]
+    workers = [start_worker(index, hosts, arguments, tmp_path / f"worker{index}") for index in range(2)]
+    (chief_code, chief_out, chief_err), (other_code, other_out, other_err) = finish(workers, timeout=300)
+    assert chief_code == 0, chief_err[-3000:]
+    assert other_code == 0, other_err[-3000:]
+    ranked = [[(row["head"], row["lr"], row["val_accuracy_mean"]) for row in json.loads(out)]
+              for out in (chief_out, other_out)]
+    assert ranked[0] == ranked[1] and len(ranked[0]) == 4

@@ -232,17 +232,24 @@ class _StepLoop:
 
     def _metrics(self) -> dict:
         """The metrics over every replica of every worker (they are sync-on-read variables)."""
-        return {name: _python(value) for name, value in self.model.get_metrics_result().items()}
+        return _logs(self.model.get_metrics_result())
 
     def _any_worker(self, stop: bool) -> bool:
         flags = self.strategy.experimental_distribute_values_from_function(lambda _: tf.constant(float(stop)))
         return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
 
 
-def _python(value):
-    """A metric's value as Keras' `fit` logs it: a float, or an array for a vector (`BranchScores`)."""
-    value = np.asarray(value)
-    return float(value) if value.ndim == 0 else value
+def _logs(metrics: dict) -> dict:
+    """Metrics as Keras' `fit` logs them: a metric of several values (a dict) flattened, each a
+    float, or an array for a vector (`transfer.training.branches.BranchScores`)."""
+    logs = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            logs.update(_logs(value))
+        else:
+            value = np.asarray(value)
+            logs[name] = float(value) if value.ndim == 0 else value
+    return logs
 
 
 def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
