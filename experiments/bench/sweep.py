@@ -35,6 +35,9 @@ from transfer.sweep.grid import expand_grid
 from transfer.sweep.ranking import run_sweep
 from transfer.sweep.sweeping import sweep
 
+sys.path.insert(0, str(Path(__file__).parent))
+from cache import table  # noqa: E402  (the benchmarks' shared printing)
+
 BACKBONE, CUT, DATA, EPOCHS = "example:digits", "block2_out", "digits:5-9?per_class=10", 60
 LRS = {1: [0.01], 8: [0.001, 0.003, 0.01, 0.03], 16: [0.001, 0.003, 0.01, 0.03],
        32: [0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05]}
@@ -64,15 +67,6 @@ def training(features, size: int, together: bool) -> tuple[float, list]:
     started = time.perf_counter()
     rows = run_sweep(features, settings, repeats=repeats, progress=False, together=together)
     return time.perf_counter() - started, rows
-
-
-def table(title: str, header: list, rows: list) -> None:
-    cells = [[str(cell) for cell in row] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for row in cells:
-        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))))
 
 
 def compare(size: int, features) -> list:

@@ -23,7 +23,7 @@ from transfer.features.feature_splits import SHUFFLE_BYTES
 from transfer.heads.protocol import traits_of
 from transfer.sweep.grid import EVAL_BATCH, setting_key
 from transfer.training.branches import branched_model, train_branches
-from transfer.training.sources import adapt_on_features
+from transfer.training.sources import adapt_on_features, adapt_sample
 from transfer.sweep.trials import quiet_retracing
 
 MAX_BRANCHES = 64  # a bigger group traces a bigger step for little gain
@@ -90,8 +90,10 @@ def train_together(features, trials: list, patience, logs: list) -> list:
     model = branched_model([splits[cuts.index(cut)].feature_shapes for cut, _ in sources], heads, source_of)
     started = time.perf_counter()
     with quiet_retracing():
+        samples = [adapt_sample(split, EVAL_BATCH) for split in splits]  # read once for every head
         for head, trial in zip(heads, trials):
-            adapt_on_features(head, splits[cuts.index(trial.setting.get("cut"))], None, EVAL_BATCH)
+            cut = cuts.index(trial.setting.get("cut"))
+            adapt_on_features(head, splits[cut], None, EVAL_BATCH, sample=samples[cut])
         training = _training(splits, cuts, sources, source_of, trials[0].setting["batch_size"])
         runs = train_branches(model, heads, training, _evaluation(splits, cuts, sources, len(trials), "validation"),
                               epochs=[t.setting["epochs"] for t in trials], lrs=[t.setting["lr"] for t in trials],

@@ -38,9 +38,21 @@ def adapt_head(head, source) -> None:
     head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
 
 
-def adapt_on_features(head, features, suffix=None, batch_size: int = 256) -> None:
-    """`adapt_head` for a head trained on `FeatureSplits` (a sweep), through `suffix` for a thaw."""
-    adapt_head(head, _CachedTraining(features, batch_size, 0, suffix))
+def adapt_on_features(head, features, suffix=None, batch_size: int = 256, sample=None) -> None:
+    """`adapt_head` for a head trained on `FeatureSplits` (a sweep), through `suffix` for a thaw;
+    `sample`: its batches read already (`adapt_sample`), for many heads on the same features."""
+    if sample is None:
+        adapt_head(head, _CachedTraining(features, batch_size, 0, suffix))
+    elif traits_of(head).adapts and head.standardize:
+        head.adapt(iter(sample))
+
+
+def adapt_sample(features, batch_size: int = 256) -> list | None:
+    """The batches `adapt_on_features` adapts a head on without a thaw, read once (None for
+    features of several tensors: each head reads them itself)."""
+    if len(features.feature_shapes) != 1:
+        return None
+    return [x for x, _ in _CachedTraining(features, batch_size, 0).adapt_batches().as_numpy_iterator()]
 
 
 def spread_sample(stream, count: int, size: int | None = None):
