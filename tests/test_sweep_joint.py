@@ -136,3 +136,14 @@ def test_a_head_with_a_weight_penalty_or_a_thaw_trains_alone():
     assert not joins(multilayer, build_head(splits, multilayer)[0])
     assert joins(linear, build_head(splits, linear)[0])
     assert not joins({**linear, "thaw": 1}, build_head(splits, linear)[0])
+
+
+def test_every_setting_of_a_joint_fit_has_its_own_tensorboard_log(tmp_path):
+    from tests.test_tensorboard import events, scalars
+
+    settings = expand_grid(["linear"], lr=[0.01, 0.1], epochs=[4])
+    rows = run_sweep(blobs(), settings, progress=False, log_dir=tmp_path)
+    for number, row in enumerate(sorted(rows, key=lambda row: row["lr"]), start=1):
+        train, validation = (events(tmp_path / f"{number:03d}" / role) for role in ("train", "validation"))
+        assert len(scalars(train, "epoch_loss")) == len(scalars(validation, "epoch_accuracy")) == row["epochs_run"][0]
+        assert scalars(events(tmp_path / f"{number:03d}"), "val_accuracy") == pytest.approx([row["val_accuracy_mean"]])
