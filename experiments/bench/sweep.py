@@ -110,7 +110,7 @@ def main() -> None:
                   "retrained and exported)", ["settings", "one after another", "together", "speed-up",
                                               "together vs 1 setting"], rows)
         if "b" in parts:
-            features = open_inputs(BACKBONE, DATA, cut=CUT).cached_features(cache_dir, progress=False)
+            features = open_inputs(BACKBONE, DATA, cut=CUT).cached_features(str(cache_dir), progress=False)
             table("(b) training alone (run_sweep on the cached features), seconds; ms per setting-epoch; "
                   "largest difference of a setting's val accuracy between the two ways; same ranking",
                   ["settings", "one after another", "together", "speed-up", "ms/epoch before", "ms/epoch after",

@@ -156,10 +156,10 @@ class BranchStopping(keras.callbacks.Callback):
         run = self.ended[k]
         own = {f"{prefix}{metric}": [_entry(v, k) for v in history.get(f"{prefix}branch_{metric}", ())][:run]
                for prefix in ("", "val_") for metric in ("loss", "accuracy")}
-        log = TrainingLog({key: values for key, values in own.items() if values})
+        log = TrainingLog({key: values for key, values in own.items() if values}, stopped_early=run < self.epochs[k])
         stopper = self.stoppers[k]
         if stopper is not None and stopper.best_weights is not None:
-            log.stopped_early, log.kept_epoch = stopper.stopped_epoch > 0, stopper.best_epoch + 1
+            log.kept_epoch = stopper.best_epoch + 1
         return log
 
 
