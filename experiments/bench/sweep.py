@@ -79,7 +79,8 @@ def compare(size: int, features) -> list:
     differences = [abs(a - b) for key, row in by_setting[0].items()
                    for a, b in zip(row["val_accuracies"], by_setting[1][key]["val_accuracies"])]
     same_ranking = [str(row["setting"]) for row in rows[False]] == [str(row["setting"]) for row in rows[True]]
-    return [f"{size} x {grid(size)[1]} seed(s)" if size >= 16 else str(size), f"{seconds[False]:.1f}",
+    repeats = grid(size)[1]
+    return [f"{size} ({size // repeats} x {repeats} seeds)" if repeats > 1 else str(size), f"{seconds[False]:.1f}",
             f"{seconds[True]:.1f}", f"{seconds[False] / seconds[True]:.2f}x",
             f"{1000 * seconds[False] / epochs[False]:.1f}", f"{1000 * seconds[True] / epochs[True]:.1f}",
             f"{max(differences):.3f}", "yes" if same_ranking else "no"]
