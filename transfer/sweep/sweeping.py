@@ -164,8 +164,7 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     closed-form ridge probe (average and, on cached maps, 2x2-grid pooling) and the settings train
     on the best `finalists` (cut, pooling) pairs only (`transfer.sweep.cut_ranking`; the ranking
     is `SweepResult.ranking` and `out/cut_ranking.csv`); 0 or None: every cut gets every setting.
-    `together`: the settings of Keras heads on frozen features train as branches of one model
-    (`transfer.sweep.ranking.run_sweep`); False: one after another, each timed on its own.
+    `together`: False trains every setting alone, not Keras heads as branches of one model (`run_sweep`).
     An unknown keyword is one line naming the valid ones.
     """
     from transfer.training.distribute import strategy_named
