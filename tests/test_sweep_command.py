@@ -241,8 +241,10 @@ def test_sweep_thaw_with_a_multilayer_head_on_several_cuts(tmp_path, capsys):
     np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
 
 
+# two batch sizes: two joint fits of 4 trials each, journaled as each ends, so a kill lands between them
 SWEEP = ["-m", "transfer.cli", "sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
-         "--heads", "linear,mlp", "--lr", "0.01,0.03", "--epochs", "4", "--repeats", "2", "--export", "none"]
+         "--heads", "linear,mlp", "--lr", "0.01", "--batch-size", "16,32", "--epochs", "4", "--repeats", "2",
+         "--export", "none"]
 
 
 @pytest.mark.slow
