@@ -373,6 +373,6 @@ def test_a_sweep_trains_its_settings_together_on_two_workers(tmp_path):
     (chief_code, chief_out, chief_err), (other_code, other_out, other_err) = finish(workers, timeout=300)
     assert chief_code == 0, chief_err[-3000:]
     assert other_code == 0, other_err[-3000:]
-    ranked = [[(row["head"], row["lr"], row["val_accuracy_mean"]) for row in json.loads(out)]
+    ranked = [[(row["head"], row["lr"], row["val_accuracy_mean"]) for row in json.loads(out)["rows"]]
               for out in (chief_out, other_out)]
     assert ranked[0] == ranked[1] and len(ranked[0]) == 4

@@ -49,7 +49,9 @@ def test_sweep_grid_file(tmp_path, capsys):
     grid.write_text('heads = ["logreg"]\n[head_options]\npooling = ["avg", "max"]\nC = [0.1, 1.0]\n')
     assert main(["sweep", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA, "--grid", str(grid),
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_dir"] == str(tmp_path / "sweep") and printed["best_dir"] == str(tmp_path / "sweep" / "best")
+    rows = printed["rows"]
     assert sorted((r["head_options"]["pooling"], r["head_options"]["C"]) for r in rows) == [
         ("avg", 0.1), ("avg", 1.0), ("max", 0.1), ("max", 1.0)]
 
@@ -75,7 +77,7 @@ def test_sweep_thaw_trains_thawed_layers_from_cached_prefix_outputs(tmp_path, ca
                  "--cache-dir", str(cache_dir), "--out", str(out), "--export", "pb", "--json"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    rows = json.loads(printed.out)
+    rows = json.loads(printed.out)["rows"]
     assert sorted((row["head"], row["thaw"]) for row in rows) == [("linear", 0), ("linear", 2), ("logreg", None)]
     assert (rows[0]["head"], rows[0]["thaw"]) == ("linear", 2)
     frozen = next(row for row in rows if row["thaw"] == 0)
@@ -107,7 +109,7 @@ def test_sweep_thaw_options_are_axes_of_the_thawed_settings(tmp_path, capsys):
                  "--export", "pb", "--json"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    rows = json.loads(printed.out)
+    rows = json.loads(printed.out)["rows"]
     assert sorted((r["thaw"], r["thaw_lr_scale"], r["head_epochs"]) for r in rows) == [
         (0, None, None), (2, 0.1, 3), (2, 1.0, 3)]  # the frozen setting has no thaw options
     assert "thaw_lr_scale" in (out / "sweep.csv").read_text().splitlines()[0]
@@ -150,7 +152,7 @@ def test_sweep_over_candidate_cuts_in_graph_order(tmp_path, capsys):
     assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--grid", str(grid), "--pool", "max",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--export", "none",
                  "--finalists", "0", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["rows"]
     backbone = Backbone.load("example:digits", cut="candidates")
     assert sorted(row["cut"] for row in rows) == sorted(c.spec for c in backbone.cuts) and len(rows) == 22
     from transfer.sweep.report import best_per_cut
@@ -167,7 +169,7 @@ def test_candidate_cuts_ranked_by_the_ridge_probe_then_the_best_few_by_logreg(tm
                  "--pool", "none", "--finalists", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                  "--export", "none", "--json"]) == 0
     printed = capsys.readouterr()
-    rows = json.loads(printed.out)
+    rows = json.loads(printed.out)["rows"]
     with open(out / "cut_ranking.csv") as handle:
         ranking = list(csv.DictReader(handle))
     cuts = {c.spec for c in Backbone.load("example:digits", cut="candidates").cuts}
@@ -204,7 +206,7 @@ def test_sweep_over_cuts_with_a_multilayer_head_trains_it_on_all_cuts_at_once(tm
                  "--export", "pb", "--json"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    rows = json.loads(printed.out)
+    rows = json.loads(printed.out)["rows"]
     assert sorted((row["cut"], row["head"]) for row in rows) == [
         ("all", "multilayer"), ("all", "multilayer"), ("block1_out", "logreg"), ("block2_out", "logreg"),
         ("resnet_features", "logreg")]
@@ -227,7 +229,7 @@ def test_sweep_thaw_with_a_multilayer_head_on_several_cuts(tmp_path, capsys):
                  str(cache_dir), "--out", str(out), "--export", "pb", "--json"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    rows = json.loads(printed.out)
+    rows = json.loads(printed.out)["rows"]
     assert sorted((row["cut"], row["thaw"]) for row in rows) == [("all", 0), ("all", 1)]
     entries = FeatureCache(cache_dir).entries()
     pooled = sorted(e.feature_shapes[0] for e in entries if e.manifest["ingredients"].get("pool"))

@@ -61,7 +61,8 @@ def add(commands) -> None:
                        help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
     sweep.add_argument("--tensorboard", action="store_true",
                        help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
-    sweep.add_argument("--json", action="store_true", help="print the ranked rows as JSON")
+    sweep.add_argument("--json", action="store_true", help="print the sweep directory (run_dir), the best "
+                       "setting's run (best_dir) and the ranked rows (rows) as JSON")
 
 
 def _list_valued(heads: list[str]):
@@ -94,8 +95,10 @@ def run(args) -> int:
                    export=args.export, tensorboard=args.tensorboard, progress=not args.json,
                    strategy=args.strategy, **axes,
                    **({"finalists": args.finalists} if args.finalists is not None else {}))
-    if args.json:
-        print(json.dumps(result.rows, indent=2))
+    if args.json:  # where the sweep went, for scripts; None on a worker that is not the chief
+        best_dir = result.best.run_dir if result.best is not None else None
+        print(json.dumps({"run_dir": None if result.run_dir is None else str(result.run_dir),
+                          "best_dir": None if best_dir is None else str(best_dir), "rows": result.rows}, indent=2))
     else:
         print(format_table(result.rows))
         print(printable(f"sweep directory: {result.run_dir} (best setting retrained into {result.best.run_dir})"
