@@ -237,6 +237,18 @@ def test_main_job_runs_and_prints_accuracy_and_run_directory(capsys, tmp_path):
     test_accuracy = float(re.search(r"test accuracy (\d\.\d{3})", out).group(1))
     assert test_accuracy > 0.85 and f"run directory: {tmp_path / 'run'}" in out
     assert "Epoch 1/60" in out and "\x1b[" not in out  # not a terminal: a line per epoch, no ANSI progress bars
+    stages = out.splitlines()[:2]  # what it found, said before the slow work (issue 25, item 8)
+    assert stages == ["data: digits:5-9?per_class=10: 5 classes; 50 train, 179 validation, 667 test examples",
+                      "backbone: example:digits, cut at block2_out (4, 4, 32) float32"]
+
+
+def test_quiet_prints_only_the_results(capsys, tmp_path):
+    from cli_checks import DIGITS
+
+    assert main(["fit", "--backbone", "example:digits", "--data", DIGITS, "--epochs", "2", "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["trained", "validation", "run"], out
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["--version"], ["fit", "--backbone", "x.pb"],

@@ -48,6 +48,8 @@ def _add_extract(commands) -> None:
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
     add_pool_argument(extract)
     extract.add_argument("--json", action="store_true", help="print the entries as JSON")
+    extract.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
+                     "progress bars or epochs")
 
 
 def _add_cache(commands) -> None:
@@ -95,7 +97,7 @@ def run_extract(args) -> int:
     inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine,
                          precision=args.precision)
     entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
-                             shard_size=args.shard_size, progress=not args.json)
+                             shard_size=args.shard_size, progress=not (args.json or args.quiet))
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))

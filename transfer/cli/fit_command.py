@@ -51,6 +51,8 @@ def add(commands) -> None:
     fit.add_argument("--tensorboard", action="store_true",
                      help="write TensorBoard logs in RUN/tensorboard (scalars per epoch, confusion matrices)")
     fit.add_argument("--json", action="store_true", help="print the metrics and the run directory (run_dir) as JSON")
+    fit.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
+                     "progress bars or epochs")
 
 
 def run(args) -> int:
@@ -63,7 +65,7 @@ def run(args) -> int:
                  cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                  precision=args.precision, out=out, export=args.export, tensorboard=args.tensorboard,
                  strategy=args.strategy,
-                 verbose=0 if args.json else "auto")  # --json: stdout is for the JSON only
+                 verbose=0 if args.json or args.quiet else "auto")  # --json: stdout is for the JSON only
     if args.json:
         print(json.dumps({**result.metrics, "run_dir": None if result.run_dir is None else str(result.run_dir)},
                          indent=2))  # run_dir None: another worker's run, written by the chief

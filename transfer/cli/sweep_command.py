@@ -63,6 +63,8 @@ def add(commands) -> None:
                        help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
     sweep.add_argument("--json", action="store_true", help="print the sweep directory (run_dir), the best "
                        "setting's run (best_dir) and the ranked rows (rows) as JSON")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
+                       "progress bars or epochs")
 
 
 def _list_valued(heads: list[str]):
@@ -92,7 +94,7 @@ def run(args) -> int:
                    repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
                    cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
                    precision=args.precision, out=args.out or default_run_dir("sweep"),
-                   export=args.export, tensorboard=args.tensorboard, progress=not args.json,
+                   export=args.export, tensorboard=args.tensorboard, progress=not (args.json or args.quiet),
                    strategy=args.strategy, **axes,
                    **({"finalists": args.finalists} if args.finalists is not None else {}))
     if args.json:  # where the sweep went, for scripts; None on a worker that is not the chief

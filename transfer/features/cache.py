@@ -260,7 +260,11 @@ class FeatureCache:
                 group = groups[role]
                 for output, entry in group.items():
                     self._repair(entry, extractor, role, output, dtype)
-                for layout, pending in _by_layout(group).items():
+                layouts = _by_layout(group)
+                if progress and not layouts:  # said, so that a run never sits silent
+                    keys = ", ".join(entry.key[:12] for entry in group.values())
+                    print(f"features: the {role} split from the cache (entry {keys})", flush=True)
+                for layout, pending in layouts.items():
                     self._extract_rest(pending, extractor, role, dtype, layout, progress)
             entries[role] = list(group.values())
         return entries
@@ -392,6 +396,9 @@ class FeatureCache:
         start = min(entry.count for entry in pending.values())
         # In a log file (no terminal), one line at the end: a live bar's ANSI codes would litter it.
         verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+        if progress:
+            resumed = f", resuming after {start}" if start else ""
+            print(f"features: extracting the {role} split ({len(pending)} cut(s){resumed})", flush=True)
         bar = keras.utils.Progbar(extractor.size(role), unit_name="example", verbose=verbose)
         done = start
         bar.update(done)

@@ -27,6 +27,7 @@ from transfer.features.extraction import Extraction
 from transfer.features.feature_splits import FeatureSplits
 from transfer.features.spec import CacheSpec
 from transfer.layers.feature_layer import FeatureLayer
+from transfer.text import printable
 
 _TRACED_PREPARE = {}  # an input kind's settings (JSON) -> its `prepare` as a tf.function
 
@@ -89,6 +90,23 @@ class Inputs:
         what its thawed suffix trains on (as they are: a prefix's outputs are never pooled)."""
         prefix = dataclasses.replace(self, backbone=thawed.prefix_backbone, chosen_engine=None)  # its own engine
         return prefix.cached_features(CacheSpec.of(cache, **{**options, "pool": None}), progress=progress)
+
+    def announce(self, data: DataSpec, progress: bool = True) -> None:
+        """Say what was found before the slow work (`fit`, `sweep`), when `progress`."""
+        if progress:
+            print("\n".join(self.describe(data.data if data.named else "arrays")), flush=True)
+
+    def describe(self, where: str) -> list[str]:
+        """What was found, one line each: the data's classes and splits, the backbone and its
+        cuts' shapes (names from files: `printable`)."""
+        splits = self.splits
+        sizes = ", ".join(f"{splits.sizes[role]} {role}" for role in ("train", "validation", "test")
+                          if splits.sizes.get(role))
+        shapes = [f"{key} {tuple(spec.shape[1:])} {spec.dtype.name}"
+                  for key, spec in self.backbone.feature_specs.items()]
+        cuts = "; ".join(shapes) if len(shapes) <= 3 else f"{len(shapes)} cuts, from {shapes[0]} to {shapes[-1]}"
+        return [printable(f"data: {where}: {splits.num_classes} classes; {sizes} examples"),
+                printable(f"backbone: {self.backbone.loaded.source}, cut at {cuts}")]
 
     def input_range(self, batches: int = 64) -> list[float]:
         """[min, max] of the raw training examples (up to `batches` batches, before scaling): what

@@ -35,6 +35,7 @@ from transfer.sweep.grid import ALL_CUTS, SETTING_AXES, THAW_AXES, TRAINING_AXES
 from transfer.sweep.cut_ranking import FINALISTS, narrowed_sweep, ranks_first, write_ranking
 from transfer.sweep.ranking import run_sweep
 from transfer.sweep.report import write_sweep
+from transfer.text import printable
 
 
 def _swept_cuts(cut, cuts):
@@ -173,14 +174,14 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     spec, data_spec, cache, axes = dispatch("sweep", backbone, data, options, cache=cache, own=tuple(SETTING_AXES))
     cache = CacheSpec.of(cache, runner=get_runner(cache.runner))  # unknown, or Beam missing: before any slow work
     _check_sweep_output(out, tensorboard)
-    grid_axes = {"heads": heads, "head_options": head_options, "cuts": cuts, **axes,
-                 **(load_grid(grid) if grid else {})}
-    cut = _swept_cuts(spec.cut if isinstance(spec, BackboneSpec) else "auto", grid_axes.pop("cuts"))
+    chosen = {"heads": heads, "head_options": head_options, "cuts": cuts, **axes, **(load_grid(grid) if grid else {})}
+    cut = _swept_cuts(spec.cut if isinstance(spec, BackboneSpec) else "auto", chosen.pop("cuts"))
     spec = BackboneSpec.of(spec, cut=cut) if isinstance(spec, BackboneSpec) else spec  # a Backbone is cut already
-    settings = expand_grid(grid_axes.pop("heads"), head_options=grid_axes.pop("head_options"), **grid_axes)
+    settings = expand_grid(chosen.pop("heads"), head_options=chosen.pop("head_options"), **chosen)
     data_spec = DataSpec.of(data_spec, seed=seed)
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     inputs = open_inputs(spec, data_spec, engine=cache.engine, precision=cache.precision)
+    inputs.announce(data_spec, progress)
     settings, cut_specs = _settings_on_cuts(settings, inputs.backbone)
     pool = _storage_pool(cache.pool, settings, len(cut_specs) > 1, progress)
     definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
@@ -282,6 +283,9 @@ def _sweep_run(run: _SweepRun) -> SweepResult:
                                                **run.inputs.backbone.feeding, "settings": run.settings,
                                                "repeats": run.repeats, **run.sources, "cuts": run.cut_specs,
                                                "pool": run.pool, "cache_dir": run.cache.dir})
+        if run.progress:  # the retraining takes a while: say what it is
+            print(f"best: {rows[0]['head']} (validation {rows[0]['val_accuracy_mean']:.3f}), retrained with its "
+                  f"exports into {printable(Path(run.out) / 'best')}", flush=True)
         result = _fit_best(run, rows[0]["setting"], directory)
     if written != run.out:  # another worker than the chief: it wrote nothing
         return SweepResult(rows, None, result, ranking)

@@ -108,6 +108,7 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, head="linea
     inputs = open_inputs(backbone, data, batch_size=settings.batch_size, augment=settings.augment,
                          crop_padding=settings.crop_padding, engine=cache.engine, precision=cache.precision)
     _check_inputs(inputs, head, kind, cache)
+    inputs.announce(data, progress=verbose != 0)
     config = {"transfer_version": __version__,
               "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
               **_source_config(inputs, data), "head": head, "head_options": head_options, **settings.to_config(),
