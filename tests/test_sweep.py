@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from transfer.errors import TransferError  # before keras: sets KERAS_BACKEND
+from transfer.errors import TransferError, TransferWarning  # before keras: sets KERAS_BACKEND
 
 import tensorflow as tf  # noqa: E402
 
@@ -335,3 +335,14 @@ def test_bad_thaw_axes(axes, message):
     with pytest.raises(TransferError, match=message) as error:
         expand_grid(["linear"], **axes)
     assert "\n" not in str(error.value)
+
+
+def test_a_setting_that_diverges_alone_is_ranked_last_and_the_sweep_goes_on(blob_splits):
+    """Trained one at a time (as thawed settings are), a diverging setting does not stop the
+    sweep: it warns in one line and ranks by what it reached (issue 25 item 3 with issue 26)."""
+    settings = expand_grid(["linear"], lr=[0.01, 1e6], optimizer=["sgd"], epochs=[5])
+    with pytest.warns(TransferWarning, match=r"setting linear \(lr 1000000\.0, thaw 0\): training diverged: the "
+                                             r"training loss went from .*; it scores 0 and ranks last"):
+        rows = run_sweep(blob_splits, settings, progress=False, together=False)
+    assert [row["lr"] for row in rows] == [0.01, 1e6] and rows[1]["val_accuracy_mean"] == 0.0 < rows[0][
+        "val_accuracy_mean"]

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from transfer import heads as registry
-from transfer.errors import TransferError
+from transfer.errors import TransferError, TransferWarning
 from transfer.layers.model import head_model
 from transfer.features.feature_splits import FeatureSplits
 from transfer.training.settings import default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs
-from transfer.training.keras_training import train_keras, trained_with_refit
+from transfer.training.keras_training import Diverged, train_keras, trained_with_refit
 from transfer.training.sources import adapt_on_features
 from transfer.sweep.grid import EVAL_BATCH, THAW_AXES
 
@@ -43,12 +44,25 @@ def train_setting(features: FeatureSplits, setting: dict, seed: int = 0, patienc
     else:
         with quiet_retracing():
             adapt_on_features(head, features, suffix, EVAL_BATCH)  # timed, as part of training
-            epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
+            try:
+                epochs_run = _fit(model, head, features, setting, seed, patience, suffix, logs)
+            except Diverged as error:  # this setting only: it scores 0 and ranks last, the sweep goes on
+                return head, _diverged(setting, error, features, time.perf_counter() - started)
         predict = lambda x: model(list(x) if isinstance(x, tuple) else x, training=False)  # noqa: E731 (eager)
     seconds = time.perf_counter() - started
     return head, {"val_accuracy": _accuracy(predict, features.validation),
                   "test_accuracy": _accuracy(predict, features.test),
                   "epochs_run": epochs_run, "seconds": seconds}
+
+
+def _diverged(setting: dict, error: Diverged, features: FeatureSplits, seconds: float) -> dict:
+    """The metrics of a setting whose training diverged (`StopOnDivergence`), said in one line:
+    accuracy 0, so that it ranks last and is never the best setting a sweep exports."""
+    what = str(error).split(";")[0]  # "training diverged: the training loss went from ... (epoch N)"
+    warnings.warn(f"setting {setting['head']} (lr {setting['lr']}, thaw {setting.get('thaw') or 0}): {what}; it "
+                  "scores 0 and ranks last", TransferWarning, stacklevel=3)
+    return {"val_accuracy": 0.0, "test_accuracy": None if features.test is None else 0.0, "epochs_run": 0,
+            "seconds": seconds}
 
 
 def features_for(setting: dict, features, thawed) -> tuple:
