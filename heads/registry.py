@@ -18,11 +18,12 @@ from importlib.metadata import entry_points
 
 import keras
 
+from transfer.choices import HEAD_ENTRY_POINTS
 from transfer.errors import TransferError, unknown_head
 
 from .protocol import REQUIRED, HeadTraits, Option, traits_of
 
-ENTRY_POINT_GROUP = "transfer.heads"
+ENTRY_POINT_GROUP = HEAD_ENTRY_POINTS  # third-party heads register here (`transfer.choices`)
 CLASS_COUNT = "num_classes"  # every head's first argument, set by training from the data: not a user's option
 _HEADS = {}
 
@@ -80,7 +81,8 @@ class HeadKind:
     @property
     def description(self) -> str:
         """The first line of the factory's docstring (what `transfer heads` shows)."""
-        return (inspect.getdoc(self.factory) or "").strip().splitlines()[0] if inspect.getdoc(self.factory) else ""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
 
     def describe(self) -> dict:
         """The head as plain JSON data: name, description, traits and the options a user sets."""

@@ -16,3 +16,4 @@ CACHE_DTYPES = ("float32", "float16")  # how the cache stores features
 EXPORT_FORMATS = ("savedmodel", "pb", "tflite")  # what a run exports
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")  # Keras' names
 HEADS = ("attention", "conv", "linear", "logreg", "mlp", "multilayer")  # the heads transfer.heads registers
+HEAD_ENTRY_POINTS = "transfer.heads"  # the entry-point group of third-party heads (read before TensorFlow too)

@@ -124,8 +124,10 @@ def run_cache(args) -> int:
             cache.remove(entry.key)
             print(f"removed {printable(entry.key)}")
         return 0
+    from transfer.features.cache_pruning import last_used
+
+    entries.sort(key=last_used, reverse=True)  # by the time itself: the shown one is to the minute
     rows = [entry_row(entry, verify=args.action == "verify") for entry in entries]
-    rows.sort(key=lambda row: row["last_used"], reverse=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
@@ -170,14 +172,14 @@ def _when(seconds: float) -> str:
 def entry_row(entry, verify: bool = False) -> dict:
     from transfer.features.cache_pruning import last_used
 
-    recipe = entry.manifest.get("ingredients", {})
+    recipe, size = entry.manifest.get("ingredients", {}), entry.size_bytes()
     shapes = [list(shape) for shape in entry.feature_shapes]
     row = {"key": entry.key, "path": str(entry.path), "role": entry.manifest.get("role"), "examples": entry.count,
            "shape": shapes[0] if len(shapes) == 1 else shapes or None, "dtype": entry.manifest.get("dtype"),
            "pool": recipe.get("pool", "none"), "engine": recipe.get("engine", "tf"),
            "precision": recipe.get("precision", "fp32"),
            "shards": len(entry.manifest["shards"]), "complete": entry.complete,
-           "megabytes": round(entry.size_bytes() / 1e6, 2), "bytes": entry.size_bytes(),
+           "megabytes": round(size / 1e6, 2), "bytes": size,
            "cut": recipe.get("backbone", {}).get("cut"), "data": recipe.get("data", {}).get("source"),
            "backbone": entry.manifest.get("backbone_source") or entry.manifest.get("backbone_fingerprint", "")[:12],
            "last_used": _when(last_used(entry))}

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from transfer.choices import EXPORT_FORMATS, HEADS
+from transfer.choices import EXPORT_FORMATS, HEAD_ENTRY_POINTS, HEADS
 from transfer.cli.arguments import fit_head_options
 from transfer.data_specs import check_spec
 from transfer.errors import check_choice, unknown_head
 from transfer.training.reporting import check_new_run_dir
 
-HEAD_ENTRY_POINTS = "transfer.heads"  # third-party heads (`transfer.heads.registry.ENTRY_POINT_GROUP`)
 
 
 def check_before_tensorflow(args) -> None:

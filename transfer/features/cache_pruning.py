@@ -73,11 +73,11 @@ def prune(cache, max_bytes: int | None = None, older_than: float | None = None, 
         raise TransferError(f"cache {cache.root} is not on the local disk: pruning needs its entries' locks and "
                             "times; remove entries with `transfer cache rm`")
     now = time.time() if now is None else now
-    entries = sorted(cache.entries(), key=last_used)
-    total = sum(entry.size_bytes() for entry in entries)
+    entries = sorted(((last_used(entry), entry.size_bytes(), entry) for entry in cache.entries()),
+                     key=lambda listed: listed[0])  # each entry's files read once
+    total = sum(size for _, size, _ in entries)
     removed, spared = [], []
-    for entry in entries:
-        used = last_used(entry)
+    for used, size, entry in entries:
         unused_for = now - used
         too_big = max_bytes is not None and total > max_bytes
         too_old = older_than is not None and unused_for > older_than
@@ -86,7 +86,6 @@ def prune(cache, max_bytes: int | None = None, older_than: float | None = None, 
         if entry.key in keep or unused_for < RECENT or _being_extracted(entry):
             spared.append(entry.key)
             continue
-        size = entry.size_bytes()
         if not dry_run:
             cache.remove(entry.key)
         removed.append(Pruned(entry.key, size, used))
