@@ -3,6 +3,7 @@ and sweeps train heads on."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -10,14 +11,42 @@ import tensorflow as tf
 SHUFFLE_BYTES = 2**30  # the most features a training shuffle buffer holds
 
 
+class _Later:
+    """A stream not made yet: `FeatureSplits.of_entries` defers each split's `tf.data` pipeline."""
+
+    def __init__(self, make):
+        self.make = make
+
+
+class _Stream:
+    """A split's stream, made on first use when it was given as `_Later`: a cut sweep opens every
+    cut's cached splits, and on ResNet50's 177 cuts the 354 `tf.data` pipelines took 8-12 s to
+    make, where the ridge ranking reads the files (`FeatureSplits.arrays`) and only the few best
+    cuts are ever streamed."""
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, splits, owner=None):
+        if splits is None:
+            raise AttributeError(self.slot)  # dataclasses: no default for this field
+        value = splits.__dict__[self.slot]
+        if isinstance(value, _Later):
+            value = splits.__dict__[self.slot] = value.make()
+        return value
+
+    def __set__(self, splits, value):
+        splits.__dict__[self.slot] = value
+
+
 @dataclasses.dataclass
 class FeatureSplits:
     """Features already extracted by a backbone (the cache's, or in memory): what cached training
     and sweeps train heads on."""
 
-    train: tf.data.Dataset  # unbatched (features, int32 label) pairs
-    validation: tf.data.Dataset | None
-    test: tf.data.Dataset | None
+    train: tf.data.Dataset = _Stream()  # unbatched (features, int32 label) pairs
+    validation: tf.data.Dataset | None = _Stream()
+    test: tf.data.Dataset | None = _Stream()
     feature_shapes: list  # one example's shape per tensor, e.g. [(4, 4, 32)]; several: one per cut, or
     class_names: list     # a thawed suffix's inputs (each example is then a tuple of tensors)
     entries: dict | None = None  # {role: [cache Entry, ...]} when the splits come from the cache (`arrays`)
@@ -25,9 +54,13 @@ class FeatureSplits:
     @classmethod
     def of_entries(cls, entries: dict, class_names: list) -> FeatureSplits:
         """`{role: [Entry, ...]}` (one entry per tensor, `FeatureCache.extract`) as streamed splits."""
-        streams = {role: _zipped([entry.dataset() for entry in listed]) for role, listed in entries.items()}
+        streams = {role: _Later(functools.partial(_zipped_entries, listed)) for role, listed in entries.items()}
         shapes = [shape for entry in entries["train"] for shape in entry.feature_shapes]
         return cls(streams["train"], streams.get("validation"), streams.get("test"), shapes, class_names, entries)
+
+    def has(self, role: str) -> bool:
+        """Whether the split `role` exists, without making its stream."""
+        return self.__dict__[f"_{role}"] is not None
 
     def arrays(self, role: str) -> tuple:
         """A split's (features, labels) whole in memory, for a probe that is not trained in batches:
@@ -68,6 +101,10 @@ class FeatureSplits:
         stream = getattr(self, role)
         return None if stream is None else stream.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+
+
+def _zipped_entries(entries: list) -> tf.data.Dataset:
+    return _zipped([entry.dataset() for entry in entries])
 
 
 def _zipped(streams: list) -> tf.data.Dataset:

@@ -50,7 +50,7 @@ def rank_cuts(features: dict, poolings=("avg", "grid2")) -> list[dict]:
 
 def _scored(cut: str, order: int, splits, poolings) -> list[dict]:
     """One cut's rows, one per pooling (its features read whole from the cache's files)."""
-    if splits.validation is None:
+    if not splits.has("validation"):
         raise TransferError("a cut ranking scores cuts on validation accuracy; these features have no validation "
                             "split")
     rows = []

@@ -43,7 +43,7 @@ def run_sweep(features: FeatureSplits | dict, settings: list[dict], repeats: int
     if missing:
         raise TransferError(f"sweep: no thawed layer given for thaw={missing[0]}")
     splits = list(features.values()) if isinstance(features, dict) else [features]
-    if any(f is not None and f.validation is None for f in (*splits, *(f for f, _ in thawed.values()))):
+    if any(f is not None and not f.has("validation") for f in (*splits, *(f for f, _ in thawed.values()))):
         raise TransferError("a sweep ranks settings by validation accuracy; these features have no validation split")
     if not settings:
         raise TransferError("a sweep needs at least one setting")
