@@ -309,13 +309,26 @@ def test_write_sweep_writes_csv_json_and_png(sweep, tmp_path):
 def test_format_table_lists_the_ranked_settings(sweep):
     _, rows = sweep
     lines = format_table(rows).splitlines()
-    assert lines[0].split() == ["rank", "head", "lr", "options", "val", "test", "seconds"]
-    assert [line.split()[:2] for line in lines[1:]] == [[str(row["rank"]), row["head"]] for row in rows]
+    assert lines[0] == "every setting: batch_size=32 optimizer=adam thaw=0 hidden=[16]"
+    assert lines[1].split() == ["rank", "head", "lr", "epochs", "val", "test", "seconds"]
+    assert [line.split()[:2] for line in lines[2:]] == [[str(row["rank"]), row["head"]] for row in rows]
     mlp = next(line for line in lines if " mlp " in line)
-    assert "epochs=20 hidden=[16]" in mlp and "±" in mlp
-    assert lines[-1].split()[2:4] == ["1e-06", "epochs=1"]  # the bad setting: last, told apart by its axes
+    assert mlp.split()[2:4] == ["0.03", "20"] and "±" in mlp
+    assert next(line for line in lines if " logreg " in line).split()[2:4] == ["-", "-"]  # no training axes
+    assert lines[-1].split()[2:4] == ["1e-06", "1"]  # the bad setting: last, told apart by its axes
     single = [dict(row, repeats=1, val_accuracy_std=0.0, test_accuracy_std=0.0) for row in rows]
     assert "±" not in format_table(single)  # one run per setting: no spread to show
+
+
+def test_format_table_shows_only_the_axes_that_vary():
+    settings = expand_grid(["mlp"], thaw=[0, 2], head_options={"hidden": [[16]]})
+    rows = [dict(rank=rank, cut=None, head="mlp", setting=setting, val_accuracy_mean=0.9, val_accuracy_std=0.0,
+                 test_accuracy_mean=None, test_accuracy_std=None, seconds_mean=1.0, repeats=1)
+            for rank, setting in enumerate(settings, 1)]
+    lines = format_table(rows).splitlines()
+    assert lines[0] == "every setting: head=mlp lr=0.001 epochs=20 batch_size=32 optimizer=adam hidden=[16]"
+    assert lines[1].split()[:2] == ["rank", "thaw"] and "test" not in lines[1]  # no test split: no column
+    assert [line.split()[1] for line in lines[2:]] == ["0", "2"]
 
 
 def test_thaw_options_multiply_only_the_thawed_settings():

@@ -81,18 +81,35 @@ def _plot_cuts(path: Path, rows: list[dict], cuts: list):
 
 
 def format_table(rows: list[dict]) -> str:
-    """The ranked rows as an aligned text table for the terminal.
+    """The ranked rows as an aligned text table for the terminal: a column for each axis that
+    varies between the settings (cut, head, training and thaw axes, head options) and one line
+    above it for what every setting shares, so that a column never repeats one value."""
+    settings = [row["setting"] for row in rows]
+    varying = varying_keys(settings)
+    heads = len({s["head"] for s in settings}) > 1
+    columns = [*varying[:1 if "cut" in varying else 0], *(["head"] if heads else []),
+               *[key for key in varying if key != "cut"]]
+    names = short_cut_names([row["cut"] for row in rows])
+    tested = any(row["test_accuracy_mean"] is not None for row in rows)
+    header = ("rank", *columns, "val", *(["test"] if tested else []), "seconds")
+    lines = [(str(row["rank"]), *(_cell(row["setting"], key, names) for key in columns), _mean_std(row, "val"),
+              *([_mean_std(row, "test")] if tested else []), f"{row['seconds_mean']:.1f}") for row in rows]
+    shared = shared_values(settings, [*varying, "head"] if heads else varying)
+    table = "\n".join(tables.format_table([header, *lines]))
+    return printable(f"every setting: {shared}") + "\n" + table if shared else table
 
-    `options` holds a row's head options and the training axes that vary in the sweep.
-    """
-    varying = varying_keys([row["setting"] for row in rows])
-    training = [key for key in varying if key in SETTING_AXES and key != "lr"]
-    cuts = short_cut_names([row["cut"] for row in rows]) if "cut" in varying else None
-    header = ("rank", *(["cut"] if cuts else []), "head", "lr", "options", "val", "test", "seconds")
-    lines = [(str(row["rank"]), *([cuts[row["cut"]]] if cuts else []), row["head"], _show(row["lr"]) or "-",
-              _describe(row["setting"], [*training, *row["head_options"]]) or "-",
-              _mean_std(row, "val"), _mean_std(row, "test"), f"{row['seconds_mean']:.1f}") for row in rows]
-    return "\n".join(tables.format_table([header, *lines]))
+
+def shared_values(settings: list[dict], varying: list[str]) -> str:
+    """`head=mlp lr=0.001 epochs=20`: the axes set to one value in every setting that has them."""
+    keys = [key for key in ("head", *varying_keys(settings, every=True)) if key not in varying]
+    first = {key: next(_show(_value(s, key)) for s in settings if _value(s, key) is not None) for key in keys
+             if any(_value(s, key) is not None for s in settings)}
+    return " ".join(f"{key}={value}" for key, value in first.items())
+
+
+def _cell(setting: dict, key: str, cut_names: dict) -> str:
+    value = _value(setting, key)
+    return "-" if value is None else printable(cut_names.get(value, value) if key == "cut" else _show(value))
 
 
 def short_cut_names(specs: list) -> dict:
@@ -134,14 +151,17 @@ def _plot(path: Path, rows: list[dict]):
     return figure
 
 
-def varying_keys(settings: list[dict]) -> list[str]:
-    """The axes whose value differs between settings: what a label shows to tell them apart."""
+def varying_keys(settings: list[dict], every: bool = False) -> list[str]:
+    """The axes whose value differs between settings: what a label shows to tell them apart
+    (with `every`, all the axes any setting sets)."""
     keys = ["cut", *SETTING_AXES, *dict.fromkeys(key for s in settings for key in s["head_options"])]
     return [key for key in keys
-            if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > 1]
+            if len({_show(_value(s, key)) for s in settings if _value(s, key) is not None}) > (0 if every else 1)]
 
 
 def _value(setting: dict, key: str):
+    if key == "head":
+        return setting["head"]
     return setting.get(key) if key in SETTING_AXES or key == "cut" else setting["head_options"].get(key)
 
 
