@@ -31,7 +31,7 @@ from keras import ops
 
 from transfer.errors import TransferError, check_number
 
-from .base import HEAD_OPTIONS, Head, check_choice, check_int
+from .base import HEAD_OPTIONS, Head, check_choice, check_flag, check_int
 from .pooling import grid_cells
 from .protocol import Option
 from .registry import register
@@ -94,17 +94,20 @@ class MultiLayerHead(Head):
     """A list of feature tensors (one per cut) -> pooled, standardized, concatenated -> sparse Dense."""
 
     traits = dataclasses.replace(Head.traits, several_cuts=True, averages_positions=("grid", 1), refits=True,
-                                 subsets=True)
+                                 subsets=True, concatenates=True)
     options = (*HEAD_OPTIONS, Option("grid", 1, "cells per spatial axis, an integer >= 1 (1: global average)"),
                Option("penalty", "group_lasso", "group_lasso, l1 or none"),
                Option("strength", 1e-2, "the penalty's weight, a number >= 0"),
                Option("tolerance", 0.1, "a cut is kept with a norm >= tolerance x the largest, in [0, 1]"),
-               Option("refit", 0.0, "the fraction of features refitted without penalty, in [0, 1] (0: none)"))
+               Option("refit", 0.0, "the fraction of features refitted without penalty, in [0, 1] (0: none)"),
+               Option("concatenation", True, "also fit every cut concatenated (no penalty) and keep that where "
+                      "validation prefers it: true or false"))
     needs = "a list of 2-D, 3-D or 4-D feature tensors (one per cut)"
 
     def __init__(self, num_classes, grid=1, penalty="group_lasso", strength=1e-2, tolerance=0.1, logits=False,
-                 standardize=True, refit=0.0, **kwargs):
+                 standardize=True, refit=0.0, concatenation=True, **kwargs):
         super().__init__(num_classes, logits, standardize, **kwargs)
+        self.concatenation = check_flag(self.owner, "concatenation", concatenation)
         check_number(f"{self.owner}: refit", refit, 0, maximum=1)
         self.refit = float(refit)  # 0: none; else the fraction of features the second fit keeps
         self.refitted = False  # begin_refit ran: the mask, not the penalty, selects the features
@@ -264,7 +267,24 @@ class MultiLayerHead(Head):
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid, "penalty": self.penalty, "strength": self.strength,
-                "tolerance": self.tolerance, "refit": self.refit}
+                "tolerance": self.tolerance, "refit": self.refit, "concatenation": self.concatenation}
+
+    def fit_concatenation(self, joined, labels) -> "MultiLayerHead":
+        """The no-sparsity end of the path, in place: every pooled feature kept, no penalty, the
+        classifier made scikit-learn's logistic regression (the `logreg` probe's: C=1) on `joined`,
+        what the classifier reads (`joined(inputs)`: pooled, standardized, concatenated). Convex
+        and solved to convergence, where Adam on the unpenalized head would stop early at a point
+        that depends on the learning rate. Returns the head."""
+        from sklearn.linear_model import LogisticRegression
+
+        from .sklearn_probe import softmax_weights
+
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(np.asarray(joined, "float32"), labels)
+        self.classifier.set_weights(list(softmax_weights(model, np.arange(self.num_classes))))
+        self.mask.assign(ops.ones_like(self.mask))
+        self.strength, self.refitted = 0.0, False
+        self.classifier.kernel.regularizer = None
+        return self
 
     def begin_refit(self) -> None:
         """Head2Toe's second fit, for `refit` > 0 (`transfer.fit` and sweeps run it after the first):
@@ -364,19 +384,10 @@ def _built(train, num_classes, options, seed, mask=None):
 
 
 def _concatenation(train, num_classes, options, seed):
-    """The head without sparsity, fitted as plain concatenation: scikit-learn's logistic regression
-    (the `logreg` probe's: C=1) on the head's pooled, standardized, concatenated training features,
-    its weights made the head's classifier. Convex and solved to convergence, where Adam on the
-    unpenalized head would stop early at a point that depends on the learning rate."""
-    from sklearn.linear_model import LogisticRegression
-
-    from .sklearn_probe import softmax_weights
-
+    """The head at strength 0: `MultiLayerHead.fit_concatenation` on the training features."""
     head, _ = _built(train, num_classes, dict(options, strength=0.0, penalty="none"), seed)
     joined = ops.convert_to_numpy(head.joined([ops.convert_to_tensor(x) for x in train[0]], training=False))
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(joined, train[1])
-    head.classifier.set_weights(list(softmax_weights(model, np.arange(num_classes))))
-    return head
+    return head.fit_concatenation(joined, train[1])
 
 
 def _top_fraction(head, fraction):

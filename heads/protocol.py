@@ -53,6 +53,11 @@ class HeadTraits:
       when refit > 0.
     subsets: keeps a subset of its cuts after training: `kept` (cut indices), `kept_features()`,
       `set_mask(features)`, `subset(kept)` (a head on those cuts only) and `strength`.
+    concatenates: its selection has a no-sparsity end: `joined(inputs, training)` (what its
+      classifier reads), `fit_concatenation(joined, labels)` (every input kept, fitted as plain
+      concatenation) and `concatenation` (bool: whether to try it). Training keeps that end when
+      it scores higher on validation than the trained head, so the selection is never worse
+      there than keeping everything.
     """
 
     keras: bool = True
@@ -62,6 +67,7 @@ class HeadTraits:
     logits: bool = False
     refits: bool = False
     subsets: bool = False
+    concatenates: bool = False
 
 
 def traits_of(head) -> HeadTraits:

@@ -31,7 +31,7 @@ TRAITS = {  # what each registered head is, written out
     "conv": KERAS_HEAD,  # its convolutions read the positions before it pools
     "attention": KERAS_HEAD,
     "multilayer": dataclasses.replace(KERAS_HEAD, several_cuts=True, averages_positions=("grid", 1), refits=True,
-                                      subsets=True),
+                                      subsets=True, concatenates=True),
     "logreg": HeadTraits(keras=False, averages_positions=("pooling", "avg")),
 }
 SETTABLE = {
@@ -39,7 +39,7 @@ SETTABLE = {
     "mlp": ["activation", "dropout", "hidden", "logits", "norm", "pooling", "standardize"],
     "conv": ["activation", "dropout", "filters", "kernel_size", "logits", "pooling", "standardize"],
     "attention": ["dropout", "key_dim", "logits", "num_heads", "standardize"],
-    "multilayer": ["grid", "logits", "penalty", "refit", "standardize", "strength", "tolerance"],
+    "multilayer": ["concatenation", "grid", "logits", "penalty", "refit", "standardize", "strength", "tolerance"],
     "logreg": ["C", "max_iter", "pooling", "standardize"],
 }
 LAYER_KWARGS = {"dtype", "name", "num_classes", "trainable"}

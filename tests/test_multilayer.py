@@ -235,7 +235,8 @@ def test_fit_on_several_cuts_exports_only_the_cuts_it_kept(tmp_path):
 
     cuts = CUTS
     result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=cuts, head="multilayer",
-                          head_options={"grid": 2, "strength": 0.1}, epochs=40, lr=0.01, cache_dir=tmp_path / "cache",
+                          head_options={"grid": 2, "strength": 0.1, "concatenation": False}, epochs=40, lr=0.01,
+                          cache_dir=tmp_path / "cache",
                           out=tmp_path / "run", export=("pb",), verbose=0)
     config = __import__("json").loads((tmp_path / "run/config.json").read_text())
     kept = config["kept_cuts"]
@@ -337,13 +338,34 @@ def test_fit_with_a_refit_keeps_the_mask_of_the_refit(tmp_path):
     import transfer
 
     result = transfer.fit("example:digits", "digits:5-9?per_class=10", cut=CUTS, head="multilayer",
-                          head_options={"strength": 0.01, "refit": 0.25}, epochs=10, lr=0.01,
+                          head_options={"strength": 0.01, "refit": 0.25, "concatenation": False}, epochs=10, lr=0.01,
                           cache_dir=tmp_path / "cache", export=(), verbose=0)
     head = result.model.layers[-1]
     total = sum(spec.shape[-1] for spec in transfer.Backbone.load("example:digits", cut=CUTS).feature_specs.values())
     mask = keras.ops.convert_to_numpy(head.mask)  # of the kept cuts' features only, when cuts were dropped
     assert 0 < mask.sum() <= round(0.25 * total)
     assert not keras.ops.convert_to_numpy(head.classifier.kernel)[mask == 0].any()
+
+
+@pytest.mark.slow
+def test_fit_keeps_every_cut_concatenated_where_validation_prefers_it(tmp_path):
+    """A penalty so strong that the trained head keeps almost nothing: `transfer.fit` fits the
+    no-sparsity end too and keeps it (every cut, validation higher); told not to, it keeps the
+    trained selection. The run's metrics say what was compared."""
+    import transfer
+
+    common = dict(cut=CUTS, head="multilayer", epochs=5, lr=0.01, cache_dir=tmp_path / "cache", export=(), verbose=0)
+    result = transfer.fit("example:digits", "digits:5-9?per_class=10", head_options={"strength": 3.0}, **common)
+    selection = result.metrics["selection"]
+    assert selection["kept"] == "concatenation"
+    assert selection["concatenation_val_accuracy"] > selection["trained_val_accuracy"]
+    assert result.metrics["validation"]["accuracy"] == pytest.approx(selection["concatenation_val_accuracy"])
+    head = result.model.layers[-1]
+    assert head.strength == 0.0 and head.kept == (0, 1, 2) and keras.ops.convert_to_numpy(head.mask).all()
+    alone = transfer.fit("example:digits", "digits:5-9?per_class=10",
+                         head_options={"strength": 3.0, "concatenation": False}, **common)
+    assert "selection" not in alone.metrics
+    assert alone.metrics["validation"]["accuracy"] == pytest.approx(selection["trained_val_accuracy"])
 
 
 def test_multilayer_without_its_sparse_candidates_is_plain_concatenation():

@@ -39,6 +39,7 @@ from transfer.training.reporting import check_new_run_dir, run_directory
 from transfer.training.tensorboard_logs import TensorBoardLogs
 from transfer.training.keras_training import TrainingLog, class_weights, train_keras, trained_with_refit
 from transfer.training.run_files import evaluate_splits, write_run
+from transfer.training.concatenation_end import keep_better_end
 from transfer.training.sources import adapt_head, training_source
 
 
@@ -183,12 +184,15 @@ def _fit_run(run: _FitRun) -> FitResult:
             started = time.perf_counter()
             head_layer, trained, log = _train_head(source, feature_layer, settings, run.kind, run.head_options,
                                                    [*logs.callbacks(), *run.callbacks], run.verbose)
+            ends = None if settings.thawing else keep_better_end(head_layer, trained, source)
             feature_layer, head_layer, kept = keep_selected_cuts(inputs, feature_layer, head_layer)
             model = build_classifier(feature_layer, head_layer, inputs.kind)
         seconds = time.perf_counter() - started
         if kept is not None:
             config["kept_cuts"] = kept
         metrics = evaluate_splits(trained, source, inputs.splits.class_names)
+        if ends is not None:
+            metrics["selection"] = _said_selection(ends, run.verbose)
         logs.confusion_matrices(metrics, step=log.epochs_run)
         metrics["train_seconds"] = round(seconds, 2)
         if log.history:
@@ -198,6 +202,16 @@ def _fit_run(run: _FitRun) -> FitResult:
             write_run(directory, model, config, metrics, log, inputs.splits.class_names, run.export)
     run_dir = Path(run.out) if run.out is not None and written == run.out else None
     return FitResult(model, log.history, metrics, run_dir, inputs.splits.class_names)
+
+
+def _said_selection(ends: dict, verbose) -> dict:
+    """What `keep_better_end` compared, said in one line (unless quiet) and kept in the metrics."""
+    if verbose != 0:
+        chosen = "every cut concatenated" if ends["kept"] == "concatenation" else "the trained selection"
+        print(f"selection: validation {ends['trained_val_accuracy']:.3f} trained, "
+              f"{ends['concatenation_val_accuracy']:.3f} with every cut concatenated: kept {chosen}",
+              file=sys.stderr, flush=True)
+    return ends
 
 
 def _source_config(inputs, data: DataSpec) -> dict:
