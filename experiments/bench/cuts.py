@@ -2,8 +2,9 @@
 
 Network: keras.applications ResNet50 (weights=None) frozen to a .pb at `--size` pixels, every
 candidate cut `transfer inspect` lists (177 at 64x64), or MobileNetV2 (`--network mobilenetv2`,
-weights=None, at 96x96); data: scikit-learn's digits, resized to the network's input as
-`transfer fit` does. Measured, in one run, each extraction into an
+weights=None, at 96x96), or the project's pretrained `experiments/bignet/bignet.pb` (`--network
+bignet`: 61 candidate cuts, 32x32x1, 600 training digits); data: scikit-learn's digits, resized
+to the network's input as `transfer fit` does. Measured, in one run, each extraction into an
 empty cache (what `transfer extract` does, preprocessing and shard writes included):
 
   (a) the deepest single cut (`auto`, the pooled features): the cost of plain transfer;
@@ -44,10 +45,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cache import table, timed  # noqa: E402  (the benchmarks' shared printing)
 
 
-NETWORKS = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}
+NETWORKS = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2, "bignet": None}
+# bignet: the project's own pretrained network (experiments/bignet: 59 cuts, trained on shapes),
+# the stand-in for issue 22's "real pretrained CNN, 600 training images": 60 digits per class.
+BIGNET = Path(__file__).parents[1] / "bignet" / "bignet.pb"
+DEFAULT_DATA = {"bignet": "digits?per_class=60"}
 
 
 def frozen_network(name: str, size: int, workdir: Path) -> Path:
+    if name == "bignet":
+        return BIGNET
     model = NETWORKS[name](weights=None, input_shape=(size, size, 3))
     spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
@@ -116,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="resnet50")
     parser.add_argument("--size", type=int, default=None, help="input height and width (default 64, MobileNetV2 96)")
-    parser.add_argument("--data", default="digits", help="data spec (default: all 1797 digits)")
+    parser.add_argument("--data", default=None, help="data spec (default: all 1797 digits; bignet: 60 per class)")
     parser.add_argument("--sampled-cuts", type=int, default=6, help="single-cut extractions timed for (c)")
     parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
     parser.add_argument("--only-sweep", action="store_true", help="(d) alone")
@@ -124,8 +131,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b) in turn, medians (default 3)")
     parser.add_argument("--cache-dtype", default="float32", help="what (a) and (b) store: float32 (default) or float16")
     args = parser.parse_args()
+    args.data = args.data or DEFAULT_DATA.get(args.network, "digits")
     workdir = Path(tempfile.mkdtemp(prefix="bench-cuts-"))
-    size = args.size or (96 if args.network == "mobilenetv2" else 64)
+    size = args.size or {"mobilenetv2": 96, "bignet": 32}.get(args.network, 64)
     path = frozen_network(args.network, size, workdir)
     if args.only_sweep:
         print(f"{args.network} at {size}x{size}, {args.data}", flush=True)
