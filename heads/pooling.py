@@ -96,6 +96,29 @@ def grid_cells(features, grid: int, module=np):
     return module.concatenate([module.reshape(cell, (-1, features.shape[-1])) for cell in cells], axis=-1)
 
 
+def grid_map(features, grid: int = 2, module=ops):
+    """(batch, ..., channels) -> (batch, grid, ..., grid, channels): `grid_cells` with the layout
+    kept, what a `--pool grid2` cache stores. A head's `grid2` pooling gives the same cells from
+    it as from the whole map, and its `avg` the mean of the cells: the whole map's average when
+    every side is even or 1 (`averages_exactly`), else near it (odd sides' bins overlap)."""
+    rank = len(features.shape)
+    if rank <= 2:
+        return features
+    return module.reshape(grid_cells(features, grid, module), (-1, *[grid] * (rank - 2), features.shape[-1]))
+
+
+def grid_map_shape(shape, grid: int = 2) -> tuple:
+    """One example's shape after `grid_map` of a (batch, ...) tensor of `shape`."""
+    shape = tuple(shape)
+    return shape[1:] if len(shape) <= 2 else (*[grid] * (len(shape) - 2), shape[-1])
+
+
+def averages_exactly(shape, grid: int = 2) -> bool:
+    """Whether the mean of `grid_map`'s cells is the average over every position of a (batch, ...)
+    tensor of `shape`: its bins then split each side evenly."""
+    return all(size is not None and (size == 1 or size % grid == 0) for size in tuple(shape)[1:-1])
+
+
 def bins(size: int, grid: int) -> list:
     """[start, stop) of each of `grid` bins over `size` positions (they overlap when size < grid)."""
     return [(i * size // grid, -(-(i + 1) * size // grid)) for i in range(grid)]

@@ -59,6 +59,15 @@ class HeadKind:
         option, value = self.traits.averages_positions
         return self.takes(option) and options.get(option, self.default(option)) == value
 
+    def pools_to_grid2(self, options: dict) -> bool:
+        """Whether the head, with these options, averages each feature tensor into a 2x2 grid of
+        cells (`pooling=grid2`, `multilayer`'s `grid=2`): from a `grid2` cache it then reads the
+        same cells as from the whole maps."""
+        if self.traits.averages_positions is None:
+            return False
+        option, _ = self.traits.averages_positions
+        return self.takes(option) and options.get(option, self.default(option)) in ("grid2", 2)
+
     def check_options(self, options) -> None:
         """Refuse, in one line, an option a user gave (`--head-opt`, `head_options=`) that the head
         does not take; `num_classes` is the data's, never the user's."""

@@ -8,6 +8,7 @@ import tensorflow as tf
 from transfer import Backbone, _compat
 from transfer.features.extraction import _pooled_function
 from transfer.features.pooled_cuts import derived_averages, pool_positions
+from transfer.heads import pool_array
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,40 @@ def test_outputs_that_are_not_vectors_leave_the_graph_one_by_one(affine_graph):
     assert pooled["total"].shape == (4,) and pooled["normed"].shape == (4, 4)
     np.testing.assert_allclose(pooled["total"], full["total"], rtol=1e-6)
     np.testing.assert_allclose(pooled["normed"], pool_positions(full["normed"], "avg"), rtol=1e-5, atol=1e-6)
+
+
+def test_grid2_keeps_each_maps_cells_with_their_layout(affine_graph):
+    """`--pool grid2` stores a (2, 2, channels) map of cells: a head's grid2 pooling reads the same
+    cells from it as from the whole map, and (sides even) the mean of the cells is the average."""
+    backbone = Backbone.load(affine_graph, cut="normed,padded,total")
+    images = tf.random.stateless_uniform([4, 8, 8, 3], seed=[7, 8])
+    pooled, full = _pooled_function(backbone, "grid2")(images), backbone(images)
+    assert pooled["normed"].shape == (4, 2, 2, 4) and pooled["padded"].shape == (4, 2, 2, 5)
+    assert pooled["total"].shape == (4,)  # one number per example: nothing to pool
+    for spec in ("normed", "padded"):  # 8x8 and 10x10
+        maps = np.asarray(full[spec])
+        np.testing.assert_allclose(pool_array(pooled[spec], "grid2"), pool_array(maps, "grid2"), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pooled[spec].mean(axis=(1, 2)), maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pool_positions(full["normed"], "grid2"), pooled["normed"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_grid2_cache_serves_the_heads_that_read_the_same_from_it(graphs_dir):
+    """What `fit` reads from a `grid2` cache: a head that pools to the grid always; a head that
+    averages only when every side is even (the mean of odd sides' overlapping cells is not the
+    average); else the whole maps."""
+    import keras
+
+    from transfer.heads.registry import kind_of
+    from transfer.training.fitting import cache_pool
+    from graphs import freeze_to_pb
+
+    image = keras.Input((7, 7, 3), name="image")
+    odd = keras.Model(image, keras.layers.Conv2D(4, 1, name="conv")(image))
+    backbone = Backbone.load(freeze_to_pb(odd, graphs_dir / "odd_sides.pb"), cut="auto")
+    logreg, multilayer = kind_of("logreg"), kind_of("multilayer")
+    assert cache_pool(backbone, logreg, {"pooling": "grid2"}, "grid2") == "grid2"
+    assert cache_pool(backbone, logreg, {}, "grid2") == "none"
+    assert cache_pool(backbone, multilayer, {"grid": 2}, "grid2") == "grid2"
+    even = Backbone.load("example:digits", cut="block1_out")
+    assert cache_pool(even, logreg, {}, "grid2") == "grid2"
+    assert cache_pool(even, kind_of("conv"), {}, "grid2") == "none"

@@ -291,3 +291,30 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
         row.pop("seconds_mean")  # the one column that is time, not training
     assert rows == expected
     assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in (tmp_path / "clean").iterdir())
+
+
+@pytest.mark.slow
+def test_a_cut_sweep_on_grid_cells_ranks_average_and_grid_and_retrains_the_best_exactly(tmp_path, capsys):
+    """`--pool grid2`: every cut's 2x2 cells cached, the ridge ranking scores each cut averaged and
+    as its grid, and the best setting retrained into best/ from those cells scores as in the sweep."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--backbone", "example:digits", "--data", DATA, "--cuts", "candidates", "--heads", "logreg",
+                 "--pool", "grid2", "--cache-dir", tmp_path / "cache", "--out", out, "--export", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "(average and 2x2 grid)" in err
+    with open(out / "cut_ranking.csv", newline="") as handle:
+        ranking = list(csv.DictReader(handle))
+    assert {row["pooling"] for row in ranking} == {"avg", "grid2"}
+    rows = json.loads((out / "sweep.json").read_text())
+    best = json.loads((out / "best/metrics.json").read_text())
+    assert best["validation"]["accuracy"] == pytest.approx(rows[0]["val_accuracy_mean"])
+    shapes = {tuple(entry.feature_shapes[0]) for entry in FeatureCache(tmp_path / "cache").entries()}
+    assert (2, 2, 16) in shapes and not any(len(shape) == 3 and shape[0] > 2 for shape in shapes)
+
+
+def test_pool_grid2_refuses_a_head_that_reads_the_positions(tmp_path, capsys):
+    from cli_checks import user_error
+
+    user_error(capsys, ["sweep", "--backbone", "example:digits", "--data", DATA, "--cut", "block1_out",
+                        "--heads", "conv", "--pool", "grid2", "--cache-dir", tmp_path / "cache",
+                        "--out", tmp_path / "sweep"], r"--pool grid2 caches a 2x2 grid .* head 'conv'")

@@ -148,8 +148,9 @@ def _beam_option(text: str):
 def add_pool_argument(parser) -> None:
     parser.add_argument("--pool", choices=POOLS, default=None,
                         help="pool spatial features over every position before they are cached: one vector per "
-                        "example and cut (default: none; on a sweep over several cuts, avg when every swept head "
-                        "averages positions anyway)")
+                        "example and cut, or grid2: a 2x2 grid of cells that keeps some of the layout, from "
+                        "which a cut sweep ranks both the average and the grid (default: none; on a sweep over "
+                        "several cuts, avg when every swept head averages positions anyway)")
 
 
 def export_formats(text: str) -> tuple:

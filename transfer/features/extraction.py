@@ -10,6 +10,7 @@ and this module nothing of files.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ from transfer.errors import check_choice
 from transfer.choices import POOLS
 from transfer.graph.spec import BackboneSpec
 from transfer.features.pooled_cuts import DerivedAverages, derived_averages, pool_positions
+from transfer.heads.pooling import grid_map_shape
 
 ROLES = ("train", "validation", "test")
 
@@ -51,7 +53,9 @@ class Extraction:
 
     `engine_dir`: where a converted engine is kept (the cache's `onnx/`, `openvino/`). `pool`: `avg` or
     `max` reduces every axis between batch and channels before storing (a cut sweep's probe
-    pools anyway, and a 56x56x256 cut then costs 1 KiB per example instead of 3 MiB).
+    pools anyway, and a 56x56x256 cut then costs 1 KiB per example instead of 3 MiB); `grid2`
+    averages them into a 2x2 grid of cells (`heads.pooling.grid_map`), 4x that, from which a
+    head pools to the grid or to (near) the average.
     """
 
     def __init__(self, inputs, engine_dir=None, pool: str | None = None):
@@ -164,27 +168,38 @@ def _pooled_function(backbone, pool: str):
     a 177-cut extraction)."""
     plan = derived_averages(backbone) if pool == "avg" else DerivedAverages([c.spec for c in backbone.cuts], {})
     computing = backbone.subset(plan.computed) if plan.derived else backbone
-    specs = backbone.feature_specs  # pooled, a cut of rank >= 2 is (batch, its channels)
-    joined = all(spec.dtype == tf.float32 and (spec.shape.rank or 0) >= 2 and spec.shape[-1] is not None
-                 for spec in specs.values())
+    specs = backbone.feature_specs
+    pooled_shapes = {spec: _pooled_shape(value.shape, pool) for spec, value in specs.items()}
+    joined = all(value.dtype == tf.float32 and None not in pooled_shapes[spec] for spec, value in specs.items())
 
     def pooled(prepared):
         features = computing(prepared)
         features = features if isinstance(features, dict) else {plan.computed[0]: features}
         averages = plan.complete(pool_positions(features, pool))
         listed = [averages[spec] for spec in specs]
-        return tf.concat(listed, axis=1) if joined else listed
+        return tf.concat([tf.reshape(x, (-1, math.prod(pooled_shapes[spec]))) for spec, x in zip(specs, listed)],
+                         axis=1) if joined else listed
 
     traced = _AnyBatch(pooled)
-    ends = np.cumsum([spec.shape[-1] for spec in specs.values()])[:-1] if joined else None  # where to split
+    ends = np.cumsum([math.prod(shape) for shape in pooled_shapes.values()])[:-1] if joined else None  # splits
 
     def run(prepared) -> dict:
         outputs = traced(prepared)
         if not joined:
             return {spec: np.asarray(output) for spec, output in zip(specs, outputs)}
-        return dict(zip(specs, np.split(np.asarray(outputs), ends, axis=1)))
+        return {spec: part.reshape(-1, *pooled_shapes[spec])
+                for spec, part in zip(specs, np.split(np.asarray(outputs), ends, axis=1))}
 
     return run
+
+
+def _pooled_shape(shape: tf.TensorShape, pool: str) -> tuple:
+    """One example's shape once pooled: (channels,) for `avg`/`max` (a 2-D cut as it is), the
+    grid of cells and channels for `grid2`; None where a size is unknown."""
+    sizes = tuple(shape.as_list()) if shape.rank is not None else (None, None)
+    if pool == "grid2":
+        return grid_map_shape(sizes) if len(sizes) <= 2 or sizes[-1] is not None else (None,)
+    return (sizes[-1],) if len(sizes) >= 2 else (None,)
 
 
 class _AnyBatch:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from transfer.graph.analysis import import_graph_def, subgraph
-from transfer.heads.pooling import pool_tensor
+from transfer.heads.pooling import grid_map, pool_tensor
 
 # Ops that are affine in their one input-dependent operand (the other constant), the same at every
 # position: element-wise ones and 1x1 convolutions; the sums also when both are input-dependent.
@@ -29,10 +29,11 @@ _AFFINE_OPS = frozenset({"Mul", "Add", "AddV2", "Sub", "BiasAdd", "Conv2D"})
 
 def pool_positions(features, pool: str):
     """Every axis between batch and channels reduced (`avg` or `max`) as a head's `FeaturePooling`
-    does, of one tensor or a dict of them."""
+    does, or averaged into a 2x2 grid of cells that keeps its layout (`grid2`: `grid_map`), of
+    one tensor or a dict of them."""
     if isinstance(features, dict):
-        return {key: pool_tensor(value, pool) for key, value in features.items()}
-    return pool_tensor(features, pool)
+        return {key: pool_positions(value, pool) for key, value in features.items()}
+    return grid_map(features, 2) if pool == "grid2" else pool_tensor(features, pool)
 
 
 @dataclasses.dataclass(frozen=True)

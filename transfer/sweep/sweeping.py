@@ -57,7 +57,9 @@ def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool
     from transfer.features.extraction import check_pool
 
     if pool is not None:
-        return check_pool(pool)
+        if check_pool(pool) == "grid2":
+            _check_grid_pooling(settings)
+        return pool
     if not several_cuts or not all(registry.kind_of(s["head"]).averages_positions(s["head_options"])
                                    for s in settings):
         return "none"
@@ -65,6 +67,17 @@ def _storage_pool(pool, settings: list[dict], several_cuts: bool, progress: bool
         print("features are averaged over positions before they are cached, as every swept head averages them "
               "(--pool none keeps them)", file=sys.stderr, flush=True)
     return "avg"
+
+
+def _check_grid_pooling(settings: list[dict]) -> None:
+    """`--pool grid2` keeps 2x2 cells of each map: only a head that pools them (to their average or
+    the grid) reads what it would from the whole maps."""
+    for setting in settings:
+        kind = registry.kind_of(setting["head"])
+        if not (kind.averages_positions(setting["head_options"]) or kind.pools_to_grid2(setting["head_options"])):
+            raise TransferError(f"--pool grid2 caches a 2x2 grid of each map's cells; head {setting['head']!r} "
+                                f"with {setting['head_options'] or 'its defaults'} reads more of the positions: "
+                                "use --pool none, or pooling=avg|grid2")
 
 
 def _on_cuts(settings: list[dict], cut_specs: list[str]) -> list[dict]:
@@ -81,9 +94,10 @@ def _on_cuts(settings: list[dict], cut_specs: list[str]) -> list[dict]:
 
 def _pooled_like(setting: dict, pool: str) -> dict:
     """The best setting's head options for its retraining on the cut's full features: the pooling
-    the sweep's cache applied, made the head's own."""
+    the sweep's cache applied, made the head's own (a grid's cells leave the head's own pooling
+    to choose, as in the sweep: `cache_pool`)."""
     options = dict(setting["head_options"])
-    if pool != "none" and registry.kind_of(setting["head"]).takes("pooling"):
+    if pool not in ("none", "grid2") and registry.kind_of(setting["head"]).takes("pooling"):
         options.setdefault("pooling", pool)
     return options
 

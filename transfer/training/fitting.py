@@ -25,6 +25,7 @@ from transfer.training.distribute import run_dir_of, strategy_config, strategy_n
 from transfer.choices import EXPORT_FORMATS
 from transfer.errors import TransferError, check_choice
 from transfer.graph.memory import memory_errors
+from transfer.heads.pooling import averages_exactly
 from transfer.heads.protocol import traits_of
 from transfer.heads.sklearn_probe import probe_as_head
 from transfer.layers.model import build_classifier
@@ -241,11 +242,16 @@ def cache_pool(backbone, kind, head_options: dict, requested: str | None = None)
     their averages when the head averages each over positions anyway (`multilayer`: grid 1), which
     keeps a cache of many cuts small; else the features as they are. Averages also for a head of
     one cut that averages them when the cache spec asks for them (`pool="avg"`: a cut sweep's best
-    setting, retrained from the entries the sweep cached). Frozen features only: a thaw caches its
+    setting, retrained from the entries the sweep cached), and a 2x2 grid of cells (`pool="grid2"`)
+    for a head that pools to that grid, or averages maps whose sides are even (the mean of the
+    cells is then their average exactly). Frozen features only: a thaw caches its
     prefix's outputs whole."""
     averages = kind.averages_positions(head_options)
     if requested == "avg" and averages:
         return "avg"
+    if requested == "grid2" and (kind.pools_to_grid2(head_options) or averages and all(
+            averages_exactly(spec.shape) for spec in backbone.feature_specs.values())):
+        return "grid2"
     return "avg" if backbone.multi_cut and kind.traits.several_cuts and averages else "none"
 
 
