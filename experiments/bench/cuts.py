@@ -17,7 +17,8 @@ empty cache (what `transfer extract` does, preprocessing and shard writes includ
       extract --cut auto` (one cut) against `transfer sweep --cuts candidates --heads logreg`
       (load, one pass, every cut ranked by the ridge probe, logreg on the best 3, the best
       retrained into best/; `--export none`), the ratio of the two (goal, issue 22: <= 2x); with
-      `--full-probes` also the sweep with `--finalists 0` (logreg on every cut, as before).
+      `--full-probes` also the sweep with `--finalists 0` (logreg on every cut, as before), with
+      `--grid` the sweep with `--pool grid2` (each cut averaged and as its 2x2 grid ranked).
 
 Run: `python experiments/bench/cuts.py` (~10 min on 2 cores; `--only-sweep`: (d) alone, ~2-3 min;
 `--no-sweep`: (a)-(c), ~5 min). CPU only.
@@ -100,8 +101,10 @@ def cli_seconds(*arguments: str) -> float:
     return seconds
 
 
-def end_to_end(path: Path, data: str, workdir: Path, full: bool) -> None:
-    """(d): one cut extracted against every cut ranked, each through the CLI into an empty cache."""
+def end_to_end(path: Path, data: str, workdir: Path, full: bool, grid: bool = False) -> None:
+    """(d): one cut extracted against every cut ranked, each through the CLI into an empty cache;
+    with `grid` also the sweep on each cut's 2x2 grid of cells (`--pool grid2`: average and grid
+    ranked)."""
     common = ["--backbone", str(path), "--data", data]
     one = cli_seconds("extract", *common, "--cut", "auto", "--cache-dir", tempfile.mkdtemp(dir=workdir))
     ranked = cli_seconds("sweep", *common, "--cuts", "candidates", "--heads", "logreg", "--export", "none",
@@ -109,6 +112,12 @@ def end_to_end(path: Path, data: str, workdir: Path, full: bool) -> None:
     rows = [["extract --cut auto (one cut)", f"{one:.1f}", "1.00x"],
             ["sweep --cuts candidates --heads logreg (ridge ranking, logreg on 3)", f"{ranked:.1f}",
              f"{ranked / one:.2f}x"]]
+    if grid:
+        gridded = cli_seconds("sweep", *common, "--cuts", "candidates", "--heads", "logreg", "--export", "none",
+                              "--pool", "grid2", "--cache-dir", tempfile.mkdtemp(dir=workdir),
+                              "--out", str(workdir / "sweep-grid"))
+        rows.append(["the same with --pool grid2 (average and 2x2 grid ranked)", f"{gridded:.1f}",
+                     f"{gridded / one:.2f}x"])
     if full:
         every = cli_seconds("sweep", *common, "--cuts", "candidates", "--heads", "logreg", "--export", "none",
                             "--finalists", "0", "--cache-dir", tempfile.mkdtemp(dir=workdir),
@@ -128,6 +137,7 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="extractions (a)-(c) only, not the sweep (d)")
     parser.add_argument("--only-sweep", action="store_true", help="(d) alone")
     parser.add_argument("--full-probes", action="store_true", help="(d) also with logreg on every cut (slow)")
+    parser.add_argument("--grid", action="store_true", help="(d) also with --pool grid2")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b) in turn, medians (default 3)")
     parser.add_argument("--cache-dtype", default="float32", help="what (a) and (b) store: float32 (default) or float16")
     args = parser.parse_args()
@@ -137,7 +147,7 @@ def main() -> None:
     path = frozen_network(args.network, size, workdir)
     if args.only_sweep:
         print(f"{args.network} at {size}x{size}, {args.data}", flush=True)
-        return end_to_end(path, args.data, workdir, args.full_probes)
+        return end_to_end(path, args.data, workdir, args.full_probes, args.grid)
 
     started = time.perf_counter()
     every = Backbone.load(path, cut="candidates")
@@ -180,7 +190,7 @@ def main() -> None:
 
     if args.no_sweep:
         return
-    end_to_end(path, args.data, workdir, args.full_probes)
+    end_to_end(path, args.data, workdir, args.full_probes, args.grid)
 
 
 if __name__ == "__main__":
