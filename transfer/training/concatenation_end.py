@@ -30,7 +30,7 @@ def keep_better_end(head, model, source) -> dict | None:
     """After `head` trained in `model` (`source`: the training source, `transfer.training.sources`):
     the no-sparsity end fitted and kept when its validation accuracy is higher. Returns both
     accuracies and which was kept (for the run's metrics), or None where it does not apply (no
-    validation split, or a head without that end)."""
+    validation split, a head without that end, or one told not to try it: `concatenation=False`)."""
     validation = source.split("validation")
     if validation is None or not traits_of(head).concatenates or not head.concatenation:
         return None
