@@ -240,3 +240,20 @@ def spectrogram_net() -> keras.Model:
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(frames)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(frames, keras.layers.Dense(3, activation="softmax", name="logits")(x), name="spec")
+
+
+def small_feature_cnn(factor: float = 1e-7) -> keras.Model:
+    """8x8 digits (0..16) -> stem conv -> pool -> conv `block` whose kernel is multiplied by
+    `factor` (its ReLU output, the cut, is that much smaller: features at most ~3e-7 at 1e-7,
+    as a backbone a user brought had) -> pooling -> 5 classes. Random weights, not trained."""
+    keras.utils.set_random_seed(8)
+    image = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Rescaling(1 / 16)(image)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="block")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(image, keras.layers.Dense(5, activation="softmax", name="logits")(x), name="small")
+    block = model.get_layer("block")
+    block.set_weights([w * factor for w in block.get_weights()])
+    return model

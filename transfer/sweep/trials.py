@@ -18,7 +18,7 @@ from transfer.training.settings import default
 from transfer.training.thaw_schedule import ThawTraining
 from transfer.training.tensorboard_logs import TensorBoardLogs
 from transfer.training.keras_training import Diverged, train_keras, trained_with_refit
-from transfer.training.sources import adapt_on_features
+from transfer.training.sources import adapt_on_features, measured_thaw_steps
 from transfer.sweep.grid import EVAL_BATCH, THAW_AXES
 
 
@@ -87,9 +87,12 @@ def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patienc
     """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) and a head's refit
     step included; the epochs of every fit."""
 
+    step_scales = measured_thaw_steps(features, suffix.whole, setting["lr"]) if suffix is not None else None
+
     def train_once():
         plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(
-            suffix and suffix.whole, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True)
+            suffix and suffix.whole, setting["optimizer"], setting["lr"], setting["epochs"], patience, validated=True,
+            step_scales=step_scales)
         return train_keras(model, head, features.training(setting["batch_size"], seed),
                            features.evaluation("validation", EVAL_BATCH), epochs=plan.epochs, lr=setting["lr"],
                            optimizer=plan.optimizer, patience=plan.patience,

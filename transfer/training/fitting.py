@@ -41,7 +41,7 @@ from transfer.training.tensorboard_logs import TensorBoardLogs
 from transfer.training.keras_training import TrainingLog, class_weights, train_keras, trained_with_refit
 from transfer.training.run_files import evaluate_splits, write_run
 from transfer.training.concatenation_end import keep_better_end
-from transfer.training.sources import adapt_head, training_source
+from transfer.training.sources import adapt_head, measured_thaw_steps, training_source
 
 
 
@@ -291,10 +291,12 @@ def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_op
     if class_weight == "balanced":
         class_weight = class_weights(source.split("train"))
     validation = source.split("validation")
+    step_scales = measured_thaw_steps(source, feature_layer, settings.lr) if settings.thawing else None
+    say_thaw_steps(feature_layer, step_scales, verbose)
 
     def train_once():
         plan = settings.thaw_training.plan(feature_layer, settings.optimizer, settings.lr, settings.epochs,
-                                           settings.patience, validated=validation is not None)
+                                           settings.patience, validated=validation is not None, step_scales=step_scales)
         return train_keras(trained, head_layer, source.training(), validation, epochs=plan.epochs, lr=settings.lr,
                            optimizer=plan.optimizer, patience=plan.patience, class_weight=class_weight,
                            callbacks=[*plan.callbacks, *callbacks], verbose=verbose)
@@ -302,3 +304,13 @@ def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_op
     return head_layer, trained, trained_with_refit(head_layer, train_once)[-1]
 
 
+
+
+def say_thaw_steps(feature_layer, step_scales: dict | None, verbose) -> None:
+    """One line per thawed layer whose step was scaled down (`transfer.training.thaw_steps`)."""
+    if verbose == 0 or not step_scales:
+        return
+    for layer in feature_layer.plan.layers:
+        if step_scales.get(layer.index, 1.0) < 1:
+            print(f"thaw: {layer.scope} trains at lr x {step_scales[layer.index]:.2g}: a step at the full rate "
+                  "would move the cut features by more than their spread", flush=True)

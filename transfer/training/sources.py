@@ -8,6 +8,7 @@ import keras
 from transfer.heads.protocol import traits_of
 from transfer.layers.model import build_classifier, head_model
 from transfer.training.settings import TrainingSettings
+from transfer.training.thaw_steps import thaw_step_scales
 from transfer.features.spec import CacheSpec
 
 ADAPT_EXAMPLES = 1024  # training examples a head's input standardization is adapted on (`adapt_head`)
@@ -36,6 +37,16 @@ def adapt_head(head, source) -> None:
         return
     inputs = source.model(keras.layers.Identity())
     head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
+
+
+def measured_thaw_steps(source, feature_layer, lr: float) -> dict[int, float]:
+    """Each thawed layer's learning-rate scale (`transfer.training.thaw_steps`), measured on the
+    first batch of the sample the head adapts on, through what the head will see; `source` may
+    also be `FeatureSplits` of a thaw's prefix outputs with `feature_layer`'s suffix (a sweep)."""
+    if not hasattr(source, "adapt_batches"):
+        source = _CachedTraining(source, 256, 0, feature_layer.suffix())
+    examples, _ = next(iter(source.adapt_batches()))
+    return thaw_step_scales(source.model(keras.layers.Identity()), examples, feature_layer, lr)
 
 
 def adapt_on_features(head, features, suffix=None, batch_size: int = 256, sample=None) -> None:

@@ -45,9 +45,12 @@ class ThawTraining:
                 check_number(name, given[name], minimum, above=above, integer=integer, flag=flag_of(name))
         return self
 
-    def plan(self, feature_layer, optimizer: str, lr: float, epochs: int, patience, validated: bool) -> TrainingPlan:
-        """The optimizer and callbacks for `feature_layer` (a ThawedFeatureLayer when thawing)."""
-        if not any(dataclasses.asdict(self).values()):
+    def plan(self, feature_layer, optimizer: str, lr: float, epochs: int, patience, validated: bool,
+             step_scales: dict | None = None) -> TrainingPlan:
+        """The optimizer and callbacks for `feature_layer` (a ThawedFeatureLayer when thawing);
+        `step_scales`: thawed layer index -> its measured learning-rate scale (`thaw_steps`)."""
+        reduced = any(scale < 1 for scale in (step_scales or {}).values())
+        if not any(dataclasses.asdict(self).values()) and not reduced:
             return TrainingPlan(optimizer, [], epochs, patience)  # plain --thaw: one optimizer, as before
         callbacks = []
         if self.head_epochs is not None or self.thaw_epochs is not None:
@@ -57,15 +60,16 @@ class ThawTraining:
             callbacks, epochs, patience = [schedule], schedule.epochs, None  # the schedule stops each stage
         elif self.unfreeze_every is not None:
             callbacks = [GradualUnfreezing(feature_layer, every=self.unfreeze_every, start=1)]
-        return TrainingPlan(self.optimizer(feature_layer, optimizer, lr), callbacks, epochs, patience)
+        return TrainingPlan(self.optimizer(feature_layer, optimizer, lr, step_scales), callbacks, epochs, patience)
 
-    def optimizer(self, feature_layer, name: str, lr: float) -> GroupedOptimizer:
+    def optimizer(self, feature_layer, name: str, lr: float, step_scales: dict | None = None) -> GroupedOptimizer:
         """One group per thawed layer (its own Adam step count, starting when it first trains),
-        at `lr * thaw_lr_scale` with `thaw_weight_decay`; the head is the main group at `lr`."""
+        at `lr * thaw_lr_scale` times its measured step scale, with `thaw_weight_decay`; the head
+        is the main group at `lr`."""
         indices = feature_layer.weight_layer_indices
-        group = {"lr_scale": 1.0 if self.thaw_lr_scale is None else self.thaw_lr_scale}
-        if self.thaw_weight_decay is not None:
-            group["weight_decay"] = self.thaw_weight_decay
-        groups = [{**group, "variables": [w for w, i in zip(feature_layer.thawed_weights, indices) if i == index]}
+        scale = 1.0 if self.thaw_lr_scale is None else self.thaw_lr_scale
+        group = {} if self.thaw_weight_decay is None else {"weight_decay": self.thaw_weight_decay}
+        groups = [{**group, "lr_scale": scale * (step_scales or {}).get(index, 1.0),
+                   "variables": [w for w, i in zip(feature_layer.thawed_weights, indices) if i == index]}
                   for index in sorted(set(indices))]
         return GroupedOptimizer(optimizer_named(name, lr), groups)
