@@ -21,8 +21,8 @@ def check_before_tensorflow(args) -> None:
         check_spec(args.data)
     if args.command == "fit":
         fit_head_options(args.head_opt)  # a key given twice
-        if args.out:  # (a sweep's OUT.partial resumes: it checks its --out itself)
-            check_new_run_dir(args.out)
+    if args.command in ("fit", "evaluate") and args.out:  # (a sweep's OUT.partial resumes: it checks its --out itself)
+        check_new_run_dir(args.out)
     for name in getattr(args, "export", None) or ():
         check_choice("export format", name, EXPORT_FORMATS, flag="--export")
     named = [args.head] if getattr(args, "head", None) else getattr(args, "heads", None) or []

@@ -1,14 +1,17 @@
 """`transfer evaluate` and `transfer predict`: what a fit run does on new data."""
 from __future__ import annotations
 
+import datetime
 import json
+from pathlib import Path
 
 from transfer.cli.arguments import command, table
 from transfer.text import printable
 
 EVALUATE_EXAMPLES = """examples:
   transfer evaluate runs/fit-20261125-101500 --data 'digits:5-9'
-  transfer evaluate runs/my-run --data photos/test --json"""
+  transfer evaluate runs/my-run --data photos/test --json
+  transfer evaluate runs/my-run --data photos/test --out runs/my-run-on-test"""
 PREDICT_EXAMPLES = """examples:
   transfer predict runs/my-run cat.jpg dog.png --top-k 2
   transfer predict runs/my-run photos/      # every image under the folder
@@ -29,6 +32,8 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--batch-size", type=int, default=32, help="examples per model call (default 32)")
     evaluate.add_argument("--split", choices=["test", "all"], default="test",
                           help="score the data's test split (default; every example if it has none) or all of it")
+    evaluate.add_argument("--out", metavar="DIR", help="new directory for metrics.json and confusion_matrix.png "
+                          "(default: RUN/evaluate-YYYYmmdd-HHMMSS)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -46,8 +51,11 @@ def _add_predict(commands) -> None:
 
 def run_evaluate(args) -> int:
     from transfer.training.prediction import evaluate
+    from transfer.training.reporting import confusion_text
 
-    metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size, split=args.split)
+    out = args.out or Path(args.run) / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size, split=args.split,
+                       out=out)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -60,6 +68,9 @@ def run_evaluate(args) -> int:
     rows = [(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1-score']:.3f}", str(int(v["support"])))
             for name, v in report.items() if isinstance(v, dict)]
     print(table([("class", "precision", "recall", "f1", "support"), *rows]))
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print(confusion_text(metrics["confusion_matrix"], metrics["class_names"]))
+    print(printable(f"written: {out}/metrics.json, {out}/confusion_matrix.png"))
     return 0
 
 

@@ -48,31 +48,34 @@ def best_per_cut(rows: list[dict], cuts: list) -> dict:
 
 
 def _plot_cuts(path: Path, rows: list[dict], cuts: list):
-    """Validation (solid) and test (dotted) accuracy per cut, deepest on the right: where the
-    features transfer. One line per head, its best setting at each cut; a head that reads all
-    cuts at once (`multilayer`) is a dashed level across (its best validation accuracy). Cut
-    names are `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
+    """Validation (solid) and test (dotted, only when there is a test split) accuracy per cut,
+    cuts down the side in graph order, deepest at the bottom: where the features transfer. One
+    line per head, its best setting at each cut; a head that reads all cuts at once
+    (`multilayer`) is a dashed level (its best validation accuracy). Cut names are shortened
+    (`short_cut_names`) and written across, so 22 cuts or 177 never crowd the axis: the figure
+    grows with them. `printable`, not mathtext. Returns the (closed) figure."""
     plt = pyplot()
     names = short_cut_names(cuts)
-    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(cuts) + 2), 4.5))
+    labels = [printable(names[cut]) for cut in cuts]
+    figure, axis = plt.subplots(figsize=(6 + 0.065 * max(map(len, labels)), 1.6 + 0.26 * len(cuts)))
     positions = np.arange(len(cuts))
+    tested = any(row["test_accuracy_mean"] is not None for row in rows)
     for number, (head, best) in enumerate(best_per_cut(rows, cuts).items()):
-        color = f"C{number}"
-        for split, style in (("val", "-"), ("test", ":")):
+        for split, style in (("val", "-"), ("test", ":"))[:2 if tested else 1]:
             values = [np.nan if row is None or row[f"{split}_accuracy_mean"] is None else row[f"{split}_accuracy_mean"]
                       for row in best]
-            axis.plot(positions, values, style, marker="o" if split == "val" else None, color=color,
+            axis.plot(values, positions, style, marker="o" if split == "val" else None, color=f"C{number}",
                       label=f"{printable(head)} ({'validation' if split == 'val' else 'test'})")
     for number, row in enumerate({row["head"]: row for row in reversed(rows) if row["cut"] == ALL_CUTS}.values()):
-        axis.axhline(score(row["val_accuracy_mean"]), linestyle="--", color=f"C{number + 5}",
+        axis.axvline(score(row["val_accuracy_mean"]), linestyle="--", color=f"C{number + 5}",
                      label=f"{printable(row['head'])}, all {len(cuts)} cuts (validation)")
-    axis.set_xticks(positions, [printable(names[cut]) for cut in cuts], rotation=70, ha="right", fontsize=7,
-                    parse_math=False)
-    axis.set_xlabel("cut, in graph order (deeper to the right)")
-    axis.set_ylabel("accuracy")
-    axis.set_ylim(0, 1.02)
+    axis.set_yticks(positions, labels, fontsize=8, parse_math=False)
+    axis.set_ylim(len(cuts) - 0.5, -0.5)  # the first cut on top, the deepest at the bottom
+    axis.set_ylabel("cut, in graph order (deeper below)")
+    axis.set_xlabel("accuracy")
+    axis.set_xlim(0, 1.02)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="best")
     axis.set_title(f"accuracy per cut ({len(cuts)} cuts)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -124,18 +127,20 @@ def short_cut_names(specs: list) -> dict:
 
 
 def _plot(path: Path, rows: list[dict]):
-    """Horizontal bars of mean validation accuracy with std error bars, best on top; the labels
-    `printable`, shown as they are (not as mathtext). Returns the (closed) figure."""
+    """Horizontal bars of mean validation accuracy, best on top, with std error bars over
+    repeats (none for single runs); the labels `printable`, shown as they are (not as mathtext).
+    Returns the (closed) figure."""
     plt = pyplot()
     shown = varying_keys([row["setting"] for row in rows])
     cut_names = short_cut_names([row["cut"] for row in rows])
     labels = [f"{row['rank']}. {label(row['setting'], shown, cut_names)}" for row in rows]
     means = [score(row["val_accuracy_mean"]) for row in rows]
-    errors = [row["val_accuracy_std"] or 0.0 for row in rows]
+    repeated = any(row["repeats"] > 1 for row in rows)
+    errors = [row["val_accuracy_std"] or 0.0 for row in rows] if repeated else [0.0] * len(rows)
     width = 5 + 0.07 * max(map(len, labels), default=0)
     figure, axis = plt.subplots(figsize=(width, 1.2 + 0.35 * len(rows)))
     positions = np.arange(len(rows))
-    axis.barh(positions, means, xerr=errors, capsize=3, color="tab:blue", alpha=0.8)
+    axis.barh(positions, means, xerr=errors if repeated else None, capsize=3, color="tab:blue", alpha=0.8)
     for position, mean, error in zip(positions, means, errors):
         axis.text(mean + error + 0.01, position, f"{mean:.3f}", va="center", fontsize=8)
     axis.set_yticks(positions, labels, parse_math=False)
@@ -143,7 +148,7 @@ def _plot(path: Path, rows: list[dict]):
     axis.set_xlim(0, 1.12)
     axis.set_xlabel("validation accuracy")
     repeats = rows[0]["repeats"] if rows else 1
-    axis.set_title(f"{len(rows)} settings, best first" + (f" (mean ± std of {repeats} runs)" if repeats > 1 else ""))
+    axis.set_title(f"{len(rows)} settings, best first" + (f" (mean ± std of {repeats} runs)" if repeated else ""))
     axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -17,7 +17,8 @@ from transfer import datasets
 from transfer.data import input_kind
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.datasets.folder import IMAGE_SUFFIXES
-from transfer.training.reporting import MODEL_FILE, classification_metrics
+from transfer.training.reporting import (MODEL_FILE, check_new_run_dir, classification_metrics, plot_confusion_matrix,
+                                         run_directory, run_title, write_json)
 from transfer.data.batches import Batches
 
 
@@ -37,11 +38,14 @@ def load_run(run_dir) -> tuple[keras.Model, dict]:
 EVALUATED_SPLITS = ("test", "all")
 
 
-def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "test") -> dict:
+def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "test", out=None) -> dict:
     """Accuracy, per-class report and confusion matrix on the data's test split (`split="test"`,
     the default: training and validation examples would flatter the run), or on every example
-    (`"all"`, also what a test split that the data lacks falls back to); `metrics["split"]` says which."""
+    (`"all"`, also what a test split that the data lacks falls back to); `metrics["split"]` says which.
+    `out`: a new directory that gets `metrics.json` and `confusion_matrix.png` (`metrics["out"]`)."""
     check_choice("split", split, EVALUATED_SPLITS, flag="--split")
+    if out is not None:
+        check_new_run_dir(out)
     model, config = load_run(run_dir)
     splits = _as_split_for_the_run(data, data_dir, config)
     run_labels = _run_labels(splits.class_names, config["class_names"], data)
@@ -60,7 +64,20 @@ def evaluate(run_dir, data, data_dir=None, batch_size: int = 32, split: str = "t
             labels.append(run_labels[y])
     metrics = classification_metrics(np.concatenate(labels), np.concatenate(probabilities), config["class_names"])
     absent = [name for name in config["class_names"] if name not in splits.class_names]
-    return {**metrics, "split": scored, "absent_classes": absent}
+    metrics = {**metrics, "class_names": config["class_names"], "split": scored, "absent_classes": absent}
+    if out is not None:
+        _write_evaluation(out, metrics, config, data)
+    return metrics
+
+
+def _write_evaluation(out, metrics: dict, config: dict, data) -> None:
+    """`metrics.json` and `confusion_matrix.png` (titled with the run and the data) in `out`,
+    written whole or not at all."""
+    metrics["out"] = str(out)
+    with run_directory(out) as directory:
+        write_json(directory / "metrics.json", {**metrics, "data": str(data), "run": config.get("command")})
+        plot_confusion_matrix(directory / "confusion_matrix.png", metrics["confusion_matrix"], config["class_names"],
+                              (run_title(config), f"{data}: {metrics['split']} accuracy {metrics['accuracy']:.3f}"))
 
 
 def _run_labels(data_classes: list, run_classes: list, data) -> np.ndarray:

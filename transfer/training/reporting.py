@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import tables
 from transfer.errors import TransferError
 from transfer.text import printable
 
@@ -98,10 +99,20 @@ def pyplot():
     return plt
 
 
-def plot_learning_curves(path: Path, history: dict, kept_epoch: int | None = None) -> None:
-    """Loss and accuracy per epoch; a dotted line marks the epoch whose weights were kept."""
+def run_title(config: dict) -> str:
+    """What names a run in its figures: `linear head, cut block2_out, thaw 2` (`printable`)."""
+    thaw = config.get("thaw") or (f"from {config['thaw_from']}" if config.get("thaw_from") else None)
+    cut = config.get("cut") or "auto"
+    cuts = cut.split(",")
+    cut_text = f"cut {cut}" if len(cuts) <= 3 else f"{len(cuts)} cuts ({cuts[0]} … {cuts[-1]})"
+    return printable(f"{config.get('head', '?')} head, {cut_text}" + (f", thaw {thaw}" if thaw else ""))
+
+
+def plot_learning_curves(path: Path, history: dict, kept_epoch: int | None = None, title: str | None = None):
+    """Loss and accuracy per epoch; a dotted line marks the epoch whose weights were kept;
+    `title` names the run (`run_title`). Returns the (closed) figure."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.4 if title else 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
@@ -112,14 +123,18 @@ def plot_learning_curves(path: Path, history: dict, kept_epoch: int | None = Non
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
+    if title:
+        figure.suptitle(printable(title), parse_math=False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return figure
 
 
-def plot_confusion_matrix(path: Path, matrix, class_names, title: str):
+def plot_confusion_matrix(path: Path, matrix, class_names, title):
     """The matrix with the class names on both axes; returns the (closed) figure. Class names come
-    from folder names: `printable`, and shown as they are, not as mathtext (`$...$`)."""
+    from folder names: `printable`, and shown as they are, not as mathtext (`$...$`). `title`: a
+    line, or several (a tuple)."""
     plt = pyplot()
     matrix = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
@@ -131,7 +146,8 @@ def plot_confusion_matrix(path: Path, matrix, class_names, title: str):
     axis.set_yticks(ticks, names, parse_math=False)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(printable(title), parse_math=False)
+    lines = [title] if isinstance(title, str) else list(title)  # (the run, the score): one line each
+    axis.set_title("\n".join(printable(line) for line in lines), parse_math=False)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, str(count), ha="center", va="center",
@@ -140,3 +156,10 @@ def plot_confusion_matrix(path: Path, matrix, class_names, title: str):
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return figure
+
+
+def confusion_text(matrix, class_names) -> str:
+    """The confusion matrix as an aligned text table (rows: true class, columns: predicted)."""
+    names = [printable(name) for name in class_names]
+    rows = [["true \\ predicted", *names], *([name, *map(str, row)] for name, row in zip(names, np.asarray(matrix)))]
+    return "\n".join(tables.format_table(rows))

@@ -7,7 +7,7 @@ from pathlib import Path
 from transfer.layers.export import export_all
 from transfer.training.prediction import predict_batches
 from transfer.training.reporting import (MODEL_FILE, classification_metrics, plot_confusion_matrix,
-                                         plot_learning_curves, write_history, write_json)
+                                         plot_learning_curves, run_title, write_history, write_json)
 from transfer.training.keras_training import TrainingLog
 
 
@@ -31,8 +31,9 @@ def write_run(directory: Path, model, config, metrics, log: TrainingLog, class_n
     write_json(directory / "metrics.json", metrics)
     if log.history:
         write_history(directory / "history.csv", log.history)
-        plot_learning_curves(directory / "learning_curves.png", log.history, kept_epoch=log.kept_epoch)
+        plot_learning_curves(directory / "learning_curves.png", log.history, kept_epoch=log.kept_epoch,
+                             title=run_title(config))
     reported = next((role for role in ("test", "validation") if role in metrics), None)
     if reported:
-        plot_confusion_matrix(directory / "confusion_matrix.png", metrics[reported]["confusion_matrix"],
-                              class_names, f"{reported} accuracy {metrics[reported]['accuracy']:.3f}")
+        plot_confusion_matrix(directory / "confusion_matrix.png", metrics[reported]["confusion_matrix"], class_names,
+                              (run_title(config), f"{reported} accuracy {metrics[reported]['accuracy']:.3f}"))
