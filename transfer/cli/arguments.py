@@ -6,7 +6,9 @@ No TensorFlow here: `--help` and argument errors must answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from transfer.choices import CACHE_DTYPES, ENGINES, OPTIMIZERS, POOLS, PRECISIONS, RUNNERS, STRATEGIES
 from transfer.errors import TransferError
@@ -21,6 +23,32 @@ def command(commands, name: str, handler, summary: str, examples: str | None = N
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.set_defaults(handler=handler)
     return sub
+
+
+def add_output_arguments(parser, json_help: str) -> None:
+    """`--json`, and how much is said meanwhile: `--quiet` (the results only) or `--verbose`."""
+    parser.add_argument("--json", action="store_true", help=json_help + "; stdout then holds only the JSON, the "
+                        "stage lines and progress go to stderr")
+    said = parser.add_mutually_exclusive_group()
+    said.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
+                      "progress bars or epochs")
+    said.add_argument("--verbose", "-v", action="store_true", help="say more: each cut's tensor and shape, cache "
+                      "entries' keys and folders, extraction times, the engine's choice, each thawed layer's step")
+
+
+@contextlib.contextmanager
+def progress_streams(args):
+    """While a command works: with `--json`, everything it prints (stage lines, progress bars,
+    Keras' epochs) goes to stderr, so that stdout holds only the JSON printed after; with
+    `--verbose`, detail lines (`transfer.detail`) are printed too."""
+    from transfer.detail import show_details
+
+    show_details(bool(getattr(args, "verbose", False)))
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            yield
+    finally:
+        show_details(False)
 
 
 def add_training_arguments(fit) -> None:

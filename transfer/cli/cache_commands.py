@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument, command,
-                                     backbone_spec, data_spec, table)
+from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_output_arguments,
+                                     add_pool_argument, backbone_spec, command, data_spec, progress_streams, table)
 from transfer.errors import TransferError
 from transfer.features.spec import CacheSpec
 from transfer.graph.memory import format_size, parse_size
@@ -47,9 +47,7 @@ def _add_extract(commands) -> None:
     extract.add_argument("--batch-size", type=int, default=32, help="examples per backbone call (default 32)")
     extract.add_argument("--shard-size", type=int, metavar="N", help="examples per shard (default: ~64 MiB)")
     add_pool_argument(extract)
-    extract.add_argument("--json", action="store_true", help="print the entries as JSON")
-    extract.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
-                     "progress bars or epochs")
+    add_output_arguments(extract, "print the entries as JSON")
 
 
 def _add_cache(commands) -> None:
@@ -94,10 +92,11 @@ def _age(text: str) -> float:
 def run_extract(args) -> int:
     from transfer.features.inputs import open_inputs
 
-    inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine,
-                         precision=args.precision)
-    entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
-                             shard_size=args.shard_size, progress=not (args.json or args.quiet))
+    with progress_streams(args):
+        inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine,
+                             precision=args.precision)
+        entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
+                                 shard_size=args.shard_size, progress=not args.quiet)
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from transfer.cli.arguments import (add_cache_arguments, add_input_arguments, add_thaw_training_arguments,
-                                     add_training_arguments, backbone_spec, command, data_spec, export_formats,
-                                     fit_head_options, key_value)
+from transfer.cli.arguments import (add_cache_arguments, add_input_arguments, add_output_arguments,
+                                     add_thaw_training_arguments, add_training_arguments, backbone_spec, command,
+                                     data_spec, export_formats, fit_head_options, key_value, progress_streams)
 from transfer.choices import HEADS
 from transfer.text import printable
 from transfer.training.settings import FIELDS as SETTINGS
@@ -50,9 +50,7 @@ def add(commands) -> None:
                      "savedmodel,pb")
     fit.add_argument("--tensorboard", action="store_true",
                      help="write TensorBoard logs in RUN/tensorboard (scalars per epoch, confusion matrices)")
-    fit.add_argument("--json", action="store_true", help="print the metrics and the run directory (run_dir) as JSON")
-    fit.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
-                     "progress bars or epochs")
+    add_output_arguments(fit, "print the metrics and the run directory (run_dir) as JSON")
 
 
 def run(args) -> int:
@@ -61,11 +59,11 @@ def run(args) -> int:
     out = args.out or default_run_dir("fit")
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS})
     head_options = fit_head_options(args.head_opt)
-    result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=head_options,
-                 cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                 precision=args.precision, out=out, export=args.export, tensorboard=args.tensorboard,
-                 strategy=args.strategy,
-                 verbose=0 if args.json or args.quiet else "auto")  # --json: stdout is for the JSON only
+    with progress_streams(args):
+        result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=head_options,
+                     cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
+                     precision=args.precision, out=out, export=args.export, tensorboard=args.tensorboard,
+                     strategy=args.strategy, verbose=0 if args.quiet else ("auto" if not args.json else 2))
     if args.json:
         print(json.dumps({**result.metrics, "run_dir": None if result.run_dir is None else str(result.run_dir)},
                          indent=2))  # run_dir None: another worker's run, written by the chief

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 from transfer.choices import HEADS
-from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_pool_argument,
-                                     add_strategy_argument, backbone_spec, choices_of, command, data_spec,
-                                     export_formats, key_value, sweep_head_options)
+from transfer.cli.arguments import (CACHE_HELP, add_cache_arguments, add_input_arguments, add_output_arguments,
+                                     add_pool_argument, add_strategy_argument, backbone_spec, choices_of, command,
+                                     data_spec, export_formats, key_value, progress_streams, sweep_head_options)
 from transfer.text import printable
 from transfer.training.settings import default
 
@@ -61,10 +61,8 @@ def add(commands) -> None:
                        help="exports of the best setting's run (savedmodel, pb, tflite, or none)")
     sweep.add_argument("--tensorboard", action="store_true",
                        help="write every run's TensorBoard logs and HParams summaries in OUT/tensorboard")
-    sweep.add_argument("--json", action="store_true", help="print the sweep directory (run_dir), the best "
-                       "setting's run (best_dir) and the ranked rows (rows) as JSON")
-    sweep.add_argument("--quiet", "-q", action="store_true", help="print only the results: no stage lines, "
-                       "progress bars or epochs")
+    add_output_arguments(sweep, "print the sweep directory (run_dir), the best setting's run (best_dir) and the "
+                         "ranked rows (rows) as JSON")
 
 
 def _list_valued(heads: list[str]):
@@ -89,14 +87,15 @@ def run(args) -> int:
     axes = {key: getattr(args, key) for key in ("lr", "epochs", "batch_size", "optimizer", "thaw", "thaw_lr_scale",
                                                 "thaw_weight_decay", "unfreeze_every", "head_epochs")
             if getattr(args, key) is not None}
-    result = sweep(backbone_spec(args), data_spec(args), heads=args.heads or ["linear"], grid=args.grid,
-                   head_options=sweep_head_options(args.head_opt, _list_valued(args.heads or ["linear"])),
-                   repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
-                   cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                   precision=args.precision, out=args.out or default_run_dir("sweep"),
-                   export=args.export, tensorboard=args.tensorboard, progress=not (args.json or args.quiet),
-                   strategy=args.strategy, **axes,
-                   **({"finalists": args.finalists} if args.finalists is not None else {}))
+    with progress_streams(args):
+        result = sweep(backbone_spec(args), data_spec(args), heads=args.heads or ["linear"], grid=args.grid,
+                       head_options=sweep_head_options(args.head_opt, _list_valued(args.heads or ["linear"])),
+                       repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
+                       cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
+                       precision=args.precision, out=args.out or default_run_dir("sweep"),
+                       export=args.export, tensorboard=args.tensorboard, progress=not args.quiet,
+                       strategy=args.strategy, **axes,
+                       **({"finalists": args.finalists} if args.finalists is not None else {}))
     if args.json:  # where the sweep went, for scripts; None on a worker that is not the chief
         best_dir = result.best.run_dir if result.best is not None else None
         print(json.dumps({"run_dir": None if result.run_dir is None else str(result.run_dir),

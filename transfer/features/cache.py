@@ -35,12 +35,14 @@ import io
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from transfer.detail import detail
 from transfer.errors import TransferError, TransferWarning, check_choice
 from transfer.choices import CACHE_DTYPES
 from transfer.files import update_with_file, write_atomic
@@ -265,7 +267,13 @@ class FeatureCache:
                     keys = ", ".join(entry.key[:12] for entry in group.values())
                     print(f"features: the {role} split from the cache (entry {keys})", flush=True)
                 for layout, pending in layouts.items():
+                    started = time.perf_counter()
                     self._extract_rest(pending, extractor, role, dtype, layout, progress)
+                    count = extractor.size(role)
+                    detail(f"extracted the {role} split in {time.perf_counter() - started:.1f} s"
+                           + (f" ({count / max(time.perf_counter() - started, 1e-9):.0f} examples/s)" if count else ""))
+                for output, entry in group.items():
+                    detail(f"cache entry {entry.key} ({role}, {output}): {entry.path}")
             entries[role] = list(group.values())
         return entries
 
@@ -288,6 +296,8 @@ class FeatureCache:
                 "fill the same entry at once (a rerun after a killed one is safe)"), stacklevel=2)
         if progress and extractor.note:
             print(f"engine: {extractor.note}", flush=True)
+        elif not extractor.note:
+            detail("engine: TensorFlow (--engine auto times ONNX Runtime and OpenVINO against it where installed)")
 
     @contextlib.contextmanager
     def claimed(self, extractor, roles: list[str], dtype: str):

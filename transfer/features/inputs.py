@@ -18,6 +18,7 @@ from transfer import datasets
 from transfer.graph.backbone import Backbone
 from transfer.graph.spec import FIELDS as BACKBONE_FIELDS, BackboneSpec
 from transfer.datasets.preprocessing import Augmentation
+from transfer.detail import detail
 from transfer.errors import TransferError, check_keywords
 from transfer.data.batches import Batches
 from transfer.data.input_kind import InputKind, input_kind
@@ -95,6 +96,8 @@ class Inputs:
         """Say what was found before the slow work (`fit`, `sweep`), when `progress`."""
         if progress:
             print("\n".join(self.describe(data.data if data.named else "arrays")), flush=True)
+        for cut, (key, spec) in zip(self.backbone.cuts, self.backbone.feature_specs.items()):
+            detail(f"cut {key}: tensor {cut.name}, shape {tuple(spec.shape[1:])} {spec.dtype.name}")
 
     def describe(self, where: str) -> list[str]:
         """What was found, one line each: the data's classes and splits, the backbone and its

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from transfer import heads
 from transfer._version import __version__
 from transfer.training.distribute import run_dir_of, strategy_config, strategy_named
 from transfer.choices import EXPORT_FORMATS
+from transfer.detail import detail
 from transfer.errors import TransferError, check_choice
 from transfer.graph.memory import memory_errors
 from transfer.heads.pooling import averages_exactly
@@ -286,6 +288,9 @@ def _train_head(source, feature_layer, settings: TrainingSettings, kind, head_op
         return head_layer, source.model(head_layer), TrainingLog({})
     head_layer = kind.build(num_classes=num_classes, **head_options)
     trained = source.model(head_layer)
+    detail(f"training: {settings.optimizer} at lr {settings.lr:g}, batch size {settings.batch_size}, up to "
+           f"{settings.epochs} epochs, patience {settings.patience}; {trained.count_params()} weights, "
+           f"{sum(int(np.prod(w.shape)) for w in trained.trainable_weights)} trainable")
     adapt_head(head_layer, source)
     class_weight = settings.class_weight
     if class_weight == "balanced":

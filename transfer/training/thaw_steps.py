@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from transfer.detail import detail
+
 MAX_SHIFT = 1.0  # standard deviations of the cut features that one thawed layer's first step may move them
 REFINEMENTS = 3  # re-measurements at the reduced step (a ReLU network is not linear in a large step)
 
@@ -31,13 +33,17 @@ def thaw_step_scales(features, batch, feature_layer, lr: float) -> dict[int, flo
     for index in sorted(set(indices)):
         members = [(w, d) for w, d, i in zip(feature_layer.thawed_weights, directions, indices)
                    if i == index and d is not None]
-        scale = 1.0
+        scale, first = 1.0, None
         for _ in range(REFINEMENTS):
             shift = _shift(features, batch, members, lr * scale, before, spread)
+            first = shift if first is None else first
             if shift <= MAX_SHIFT * 1.01:
                 break
             scale *= MAX_SHIFT / shift if np.isfinite(shift) else 1e-6
         scales[index] = scale
+        scope = next((layer.scope for layer in feature_layer.plan.layers if layer.index == index), index)
+        detail(f"thaw step of {scope}: at lr {lr:g} it moves the cut features by {first:.3g} standard deviations; "
+               f"learning-rate scale {scale:.3g}")
     return scales
 
 
