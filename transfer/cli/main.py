@@ -16,7 +16,7 @@ import warnings
 
 from transfer._version import __version__
 from transfer.cli.early_checks import check_before_tensorflow
-from transfer.cli import (cache_commands, fit_command, heads_command, inspect_command, run_commands,
+from transfer.cli import (cache_commands, completion, fit_command, heads_command, inspect_command, run_commands,
                           sweep_command)
 from transfer.errors import TransferError, TransferWarning
 from transfer.graph.memory import memory_errors
@@ -27,9 +27,9 @@ INTERRUPTED = {  # what a command that keeps its finished work says of it on Ctr
     "sweep": "the settings that finished are kept; the same command resumes the sweep",
     "extract": "the shards finished are kept; the same command goes on from them",
 }
-COMMANDS_WITHOUT_TENSORFLOW = ("cache",)  # they read files only: they answer at once
+COMMANDS_WITHOUT_TENSORFLOW = ("cache", "completion")  # they read files only: they answer at once
 # in `--help`'s order
-COMMANDS = (inspect_command, fit_command, sweep_command, cache_commands, run_commands, heads_command)
+COMMANDS = (inspect_command, fit_command, sweep_command, cache_commands, run_commands, heads_command, completion)
 
 
 def _load_tensorflow() -> None:
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    completion.complete(parser)  # a Tab press in the shell: answers and exits here
     args = parser.parse_args(joined_dash_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "inspect" and not (args.backbone_path or args.backbone):
         parser.error("inspect: give the backbone PATH (or --backbone PATH)")

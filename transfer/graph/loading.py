@@ -15,6 +15,7 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 
 from transfer import _compat
+from transfer.choices import EXAMPLE_PREFIX, EXAMPLES_DIR
 from transfer.errors import TransferError
 from transfer.files import update_with_file
 from transfer.graph.freezing import FrozenGraph, freeze_function, freeze_keras_model
@@ -22,8 +23,6 @@ from transfer.graph.memory import check_memory
 from transfer.graph.safety import check_constants, check_library, check_meta_graph
 
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a message larger than 2 GiB
-EXAMPLES_DIR = Path(__file__).parents[1] / "examples"  # transfer/examples
-EXAMPLE_PREFIX = "example:"
 SERVING_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
 HUB_SIGNATURE = "default"  # TF Hub's convention (TF1 Hub modules have no serving_default)
