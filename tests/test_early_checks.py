@@ -139,3 +139,27 @@ def test_a_repeated_option_in_fit_is_one_line_before_tensorflow(capsys):
                               "--head", "mlp", "--head-opt", "hidden=128"])
     assert err == ("transfer fit: error: --head-opt hidden is given twice (64 and 128); a fit trains one setting: "
                    "give it once (alternatives are for transfer sweep)")
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    """Issue 25, "Smaller": `--top-k` and `--batch-size` had an empty help on some commands."""
+    import argparse
+
+    def flags(parser, path):
+        for action in parser._actions:
+            if action.nargs == argparse.PARSER:
+                for name, sub in action.choices.items():
+                    yield from flags(sub, [*path, name])
+            else:
+                yield " ".join(path), action
+
+    silent = [(path, action.option_strings or action.dest) for path, action in flags(build_parser(), [])
+              if not (action.help or "").strip()]
+    assert not silent
+
+
+def test_one_epoch_is_said_in_the_singular():
+    from transfer.training.keras_training import TrainingLog
+
+    assert TrainingLog({"loss": [1.0]}).summary() == "trained 1 epoch"
+    assert TrainingLog({"loss": [1.0, 0.5]}, stopped_early=True).summary() == "trained 2 epochs (stopped by a callback)"
