@@ -28,7 +28,7 @@ def thaw_step_scales(features, batch, feature_layer, lr: float) -> dict[int, flo
     a ThawedFeatureLayer) on `batch`, at learning rate `lr`."""
     before = _flat(features(batch, training=False))
     spread = [_spread(x) for x in before]
-    directions = _directions(features, batch, feature_layer.thawed_weights, spread)
+    directions = _directions(features, batch, feature_layer.thawed_weights, before, spread)
     scales, indices = {}, feature_layer.weight_layer_indices
     for index in sorted(set(indices)):
         members = [(w, d) for w, d, i in zip(feature_layer.thawed_weights, directions, indices)
@@ -59,16 +59,27 @@ def _spread(features: np.ndarray) -> np.ndarray:
     return np.where(constant, 1.0, std)
 
 
-def _directions(features, batch, weights, spread) -> list:
+def _directions(features, batch, weights, before, spread) -> list:
     """Each weight's first Adam step, without its size: the sign of the gradient of a random
-    projection (fixed seed) of the standardized features."""
+    projection (fixed seed) of the standardized features (`before`: the features, `spread`: their
+    per-channel standard deviations)."""
     rng = np.random.default_rng(0)
-    with tf.GradientTape() as tape:
-        outputs = tf.nest.flatten(features(batch, training=False))
-        projection = tf.add_n([tf.reduce_sum(tf.cast(x, tf.float32) * tf.constant(
-            rng.standard_normal(x.shape).astype("float32") / s.astype("float32"))) for x, s in zip(outputs, spread)])
-    gradients = tape.gradient(projection, [w.value for w in weights])
-    return [None if g is None else np.sign(np.asarray(g)) for g in gradients]
+    projections = [tf.constant(rng.standard_normal(x.shape).astype("float32") / s.astype("float32"))
+                   for x, s in zip(before, spread)]
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            outputs = tf.nest.flatten(features(batch, training=False))
+            projection = tf.add_n([tf.reduce_sum(tf.cast(x, tf.float32) * r) for x, r in zip(outputs, projections)])
+        return tape.gradient(projection, list(weights))
+
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        strategy = tf.distribute.get_strategy()  # distributed weights: their gradient only in a replica's context
+        found = [strategy.experimental_local_results(g)[0] if g is not None else None
+                 for g in strategy.run(gradients)]
+    else:
+        found = gradients()
+    return [None if g is None else np.sign(np.asarray(g)) for g in found]
 
 
 def _shift(features, batch, members, step: float, before, spread) -> float:
