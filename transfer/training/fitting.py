@@ -38,7 +38,7 @@ from transfer.features.spec import CacheSpec
 from transfer.features.inputs import open_inputs
 from transfer.training.prediction import predict_batches
 from transfer.features.runners import get_runner
-from transfer.training.reporting import check_new_run_dir, run_directory
+from transfer.training.reporting import check_new_run_dir, run_directory, run_title
 from transfer.training.tensorboard_logs import TensorBoardLogs
 from transfer.training.keras_training import TrainingLog, class_weights, train_keras, trained_with_refit
 from transfer.training.run_files import evaluate_splits, write_run
@@ -196,7 +196,7 @@ def _fit_run(run: _FitRun) -> FitResult:
         metrics = evaluate_splits(trained, source, inputs.splits.class_names)
         if ends is not None:
             metrics["selection"] = _said_selection(ends, run.verbose)
-        logs.confusion_matrices(metrics, step=log.epochs_run)
+        logs.confusion_matrices(metrics, step=log.epochs_run, title=run_title(config))
         metrics["train_seconds"] = round(seconds, 2)
         if log.history:
             metrics["training"] = {"epochs_run": log.epochs_run, "stopped_early": log.stopped_early,

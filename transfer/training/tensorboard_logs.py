@@ -43,8 +43,9 @@ class TensorBoardLogs:
                         tf.summary.scalar(f"epoch_{name}", value, step=epoch)
             writer.close()
 
-    def confusion_matrices(self, metrics: dict, step: int) -> None:
-        """Each scored split's confusion matrix, as the PNG the run directory holds."""
+    def confusion_matrices(self, metrics: dict, step: int, title: str | None = None) -> None:
+        """Each scored split's confusion matrix, as the PNG the run directory holds (`title`: the
+        run's, `reporting.run_title`)."""
         if self.log_dir is None:
             return
         import tensorflow as tf
@@ -56,7 +57,7 @@ class TensorBoardLogs:
                 continue
             png = io.BytesIO()
             plot_confusion_matrix(png, metrics[role]["confusion_matrix"], metrics["class_names"],
-                                  f"{role} accuracy {metrics[role]['accuracy']:.3f}")
+                                  (*([title] if title else []), f"{role} accuracy {metrics[role]['accuracy']:.3f}"))
             with tf.summary.create_file_writer(str(self.log_dir / role)).as_default():
                 tf.summary.image("confusion_matrix", tf.image.decode_png(png.getvalue())[None], step=step)
 
