@@ -146,10 +146,12 @@ def test_a_ram_cache_holds_the_plain_entries_and_trains(tmp_path, plain, capsys)
     assert len(rows) == 6 and all(row["complete"] and row["bad_shards"] == [] for row in rows)
     assert main(["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DATA,
                  "--cache-dir", "ram://transfer-beam/cache", "--json"]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["transfer extract: warning: cache ram://transfer-beam/cache is not on the local disk: its entries "
-                   "have no lock, so two extractions must not fill the same entry at once (a rerun after a killed "
-                   "one is safe)"]
+    err = capsys.readouterr().err.strip().splitlines()  # --json: the stage lines on stderr, then the warning
+    assert [line.split(" split from the cache (entry ")[0] for line in err[:-1]] == [
+        f"features: the {role}" for role in ("train", "validation", "test")]
+    assert err[-1] == ("transfer extract: warning: cache ram://transfer-beam/cache is not on the local disk: its "
+                       "entries have no lock, so two extractions must not fill the same entry at once (a rerun after a "
+                       "killed one is safe)")
     assert main(["cache", "rm", "--cache-dir", "ram://transfer-beam/cache", "--all"]) == 0
     assert not tf.io.gfile.glob("ram://transfer-beam/cache/*/manifest.json")
 
