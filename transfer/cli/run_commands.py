@@ -53,7 +53,7 @@ def run_evaluate(args) -> int:
     from transfer.training.prediction import evaluate
     from transfer.training.reporting import confusion_text
 
-    out = args.out or Path(args.run) / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out or _new_evaluation_dir(Path(args.run))
     metrics = evaluate(args.run, args.data, data_dir=args.data_dir, batch_size=args.batch_size, split=args.split,
                        out=out)
     if args.json:
@@ -72,6 +72,15 @@ def run_evaluate(args) -> int:
     print(confusion_text(metrics["confusion_matrix"], metrics["class_names"]))
     print(printable(f"written: {out}/metrics.json, {out}/confusion_matrix.png"))
     return 0
+
+
+def _new_evaluation_dir(run: Path) -> Path:
+    """`RUN/evaluate-YYYYmmdd-HHMMSS`, with `-2`, `-3`, … when evaluations come within a second."""
+    base = run / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    number = 1
+    while (base.with_name(f"{base.name}-{number}") if number > 1 else base).exists():
+        number += 1
+    return base.with_name(f"{base.name}-{number}") if number > 1 else base
 
 
 def run_predict(args) -> int:
