@@ -111,6 +111,26 @@ def test_a_quantization_that_loses_the_features_falls_back_to_fp32_with_one_line
         choose_engine(backbone, "openvino", data[:8], tmp_path, "int8", calibration)
 
 
+@pytest.mark.slow  # converts (and quantizes) with OpenVINO: seconds
+def test_a_first_int8_run_converts_once_and_calibrates_the_model_it_checks_with(tmp_path):
+    """The pruned graph is converted once; the FP32 model made then is calibrated and checked
+    against, the INT8 model checked is the one returned; a later run makes nothing."""
+    weights = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    backbone = _graph(tmp_path / "dense.pb", lambda x: tf.nn.relu(tf.matmul(x, weights)), (None, 8))
+    data = np.random.default_rng(1).normal(size=(96, 8)).astype("float32")
+    calibration = SimpleNamespace(identity={"role": "train", "seed": 0, "size": 64, "held_back": 32},
+                                  batches=[data[:32], data[32:64]], held_back=data[64:])
+    first = OpenVino.quantized(backbone, calibration, tmp_path)
+    assert set(first.made) == {"converted", "quantized", "checked"} and first.verdict.kept
+    kept = sorted(path.name.split(".", 1)[1] for path in (tmp_path / "openvino").iterdir())
+    assert kept == ["bin", "int8.bin", "int8.json", "int8.xml", "xml"]  # one FP32 model, one INT8 model
+    again = OpenVino.quantized(backbone, calibration, tmp_path)
+    assert again.made == {} and again.path == first.path and again.verdict == first.verdict
+    np.testing.assert_array_equal(again(data[:8]), first(data[:8]))  # the same model, kept
+    other = SimpleNamespace(**{**vars(calibration), "identity": {**calibration.identity, "seed": 1}})
+    assert set(OpenVino.quantized(backbone, other, tmp_path).made) == {"quantized", "checked"}  # FP32 kept
+
+
 def test_the_calibration_sample_comes_from_the_training_split_only():
     from transfer.features.calibration import Calibration
     from transfer.features.inputs import open_inputs
