@@ -131,6 +131,31 @@ def test_a_first_int8_run_converts_once_and_calibrates_the_model_it_checks_with(
     assert set(OpenVino.quantized(backbone, other, tmp_path).made) == {"quantized", "checked"}  # FP32 kept
 
 
+@pytest.mark.slow  # quantizes with OpenVINO twice through the CLI: seconds
+def test_the_calibration_size_chooses_the_sample_and_keys_the_model_and_features(tmp_path, capsys):
+    from transfer.features.cache import FeatureCache
+
+    cache = tmp_path / "cache"
+    common = ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DIGITS, "--cache-dir", cache,
+              "--engine", "openvino", "--precision", "int8", "--quiet"]
+    assert run_cli(capsys, *common, "--calibration-size", "16")[0] == 0
+    assert run_cli(capsys, *common)[0] == 0  # the default: another sample, another model, other features
+    sizes = sorted(e.manifest["ingredients"]["calibration"]["size"] for e in FeatureCache(cache).entries()
+                   if e.manifest["role"] == "train")
+    assert sizes[0] == 16 and len(sizes) == 2 and sizes[1] > 16
+    assert len(list((cache / "openvino").glob("*.int8.xml"))) == 2 and len(list((cache / "openvino").glob("*"))) == 8
+
+
+def test_a_calibration_size_below_one_is_one_line(tmp_path, capsys):
+    from transfer.features.spec import CacheSpec
+
+    user_error(capsys, ["extract", "--backbone", "example:digits", "--data", DIGITS, "--cache-dir", tmp_path,
+                        "--engine", "openvino", "--precision", "int8", "--calibration-size", "0"],
+               r"^transfer extract: error: calibration_size=0 \(--calibration-size\) must be a whole number")
+    with pytest.raises(TransferError, match="calibration_size=2.5"):
+        CacheSpec.of(tmp_path, calibration_size=2.5)
+
+
 def test_the_calibration_sample_comes_from_the_training_split_only():
     from transfer.features.calibration import Calibration
     from transfer.features.inputs import open_inputs

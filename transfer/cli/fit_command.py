@@ -63,7 +63,8 @@ def run(args) -> int:
     head_options = fit_head_options(args.head_opt)
     result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=head_options,
                  cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                 precision=args.precision, out=out, export=args.export, tensorboard=args.tensorboard,
+                 precision=args.precision, calibration_size=args.calibration_size, out=out, export=args.export,
+                 tensorboard=args.tensorboard,
                  strategy=args.strategy,
                  verbose=0 if args.json or args.quiet else "auto")  # --json: stdout is for the JSON only
     if args.json:
