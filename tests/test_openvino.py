@@ -111,6 +111,51 @@ def test_a_quantization_that_loses_the_features_falls_back_to_fp32_with_one_line
         choose_engine(backbone, "openvino", data[:8], tmp_path, "int8", calibration)
 
 
+@pytest.mark.slow  # converts (and quantizes) with OpenVINO: seconds
+def test_a_first_int8_run_converts_once_and_calibrates_the_model_it_checks_with(tmp_path):
+    """The pruned graph is converted once; the FP32 model made then is calibrated and checked
+    against, the INT8 model checked is the one returned; a later run makes nothing."""
+    weights = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    backbone = _graph(tmp_path / "dense.pb", lambda x: tf.nn.relu(tf.matmul(x, weights)), (None, 8))
+    data = np.random.default_rng(1).normal(size=(96, 8)).astype("float32")
+    calibration = SimpleNamespace(identity={"role": "train", "seed": 0, "size": 64, "held_back": 32},
+                                  batches=[data[:32], data[32:64]], held_back=data[64:])
+    first = OpenVino.quantized(backbone, calibration, tmp_path)
+    assert set(first.made) == {"converted", "quantized", "checked"} and first.verdict.kept
+    kept = sorted(path.name.split(".", 1)[1] for path in (tmp_path / "openvino").iterdir())
+    assert kept == ["bin", "int8.bin", "int8.json", "int8.xml", "xml"]  # one FP32 model, one INT8 model
+    again = OpenVino.quantized(backbone, calibration, tmp_path)
+    assert again.made == {} and again.path == first.path and again.verdict == first.verdict
+    np.testing.assert_array_equal(again(data[:8]), first(data[:8]))  # the same model, kept
+    other = SimpleNamespace(**{**vars(calibration), "identity": {**calibration.identity, "seed": 1}})
+    assert set(OpenVino.quantized(backbone, other, tmp_path).made) == {"quantized", "checked"}  # FP32 kept
+
+
+@pytest.mark.slow  # quantizes with OpenVINO twice through the CLI: seconds
+def test_the_calibration_size_chooses_the_sample_and_keys_the_model_and_features(tmp_path, capsys):
+    from transfer.features.cache import FeatureCache
+
+    cache = tmp_path / "cache"
+    common = ["extract", "--backbone", "example:digits", "--cut", "block2_out", "--data", DIGITS, "--cache-dir", cache,
+              "--engine", "openvino", "--precision", "int8", "--quiet"]
+    assert run_cli(capsys, *common, "--calibration-size", "16")[0] == 0
+    assert run_cli(capsys, *common)[0] == 0  # the default: another sample, another model, other features
+    sizes = sorted(e.manifest["ingredients"]["calibration"]["size"] for e in FeatureCache(cache).entries()
+                   if e.manifest["role"] == "train")
+    assert sizes[0] == 16 and len(sizes) == 2 and sizes[1] > 16
+    assert len(list((cache / "openvino").glob("*.int8.xml"))) == 2 and len(list((cache / "openvino").glob("*"))) == 8
+
+
+def test_a_calibration_size_below_one_is_one_line(tmp_path, capsys):
+    from transfer.features.spec import CacheSpec
+
+    user_error(capsys, ["extract", "--backbone", "example:digits", "--data", DIGITS, "--cache-dir", tmp_path,
+                        "--engine", "openvino", "--precision", "int8", "--calibration-size", "0"],
+               r"^transfer extract: error: calibration_size=0 \(--calibration-size\) must be a whole number")
+    with pytest.raises(TransferError, match="calibration_size=2.5"):
+        CacheSpec.of(tmp_path, calibration_size=2.5)
+
+
 def test_the_calibration_sample_comes_from_the_training_split_only():
     from transfer.features.calibration import Calibration
     from transfer.features.inputs import open_inputs

@@ -77,7 +77,8 @@ def test_an_extraction_records_its_specs_once_and_is_made_again_from_them():
     inputs = open_inputs(BackboneSpec("example:digits", cut="block1_out,block2_out"), DataSpec(DIGITS, seed=1),
                          batch_size=8)
     description = json.loads(json.dumps(Extraction(inputs).description()))
-    assert set(description) == {"backbone", "data", "batch_size", "engine", "precision", "pool", "engine_dir"}
+    assert set(description) == {"backbone", "data", "batch_size", "engine", "precision", "calibration_size", "pool",
+                                "engine_dir"}
     assert BackboneSpec.from_dict(description["backbone"]).cut == tuple(c.spec for c in inputs.backbone.cuts)
     assert DataSpec.from_dict(description["data"]).seed == 1
     again = open_extraction(description)

@@ -12,6 +12,7 @@ import sys
 
 from transfer.choices import CACHE_DTYPES, ENGINES, OPTIMIZERS, POOLS, PRECISIONS, RUNNERS, STRATEGIES
 from transfer.errors import TransferError
+from transfer.features.calibration import CALIBRATION
 from transfer.graph.memory import parse_size
 from transfer.training.settings import default
 
@@ -153,6 +154,9 @@ def add_cache_arguments(parser, help_text: str, *aliases: str) -> None:
                         help="int8: extract with the backbone quantized by NNCF (--engine openvino or auto; "
                         "pip install 'transfer[openvino]'), calibrated on training examples and refused (fp32 "
                         "then) when its features disagree with fp32's (default: fp32)")
+    parser.add_argument("--calibration-size", type=int, default=CALIBRATION, metavar="N",
+                        help="--precision int8: how many training examples (a seeded sample) it is calibrated on; "
+                        f"64 kept every measured probe within 1 point of fp32 (default: {CALIBRATION})")
     parser.add_argument("--runner", default="local", choices=RUNNERS,
                         help="where features are extracted: local (this process), beam (an Apache Beam pipeline, "
                         "one work item per shard; pip install 'transfer[beam]') or dask (beam on a dask.distributed "

@@ -94,7 +94,7 @@ def run_extract(args) -> int:
 
     with progress_streams(args):
         inputs = open_inputs(backbone_spec(args), data_spec(args), batch_size=args.batch_size, engine=args.engine,
-                             precision=args.precision)
+                             precision=args.precision, calibration_size=args.calibration_size)
         entries = inputs.extract(CacheSpec(args.cache_dir, args.cache_dtype, runner=args.runner, pool=args.pool),
                                  shard_size=args.shard_size, progress=not args.quiet)
     rows = [entry_row(entry) for listed in entries.values() for entry in listed]

@@ -62,8 +62,9 @@ def run(args) -> int:
     with progress_streams(args):
         result = fit(backbone_spec(args), data_spec(args), settings, head=args.head, head_options=head_options,
                      cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                     precision=args.precision, out=out, export=args.export, tensorboard=args.tensorboard,
-                     strategy=args.strategy, verbose=0 if args.quiet else ("auto" if not args.json else 2))
+                     precision=args.precision, calibration_size=args.calibration_size, out=out, export=args.export,
+                     tensorboard=args.tensorboard, strategy=args.strategy,
+                     verbose=0 if args.quiet else ("auto" if not args.json else 2))
     if args.json:
         print(json.dumps({**result.metrics, "run_dir": None if result.run_dir is None else str(result.run_dir)},
                          indent=2))  # run_dir None: another worker's run, written by the chief

@@ -92,7 +92,8 @@ def run(args) -> int:
                        head_options=sweep_head_options(args.head_opt, _list_valued(args.heads or ["linear"])),
                        repeats=args.repeats, seed=args.seed, patience=args.patience, cuts=args.cuts, pool=args.pool,
                        cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, engine=args.engine, runner=args.runner,
-                       precision=args.precision, out=args.out or default_run_dir("sweep"),
+                       precision=args.precision, calibration_size=args.calibration_size,
+                       out=args.out or default_run_dir("sweep"),
                        export=args.export, tensorboard=args.tensorboard, progress=not args.quiet,
                        strategy=args.strategy, **axes,
                        **({"finalists": args.finalists} if args.finalists is not None else {}))

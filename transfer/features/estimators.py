@@ -19,6 +19,7 @@ from transfer.datasets.arrays import stored_dtype
 from transfer.heads.pooling import pool_array
 from transfer.data.batches import Batches
 from transfer.data.input_kind import input_kind
+from transfer.features.calibration import CALIBRATION
 from transfer.features.inputs import Inputs
 from transfer.features.spec import CacheSpec
 from transfer.graph.spec import BackboneSpec
@@ -31,13 +32,15 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     `pooling` turns spatial features into vectors: "flatten" (keep every position), "avg" or
     "max"; 2-D features pass through. `inputs`, `feeds`, `allow_ops`: where and with what the
     graph is fed, as for `Backbone.load`; `engine`: "tf", "onnxruntime", "openvino" or "auto", `precision`:
-    "fp32" or "int8" (`transfer.features.engines`; int8 is calibrated on the X given to `fit`).
+    "fp32" or "int8" (`transfer.features.engines`; int8 is calibrated on `calibration_size` examples
+    of the X given to `fit`).
     Follows scikit-learn's rules: `__init__` only stores, each setting its own keyword (so
     `clone` and grid search see them); `fit` makes the `BackboneSpec` and `CacheSpec` from them.
     """
 
     def __init__(self, backbone, cut="auto", signature=None, scale=None, pooling="flatten", batch_size=32,
-                 cache_dir=None, inputs=None, feeds=None, allow_ops=(), engine="tf", precision="fp32"):
+                 cache_dir=None, inputs=None, feeds=None, allow_ops=(), engine="tf", precision="fp32",
+                 calibration_size=CALIBRATION):
         self.backbone = backbone
         self.cut = cut
         self.signature = signature
@@ -50,12 +53,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.engine = engine
         self.precision = precision
+        self.calibration_size = calibration_size
 
     def fit(self, X, y=None):
         """Nothing to learn: load the backbone and decide once how X reaches it (images or arrays,
         `transfer.data.input_kind.input_kind`), so that `transform` is cheap."""
         # pooling is done here, after the cache
-        self.cache_ = CacheSpec.of(self.cache_dir, engine=self.engine, precision=self.precision)
+        self.cache_ = CacheSpec.of(self.cache_dir, engine=self.engine, precision=self.precision,
+                                   calibration_size=self.calibration_size)
         self.backbone_ = BackboneSpec(self.backbone, cut=self.cut, signature=self.signature, inputs=self.inputs,
                                       feeds=self.feeds, allow_ops=self.allow_ops).load()
         splits = _splits(_examples(X))
@@ -81,7 +86,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def _inputs(self, splits: DataSplits, engine=None) -> Inputs:
         return Inputs(self.backbone_, splits, self.input_kind_,
                       Batches(splits, self.input_kind_, self.batch_size, 0, None), self.cache_.engine,
-                      self.cache_.precision, chosen_engine=engine)
+                      self.cache_.precision, self.cache_.calibration_size, chosen_engine=engine)
 
 
 def _examples(X) -> np.ndarray:

@@ -130,6 +130,7 @@ class Extraction:
                                    scale=None)  # as resolved: the same images, wherever the worker runs
         return {"backbone": BackboneSpec.of_backbone(inputs.backbone).to_dict(), "data": data.to_dict(),
                 "batch_size": self.batch_size, "engine": self.engine.name, "precision": self.engine.precision,
+                "calibration_size": self.inputs.calibration_size,
                 "pool": self.pool,
                 "engine_dir": None if self.engine_dir is None else str(self.engine_dir)}
 

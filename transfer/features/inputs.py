@@ -24,6 +24,7 @@ from transfer.data.batches import Batches
 from transfer.data.input_kind import InputKind, input_kind
 from transfer.data.spec import FIELDS as DATA_FIELDS, DataSpec
 from transfer.features.cache import FeatureCache
+from transfer.features.calibration import CALIBRATION, check_size
 from transfer.features.extraction import Extraction
 from transfer.features.feature_splits import FeatureSplits
 from transfer.features.spec import CacheSpec
@@ -41,6 +42,7 @@ class Inputs:
     batches: "Batches"
     engine: str = "tf"  # what runs the backbone when features are extracted (`transfer.features.engines`)
     precision: str = "fp32"  # int8: a quantized model runs it, calibrated on training examples
+    calibration_size: int = CALIBRATION  # int8: how many (`transfer.features.calibration`)
     data_spec: DataSpec | None = None  # the data's spec when they came from a spec string: what a
     # pipeline's worker loads again (`Extraction.description`)
     chosen_engine: object = dataclasses.field(default=None, repr=False, compare=False)  # once chosen
@@ -130,9 +132,9 @@ class Inputs:
 
             first = self.batches.evaluation("train", take=self.batches.batch_size)
             sample = next(iter(first))[0] if self.engine != "tf" else None
+            calibration = Calibration(self, self.calibration_size) if self.precision == "int8" else None
             self.chosen_engine = choose_engine(self.backbone, self.engine, self.prepared(sample) if sample is not None
-                                               else None, cache_dir, self.precision,
-                                               Calibration(self) if self.precision == "int8" else None)
+                                               else None, cache_dir, self.precision, calibration)
         return self.chosen_engine
 
     def feature_batch(self, examples):
@@ -160,17 +162,19 @@ class Inputs:
 
 
 def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, crop_padding: int = 0,
-                engine: str = "tf", precision: str = "fp32", **options) -> Inputs:
+                engine: str = "tf", precision: str = "fp32", calibration_size: int = CALIBRATION, **options) -> Inputs:
     """Load what a command needs; every user mistake here is one TransferError line.
 
     `backbone`: a `Backbone`, a `BackboneSpec` or a path (`example:NAME`); `data`: a `DataSpec`,
     a data spec string or `DataSplits`. `options`: the fields of either spec given as keywords
     (cut, signature, inputs, feeds, allow_ops, max_memory; data_dir, validation_split, per_class,
     seed, preprocessing, scale), applied to it. `engine`, `precision`: what runs the backbone when
-    features are extracted, in what arithmetic (`transfer.features.engines`)."""
+    features are extracted, in what arithmetic (`transfer.features.engines`); `calibration_size`:
+    how many training examples an INT8 model is calibrated on."""
     from transfer.features.engines import check_engine
 
     check_engine(engine, precision)
+    check_size(calibration_size)
     backbone, data = specs_of(backbone, data, options, owner="open_inputs")
     if not isinstance(backbone, Backbone):
         backbone = backbone.load()
@@ -185,6 +189,7 @@ def open_inputs(backbone, data, *, batch_size: int = 32, augment: bool = False, 
     if augmentation is not None and not kind.images:
         kind.refuse("augmentation (--augment, --crop-padding)")
     return Inputs(backbone, splits, kind, Batches(splits, kind, batch_size, seed, augmentation), engine, precision,
+                  calibration_size,
                   data_spec=data if data.named else None)
 
 
@@ -204,5 +209,6 @@ def open_extraction(description: dict) -> Extraction:
     pipeline's worker): its backbone loaded and checked, its data opened from their spec."""
     inputs = open_inputs(BackboneSpec.from_dict(description["backbone"]), DataSpec.from_dict(description["data"]),
                          batch_size=description["batch_size"], engine=description["engine"],
-                         precision=description.get("precision", "fp32"))
+                         precision=description.get("precision", "fp32"),
+                         calibration_size=description.get("calibration_size", CALIBRATION))
     return Extraction(inputs, description["engine_dir"], description["pool"])

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,10 @@ class Verdict:
 
 class OpenVino:
     """A converted (and maybe quantized) backbone, compiled for the CPU: batch -> features as
-    `Backbone.__call__` gives them."""
+    `Backbone.__call__` gives them. `made`: what this process did to get it (seconds for
+    "converted", "quantized", "checked"; empty when everything was kept on disk)."""
 
-    def __init__(self, model, backbone, path: Path, precision: str = "fp32", verdict: Verdict | None = None):
-        import openvino
-
-        # f32: without it OpenVINO runs float layers in bf16 on CPUs that have it (features off by ~1e-2).
-        compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    def __init__(self, compiled, backbone, path: Path, precision: str = "fp32", verdict: Verdict | None = None):
         self.request = compiled.create_infer_request()
         self.inputs = [(port.get_any_name(), port.get_element_type().to_dtype()) for port in compiled.inputs]
         self.outputs = [compiled.output(f"{OUTPUT.format(index)}:0") for index in range(len(backbone.cuts))]
@@ -68,33 +66,41 @@ class OpenVino:
         self.dtypes = [spec.dtype for spec in backbone.feature_specs.values()]
         self.path, self.precision, self.verdict = path, precision, verdict
         self.calibration = None  # INT8: which training examples it was calibrated on (the feature cache's key)
+        self.made = {}
 
     @classmethod
     def for_backbone(cls, backbone, cache_dir=None) -> "OpenVino":
         """The FP32 model, converted once and kept."""
-        path = _converted(backbone, cache_dir)
-        return cls(_load(path), backbone, path)
+        return _fp32(backbone, cache_dir, pruned_graph(backbone))[0]
 
     @classmethod
     def quantized(cls, backbone, calibration, cache_dir=None) -> "OpenVino":
         """The INT8 model of `calibration` (`transfer.features.calibration.Calibration`), quantized
-        and checked once and kept; `verdict` says whether it keeps the features."""
+        and checked once and kept; `verdict` says whether it keeps the features.
+
+        A first run makes everything once, in memory: the pruned graph is converted and compiled
+        once, and that FP32 model is what NNCF calibrates and what the check compares with; the
+        INT8 model compiled for the check is the one returned (nothing is read back from disk)."""
         with no_telemetry():
             import nncf
 
-        fp32_path = _converted(backbone, cache_dir)
-        graph_def, inputs, outputs = pruned_graph(backbone)
-        key = model_key(graph_def, inputs, outputs, _version(), nncf.__version__, "int8", calibration.identity)
-        path = fp32_path.parent / f"{key[:32]}.int8.xml"
+        pruned = pruned_graph(backbone)
+        key = model_key(*pruned, _version(), nncf.__version__, "int8", calibration.identity)
+        path = _directory(cache_dir) / f"{key[:32]}.int8.xml"
         verdict_path = path.with_suffix(".json")
-        if not (path.is_file() and verdict_path.is_file()):
-            fp32 = cls(_load(fp32_path), backbone, fp32_path)
-            model = _quantize(_load(fp32_path), [fp32.feeds(batch) for batch in calibration.batches])
-            int8 = cls(model, backbone, path, "int8")
-            verdict = fidelity(fp32, int8, calibration.held_back)
+        if path.is_file() and verdict_path.is_file():
+            quantized = cls(compile_model(_load(path)), backbone, path, "int8",
+                            Verdict(**json.loads(verdict_path.read_text())))
+        else:
+            fp32, fp32_model = _fp32(backbone, cache_dir, pruned)
+            start = time.perf_counter()
+            model = _quantize(fp32_model, [fp32.feeds(batch) for batch in calibration.batches])
+            quantized = cls(compile_model(model), backbone, path, "int8")
+            checked = time.perf_counter()
+            quantized.verdict = fidelity(fp32, quantized, calibration.held_back)
+            quantized.made = {**fp32.made, "quantized": checked - start, "checked": time.perf_counter() - checked}
             _save(model, path)
-            write_atomic(verdict_path, json.dumps(dataclasses.asdict(verdict)).encode())
-        quantized = cls(_load(path), backbone, path, "int8", Verdict(**json.loads(verdict_path.read_text())))
+            write_atomic(verdict_path, json.dumps(dataclasses.asdict(quantized.verdict)).encode())
         quantized.calibration = {key: value for key, value in calibration.identity.items()
                                  if key not in ("data", "input")}  # those are the feature key's already
         return quantized
@@ -127,18 +133,33 @@ def _listed(features) -> list[np.ndarray]:
     return [np.asarray(v, np.float64) for v in values]
 
 
-def _converted(backbone, cache_dir) -> Path:
-    """The path of the backbone's FP32 model, converted now if it is not kept yet."""
-    graph_def, inputs, outputs = pruned_graph(backbone)
+def _fp32(backbone, cache_dir, pruned) -> tuple:
+    """(the backbone's FP32 model compiled, as an `OpenVino`; the model itself, what NNCF
+    quantizes), converted now (and kept) if it is not on disk yet."""
+    graph_def, inputs, outputs = pruned
     key = model_key(graph_def, inputs, outputs, _version(), "fp32")
-    path = (Path(cache_dir) if cache_dir else default_dir()) / "openvino" / f"{key[:32]}.xml"
-    if not path.is_file():
-        _save(convert(graph_def, backbone.pruned_function.outputs), path)
-    return path
+    path = _directory(cache_dir) / f"{key[:32]}.xml"
+    start = time.perf_counter()
+    if path.is_file():
+        model, made = _load(path), {}
+        compiled = compile_model(model)
+    else:
+        model, compiled = convert(graph_def, backbone.pruned_function.outputs)
+        _save(model, path)
+        made = {"converted": time.perf_counter() - start}
+    fp32 = OpenVino(compiled, backbone, path)
+    fp32.made = made
+    return fp32, model
 
 
-def convert(graph_def, outputs) -> object:
-    """`openvino.convert_model` on the pruned GraphDef, an Identity after each cut."""
+def _directory(cache_dir) -> Path:
+    return (Path(cache_dir) if cache_dir else default_dir()) / "openvino"
+
+
+def convert(graph_def, outputs) -> tuple:
+    """(model, compiled model): `openvino.convert_model` on the pruned GraphDef, an Identity
+    after each cut, compiled as extraction runs it (which is also what tells that every op
+    compiles: some ops convert but do not)."""
     import openvino
 
     graph_def = type(graph_def).FromString(graph_def.SerializeToString())
@@ -149,10 +170,17 @@ def convert(graph_def, outputs) -> object:
     try:
         with no_telemetry():
             model = openvino.convert_model(graph_def)
-        openvino.Core().compile_model(model, "CPU")  # some ops convert but do not compile
+        return model, compile_model(model)
     except Exception as error:  # noqa: BLE001 - OpenVINO raises plain Exceptions and RuntimeErrors
         raise ConversionFailed(_reason(error)) from None
-    return model
+
+
+def compile_model(model):
+    """`model` compiled for the CPU in f32: without the hint OpenVINO runs float layers in bf16 on
+    CPUs that have it (features off by ~1e-2). An INT8 model's quantized layers still run in int8."""
+    import openvino
+
+    return openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
 def _reason(error: Exception) -> str:
@@ -165,7 +193,15 @@ def _reason(error: Exception) -> str:
 
 def _quantize(model, batches: list[dict]):
     """NNCF's post-training INT8 quantization of `model` on `batches` (feeds), its logs and
-    progress bars silenced."""
+    progress bars silenced.
+
+    NNCF's defaults are kept, measured (experiments/README.md, "OpenVINO FP32 and INT8"): its cost
+    is one pass of the FP32 model, with a reduction after every quantized activation, over the
+    calibration examples (2-3x a plain FP32 pass, plus ~3 s compiling that model), so it is
+    the sample's size (`transfer.features.calibration`) that sets it. Fast bias correction
+    (default) rides on the same pass and costs ~1 s more; it corrects the shift INT8 weights give
+    each channel's mean, which the fidelity check's channel-means error would otherwise see.
+    `subset_size` covers every batch given (NNCF counts items, here batches, up to it)."""
     import io
     import logging
 

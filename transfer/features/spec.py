@@ -2,7 +2,8 @@
 
 The feature cache's settings as one small frozen value (as `TrainingSettings` is for training):
 its directory (None: no cache), the dtype it stores, the engine that runs the frozen backbone,
-its precision, the runner the extraction runs on, and what extraction does to spatial features (`pool`). Made
+its precision (and how many training examples an INT8 model is calibrated on), the runner the
+extraction runs on, and what extraction does to spatial features (`pool`). Made
 once, checked when made (cheap checks only, no TensorFlow), passed down.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from transfer.features.calibration import CALIBRATION, check_size
 from transfer.choices import CACHE_DTYPES, ENGINES, INT8_ENGINES, POOLS, PRECISIONS, RUNNERS
 from transfer.errors import TransferError, check_choice, check_keywords
 
@@ -22,6 +24,7 @@ class CacheSpec:
     runner: object = None  # where extraction runs: "local", "beam", or a runner (`transfer.features.runners`)
     pool: str | None = None  # none, avg, max: what extraction does to spatial features (None: the caller's default)
     precision: str = "fp32"  # int8: the engine runs a quantized model (OpenVINO; `transfer.features.engines`)
+    calibration_size: int = CALIBRATION  # int8: how many training examples it is calibrated on
 
     def __post_init__(self):
         if isinstance(self.dir, Path):
@@ -34,6 +37,7 @@ class CacheSpec:
         if self.precision == "int8" and self.engine not in INT8_ENGINES:
             raise TransferError(f"--precision int8 runs on --engine {' or '.join(INT8_ENGINES)} (OpenVINO, quantized "
                                 f"by NNCF), not on --engine {self.engine}")
+        check_size(self.calibration_size)
         if self.runner is None or isinstance(self.runner, str):
             check_choice("runner", self.runner or "local", RUNNERS, flag="--runner")
         elif not callable(getattr(self.runner, "extract", None)):
@@ -50,6 +54,13 @@ class CacheSpec:
         if not isinstance(spec, CacheSpec):
             spec = cls(dir=spec) if "dir" not in changes else cls()
         return dataclasses.replace(spec, **changes)
+
+    @property
+    def precision_config(self) -> dict:
+        """The precision as a run's config records it: nothing for fp32 (older configs and sweep
+        journals still match), else the precision and the calibration sample's size."""
+        return {"precision": self.precision, "calibration_size": self.calibration_size} if self.precision != "fp32" \
+            else {}
 
     @property
     def runner_name(self) -> str:

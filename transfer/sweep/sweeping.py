@@ -194,14 +194,14 @@ def sweep(backbone, data, *, heads=("linear",), head_options=None, grid=None, re
     settings = expand_grid(chosen.pop("heads"), head_options=chosen.pop("head_options"), **chosen)
     data_spec = DataSpec.of(data_spec, seed=seed)
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
-    inputs = open_inputs(spec, data_spec, engine=cache.engine, precision=cache.precision)
+    inputs = open_inputs(spec, data_spec, engine=cache.engine, precision=cache.precision,
+                         calibration_size=cache.calibration_size)
     inputs.announce(data_spec, progress)
     settings, cut_specs = _settings_on_cuts(settings, inputs.backbone)
     pool = _storage_pool(cache.pool, settings, len(cut_specs) > 1, progress)
     definition = _definition(inputs, settings, cut_specs, repeats=repeats, seed=seed, patience=patience, pool=pool,
                              cache_dtype=cache.dtype, engine=cache.engine, strategy=type(strategy).__name__,
-                             tensorboard=tensorboard, **({"precision": cache.precision} if cache.precision != "fp32"
-                                                         else {}))  # older journals still resume
+                             tensorboard=tensorboard, **cache.precision_config)
     sources = {"cut": _listed(spec.cut) if isinstance(spec, BackboneSpec) else cut_specs,
                "signature": spec.signature if isinstance(spec, BackboneSpec) else inputs.backbone.loaded.signature,
                **{key: getattr(data_spec, key) for key in ("data_dir", "validation_split", "per_class", "seed",

@@ -110,14 +110,15 @@ def fit(backbone, data, settings: TrainingSettings | None = None, *, head="linea
     strategy = strategy_named(strategy)  # before TensorFlow runs anything: multiworker must
     keras.utils.set_random_seed(settings.seed)
     inputs = open_inputs(backbone, data, batch_size=settings.batch_size, augment=settings.augment,
-                         crop_padding=settings.crop_padding, engine=cache.engine, precision=cache.precision)
+                         crop_padding=settings.crop_padding, engine=cache.engine, precision=cache.precision,
+                         calibration_size=cache.calibration_size)
     _check_inputs(inputs, head, kind, cache)
     inputs.announce(data, progress=verbose != 0)
     config = {"transfer_version": __version__,
               "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("transfer") else None,
               **_source_config(inputs, data), "head": head, "head_options": head_options, **settings.to_config(),
               "cache_dir": cache.dir, "cache_dtype": cache.dtype, "engine": cache.engine,
-              **({"precision": cache.precision} if cache.precision != "fp32" else {}), "runner": cache.runner.name,
+              **cache.precision_config, "runner": cache.runner.name,
               "export": list(export), "strategy": strategy_config(strategy)}
     return _fit_run(_FitRun(inputs, head, kind, head_options, settings, cache, config, list(callbacks), out, export,
                             tensorboard, verbose, strategy))
@@ -130,7 +131,7 @@ def fit_specs(backbone, data, settings: TrainingSettings | None, cache: CacheSpe
     the training seed."""
     backbone, data, cache, training = dispatch(owner, backbone, data, options, cache=cache, own=SETTING_FIELDS,
                                                cache_keywords=("cache_dir", "cache_dtype", "engine", "runner",
-                                                                               "precision"))
+                                                                               "precision", "calibration_size"))
     settings = TrainingSettings.of(settings, **training)
     runner = get_runner(cache.runner)  # unknown, or Beam missing: before any slow work
     return backbone, DataSpec.of(data, seed=settings.seed), CacheSpec.of(cache, runner=runner), settings

@@ -17,7 +17,7 @@ from transfer.graph.spec import FIELDS as BACKBONE_FIELDS
 
 # The keyword a user gives -> the CacheSpec field it sets.
 CACHE_KEYWORDS = {"cache_dir": "dir", "cache_dtype": "dtype", "engine": "engine", "runner": "runner", "pool": "pool",
-                  "precision": "precision"}
+                  "precision": "precision", "calibration_size": "calibration_size"}
 BACKBONE_KEYWORDS = tuple(name for name in BACKBONE_FIELDS if name != "path")
 DATA_KEYWORDS = tuple(name for name in DATA_FIELDS if name != "data")
 
