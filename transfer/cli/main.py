@@ -84,12 +84,32 @@ def main(argv=None) -> int:
         print(f"transfer {args.command}: error: {printable(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what was half-written is removed on the way out (`transfer.files`)
-        print(f"transfer {args.command}: interrupted; {INTERRUPTED.get(args.command, 'nothing written')}",
-              file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
     except BrokenPipeError:  # `transfer cache ls | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
+    except Exception as error:
+        if not _while_interrupted(error):
+            raise
+        return _interrupted(args.command)
+
+
+def _interrupted(command: str) -> int:
+    print(f"transfer {command}: interrupted; {INTERRUPTED.get(command, 'nothing written')}", file=sys.stderr)
+    return 130
+
+
+def _while_interrupted(error: BaseException) -> bool:
+    """Whether `error` was raised while Ctrl-C unwound the stack: a context manager's exit that
+    fails on the way (TensorFlow's device scope, left mid-`model.fit`: `Exiting device scope
+    without proper scope nesting`) hides the KeyboardInterrupt it was handling."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 def joined_dash_values(argv: list) -> list:

@@ -87,7 +87,8 @@ def _fit(model, head, features: FeatureSplits, setting: dict, seed: int, patienc
     """`model.fit` as `transfer.fit` runs it, the thaw options (`THAW_AXES`) and a head's refit
     step included; the epochs of every fit."""
 
-    step_scales = measured_thaw_steps(features, suffix.whole, setting["lr"]) if suffix is not None else None
+    step_scales = (measured_thaw_steps(features, suffix.whole, setting["lr"], setting["batch_size"])
+                   if suffix is not None else None)
 
     def train_once():
         plan = ThawTraining(**{key: setting.get(key) for key in THAW_AXES}).plan(

@@ -39,12 +39,14 @@ def adapt_head(head, source) -> None:
     head.adapt(inputs.predict_on_batch(x) for x, _ in source.adapt_batches())
 
 
-def measured_thaw_steps(source, feature_layer, lr: float) -> dict[int, float]:
+def measured_thaw_steps(source, feature_layer, lr: float, batch_size: int = 32) -> dict[int, float]:
     """Each thawed layer's learning-rate scale (`transfer.training.thaw_steps`), measured on the
     first batch of the sample the head adapts on, through what the head will see; `source` may
-    also be `FeatureSplits` of a thaw's prefix outputs with `feature_layer`'s suffix (a sweep)."""
+    also be `FeatureSplits` of a thaw's prefix outputs with `feature_layer`'s suffix (a sweep:
+    batches of the setting's `batch_size`, so that its best setting retrained by `fit` measures
+    the same batch and trains the same)."""
     if not hasattr(source, "adapt_batches"):
-        source = _CachedTraining(source, 256, 0, feature_layer.suffix())
+        source = _CachedTraining(source, batch_size, 0, feature_layer.suffix())
     examples, _ = next(iter(source.adapt_batches()))
     return thaw_step_scales(source.model(keras.layers.Identity()), examples, feature_layer, lr)
 
