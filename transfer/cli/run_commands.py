@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 from pathlib import Path
 
@@ -77,10 +78,8 @@ def run_evaluate(args) -> int:
 def _new_evaluation_dir(run: Path) -> Path:
     """`RUN/evaluate-YYYYmmdd-HHMMSS`, with `-2`, `-3`, … when evaluations come within a second."""
     base = run / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    number = 1
-    while (base.with_name(f"{base.name}-{number}") if number > 1 else base).exists():
-        number += 1
-    return base.with_name(f"{base.name}-{number}") if number > 1 else base
+    numbered = (base.with_name(f"{base.name}-{number}") for number in itertools.count(2))
+    return next(path for path in itertools.chain([base], numbered) if not path.exists())
 
 
 def run_predict(args) -> int:

@@ -90,7 +90,7 @@ def format_table(rows: list[dict]) -> str:
     settings = [row["setting"] for row in rows]
     varying = varying_keys(settings)
     heads = len({s["head"] for s in settings}) > 1
-    columns = [*varying[:1 if "cut" in varying else 0], *(["head"] if heads else []),
+    columns = [*(["cut"] if "cut" in varying else []), *(["head"] if heads else []),
                *[key for key in varying if key != "cut"]]
     names = short_cut_names([row["cut"] for row in rows])
     tested = any(row["test_accuracy_mean"] is not None for row in rows)
@@ -104,10 +104,9 @@ def format_table(rows: list[dict]) -> str:
 
 def shared_values(settings: list[dict], varying: list[str]) -> str:
     """`head=mlp lr=0.001 epochs=20`: the axes set to one value in every setting that has them."""
-    keys = [key for key in ("head", *varying_keys(settings, every=True)) if key not in varying]
-    first = {key: next(_show(_value(s, key)) for s in settings if _value(s, key) is not None) for key in keys
-             if any(_value(s, key) is not None for s in settings)}
-    return " ".join(f"{key}={value}" for key, value in first.items())
+    keys = [key for key in ("head", *varying_keys(settings, every=True)) if key not in varying]  # each set somewhere
+    return " ".join(f"{key}={next(_show(_value(s, key)) for s in settings if _value(s, key) is not None)}"
+                    for key in keys)
 
 
 def _cell(setting: dict, key: str, cut_names: dict) -> str:
